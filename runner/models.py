@@ -1,0 +1,120 @@
+"""Model registry: spec `kind` → a builder of a Keras functional model.
+
+Every model takes uint8 images (scaling to [0, 1] happens inside the model, so the data pipeline
+never holds float copies) and ends in a softmax whose dtype is float32 unless the spec asks to
+reproduce the float16-output bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from runner import compat
+from runner.spec import Mlp, ResNet, SeedCnn
+
+
+def _inputs(input_shape: tuple[int, ...]) -> tuple[Any, Any]:
+    layers = compat.keras().layers
+    images = layers.Input(shape=input_shape, dtype="uint8", name="images")  # (batch, H, W, C) uint8
+    return images, layers.Rescaling(1.0 / 255, name="scale")(images)
+
+
+def _head(x: Any, num_classes: int, output_dtype: str | None) -> Any:
+    """Logits in the policy's dtype, then a softmax in float32 (None: the policy's dtype, the bug)."""
+    layers = compat.keras().layers
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return layers.Activation("softmax", dtype=output_dtype, name="probabilities")(logits)
+
+
+def build_seed_cnn(
+    spec: SeedCnn, input_shape: tuple[int, ...], num_classes: int, output_dtype: str | None
+) -> Any:
+    layers = compat.keras().layers
+    images, x = _inputs(input_shape)
+    pool = layers.MaxPooling2D if spec.pooling == "max" else layers.AveragePooling2D
+    for i, filters in enumerate(spec.filters):
+        # "valid" as in the tutorial, unless the feature map is already smaller than the kernel.
+        padding = "valid" if min(x.shape[1:3]) >= spec.kernel_size else "same"
+        x = layers.Conv2D(filters, spec.kernel_size, padding=padding, name=f"conv{i + 1}")(x)
+        if spec.batch_norm:
+            x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
+        x = layers.Activation(spec.activation, name=f"act{i + 1}")(x)
+        # The tutorial pools after every convolution but the last.
+        if i < len(spec.filters) - 1 and min(x.shape[1:3]) >= 2:
+            x = pool(2, name=f"pool{i + 1}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(spec.dense_units, activation=spec.activation, name="dense")(x)
+    if spec.dropout:
+        x = layers.Dropout(spec.dropout, name="dropout")(x)
+    return compat.keras().Model(images, _head(x, num_classes, output_dtype), name="seed_cnn")
+
+
+def build_mlp(spec: Mlp, input_shape: tuple[int, ...], num_classes: int, output_dtype: str | None) -> Any:
+    layers = compat.keras().layers
+    images, x = _inputs(input_shape)
+    x = layers.Flatten(name="flatten")(x)
+    for i, units in enumerate(spec.hidden_units):
+        x = layers.Dense(units, name=f"dense{i + 1}")(x)
+        if spec.batch_norm:
+            x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
+        x = layers.Activation(spec.activation, name=f"act{i + 1}")(x)
+        if spec.dropout:
+            x = layers.Dropout(spec.dropout, name=f"dropout{i + 1}")(x)
+    return compat.keras().Model(images, _head(x, num_classes, output_dtype), name="mlp")
+
+
+def _residual_block(x: Any, filters: int, stride: int, activation: str, name: str) -> Any:
+    layers = compat.keras().layers
+    shortcut = x
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.Activation(activation, name=f"{name}_act1")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    if stride != 1 or shortcut.shape[-1] != filters:
+        # Projection shortcut (option B of the paper) where the shape changes.
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.Activation(activation, name=f"{name}_out")(y)
+
+
+def build_resnet(
+    spec: ResNet, input_shape: tuple[int, ...], num_classes: int, output_dtype: str | None
+) -> Any:
+    layers = compat.keras().layers
+    blocks_per_stage = (spec.depth - 2) // 6
+    images, x = _inputs(input_shape)
+    x = layers.Conv2D(spec.width, 3, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.Activation(spec.activation, name="stem_act")(x)
+    for stage in range(3):
+        for block in range(blocks_per_stage):
+            stride = 2 if stage > 0 and block == 0 else 1
+            name = f"stage{stage + 1}_block{block + 1}"
+            x = _residual_block(x, spec.width * 2**stage, stride, spec.activation, name)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    if spec.dropout:
+        x = layers.Dropout(spec.dropout, name="dropout")(x)
+    model_name = f"resnet{spec.depth}"
+    return compat.keras().Model(images, _head(x, num_classes, output_dtype), name=model_name)
+
+
+Builder = Callable[[Any, tuple[int, ...], int, "str | None"], Any]
+
+MODEL_BUILDERS: dict[str, Builder] = {
+    "seed_cnn": build_seed_cnn,
+    "mlp": build_mlp,
+    "resnet": build_resnet,
+}
+
+
+def build_model(
+    spec: SeedCnn | Mlp | ResNet,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    output_dtype: str | None,
+) -> Any:
+    """Build under the current dtype policy: call inside `precision.policy_scope`."""
+    return MODEL_BUILDERS[spec.kind](spec, input_shape, num_classes, output_dtype)

@@ -1,0 +1,183 @@
+"""report.json's content, and the rich renderables that show a run, a spec or an environment.
+
+Renderables are built by pure functions and printed elsewhere, so tests render them into a
+fixed-width, colourless console.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from runner.checks import NON_COMPUTING
+from runner.spec import spec_hash, spec_to_dict
+
+if TYPE_CHECKING:
+    from runner.session import RunState
+
+STATUS_STYLE = {"completed": "green", "failed": "red", "diverged": "red", "interrupted": "yellow"}
+
+
+def _most_common(values: list[str]) -> str | None:
+    return Counter(values).most_common(1)[0][0] if values else None
+
+
+def precision_summary(state: RunState) -> dict[str, Any]:
+    """Dtypes as the built model really has them (not as the spec asked), and the loss scale."""
+    layers = (state.audit or {}).get("layers", [])
+    computing = [x["compute_dtype"] for x in layers if x["class"] not in NON_COMPUTING and x["weights"]]
+    variables = [w["dtype"] for x in layers for w in x["weights"]]
+    return {
+        "policy": state.spec.precision.policy,
+        "compute_dtype": _most_common(computing),
+        "variable_dtype": _most_common(variables),
+        "loss_scale": state.loss_scale or None,
+    }
+
+
+def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
+    env = state.environment
+    return {
+        "name": state.spec.name,
+        "status": state.status,
+        "error": state.error,
+        "run_dir": str(state.run_dir),
+        "spec": spec_to_dict(state.spec),
+        "spec_hash": spec_hash(state.spec),
+        "environment": {k: env.get(k) for k in ("python", "tensorflow", "keras", "device")},
+        "data": state.data,
+        "precision": precision_summary(state),
+        "audit": state.audit,
+        "checks": [f.as_dict() for f in state.findings],
+        "metrics": {
+            "epochs": [e.as_dict() for e in state.log.epochs],
+            "test_loss": state.test_metrics.get("test_loss"),
+            "test_accuracy": state.test_metrics.get("test_accuracy"),
+        },
+        "performance": performance,
+    }
+
+
+# ---------------------------------------------------------------- renderables
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def audit_summary(audit: dict[str, Any] | None) -> Table:
+    table = Table(title="Audit", show_header=True, header_style="bold", expand=False)
+    table.add_column("compute dtype")
+    table.add_column("layers", justify="right")
+    table.add_column("with weights", justify="right")
+    if not audit:
+        return table
+    counts = Counter(x["compute_dtype"] for x in audit["layers"] if x["class"] not in NON_COMPUTING)
+    weighted = Counter(
+        x["compute_dtype"] for x in audit["layers"] if x["class"] not in NON_COMPUTING and x["weights"]
+    )
+    for dtype, count in sorted(counts.items()):
+        table.add_row(dtype, str(count), str(weighted.get(dtype, 0)))
+    table.caption = (
+        f"output {audit['output_dtype']} ({', '.join(audit['output_layers'])}) · "
+        f"optimizer {audit['optimizer']}"
+    )
+    return table
+
+
+def checks_table(findings: list[dict[str, Any]]) -> Table:
+    table = Table(title="Checks", show_header=True, header_style="bold")
+    table.add_column("", width=1)
+    table.add_column("check")
+    table.add_column("detail", overflow="fold")
+    for f in findings:
+        if f["passed"]:
+            mark = Text("✓", style="green")
+        else:
+            mark = Text(
+                "✗" if f["severity"] == "error" else "!",
+                style="red" if f["severity"] == "error" else "yellow",
+            )
+        table.add_row(mark, f["name"], f["detail"])
+    return table
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table:
+    table = Table(title="Metrics", show_header=True, header_style="bold")
+    for col in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "images/s", "seconds"):
+        table.add_column(col, justify="right")
+    for e in metrics["epochs"]:
+        table.add_row(
+            str(e["epoch"]),
+            _fmt(e["loss"]),
+            _fmt(e["accuracy"]),
+            _fmt(e["val_loss"]),
+            _fmt(e["val_accuracy"]),
+            _fmt(e["images_per_second"], ",.0f"),
+            _fmt(e["seconds"], ".1f"),
+        )
+    table.caption = f"test loss {_fmt(metrics['test_loss'])} · test accuracy {_fmt(metrics['test_accuracy'])}"
+    return table
+
+
+def _headline(data: dict[str, Any]) -> Text:
+    style = STATUS_STYLE.get(data["status"], "red")
+    failed = [c for c in data["checks"] if not c["passed"] and c["severity"] == "error"]
+    status = data["status"] + (f", {len(failed)} check(s) failed" if failed else "")
+    p = data["precision"]
+    text = Text.assemble(
+        (f"{data['name']}  ", "bold"),
+        (status, f"bold {style}"),
+        f"\npolicy {p['policy']} · compute {p['compute_dtype']} · variables {p['variable_dtype']}",
+    )
+    scale = p.get("loss_scale") or {}
+    if scale.get("initial") is not None:
+        text.append(
+            f"\nloss scale {scale['initial']:g} → {_fmt(scale['final'], 'g')} "
+            f"(min {_fmt(scale['min'], 'g')}, {scale['overflow_steps']} skipped steps)"
+        )
+    perf = data["performance"]
+    text.append(
+        f"\n{_fmt(perf['images_per_second'], ',.0f')} images/s · step {_fmt(perf['step_time_ms'], '.1f')} ms"
+        f" · peak host memory {_fmt(perf['peak_host_memory_mb'], ',.0f')} MB"
+    )
+    if perf.get("peak_device_memory_mb") is not None:
+        text.append(f" · peak device memory {perf['peak_device_memory_mb']:,.0f} MB")
+    text.append(f"\n{data['environment']['device']}")
+    if data.get("error"):
+        text.append(f"\n{data['error']}", style=style)
+    return text
+
+
+def render_run(data: dict[str, Any]) -> RenderableType:
+    """The end-of-run report: headline, audit summary, checks, metrics, where the files are."""
+    parts: list[RenderableType] = [_headline(data), audit_summary(data["audit"])]
+    parts.append(checks_table(data["checks"]))
+    if data["metrics"]["epochs"]:
+        parts.append(metrics_table(data["metrics"]))
+    parts.append(Text(f"run directory: {data['run_dir']}", style="dim"))
+    return Panel(Group(*parts), title="runner report", border_style=STATUS_STYLE.get(data["status"], "red"))
+
+
+def render_environment(env: dict[str, Any], advice: list[tuple[str, bool, str]]) -> RenderableType:
+    table = Table(title="Environment", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    for key in ("python", "tensorflow", "keras", "numpy", "runner", "platform", "device"):
+        table.add_row(key, str(env.get(key)))
+    facts = env.get("device_facts", {})
+    table.add_row("cpu features", ", ".join(facts.get("cpu_flags", [])) or "none of note")
+    gpu = facts.get("gpu")
+    table.add_row("gpu", f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else "none")
+    advice_table = Table(title="Mixed precision here", show_header=True, header_style="bold")
+    advice_table.add_column("policy")
+    advice_table.add_column("faster than float32?")
+    advice_table.add_column("why", overflow="fold")
+    for policy, fast, why in advice:
+        advice_table.add_row(policy, Text("yes" if fast else "no", style="green" if fast else "yellow"), why)
+    return Group(table, advice_table)

@@ -1,0 +1,140 @@
+"""Run directories: unique creation, atomic writes, provenance (environment, versions, git)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def utc_stamp(now: dt.datetime | None = None) -> str:
+    return (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def create_run_dir(output: Path, name: str, spec_hash: str) -> Path:
+    """`output/<name>-<UTC timestamp>-<hash>/`, created exclusively: two runs never share one."""
+    output.mkdir(parents=True, exist_ok=True)
+    base = f"{name}-{utc_stamp()}-{spec_hash}"
+    for attempt in range(1, 1000):
+        candidate = output / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{output}: could not create a unique run directory for {base}")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers see old or new, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of a .jsonl file; a torn last line (a killed writer) is ignored."""
+    records = []
+    if not path.exists():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def _cpu_model_and_flags() -> tuple[str, list[str]]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), []
+    model, flags = platform.machine(), []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == platform.machine():
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = value.split()
+    return model, flags
+
+
+INTERESTING_CPU_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_fp16",
+)
+
+
+def git_commit(cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def device_facts() -> dict[str, Any]:
+    """CPU model and flags, and the first visible GPU with its compute capability (imports TF)."""
+    from runner import compat
+
+    tf = compat.tensorflow()
+    cpu, flags = _cpu_model_and_flags()
+    facts: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": [f for f in INTERESTING_CPU_FLAGS if f in flags],
+        "gpu": None,
+    }
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        facts["gpu"] = {
+            "name": details.get("device_name", gpus[0].name),
+            "compute_capability": list(details.get("compute_capability") or (0, 0)),
+            "count": len(gpus),
+        }
+    return facts
+
+
+def environment_info() -> dict[str, Any]:
+    from runner import __version__, compat
+
+    tf, keras = compat.tensorflow(), compat.keras()
+    import numpy as np
+
+    facts = device_facts()
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "runner": __version__,
+        "platform": platform.platform(),
+        "device": "GPU: " + facts["gpu"]["name"] if facts["gpu"] else "CPU: " + facts["cpu"],
+        "device_facts": facts,
+        "git_commit": git_commit(Path.cwd()),
+        "argv": sys.argv,
+    }

@@ -1,0 +1,352 @@
+"""The experiment spec: pydantic models, TOML loading, `--set` overrides, JSON Schema.
+
+This is the ground floor of the package: it imports no TensorFlow, so `runner validate` and
+`runner schema` answer in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Policy = Literal["float32", "mixed_float16", "mixed_bfloat16"]
+Activation = Literal["relu", "gelu", "swish", "tanh"]
+Source = Literal["cifar10", "mnist", "fashion_mnist", "shapes"]
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class SpecError(Exception):
+    """A spec that cannot be loaded: one readable message (file, field, expected, received)."""
+
+
+class StrictModel(BaseModel):
+    # strict: TOML is typed, so "32" for an int is a mistake, not something to coerce.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class PrecisionSpec(StrictModel):
+    policy: Policy = "mixed_float16"
+    # Loss scaling only exists under mixed_float16; float32 and bfloat16 ignore it.
+    loss_scale: Literal["dynamic", "none"] = "dynamic"
+    initial_scale: Annotated[float, Field(gt=0)] = 2.0**15
+    growth_interval: PositiveInt = 2000
+    # "policy" reproduces the float16-softmax bug on purpose; the checks then flag it.
+    output_dtype: Literal["float32", "policy"] = "float32"
+
+
+class SeedCnn(StrictModel):
+    """The tutorial's network: Conv32-Pool-Conv64-Pool-Conv64-Flatten-Dense64-Dense10."""
+
+    kind: Literal["seed_cnn"] = "seed_cnn"
+    filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=6)] = [32, 64, 64]
+    kernel_size: Annotated[int, Field(ge=1, le=7)] = 3
+    dense_units: PositiveInt = 64
+    activation: Activation = "relu"
+    pooling: Literal["max", "average"] = "max"
+    batch_norm: bool = False
+    dropout: Fraction = 0.0
+
+
+class Mlp(StrictModel):
+    kind: Literal["mlp"] = "mlp"
+    hidden_units: Annotated[list[PositiveInt], Field(min_length=1, max_length=8)] = [256, 128]
+    activation: Activation = "relu"
+    batch_norm: bool = False
+    dropout: Fraction = 0.0
+
+
+class ResNet(StrictModel):
+    """CIFAR-style ResNet (He et al. 2016, section 4.2): depth = 6n + 2, widths w, 2w, 4w."""
+
+    kind: Literal["resnet"] = "resnet"
+    depth: Annotated[int, Field(ge=8, le=110)] = 20
+    width: PositiveInt = 16
+    activation: Activation = "relu"
+    dropout: Fraction = 0.0
+
+    @model_validator(mode="after")
+    def _depth_is_6n_plus_2(self) -> ResNet:
+        if (self.depth - 2) % 6:
+            raise ValueError(f"depth: expected 6n+2 (8, 14, 20, 32, 44, 56, 110); got {self.depth}")
+        return self
+
+
+ModelKind = Literal["seed_cnn", "mlp", "resnet"]
+ModelSpec = Annotated[Union[SeedCnn, Mlp, ResNet], Field(discriminator="kind")]  # noqa: UP007
+
+
+class DataSpec(StrictModel):
+    source: Source = "shapes"
+    # An explicit archive (cifar-10-python.tar.gz, mnist.npz, a fashion-mnist folder); else Keras' cache.
+    path: str | None = None
+    batch_size: PositiveInt = 32
+    train_size: PositiveInt | None = None  # None: the whole split
+    test_size: PositiveInt | None = None
+    # Held out from the training split for per-epoch validation; 0 disables validation.
+    validation_fraction: Fraction = 0.1
+    shuffle_seed: Annotated[int, Field(ge=0)] = 0
+
+
+class Adam(StrictModel):
+    kind: Literal["adam"] = "adam"
+    beta_1: Fraction = 0.9
+    beta_2: Fraction = 0.999
+    epsilon: Annotated[float, Field(gt=0)] = 1e-7
+
+
+class AdamW(StrictModel):
+    kind: Literal["adamw"] = "adamw"
+    weight_decay: Annotated[float, Field(ge=0)] = 0.004
+    beta_1: Fraction = 0.9
+    beta_2: Fraction = 0.999
+    epsilon: Annotated[float, Field(gt=0)] = 1e-7
+
+
+class Sgd(StrictModel):
+    kind: Literal["sgd"] = "sgd"
+    momentum: Fraction = 0.0
+    nesterov: bool = False
+
+
+class RmsProp(StrictModel):
+    kind: Literal["rmsprop"] = "rmsprop"
+    rho: Fraction = 0.9
+    momentum: Fraction = 0.0
+    epsilon: Annotated[float, Field(gt=0)] = 1e-7
+
+
+OptimizerKind = Literal["adam", "adamw", "sgd", "rmsprop"]
+OptimizerSpec = Annotated[Union[Adam, AdamW, Sgd, RmsProp], Field(discriminator="kind")]  # noqa: UP007
+
+
+class TrainingSpec(StrictModel):
+    optimizer: OptimizerSpec = Field(default_factory=Adam)
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = 1e-3
+    epochs: PositiveInt = 10
+    # >1 runs several steps per tf.function call: fewer Python round trips per image.
+    steps_per_execution: PositiveInt = 1
+    jit_compile: bool = False
+
+
+class RuntimeSpec(StrictModel):
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+
+
+class ExperimentSpec(StrictModel):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    description: str = ""
+    precision: PrecisionSpec = Field(default_factory=PrecisionSpec)
+    model: ModelSpec = Field(default_factory=SeedCnn)
+    data: DataSpec = Field(default_factory=DataSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+
+    @model_validator(mode="after")
+    def _name_is_not_a_path(self) -> ExperimentSpec:
+        if self.name in {".", ".."}:
+            raise ValueError(f'name: expected a run name, not a path; got "{self.name}"')
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
+    """Read, override and validate one spec file; every failure is one SpecError."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "file not found"
+        raise SpecError(f"{path}: {what}; expected a TOML experiment spec")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: invalid TOML: {exc}") from None
+    return spec_from_dict(raw, source=str(path), overrides=overrides)
+
+
+def spec_from_dict(
+    raw: Mapping[str, Any], source: str = "<spec>", overrides: Sequence[str] = ()
+) -> ExperimentSpec:
+    data = apply_overrides(raw, overrides, source)
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe_error(err, source, overrides) for err in exc.errors()]
+        raise SpecError("\n".join(lines)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` → (["a", "b"], value); the value is a TOML literal, or a bare string."""
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(p.strip() for p in parts):
+        raise SpecError(f"--set {text}: expected KEY.PATH=VALUE (e.g. precision.policy=float32)")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()  # `--set precision.policy=float32` needs no quotes
+    return [p.strip() for p in parts], parsed
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: str) -> dict:
+    data = json.loads(json.dumps(raw, default=str))  # deep copy; TOML dates become strings
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise SpecError(f"{source}: --set {text}: {where} is a value, not a table")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+# ---------------------------------------------------------------- error messages
+
+
+def _describe_error(err: Mapping[str, Any], source: str, overrides: Sequence[str]) -> str:
+    loc = _public_loc(err["loc"])
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    origin = _override_for(field, overrides)
+    prefix = f"{source}: {field}" + (f" (from --set {origin})" if origin else "")
+    kind, received = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        valid = valid_keys_at(err["loc"][:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        did_you_mean = f'; did you mean "{hint[0]}"?' if hint else ""
+        return f"{prefix}: unknown key; expected one of {', '.join(valid)}{did_you_mean}"
+    if kind == "missing":
+        return f"{prefix}: required, but missing"
+    if kind == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        return f"{prefix}: expected kind one of {ctx.get('expected_tags')}; got {_show(ctx.get('tag'))}"
+    if kind == "union_tag_not_found":
+        return f'{prefix}: expected a "kind" key naming the variant; got {_show(received)}'
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "").replace("'", "")
+        expected = expected.replace(" or ", ", ")
+        return f"{prefix}: expected one of {expected}; got {_show(received)}"
+    if kind == "finite_number" or (isinstance(received, float) and not math.isfinite(received)):
+        return f"{prefix}: expected a finite number; got {_show(received)}"
+    if kind == "value_error":
+        return f"{source}: {str(err['msg']).removeprefix('Value error, ')}"
+    return f"{prefix}: expected {_expected(err)}; got {_show(received)}"
+
+
+_BOUNDS = {
+    "greater_than": ">",
+    "greater_than_equal": ">=",
+    "less_than": "<",
+    "less_than_equal": "<=",
+}
+
+
+def _expected(err: Mapping[str, Any]) -> str:
+    if err["type"] in _BOUNDS:
+        (bound,) = err["ctx"].values()
+        return f"a value {_BOUNDS[err['type']]} {bound}"
+    msg = str(err["msg"])
+    for prefix in ("Input should be ", "Value should have "):
+        if msg.startswith(prefix):
+            return msg.removeprefix(prefix)
+    return msg[0].lower() + msg[1:]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict | list | tuple):
+        text = json.dumps(value, default=str)
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        return f"{shown} ({type(value).__name__})"
+    return f"{value!r} ({type(value).__name__})" if isinstance(value, bool | float | int) else repr(value)
+
+
+_TAGS = set(get_args(ModelKind)) | set(get_args(OptimizerKind))
+
+
+def _public_loc(loc: Iterable[Any]) -> tuple[Any, ...]:
+    """Drop pydantic's discriminator tags and type names (model.seed_cnn.filters → model.filters)."""
+    out = []
+    for part in loc:
+        if isinstance(part, str) and (part in _TAGS or part.startswith(("function-", "tagged-"))):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _override_for(field: str, overrides: Sequence[str]) -> str | None:
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key == field or field.startswith(key + "."):
+            return text
+    return None
+
+
+def _model_for(annotation: Any, tag: Any) -> type[BaseModel] | None:
+    """The pydantic model class behind a field annotation (a discriminated union needs its tag)."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for member in get_args(annotation):
+        model = _model_for(member, tag)
+        if model is not None and model.model_fields["kind"].default == tag:
+            return model
+    return None
+
+
+def valid_keys_at(err_loc: Sequence[Any]) -> list[str]:
+    """Field names allowed where a pydantic error points (its loc, tags included, minus the key)."""
+    model: type[BaseModel] | None = ExperimentSpec
+    parts = list(err_loc)
+    while parts and model is not None:
+        part = parts.pop(0)
+        if part not in model.model_fields:
+            return []
+        annotation = model.model_fields[part].annotation
+        tag = parts.pop(0) if parts and parts[0] in _TAGS else None
+        model = _model_for(annotation, tag)
+    return sorted(model.model_fields) if model is not None else []
+
+
+def model_kinds() -> tuple[str, ...]:
+    return get_args(ModelKind)
+
+
+# ---------------------------------------------------------------- output
+
+
+def spec_to_dict(spec: ExperimentSpec) -> dict[str, Any]:
+    """JSON/TOML-ready dict of the resolved spec (None fields dropped: TOML has no null)."""
+    return spec.model_dump(mode="json", exclude_none=True)
+
+
+def spec_to_toml(spec: ExperimentSpec) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(spec_to_dict(spec))
+
+
+def spec_hash(spec: ExperimentSpec) -> str:
+    """Short, stable hash of the resolved spec: equal specs give equal run-directory suffixes."""
+    canonical = json.dumps(spec_to_dict(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+def json_schema() -> dict[str, Any]:
+    return ExperimentSpec.model_json_schema()

@@ -1,0 +1,253 @@
+"""compile + fit: the optimizer from the spec, and the callbacks that watch training.
+
+`Telemetry` measures throughput (without the first step's tracing), reads the loss scale, and stops
+on a non-finite loss. `RichProgress` replaces Keras' console output. Both do O(1) Python work per
+step and read tensors from the device at most a few times a second (the loss scale once per step
+under mixed_float16: one scalar, needed to count skipped steps faithfully).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner import compat
+from runner.spec import ExperimentSpec, TrainingSpec
+
+UI_INTERVAL_S = 0.2  # refresh the progress bar's metrics at most 5 times a second
+
+
+def make_optimizer(training: TrainingSpec) -> Any:
+    optimizers = compat.keras().optimizers
+    opt = training.optimizer
+    lr = training.learning_rate
+    if opt.kind == "adam":
+        return optimizers.Adam(lr, beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon)
+    if opt.kind == "adamw":
+        return optimizers.AdamW(
+            lr,
+            weight_decay=opt.weight_decay,
+            beta_1=opt.beta_1,
+            beta_2=opt.beta_2,
+            epsilon=opt.epsilon,
+        )
+    if opt.kind == "sgd":
+        return optimizers.SGD(lr, momentum=opt.momentum, nesterov=opt.nesterov)
+    return optimizers.RMSprop(lr, rho=opt.rho, momentum=opt.momentum, epsilon=opt.epsilon)
+
+
+def compile_model(model: Any, optimizer: Any, training: TrainingSpec) -> None:
+    model.compile(
+        optimizer=optimizer,
+        loss=compat.keras().losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+        steps_per_execution=training.steps_per_execution,
+        jit_compile=training.jit_compile,
+        # We wrap (or not) ourselves, with the spec's scale and interval, so that what the
+        # spec says is what runs; Keras' auto-wrap would silently use its own defaults.
+        auto_scale_loss=False,
+    )
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float | None = None
+    accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    seconds: float = 0.0
+    images_per_second: float | None = None
+    loss_scale: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: _finite_or_none(v) for k, v in self.__dict__.items()}
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class TrainingLog:
+    """What Telemetry saw: per-epoch records, throughput, loss-scale history, divergence."""
+
+    epochs: list[EpochRecord] = field(default_factory=list)
+    steps: int = 0
+    timed_images: int = 0
+    timed_seconds: float = 0.0
+    loss_scales: list[tuple[int, float]] = field(default_factory=list)  # (step, scale) on change
+    diverged_at_step: int | None = None
+
+    @property
+    def images_per_second(self) -> float | None:
+        return self.timed_images / self.timed_seconds if self.timed_seconds > 0 else None
+
+
+def make_telemetry_callback(
+    log: TrainingLog,
+    batch_size: int,
+    train_images: int,
+    steps_per_execution: int,
+    metrics_path: Path | None,
+) -> Any:
+    """A Keras callback filling `log` (and appending each epoch to metrics.jsonl)."""
+    keras = compat.keras()
+
+    class _Telemetry(keras.callbacks.Callback):
+        def __init__(self, log, batch_size, train_images, steps_per_execution, metrics_path):
+            super().__init__()
+            self.log, self.batch_size, self.train_images = log, batch_size, train_images
+            self.steps_per_execution, self.metrics_path = steps_per_execution, metrics_path
+            self._scaled = False
+
+        def on_train_begin(self, logs=None):
+            self._scaled = compat.is_loss_scale_optimizer(self.model.optimizer)
+            if self._scaled:
+                self.log.loss_scales.append((0, compat.current_loss_scale(self.model.optimizer)))
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch_start = time.perf_counter()
+            self._first_batch_end = None
+            self._last_check = self._epoch_start
+            self._steps_before = self.log.steps
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            # With steps_per_execution > 1 Keras calls this once per execution, `batch` its last step.
+            self.log.steps = self._steps_before + batch + 1
+            if self._first_batch_end is None:
+                self._first_batch_end = now  # the first call includes tracing/compilation
+            self._train_end = now
+            if self._scaled:
+                scale = float(self.model.optimizer.dynamic_scale.numpy())
+                if scale != self.log.loss_scales[-1][1]:
+                    self.log.loss_scales.append((self.log.steps, scale))
+            if now - self._last_check >= UI_INTERVAL_S:
+                self._last_check = now
+                self._guard(logs)
+
+        def _guard(self, logs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self.log.diverged_at_step = self.log.steps
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            self._guard(logs)
+            if epoch == 0:
+                # The first call traces and compiles: time every image after it.
+                first_call = min(self.train_images, self.steps_per_execution * self.batch_size)
+                timed_images = self.train_images - first_call
+                timed_seconds = self._train_end - self._first_batch_end
+            else:
+                timed_images = self.train_images
+                timed_seconds = self._train_end - self._epoch_start
+            if timed_seconds > 0 and timed_images > 0:
+                self.log.timed_images += timed_images
+                self.log.timed_seconds += timed_seconds
+            record = EpochRecord(
+                epoch=epoch + 1,
+                loss=_float(logs.get("loss")),
+                accuracy=_float(logs.get("accuracy")),
+                val_loss=_float(logs.get("val_loss")),
+                val_accuracy=_float(logs.get("val_accuracy")),
+                seconds=round(time.perf_counter() - self._epoch_start, 3),
+                images_per_second=round(timed_images / timed_seconds, 1)
+                if timed_seconds > 0 and timed_images > 0
+                else None,
+                loss_scale=compat.current_loss_scale(self.model.optimizer),
+            )
+            self.log.epochs.append(record)
+            if self.metrics_path is not None:
+                _append_line(self.metrics_path, json.dumps(record.as_dict()))
+
+    return _Telemetry(log, batch_size, train_images, steps_per_execution, metrics_path)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _append_line(path: Path, line: str) -> None:
+    """One whole line per write, flushed: a reader never sees half a record but maybe a torn tail."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def make_progress_callback(progress: Any, epochs: int, steps_per_epoch: int, batch_size: int) -> Any:
+    """A Keras callback driving a rich Progress: one bar per epoch, with loss, accuracy, images/s."""
+    keras = compat.keras()
+
+    class _RichProgress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._task = progress.add_task(
+                f"epoch {epoch + 1}/{epochs}", total=steps_per_epoch, metrics="", start=True
+            )
+            self._start = time.perf_counter()
+            self._last = 0.0
+            self._done = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._done = batch + 1
+            now = time.perf_counter()
+            if now - self._last < UI_INTERVAL_S:
+                progress.update(self._task, completed=self._done)
+                return
+            self._last = now
+            progress.update(
+                self._task,
+                completed=self._done,
+                metrics=_describe(logs, self._done, batch_size, now - self._start),
+            )
+
+        def on_epoch_end(self, epoch, logs=None):
+            elapsed = time.perf_counter() - self._start
+            progress.update(
+                self._task,
+                completed=steps_per_epoch,
+                metrics=_describe(logs, self._done, batch_size, elapsed),
+            )
+
+    return _RichProgress()
+
+
+def _describe(logs: dict | None, steps: int, batch_size: int, elapsed: float) -> str:
+    logs = logs or {}
+    parts = []
+    for key, label in (
+        ("loss", "loss"),
+        ("accuracy", "acc"),
+        ("val_loss", "val_loss"),
+        ("val_accuracy", "val_acc"),
+    ):
+        if logs.get(key) is not None:
+            parts.append(f"{label} {float(logs[key]):.4f}")
+    if elapsed > 0:
+        parts.append(f"{steps * batch_size / elapsed:,.0f} img/s")
+    return "  ".join(parts)
+
+
+def steps_per_epoch(train_images: int, batch_size: int) -> int:
+    return -(-train_images // batch_size)
+
+
+def fit(model: Any, train_ds: Any, val_ds: Any, spec: ExperimentSpec, callbacks: list) -> Any:
+    return model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=spec.training.epochs,
+        callbacks=callbacks,
+        verbose=0,
+        shuffle=False,  # the pipeline shuffles, seeded
+    )

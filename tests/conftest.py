@@ -1,0 +1,74 @@
+"""Shared fixtures: Keras' global state is restored after every test, so tests pass in any order."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import settings
+
+# A larger example count for `nox -s properties`; the default suite stays fast.
+settings.register_profile("default", max_examples=25, deadline=None)
+settings.register_profile("thorough", max_examples=300, deadline=None)
+settings.load_profile("default")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def restore_global_state():
+    """Save and restore the dtype policy (if Keras is loaded) and the Python/NumPy RNG state."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    keras = sys.modules.get("keras")
+    policy = keras.config.dtype_policy() if keras is not None else None
+    yield
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.config.set_dtype_policy(policy or "float32")
+
+
+@pytest.fixture(autouse=True)
+def isolated_keras_cache(tmp_path_factory, monkeypatch):
+    """No test reads the user's Keras cache or downloads anything."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
+    monkeypatch.setenv("RUNNER_OFFLINE", "1")
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    """Write a spec file from text and return its path."""
+
+    def write(text: str, name: str = "spec.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+TINY_SPEC = """
+name = "tiny"
+seed = 7
+
+[precision]
+policy = "mixed_float16"
+
+[model]
+kind = "mlp"
+hidden_units = [16]
+
+[data]
+source = "shapes"
+batch_size = 32
+train_size = 256
+test_size = 64
+
+[training]
+epochs = 2
+learning_rate = 0.01
+"""

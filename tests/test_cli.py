@@ -1,0 +1,122 @@
+"""Every CLI command through typer's CliRunner: exit codes and what the user reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from runner.cli import app
+from tests.conftest import ROOT, TINY_SPEC
+
+cli = CliRunner()
+
+
+def test_help_lists_the_commands():
+    result = cli.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("run", "validate", "env", "schema"):
+        assert command in result.output
+
+
+def test_validate_prints_the_resolved_spec():
+    result = cli.invoke(app, ["validate", str(ROOT / "specs" / "quickstart.toml")])
+    assert result.exit_code == 0, result.output
+    assert 'policy = "mixed_float16"' in result.stdout and "initial_scale = 32768.0" in result.stdout
+    assert "1 spec(s) valid" in result.stdout
+
+
+BAD_SPECS = {
+    "typo_in_key": ('name = "t"\n[precision]\npolcy = "float32"\n', "precision.polcy"),
+    "wrong_policy": ('name = "t"\n[precision]\npolicy = "mixed_fp16"\n', "precision.policy"),
+    "negative_batch": ('name = "t"\n[data]\nbatch_size = -32\n', "data.batch_size"),
+    "nan_learning_rate": (
+        'name = "t"\n[training]\nlearning_rate = nan\n',
+        "training.learning_rate",
+    ),
+    "bad_toml": ('name = "t"\n[data\n', "invalid TOML"),
+}
+
+
+@pytest.mark.parametrize(("text", "field"), BAD_SPECS.values(), ids=BAD_SPECS.keys())
+def test_validate_rejects_bad_specs_with_exit_2_and_one_message(write_spec, text, field):
+    path = write_spec(text)
+    result = cli.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert str(path) in result.stderr and field in result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""
+
+
+def test_unknown_set_key_is_exit_2_with_a_suggestion():
+    result = cli.invoke(
+        app, ["validate", str(ROOT / "specs/quickstart.toml"), "--set", "precision.polcy=float32"]
+    )
+    assert result.exit_code == 2
+    assert 'did you mean "policy"' in result.stderr
+
+
+def test_missing_spec_file_is_exit_2():
+    result = cli.invoke(app, ["validate", "does/not/exist.toml"])
+    assert result.exit_code == 2 and "file not found" in result.stderr
+
+
+def test_validate_and_schema_never_import_tensorflow():
+    code = (
+        "import sys; from typer.testing import CliRunner; from runner.cli import app; "
+        "r = CliRunner(); a = r.invoke(app, ['validate', 'specs/quickstart.toml']); "
+        "b = r.invoke(app, ['schema']); print(a.exit_code, b.exit_code, 'tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.split() == ["0", "0", "False"]
+
+
+def test_schema_is_json_schema():
+    result = cli.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "ExperimentSpec" and "precision" in schema["properties"]
+
+
+def test_env_reports_versions_and_mixed_precision_advice():
+    result = cli.invoke(app, ["env"])
+    assert result.exit_code == 0, result.output
+    for text in ("tensorflow", "keras", "python", "mixed_float16", "mixed_bfloat16"):
+        assert text in result.stdout
+
+
+def test_run_cifar10_without_the_archive_is_exit_2_and_says_what_to_do(tmp_path):
+    result = cli.invoke(app, ["run", str(ROOT / "specs/mixed.toml"), "--output", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "cifar-10-python.tar.gz" in result.stderr and "data.source=shapes" in result.stderr
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # nothing half-made
+
+
+def test_run_writes_a_run_directory_and_prints_the_report(write_spec, tmp_path):
+    path = write_spec(TINY_SPEC)
+    result = cli.invoke(
+        app, ["run", str(path), "--output", str(tmp_path / "out"), "--set", "training.epochs=1"]
+    )
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "out").iterdir()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["status"] == "completed" and report["spec"]["training"]["epochs"] == 1
+    assert "completed" in result.stdout and "LossScaleOptimizer" in result.stdout
+    assert str(run_dir.name) in result.stdout.replace("\n", "").replace("│", "").replace(" ", "")
+
+
+def test_python_dash_m_runner():
+    out = subprocess.run([sys.executable, "-m", "runner", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and "validate" in out.stdout
+
+
+def test_run_on_a_missing_gpu_is_exit_2(write_spec, tmp_path):
+    path = write_spec(TINY_SPEC)
+    out = tmp_path / "out"
+    result = cli.invoke(app, ["run", str(path), "--output", str(out), "--set", "runtime.device=gpu"])
+    assert result.exit_code == 2
+    assert "runtime.device" in result.stderr and "found none" in result.stderr
+    assert not out.exists()

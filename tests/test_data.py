@@ -1,0 +1,255 @@
+"""Data: the procedural shapes generator, the real-archive readers (on tiny archives of the
+original formats made here), safe unpickling, clear errors for missing or broken data."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import tarfile
+import time
+
+import numpy as np
+import pytest
+
+from runner.data import (
+    CIFAR_BATCHES,
+    SHAPE_CLASSES,
+    DataError,
+    keras_cache,
+    load_data,
+    locate,
+    make_shapes,
+    read_cifar10,
+    read_cifar_batch,
+    read_fashion_mnist,
+    read_mnist_npz,
+)
+from runner.spec import DataSpec
+
+
+def _cifar_batch_bytes(rng: np.random.Generator, n: int) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """A batch as the original archive stores it: a protocol-2 pickle, bytes keys, (n, 3072) rows."""
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n)
+    rows = images.transpose(0, 3, 1, 2).reshape(n, 3072)  # channels-first, as in the archive
+    blob = pickle.dumps(
+        {b"batch_label": b"x", b"labels": [int(v) for v in labels], b"data": rows}, protocol=2
+    )
+    return blob, images, labels
+
+
+def make_cifar_archive(path, n: int = 4, seed: int = 0):
+    """cifar-10-python.tar.gz in the original layout; returns the expected (train, test) arrays."""
+    rng = np.random.default_rng(seed)
+    expected = {}
+    with tarfile.open(path, "w:gz") as tar:
+        for name in CIFAR_BATCHES:
+            blob, images, labels = _cifar_batch_bytes(rng, n)
+            expected[name] = (images, labels)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    train_x = np.concatenate([expected[b][0] for b in CIFAR_BATCHES[:-1]])
+    train_y = np.concatenate([expected[b][1] for b in CIFAR_BATCHES[:-1]])
+    return (train_x, train_y), expected["test_batch"]
+
+
+# ---------------------------------------------------------------- shapes
+
+
+def test_shapes_are_cifar_shaped_uint8_with_all_classes():
+    x, y = make_shapes(2000, seed=1)
+    assert x.shape == (2000, 32, 32, 3) and x.dtype == np.uint8
+    assert y.dtype == np.int32 and set(np.unique(y)) == set(range(len(SHAPE_CLASSES)))
+    assert np.bincount(y).min() > 150  # roughly balanced
+    assert x.std() > 30  # not blank images
+
+
+def test_shapes_are_deterministic_by_seed():
+    a, la = make_shapes(500, seed=3)
+    b, lb = make_shapes(500, seed=3)
+    c, _ = make_shapes(500, seed=4)
+    assert np.array_equal(a, b) and np.array_equal(la, lb)
+    assert not np.array_equal(a, c)
+
+
+def test_shapes_classes_differ_in_shape_not_colour():
+    """The mean image of each class is the class's silhouette; colour averages out."""
+    x, y = make_shapes(3000, seed=0)
+    means = np.stack([x[y == k].astype(np.float32).mean(axis=(0, 3)) for k in range(10)])
+    distances = np.abs(means[:, None] - means[None]).mean(axis=(2, 3))
+    off_diagonal = distances[~np.eye(10, dtype=bool)]
+    assert off_diagonal.min() > 0.3
+
+
+def test_load_data_splits_and_limits():
+    spec = DataSpec(source="shapes", train_size=1000, test_size=200, validation_fraction=0.2, batch_size=10)
+    splits = load_data(spec, seed=5)
+    assert (len(splits.y_train), len(splits.y_val), len(splits.y_test)) == (800, 200, 200)
+    assert splits.input_shape == (32, 32, 3) and splits.num_classes == 10
+    again = load_data(spec, seed=5)
+    assert np.array_equal(splits.x_test, again.x_test)
+
+
+def test_too_small_training_split_is_a_data_error():
+    with pytest.raises(DataError, match="at least one batch"):
+        load_data(DataSpec(source="shapes", train_size=20, batch_size=64), seed=0)
+
+
+# ---------------------------------------------------------------- CIFAR-10 archive
+
+
+def test_cifar_archive_reader_round_trips_the_original_format(tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    (train_x, train_y), (test_x, test_y) = make_cifar_archive(archive, n=4)
+    (x, y), (tx, ty), classes = read_cifar10(archive)
+    assert classes == 10 and x.shape == (20, 32, 32, 3) and x.dtype == np.uint8
+    assert np.array_equal(x, train_x) and np.array_equal(y, train_y)
+    assert np.array_equal(tx, test_x) and np.array_equal(ty, test_y)
+
+
+def test_cifar_reader_accepts_the_extracted_folder(tmp_path):
+    archive = tmp_path / "a.tar.gz"
+    (train_x, _), _ = make_cifar_archive(archive)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "out", filter="data")
+    (x, _), _, _ = read_cifar10(tmp_path / "out")
+    assert np.array_equal(x, train_x)
+
+
+def test_cifar_found_in_keras_cache_and_via_data_path(tmp_path):
+    cache = keras_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    make_cifar_archive(cache / "cifar-10-python.tar.gz")
+    splits = load_data(DataSpec(source="cifar10", batch_size=4, validation_fraction=0.25), seed=0)
+    assert (len(splits.y_train), len(splits.y_val), len(splits.y_test)) == (15, 5, 4)
+    other = tmp_path / "elsewhere.tar.gz"
+    make_cifar_archive(other, n=8)
+    splits = load_data(DataSpec(source="cifar10", path=str(other), batch_size=4), seed=0)
+    assert len(splits.y_test) == 8
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_crafted_pickle_cannot_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    blob = pickle.dumps({b"data": _Exploit(marker), b"labels": [0]}, protocol=2)
+    with pytest.raises(DataError, match="forbidden global"):
+        read_cifar_batch(blob, "evil")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated", "not_gzip", "missing_batch"],
+)
+def test_broken_cifar_archives_are_data_errors(tmp_path, damage):
+    archive = tmp_path / "c.tar.gz"
+    make_cifar_archive(archive)
+    if damage == "truncated":
+        archive.write_bytes(archive.read_bytes()[:200])
+    elif damage == "not_gzip":
+        archive.write_bytes(b"hello, I am not an archive")
+    else:
+        with tarfile.open(archive, "w:gz") as tar:
+            info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+            tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(DataError):
+        read_cifar10(archive)
+
+
+def test_labels_out_of_range_are_a_data_error(tmp_path):
+    archive = tmp_path / "c.tar.gz"
+    rng = np.random.default_rng(0)
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in CIFAR_BATCHES:
+            blob, _, _ = _cifar_batch_bytes(rng, 4)
+            if name == "test_batch":
+                batch = pickle.loads(blob)
+                batch[b"labels"] = [0, 1, 2, 99]
+                blob = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    with pytest.raises(DataError, match=r"labels must lie in 0\.\.9"):
+        load_data(DataSpec(source="cifar10", path=str(archive), batch_size=2), seed=0)
+
+
+# ---------------------------------------------------------------- MNIST and Fashion-MNIST
+
+
+def test_mnist_npz_reader(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, 12, dtype=np.uint8),
+        "x_test": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, 5, dtype=np.uint8),
+    }
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    (x, y), (tx, _), _ = read_mnist_npz(tmp_path / "mnist.npz")
+    assert x.shape == (12, 28, 28, 1) and tx.shape == (5, 28, 28, 1)
+    assert np.array_equal(x[..., 0], arrays["x_train"]) and np.array_equal(y, arrays["y_train"])
+
+
+def test_fashion_mnist_idx_reader(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 6, dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        with gzip.open(tmp_path / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(
+                b"\x00\x00\x08\x03" + (6).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + images.tobytes()
+            )
+        with gzip.open(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(b"\x00\x00\x08\x01" + (6).to_bytes(4, "big") + labels.tobytes())
+    (x, y), _, _ = read_fashion_mnist(tmp_path)
+    assert np.array_equal(x[..., 0], images) and np.array_equal(y, labels)
+
+
+# ---------------------------------------------------------------- missing data
+
+
+@pytest.mark.parametrize("source", ["cifar10", "mnist", "fashion_mnist"])
+def test_missing_data_says_where_to_put_it_and_how_to_use_shapes(source):
+    with pytest.raises(DataError) as info:
+        locate(source, None)
+    message = str(info.value)
+    assert str(keras_cache()) in message
+    assert "data.path" in message and "data.source=shapes" in message
+
+
+def test_explicit_path_that_does_not_exist(tmp_path):
+    with pytest.raises(DataError, match=r'data.path: ".*nope.tar.gz" does not exist'):
+        locate("cifar10", str(tmp_path / "nope.tar.gz"))
+
+
+def test_a_failed_download_is_a_data_error_quickly(monkeypatch):
+    """The real download path, against a local port where nothing listens."""
+    import runner.data as data
+
+    monkeypatch.delenv("RUNNER_OFFLINE")
+    archive = data.ARCHIVES["mnist"]
+    monkeypatch.setitem(
+        data.ARCHIVES,
+        "mnist",
+        archive.__class__(
+            archive.reader,
+            archive.cache_names,
+            "http://127.0.0.1:9/mnist.npz",
+            archive.sha256,
+            archive.description,
+        ),
+    )
+    start = time.perf_counter()
+    with pytest.raises(DataError, match="download from http://127.0.0.1:9/mnist.npz failed"):
+        locate("mnist", None)
+    assert time.perf_counter() - start < 15
+    assert not (keras_cache() / "mnist.npz").exists()

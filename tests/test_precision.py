@@ -1,0 +1,138 @@
+"""Precision on real Keras objects: the policy scope, loss-scale wrapping, and the dtype audit of
+every built-in model under every policy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from runner import checks, compat, precision
+from runner.models import build_model
+from runner.spec import Mlp, PrecisionSpec, ResNet, SeedCnn, TrainingSpec
+from runner.train import compile_model, make_optimizer
+
+keras = compat.keras()
+POLICIES = ["float32", "mixed_float16", "mixed_bfloat16"]
+MODELS = {
+    "seed_cnn": SeedCnn(filters=[8, 8, 8], dense_units=8),
+    "seed_cnn_bn": SeedCnn(filters=[8, 8], dense_units=8, batch_norm=True, pooling="average", dropout=0.2),
+    "mlp": Mlp(hidden_units=[8, 8], batch_norm=True, dropout=0.1),
+    "resnet8": ResNet(depth=8, width=4),
+}
+
+
+def _build(model_spec, policy: str, output_dtype: str | None = "float32", loss_scale: str = "dynamic"):
+    p = PrecisionSpec(policy=policy, loss_scale=loss_scale)
+    with precision.policy_scope(policy):
+        model = build_model(model_spec, (32, 32, 3), 10, output_dtype)
+        optimizer = precision.wrap_optimizer(make_optimizer(TrainingSpec()), p)
+        compile_model(model, optimizer, TrainingSpec())
+    return model, optimizer, p
+
+
+def test_policy_scope_sets_and_restores_even_on_error():
+    before = compat.global_policy_name()
+    with precision.policy_scope("mixed_float16"):
+        assert compat.global_policy_name() == "mixed_float16"
+    assert compat.global_policy_name() == before
+    with pytest.raises(RuntimeError), precision.policy_scope("mixed_bfloat16"):
+        raise RuntimeError("boom")
+    assert compat.global_policy_name() == before
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("kind", MODELS.keys())
+def test_built_models_satisfy_every_invariant(kind, policy):
+    model, optimizer, p = _build(MODELS[kind], policy)
+    audit = precision.audit_model(model, optimizer)
+    findings = checks.preflight_findings(audit, policy, p.loss_scale, p.output_dtype)
+    assert checks.blocking(findings) == [], findings
+    # The audit agrees with Keras itself.
+    assert audit["output_dtype"] == "float32" == model.outputs[0].dtype
+    expected = checks.COMPUTE_DTYPE[policy]
+    dense = [x for x in audit["layers"] if x["class"] in {"Dense", "Conv2D"}]
+    assert dense and all(x["compute_dtype"] == expected for x in dense)
+    assert all(v.dtype == "float32" for v in model.weights)
+    assert audit["loss_scale_optimizer"] is (policy == "mixed_float16")
+
+
+def test_loss_scale_optimizer_takes_the_specs_scale_and_interval():
+    p = PrecisionSpec(policy="mixed_float16", initial_scale=1024.0, growth_interval=7)
+    opt = precision.wrap_optimizer(make_optimizer(TrainingSpec()), p)
+    assert compat.is_loss_scale_optimizer(opt)
+    assert (opt.initial_scale, opt.dynamic_growth_steps) == (1024.0, 7)
+    assert compat.current_loss_scale(opt) == 1024.0
+
+
+@pytest.mark.parametrize(
+    ("policy", "loss_scale"),
+    [("float32", "dynamic"), ("mixed_bfloat16", "dynamic"), ("mixed_float16", "none")],
+)
+def test_no_loss_scaling_where_it_does_not_apply(policy, loss_scale):
+    model, optimizer, _ = _build(MODELS["mlp"], policy, loss_scale=loss_scale)
+    assert not compat.is_loss_scale_optimizer(model.optimizer)
+    assert compat.current_loss_scale(optimizer) is None
+
+
+def test_the_tutorial_bug_policy_after_build_is_caught():
+    """Building first and setting the policy afterwards leaves every layer in float32."""
+    model = build_model(MODELS["seed_cnn"], (32, 32, 3), 10, "float32")  # policy still float32
+    with precision.policy_scope("mixed_float16"):
+        optimizer = precision.wrap_optimizer(make_optimizer(TrainingSpec()), PrecisionSpec())
+        compile_model(model, optimizer, TrainingSpec())
+        audit = precision.audit_model(model, optimizer)
+    failed = checks.blocking(checks.preflight_findings(audit, "mixed_float16", "dynamic", "float32"))
+    assert [f.name for f in failed] == ["compute_dtype"]
+    assert "conv1 (Conv2D) computes in float32" in failed[0].detail
+
+
+def test_float16_softmax_is_reported_when_requested():
+    model, optimizer, _ = _build(MODELS["mlp"], "mixed_float16", output_dtype=None)
+    audit = precision.audit_model(model, optimizer)
+    assert audit["output_dtype"] == "float16"
+    finding = checks.check_output_dtype(audit, "mixed_float16", "policy")
+    assert not finding.passed and finding.severity == "warning" and "probabilities" in finding.detail
+    error = checks.check_output_dtype(audit, "mixed_float16", "float32")
+    assert not error.passed and error.severity == "error"
+
+
+def test_seeded_scope_is_reproducible_and_restores_numpy():
+    import numpy as np
+
+    state = np.random.get_state()[1].copy()
+    with precision.seeded(3):
+        a = keras.random.uniform((3,)).numpy()
+    with precision.seeded(3):
+        b = keras.random.uniform((3,)).numpy()
+    assert (a == b).all()
+    assert (np.random.get_state()[1] == state).all()
+
+
+@pytest.mark.parametrize(
+    ("policy", "device", "fast"),
+    [
+        ("mixed_float16", {"cpu_flags": ["avx2"], "gpu": None}, False),
+        ("mixed_float16", {"cpu_flags": ["amx_fp16"], "gpu": None}, True),
+        ("mixed_bfloat16", {"cpu_flags": ["amx_bf16"], "gpu": None}, True),
+        ("mixed_float16", {"gpu": {"name": "T4", "compute_capability": [7, 5]}}, True),
+        ("mixed_bfloat16", {"gpu": {"name": "T4", "compute_capability": [7, 5]}}, False),
+        ("mixed_float16", {"gpu": {"name": "P100", "compute_capability": [6, 0]}}, False),
+        ("float32", {"gpu": None}, True),
+    ],
+    ids=["avx2", "amx_fp16", "amx_bf16", "t4_fp16", "t4_bf16", "p100", "float32"],
+)
+def test_mixed_precision_advice(policy, device, fast):
+    is_fast, why = precision.mixed_precision_advice(policy, device)
+    assert is_fast is fast
+    assert ("SLOWER" in why) == (not fast and not device.get("gpu"))
+
+
+def test_current_loss_scale_is_finite_after_a_step():
+    model, optimizer, _ = _build(MODELS["mlp"], "mixed_float16")
+    import numpy as np
+
+    x = np.zeros((4, 32, 32, 3), np.uint8)
+    model.train_on_batch(x, np.zeros((4,), np.int32))
+    scale = compat.current_loss_scale(optimizer)
+    assert math.isfinite(scale) and scale > 0

@@ -1,0 +1,141 @@
+"""End to end: tiny real runs through the session, checked against the report.json contract."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from rich.console import Console
+
+from runner import compat, models, runs
+from runner.session import run_experiment
+from runner.spec import load_spec
+from tests.conftest import TINY_SPEC
+
+REPORT_KEYS = {
+    "name",
+    "status",
+    "spec",
+    "spec_hash",
+    "environment",
+    "precision",
+    "audit",
+    "checks",
+    "metrics",
+    "performance",
+}
+RUN_FILES = {"spec.toml", "environment.json", "metrics.jsonl", "report.json"}
+
+
+def _run(write_spec, tmp_path, overrides=()):
+    spec = load_spec(write_spec(TINY_SPEC), overrides)
+    console = Console(file=open(tmp_path / "console.txt", "w"), width=100)  # noqa: SIM115
+    return run_experiment(spec, tmp_path / "reports", console)
+
+
+def test_tiny_mixed_float16_run_honours_the_report_contract(write_spec, tmp_path):
+    outcome = _run(write_spec, tmp_path)
+    assert (outcome.status, outcome.exit_code) == ("completed", 0)
+    files = {p.name for p in outcome.run_dir.iterdir()}
+    assert files >= RUN_FILES
+    report = json.loads((outcome.run_dir / "report.json").read_text())
+    assert set(report) >= REPORT_KEYS
+    assert set(report["environment"]) >= {"python", "tensorflow", "keras", "device"}
+    p = report["precision"]
+    assert (p["policy"], p["compute_dtype"], p["variable_dtype"]) == (
+        "mixed_float16",
+        "float16",
+        "float32",
+    )
+    scale = p["loss_scale"]
+    assert set(scale) >= {"initial", "final", "min", "overflow_steps"}
+    assert math.isfinite(scale["final"]) and scale["final"] > 0 and scale["min"] <= scale["initial"]
+    assert report["audit"]["output_dtype"] == "float32"
+    assert report["audit"]["optimizer"] == "LossScaleOptimizer"
+    for layer in report["audit"]["layers"]:
+        assert set(layer) >= {"name", "class", "compute_dtype", "variable_dtype", "output_dtype"}
+    assert report["checks"] and all(c["passed"] for c in report["checks"])
+    epochs = report["metrics"]["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for e in epochs:
+        assert set(e) >= {
+            "loss",
+            "accuracy",
+            "val_loss",
+            "val_accuracy",
+            "seconds",
+            "images_per_second",
+        }
+    assert 0 <= report["metrics"]["test_accuracy"] <= 1 and report["metrics"]["test_loss"] > 0
+    perf = report["performance"]
+    assert perf["images_per_second"] > 0 and perf["step_time_ms"] > 0 and perf["peak_host_memory_mb"] > 0
+    assert "peak_device_memory_mb" in perf
+    assert runs.read_jsonl(outcome.run_dir / "metrics.jsonl") == epochs
+    assert load_spec(outcome.run_dir / "spec.toml") == load_spec(write_spec(TINY_SPEC))
+    assert compat.global_policy_name() == "float32"
+
+
+def test_float32_run_has_no_loss_scaling(write_spec, tmp_path):
+    outcome = _run(write_spec, tmp_path, ["precision.policy=float32", "training.epochs=1"])
+    report = outcome.report
+    assert outcome.exit_code == 0
+    assert report["audit"]["optimizer"] == "Adam" and not report["audit"]["loss_scale_optimizer"]
+    dtypes = {x["compute_dtype"] for x in report["audit"]["layers"] if x["class"] != "InputLayer"}
+    assert dtypes == {"float32"} and report["precision"]["variable_dtype"] == "float32"
+    assert report["precision"]["loss_scale"]["final"] is None
+
+
+def test_forced_overflow_is_counted_and_halves_the_scale(write_spec, tmp_path):
+    outcome = _run(write_spec, tmp_path, ["precision.initial_scale=1e38", "training.epochs=1"])
+    scale = outcome.report["precision"]["loss_scale"]
+    assert scale["overflow_steps"] > 0
+    assert scale["final"] < 1e38 and scale["min"] == scale["final"]
+    assert scale["history"][0] == [0, 1e38]
+
+
+def test_a_float32_layer_in_the_middle_stops_the_run_before_training(write_spec, tmp_path, monkeypatch):
+    """The symptom of building under the wrong policy: runner refuses to train and names the layer."""
+    keras = compat.keras()
+
+    def leaky_mlp(spec, input_shape, num_classes, output_dtype):
+        images = keras.Input(input_shape, dtype="uint8")
+        x = keras.layers.Rescaling(1 / 255)(images)
+        x = keras.layers.Flatten()(x)
+        x = keras.layers.Dense(8, dtype="float32", name="leaky_dense")(x)
+        x = keras.layers.Dense(num_classes, name="logits")(x)
+        return keras.Model(
+            images, keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+        )
+
+    monkeypatch.setitem(models.MODEL_BUILDERS, "mlp", leaky_mlp)
+    outcome = _run(write_spec, tmp_path)
+    assert (outcome.status, outcome.exit_code) == ("failed", 1)
+    failed = [c for c in outcome.report["checks"] if not c["passed"]]
+    assert [c["name"] for c in failed] == ["compute_dtype"]
+    assert "leaky_dense (Dense) computes in float32" in failed[0]["detail"]
+    assert outcome.report["metrics"]["epochs"] == []
+    assert compat.global_policy_name() == "float32"
+
+
+def test_a_crash_mid_run_still_writes_a_report(write_spec, tmp_path, monkeypatch):
+    from runner import train
+
+    def boom(*args, **kwargs):
+        raise MemoryError("simulated out of memory")
+
+    monkeypatch.setattr(train, "fit", boom)
+    outcome = _run(write_spec, tmp_path)
+    assert (outcome.status, outcome.exit_code) == ("failed", 3)
+    report = json.loads((outcome.run_dir / "report.json").read_text())
+    assert "MemoryError: simulated out of memory" in report["error"]
+    assert "Traceback" in (outcome.run_dir / "error.txt").read_text()
+    assert compat.global_policy_name() == "float32"
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16"])
+def test_bfloat16_run(write_spec, tmp_path, policy):
+    outcome = _run(write_spec, tmp_path, [f"precision.policy={policy}", "training.epochs=1"])
+    assert outcome.exit_code == 0
+    assert outcome.report["precision"]["compute_dtype"] == "bfloat16"
+    assert not outcome.report["audit"]["loss_scale_optimizer"]

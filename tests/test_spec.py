@@ -1,0 +1,280 @@
+"""Spec validation: table-driven good and bad inputs, overrides, messages, schema, round-trip."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import tomli_w
+import tomllib
+from hypothesis import given
+from hypothesis import strategies as st
+
+from runner.spec import (
+    ExperimentSpec,
+    SpecError,
+    json_schema,
+    load_spec,
+    parse_override,
+    spec_from_dict,
+    spec_hash,
+    spec_to_dict,
+    spec_to_toml,
+)
+
+BASE = {"name": "t"}
+
+
+def with_(section: str, **fields) -> dict:
+    return {"name": "t", section: fields}
+
+
+GOOD = {
+    "minimal": BASE,
+    "float32": with_("precision", policy="float32"),
+    "bfloat16": with_("precision", policy="mixed_bfloat16", loss_scale="none"),
+    "int_for_float": with_("precision", initial_scale=1024),
+    "resnet20": with_("model", kind="resnet", depth=20, width=8),
+    "mlp": with_("model", kind="mlp", hidden_units=[8, 8], batch_norm=True, dropout=0.5),
+    "sgd": {
+        "name": "t",
+        "training": {"optimizer": {"kind": "sgd", "momentum": 0.9, "nesterov": True}},
+    },
+    "cifar_with_path": with_("data", source="cifar10", path="/data/cifar-10-python.tar.gz"),
+}
+
+
+@pytest.mark.parametrize("raw", GOOD.values(), ids=GOOD.keys())
+def test_valid_specs_load(raw):
+    spec = spec_from_dict(raw, source="x.toml")
+    assert isinstance(spec, ExperimentSpec)
+
+
+BAD = {
+    # id: (raw, fragments the message must contain)
+    "typo_in_key": (
+        with_("precision", polcy="float32"),
+        ["precision.polcy", "unknown key", 'did you mean "policy"'],
+    ),
+    "typo_top_level": ({"name": "t", "trainig": {}}, ["trainig", 'did you mean "training"']),
+    "wrong_policy": (
+        with_("precision", policy="mixed_fp16"),
+        ["precision.policy", "float32, mixed_float16, mixed_bfloat16", '"mixed_fp16"'],
+    ),
+    "negative_batch": (with_("data", batch_size=-32), ["data.batch_size", "> 0", "-32"]),
+    "nan_learning_rate": (
+        with_("training", learning_rate=math.nan),
+        ["training.learning_rate", "finite", "nan"],
+    ),
+    "inf_scale": (
+        with_("precision", initial_scale=math.inf),
+        ["precision.initial_scale", "finite"],
+    ),
+    "string_for_int": (with_("training", epochs="10"), ["training.epochs", "integer", '"10"']),
+    "bool_for_int": (with_("data", batch_size=True), ["data.batch_size"]),
+    "unknown_model_kind": (with_("model", kind="vgg"), ["model", "seed_cnn", "vgg"]),
+    "key_of_other_variant": (
+        with_("model", kind="mlp", filters=[8]),
+        ["model.filters", "unknown key"],
+    ),
+    "resnet_depth": (with_("model", kind="resnet", depth=21), ["depth", "6n+2", "21"]),
+    "name_with_slash": ({"name": "../escape"}, ["name", "../escape"]),
+    "name_missing": ({}, ["name", "missing"]),
+    "zero_epochs": (with_("training", epochs=0), ["training.epochs", "> 0"]),
+    "fraction_out_of_range": (with_("data", validation_fraction=1.5), ["data.validation_fraction"]),
+    "optimizer_typo": (
+        {"name": "t", "training": {"optimizer": {"kind": "adam", "beta1": 0.9}}},
+        ['did you mean "beta_1"'],
+    ),
+}
+
+
+@pytest.mark.parametrize(("raw", "fragments"), BAD.values(), ids=BAD.keys())
+def test_invalid_specs_name_file_field_expected_and_received(raw, fragments):
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(raw, source="specs/x.toml")
+    message = str(info.value)
+    assert message.startswith("specs/x.toml: ")
+    for fragment in fragments:
+        assert fragment in message, message
+    assert "Traceback" not in message and "pydantic" not in message.lower()
+
+
+def test_every_problem_is_reported_at_once():
+    raw = {"name": "t", "precision": {"policy": "x"}, "data": {"batch_size": 0}}
+    message = str(pytest.raises(SpecError, spec_from_dict, raw).value)
+    assert "precision.policy" in message and "data.batch_size" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("precision.policy=float32", (["precision", "policy"], "float32")),
+        ('precision.policy="float32"', (["precision", "policy"], "float32")),
+        ("training.epochs=3", (["training", "epochs"], 3)),
+        ("training.learning_rate=1e-4", (["training", "learning_rate"], 1e-4)),
+        ("model.filters=[8, 16]", (["model", "filters"], [8, 16])),
+        ("training.jit_compile=true", (["training", "jit_compile"], True)),
+    ],
+    ids=["bare_string", "quoted_string", "int", "float", "list", "bool"],
+)
+def test_override_values_are_toml_literals(text, expected):
+    assert parse_override(text) == expected
+
+
+def test_override_applies_and_wins_over_file(write_spec):
+    path = write_spec('name = "t"\n[precision]\npolicy = "mixed_float16"\n')
+    spec = load_spec(path, ["precision.policy=float32", "training.epochs=2"])
+    assert spec.precision.policy == "float32" and spec.training.epochs == 2
+
+
+def test_override_of_unknown_key_names_the_nearest_valid_one(write_spec):
+    path = write_spec('name = "t"\n')
+    message = str(pytest.raises(SpecError, load_spec, path, ["training.learnig_rate=0.1"]).value)
+    assert "--set training.learnig_rate=0.1" in message
+    assert 'did you mean "learning_rate"' in message
+    assert str(path) in message
+
+
+@pytest.mark.parametrize("text", ["noequals", "=3", "a..b=1"])
+def test_malformed_override_is_a_spec_error(text):
+    with pytest.raises(SpecError, match="KEY.PATH=VALUE"):
+        parse_override(text)
+
+
+def test_override_through_a_value_is_an_error(write_spec):
+    path = write_spec('name = "t"\nseed = 1\n')
+    with pytest.raises(SpecError, match="seed is a value, not a table"):
+        load_spec(path, ["seed.x=1"])
+
+
+def test_missing_file_and_bad_toml(write_spec, tmp_path):
+    with pytest.raises(SpecError, match="file not found"):
+        load_spec(tmp_path / "nope.toml")
+    bad = write_spec('name = "t"\n[precision\n')
+    with pytest.raises(SpecError, match=r"invalid TOML.*line 2"):
+        load_spec(bad)
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SpecError, match="not UTF-8"):
+        load_spec(binary)
+
+
+def test_shipped_specs_are_valid():
+    from tests.conftest import ROOT
+
+    paths = sorted((ROOT / "specs").rglob("*.toml"))
+    assert {p.name for p in paths} >= {"mixed.toml", "float32.toml", "quickstart.toml"}
+    for path in paths:
+        load_spec(path)
+    mixed = load_spec(ROOT / "specs" / "mixed.toml")
+    assert (mixed.precision.policy, mixed.data.source, mixed.data.batch_size) == (
+        "mixed_float16",
+        "cifar10",
+        32,
+    )
+    assert (mixed.training.epochs, mixed.training.learning_rate, mixed.model.kind) == (
+        10,
+        1e-3,
+        "seed_cnn",
+    )
+
+
+def test_hash_is_stable_and_sensitive():
+    a = spec_from_dict({"name": "t"})
+    assert spec_hash(a) == spec_hash(spec_from_dict({"name": "t"}))
+    assert spec_hash(a) != spec_hash(spec_from_dict({"name": "t", "seed": 1}))
+
+
+def test_json_schema_describes_the_sections():
+    schema = json_schema()
+    assert set(schema["properties"]) >= {
+        "name",
+        "precision",
+        "model",
+        "data",
+        "training",
+        "runtime",
+    }
+
+
+def test_spec_module_does_not_import_tensorflow():
+    code = "import sys, runner.spec, runner.cli; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------- round-trip (property)
+
+names = st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True).filter(lambda s: s not in {".", ".."})
+fractions = st.floats(0, 0.99, allow_nan=False)
+models = st.one_of(
+    st.builds(
+        dict,
+        kind=st.just("seed_cnn"),
+        filters=st.lists(st.integers(1, 512), min_size=1, max_size=6),
+        dense_units=st.integers(1, 1024),
+        activation=st.sampled_from(["relu", "gelu", "swish", "tanh"]),
+        pooling=st.sampled_from(["max", "average"]),
+        batch_norm=st.booleans(),
+        dropout=fractions,
+    ),
+    st.builds(
+        dict,
+        kind=st.just("mlp"),
+        hidden_units=st.lists(st.integers(1, 512), min_size=1, max_size=8),
+        batch_norm=st.booleans(),
+        dropout=fractions,
+    ),
+    st.builds(
+        dict,
+        kind=st.just("resnet"),
+        depth=st.sampled_from([8, 14, 20, 32, 44, 56, 110]),
+        width=st.integers(1, 64),
+    ),
+)
+optimizers = st.one_of(
+    st.builds(dict, kind=st.just("adam"), beta_1=fractions, epsilon=st.floats(1e-10, 1.0)),
+    st.builds(dict, kind=st.just("sgd"), momentum=fractions, nesterov=st.booleans()),
+    st.builds(dict, kind=st.just("adamw"), weight_decay=st.floats(0, 1)),
+    st.builds(dict, kind=st.just("rmsprop"), rho=fractions),
+)
+specs = st.builds(
+    dict,
+    name=names,
+    seed=st.integers(0, 2**32 - 1),
+    description=st.text(max_size=40),
+    precision=st.builds(
+        dict,
+        policy=st.sampled_from(["float32", "mixed_float16", "mixed_bfloat16"]),
+        loss_scale=st.sampled_from(["dynamic", "none"]),
+        initial_scale=st.floats(1.0, 2.0**40),
+        growth_interval=st.integers(1, 10_000),
+    ),
+    model=models,
+    data=st.builds(
+        dict,
+        source=st.sampled_from(["cifar10", "mnist", "fashion_mnist", "shapes"]),
+        batch_size=st.integers(1, 4096),
+        train_size=st.none() | st.integers(1, 60_000),
+        validation_fraction=fractions,
+    ),
+    training=st.builds(
+        dict,
+        optimizer=optimizers,
+        learning_rate=st.floats(1e-6, 1.0),
+        epochs=st.integers(1, 100),
+        steps_per_execution=st.integers(1, 64),
+    ),
+)
+
+
+@given(specs)
+def test_any_valid_spec_round_trips_through_toml(raw):
+    spec = spec_from_dict(raw)
+    again = spec_from_dict(tomllib.loads(spec_to_toml(spec)))
+    assert again == spec
+    assert spec_hash(again) == spec_hash(spec)
+    assert tomllib.loads(tomli_w.dumps(spec_to_dict(spec))) == spec_to_dict(spec)
