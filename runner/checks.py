@@ -118,13 +118,25 @@ def check_optimizer(audit: dict[str, Any], policy: str, loss_scale: str) -> Find
     )
 
 
-def check_loss_scale(scale: float | None, when: str) -> Finding:
+def check_loss_scale(scale: float | None, when: str, name: str = "loss_scale") -> Finding:
     """Invariant 4: the loss scale (if any) is finite and positive."""
     if scale is None:
-        return Finding("loss_scale", True, f"no loss scaling {when}")
+        return Finding(name, True, f"no loss scaling {when}")
     if is_finite_positive(scale):
-        return Finding("loss_scale", True, f"loss scale {scale:g} {when}, finite and > 0")
-    return Finding("loss_scale", False, f"expected a finite loss scale > 0 {when}; got {scale}")
+        return Finding(name, True, f"loss scale {scale:g} {when}, finite and > 0")
+    return Finding(name, False, f"expected a finite loss scale > 0 {when}; got {scale}")
+
+
+def check_policy_in_force(audit: dict[str, Any], policy: str) -> Finding:
+    """Invariant 5a: the spec's policy was the global policy while the model was built."""
+    found = audit["global_policy"]
+    if found == policy:
+        return Finding("policy_in_force", True, f"global dtype policy was {policy} while building")
+    return Finding(
+        "policy_in_force",
+        False,
+        f"expected the global dtype policy {policy} while building the model; got {found}",
+    )
 
 
 def check_policy_restored(before: str, after: str) -> Finding:
@@ -139,13 +151,14 @@ def check_policy_restored(before: str, after: str) -> Finding:
 def preflight_findings(
     audit: dict[str, Any], policy: str, loss_scale: str, output_dtype: str
 ) -> list[Finding]:
-    """Invariants 1-4 on a freshly built, compiled model: before any training step."""
+    """Invariants 1-5 on a freshly built, compiled model: before any training step."""
     return [
         check_compute_dtype(audit, policy),
         check_variable_dtype(audit),
         check_output_dtype(audit, policy, output_dtype),
         check_optimizer(audit, policy, loss_scale),
         check_loss_scale(audit["loss_scale"], "before training"),
+        check_policy_in_force(audit, policy),
     ]
 
 

@@ -105,6 +105,8 @@ def run(
             _fail(str(exc))
             worst = max(worst, EXIT_BAD_INPUT)
             continue
+        except KeyboardInterrupt:  # before training started: nothing to save
+            raise _fail(f"{spec.name}: interrupted before training started", EXIT_INTERRUPTED) from None
         out.print(render_run(outcome.report))
         worst = max(worst, outcome.exit_code)
         if outcome.exit_code == EXIT_INTERRUPTED:

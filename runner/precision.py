@@ -145,7 +145,7 @@ def mixed_precision_advice(policy: str, device: dict[str, Any]) -> tuple[bool, s
     if fast_flag in flags:
         return True, f"This CPU has {fast_flag.upper()}: {policy} can be faster than float32."
     return False, (
-        f"No GPU and no {fast_flag.upper()} on this CPU: {dtype} is emulated, so {policy} runs "
-        "several times SLOWER than float32 here (measured ~3.4x for float16, ~7x for bfloat16 on "
-        "AVX2). Use it here to validate the setup, not for speed."
+        f"No GPU and no {fast_flag.upper()} on this CPU: {dtype} arithmetic is emulated, so {policy} "
+        "runs several times SLOWER than float32 here (3-7x measured on AVX2 CPUs). Use it here to "
+        "validate the setup, not for speed."
     )

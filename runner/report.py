@@ -37,6 +37,7 @@ def precision_summary(state: RunState) -> dict[str, Any]:
         "compute_dtype": _most_common(computing),
         "variable_dtype": _most_common(variables),
         "loss_scale": state.loss_scale or None,
+        "advice": state.advice,
     }
 
 
@@ -149,6 +150,9 @@ def _headline(data: dict[str, Any]) -> Text:
     if perf.get("peak_device_memory_mb") is not None:
         text.append(f" · peak device memory {perf['peak_device_memory_mb']:,.0f} MB")
     text.append(f"\n{data['environment']['device']}")
+    advice = p.get("advice") or {}
+    if advice.get("faster") is False:
+        text.append(f"\n{advice['detail']}", style="yellow")
     if data.get("error"):
         text.append(f"\n{data['error']}", style=style)
     return text

@@ -48,6 +48,7 @@ class RunState:
     test_metrics: dict[str, float] = field(default_factory=dict)
     loss_scale: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    advice: dict[str, Any] = field(default_factory=dict)  # will the policy be faster here?
 
 
 @contextlib.contextmanager
@@ -156,7 +157,7 @@ def _train_checked(state: RunState, splits: Splits, console: Console) -> None:
 def _post_findings(state: RunState, policy_before: str) -> list[checks.Finding]:
     found = [checks.check_policy_restored(policy_before, compat.global_policy_name())]
     if state.loss_scale.get("final") is not None:
-        found.append(checks.check_loss_scale(state.loss_scale["final"], "after training"))
+        found.append(checks.check_loss_scale(state.loss_scale["final"], "after training", "final_loss_scale"))
     if state.status == "completed":
         found.append(checks.check_finite_metrics(state.test_metrics))
     return found
@@ -193,7 +194,9 @@ def start_run(spec: ExperimentSpec, output: Path) -> tuple[RunState, Splits]:
     environment = runs.environment_info()
     runs.write_text_atomic(run_dir / "spec.toml", spec_to_toml(spec))
     runs.write_json_atomic(run_dir / "environment.json", environment)
-    return RunState(spec, run_dir, environment, splits.summary()), splits
+    fast, why = precision.mixed_precision_advice(spec.precision.policy, environment["device_facts"])
+    state = RunState(spec, run_dir, environment, splits.summary(), advice={"faster": fast, "detail": why})
+    return state, splits
 
 
 def run_experiment(spec: ExperimentSpec, output: Path, console: Console) -> RunOutcome:
@@ -201,6 +204,8 @@ def run_experiment(spec: ExperimentSpec, output: Path, console: Console) -> RunO
     state, splits = start_run(spec, output)
     policy_before = compat.global_policy_name()
     console.print(f"[dim]run directory[/] {state.run_dir}")
+    if not state.advice["faster"]:
+        console.print(f"[yellow]note:[/] {state.advice['detail']}")
     with compat.native_stderr_to(state.run_dir / "tensorflow.log") as terminal:
         progress_console = Console(file=terminal, force_terminal=console.is_terminal)
         try:

@@ -13,7 +13,7 @@ from runner import checks
 DTYPES = ["float16", "bfloat16", "float32"]
 
 
-def audit(layers, output="float32", optimizer="Adam", lso=False, scale=None):
+def audit(layers, output="float32", optimizer="Adam", lso=False, scale=None, policy="mixed_float16"):
     return {
         "layers": layers,
         "output_layers": [layers[-1]["name"]] if layers else [],
@@ -22,6 +22,7 @@ def audit(layers, output="float32", optimizer="Adam", lso=False, scale=None):
         "inner_optimizer": optimizer,
         "loss_scale_optimizer": lso,
         "loss_scale": scale,
+        "global_policy": policy,
     }
 
 
@@ -62,6 +63,7 @@ def test_clean_mixed_audit_passes_everything():
         (lambda a: a.update(loss_scale_optimizer=False, optimizer="Adam"), "loss_scale_optimizer"),
         (lambda a: a.update(loss_scale=math.inf), "loss_scale"),
         (lambda a: a.update(loss_scale=0.0), "loss_scale"),
+        (lambda a: a.update(global_policy="float32"), "policy_in_force"),
     ],
     ids=[
         "float32_layer",
@@ -70,6 +72,7 @@ def test_clean_mixed_audit_passes_everything():
         "no_lso",
         "inf_scale",
         "zero_scale",
+        "policy_not_in_force",
     ],
 )
 def test_each_broken_invariant_is_one_named_error(mutate, failing):
@@ -122,5 +125,5 @@ def test_any_clean_audit_yields_no_error(n, policy):
     dtype = checks.COMPUTE_DTYPE[policy]
     layers = [layer(f"l{i}", dtype) for i in range(n)] + [layer("out", "float32", "Activation", ())]
     lso = policy == "mixed_float16"
-    a = audit(layers, lso=lso, scale=2.0**15 if lso else None)
+    a = audit(layers, lso=lso, scale=2.0**15 if lso else None, policy=policy)
     assert checks.blocking(checks.preflight_findings(a, policy, "dynamic", "float32")) == []

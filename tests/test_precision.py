@@ -28,7 +28,8 @@ def _build(model_spec, policy: str, output_dtype: str | None = "float32", loss_s
         model = build_model(model_spec, (32, 32, 3), 10, output_dtype)
         optimizer = precision.wrap_optimizer(make_optimizer(TrainingSpec()), p)
         compile_model(model, optimizer, TrainingSpec())
-    return model, optimizer, p
+        audit = precision.audit_model(model, optimizer)  # inside the scope, as the session does
+    return model, optimizer, p, audit
 
 
 def test_policy_scope_sets_and_restores_even_on_error():
@@ -44,8 +45,7 @@ def test_policy_scope_sets_and_restores_even_on_error():
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("kind", MODELS.keys())
 def test_built_models_satisfy_every_invariant(kind, policy):
-    model, optimizer, p = _build(MODELS[kind], policy)
-    audit = precision.audit_model(model, optimizer)
+    model, optimizer, p, audit = _build(MODELS[kind], policy)
     findings = checks.preflight_findings(audit, policy, p.loss_scale, p.output_dtype)
     assert checks.blocking(findings) == [], findings
     # The audit agrees with Keras itself.
@@ -70,7 +70,7 @@ def test_loss_scale_optimizer_takes_the_specs_scale_and_interval():
     [("float32", "dynamic"), ("mixed_bfloat16", "dynamic"), ("mixed_float16", "none")],
 )
 def test_no_loss_scaling_where_it_does_not_apply(policy, loss_scale):
-    model, optimizer, _ = _build(MODELS["mlp"], policy, loss_scale=loss_scale)
+    model, optimizer, _, _ = _build(MODELS["mlp"], policy, loss_scale=loss_scale)
     assert not compat.is_loss_scale_optimizer(model.optimizer)
     assert compat.current_loss_scale(optimizer) is None
 
@@ -88,8 +88,7 @@ def test_the_tutorial_bug_policy_after_build_is_caught():
 
 
 def test_float16_softmax_is_reported_when_requested():
-    model, optimizer, _ = _build(MODELS["mlp"], "mixed_float16", output_dtype=None)
-    audit = precision.audit_model(model, optimizer)
+    _, _, _, audit = _build(MODELS["mlp"], "mixed_float16", output_dtype=None)
     assert audit["output_dtype"] == "float16"
     finding = checks.check_output_dtype(audit, "mixed_float16", "policy")
     assert not finding.passed and finding.severity == "warning" and "probabilities" in finding.detail
@@ -129,7 +128,7 @@ def test_mixed_precision_advice(policy, device, fast):
 
 
 def test_current_loss_scale_is_finite_after_a_step():
-    model, optimizer, _ = _build(MODELS["mlp"], "mixed_float16")
+    model, optimizer, _, _ = _build(MODELS["mlp"], "mixed_float16")
     import numpy as np
 
     x = np.zeros((4, 32, 32, 3), np.uint8)

@@ -35,6 +35,7 @@ def sample_report(status="completed", passed=True):
             "compute_dtype": "float16",
             "variable_dtype": "float32",
             "loss_scale": {"initial": 32768.0, "final": 4096.0, "min": 2048.0, "overflow_steps": 3},
+            "advice": {"faster": False, "detail": "mixed_float16 runs several times SLOWER here"},
         },
         "audit": {
             "layers": [layer],
@@ -90,6 +91,7 @@ def test_run_report_shows_status_precision_checks_metrics_and_path():
         "0.8600",
         "reports/demo-x",
         "LossScaleOptimizer",
+        "SLOWER here",
     ):
         assert fragment in text, fragment
 
