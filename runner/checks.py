@@ -7,10 +7,14 @@ can print their results as they are.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from runner.spec import ChecksSpec, PrecisionSpec
+
 Severity = Literal["error", "warning", "hint"]
+DEFAULT_INITIAL_SCALE = 2.0**15
 COMPUTE_DTYPE = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 # Layers that hold no computation of their own: their "compute dtype" is just the input's.
 NON_COMPUTING = {"InputLayer"}
@@ -31,28 +35,47 @@ def is_finite_positive(value: float | None) -> bool:
     return value is not None and math.isfinite(value) and value > 0
 
 
-def check_compute_dtype(audit: dict[str, Any], policy: str) -> Finding:
-    """Invariant 1a: every computing layer uses the policy's compute dtype (the output layer may be
-    float32, which invariant 2 asks for)."""
+def _weighted(audit: dict[str, Any]) -> list[dict[str, Any]]:
+    return [x for x in audit["layers"] if x["class"] not in NON_COMPUTING and x["weights"]]
+
+
+def _names(layers: list[dict[str, Any]], limit: int = 6) -> str:
+    shown = [f"{x['name']} ({x['class']}) computes in {x['compute_dtype']}" for x in layers[:limit]]
+    more = f" and {len(layers) - limit} more" if len(layers) > limit else ""
+    return "; ".join(shown) + more
+
+
+def check_compute_dtype(audit: dict[str, Any], policy: str, float32_layers: Sequence[str] = ()) -> Finding:
+    """Invariant 1a: layers with weights compute in the policy's dtype.
+
+    All of them in another dtype is the tutorial's bug (the policy was set after the model was
+    built: a "mixed" run that is float32 throughout): an error. Some of them is either a deliberate
+    float32 island (list it in [checks] float32_layers) or a layer built outside the policy: a warning.
+    """
     expected = COMPUTE_DTYPE[policy]
-    allowed_output = {expected, "float32"}
-    wrong = [
-        f"{layer['name']} ({layer['class']}) computes in {layer['compute_dtype']}"
-        for layer in audit["layers"]
-        if layer["class"] not in NON_COMPUTING
-        and layer["compute_dtype"]
-        not in (allowed_output if layer["name"] in audit["output_layers"] else {expected})
-    ]
-    if wrong:
+    weighted = _weighted(audit)
+    off = [x for x in weighted if x["compute_dtype"] != expected and x["name"] not in float32_layers]
+    fix = (
+        "Fix: build every layer while the policy is in force (no dtype= on layers), or list "
+        "deliberate float32 layers in [checks] float32_layers."
+    )
+    if off and len(off) == len(weighted):
         return Finding(
             "compute_dtype",
             False,
-            f"expected every layer to compute in {expected} under {policy}; "
-            + "; ".join(wrong)
-            + ". Fix: set the policy before building the model (runner does; a factory must build "
-            "its layers inside the call).",
+            f"expected layers to compute in {expected} under {policy}; none does: {_names(off)}. "
+            f"The model was built before the policy was set, so this run is not {policy}. {fix}",
         )
-    return Finding("compute_dtype", True, f"every computing layer computes in {expected}")
+    if off:
+        return Finding(
+            "compute_dtype",
+            False,
+            f"expected {expected} under {policy}; {_names(off)}. {fix}",
+            severity="warning",
+        )
+    listed = [x["name"] for x in weighted if x["name"] in float32_layers]
+    kept = f" ({', '.join(listed)} kept in float32 as declared)" if listed else ""
+    return Finding("compute_dtype", True, f"every layer with weights computes in {expected}{kept}")
 
 
 def check_variable_dtype(audit: dict[str, Any]) -> Finding:
@@ -148,18 +171,112 @@ def check_policy_restored(before: str, after: str) -> Finding:
     )
 
 
+def check_tensor_core_alignment(audit: dict[str, Any], policy: str, batch_size: int) -> Finding:
+    """Hint: float16 Tensor Cores want widths, filters and batch sizes that are multiples of 8."""
+    if policy != "mixed_float16":
+        return Finding("tensor_core_alignment", True, f"not applicable under {policy}", "hint")
+    weighted = [x for x in _weighted(audit) if x.get("width")]
+    # The classifier's width is the number of classes: the data's, not the user's, choice.
+    odd = [f"{x['name']} ({x['width']})" for x in weighted[:-1] if x["width"] % 8]
+    if batch_size % 8:
+        odd.append(f"batch size ({batch_size})")
+    if odd:
+        return Finding(
+            "tensor_core_alignment",
+            False,
+            "expected multiples of 8 for float16 Tensor Cores; got "
+            + ", ".join(odd[:8])
+            + ". Fix: round them up to a multiple of 8 (matters on GPUs only).",
+            "hint",
+        )
+    return Finding("tensor_core_alignment", True, "widths, filters and batch size are multiples of 8", "hint")
+
+
 def preflight_findings(
-    audit: dict[str, Any], policy: str, loss_scale: str, output_dtype: str
+    audit: dict[str, Any], precision: PrecisionSpec, declared: ChecksSpec, batch_size: int
 ) -> list[Finding]:
-    """Invariants 1-5 on a freshly built, compiled model: before any training step."""
+    """Invariants 1-5 on a freshly built, compiled model, before any training step; plus hints."""
+    policy = precision.policy
     return [
-        check_compute_dtype(audit, policy),
+        check_compute_dtype(audit, policy, declared.float32_layers),
         check_variable_dtype(audit),
-        check_output_dtype(audit, policy, output_dtype),
-        check_optimizer(audit, policy, loss_scale),
+        check_output_dtype(audit, policy, precision.output_dtype),
+        check_optimizer(audit, policy, precision.loss_scale),
         check_loss_scale(audit["loss_scale"], "before training"),
         check_policy_in_force(audit, policy),
+        check_tensor_core_alignment(audit, policy, batch_size),
     ]
+
+
+def first_step_findings(step: dict[str, Any]) -> list[Finding]:
+    """The first training step on a real batch: loss and gradients finite, unscaled and scaled.
+
+    `step` holds: loss (float), nonfinite_gradients (variable paths, unscaled), and for a loss-scaled
+    optimizer scale (float) and overflowed_gradients (variable paths whose scaled gradient overflowed).
+    """
+    found = []
+    loss = step["loss"]
+    if not math.isfinite(loss):
+        detail = (
+            f"expected a finite loss on the first batch; got {loss}. "
+            "Fix: check the data (NaN pixels, labels out of range) and the learning rate."
+        )
+        found.append(Finding("first_step_loss", False, detail))
+    else:
+        found.append(Finding("first_step_loss", True, f"first-step loss {loss:.4g} is finite"))
+    bad = step["nonfinite_gradients"]
+    if bad:
+        detail = (
+            f"expected finite gradients; {len(bad)} variable(s) have non-finite gradients even "
+            f"unscaled: {', '.join(bad[:5])}"
+        )
+        found.append(Finding("first_step_gradients", False, detail))
+    else:
+        found.append(Finding("first_step_gradients", True, "every gradient of the first step is finite"))
+    overflowed = step.get("overflowed_gradients") or []
+    if overflowed and not bad:
+        # Starting high and halving is how dynamic loss scaling finds its level: at Keras' default a
+        # few skipped first steps are expected (a hint); above it they are the spec's doing.
+        severity: Severity = "hint" if step["scale"] <= DEFAULT_INITIAL_SCALE else "warning"
+        detail = (
+            f"at loss scale {step['scale']:g} the scaled gradients of {len(overflowed)} variable(s) "
+            f"overflow float16 (e.g. {overflowed[0]}): the LossScaleOptimizer will skip steps and halve "
+            "the scale until they fit"
+        )
+        if severity == "warning":
+            detail += f". Fix: a lower precision.initial_scale (Keras' default is {DEFAULT_INITIAL_SCALE:g})."
+        found.append(Finding("first_step_overflow", False, detail, severity))
+    return found
+
+
+def declared_findings(
+    declared: ChecksSpec, metrics: dict[str, Any], overflow_steps: int, total_steps: int
+) -> list[Finding]:
+    """The [checks] a spec declares, evaluated after training."""
+    found = []
+    accuracy, loss = metrics.get("test_accuracy"), metrics.get("test_loss")
+    if declared.min_test_accuracy is not None:
+        ok = _finite(accuracy) and accuracy >= declared.min_test_accuracy
+        detail = f"expected test accuracy >= {declared.min_test_accuracy}; got {_show(accuracy)}"
+        found.append(Finding("min_test_accuracy", ok, detail))
+    if declared.max_test_loss is not None:
+        ok = _finite(loss) and loss <= declared.max_test_loss
+        found.append(
+            Finding("max_test_loss", ok, f"expected test loss <= {declared.max_test_loss}; got {_show(loss)}")
+        )
+    if declared.max_skipped_step_fraction is not None:
+        fraction = overflow_steps / total_steps if total_steps else 0.0
+        ok = fraction <= declared.max_skipped_step_fraction
+        found.append(Finding(
+            "max_skipped_step_fraction", ok,
+            f"expected at most {declared.max_skipped_step_fraction:.2%} skipped steps; got {fraction:.2%} "
+            f"({overflow_steps} of {total_steps})",
+        ))  # fmt: skip
+    return found
+
+
+def _show(value: Any) -> str:
+    return f"{value:.4f}" if _finite(value) else str(value)
 
 
 def check_finite_metrics(metrics: dict[str, Any]) -> Finding:

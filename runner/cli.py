@@ -14,8 +14,7 @@ import typer
 from rich.console import Console
 from rich.syntax import Syntax
 
-from runner.data import DataError
-from runner.spec import ExperimentSpec, SpecError, json_schema, load_spec, spec_hash, spec_to_toml
+from runner.spec import BadInput, ExperimentSpec, SpecError, json_schema, load_spec, spec_hash, spec_to_toml
 
 app = typer.Typer(
     name="runner",
@@ -101,7 +100,7 @@ def run(
     for spec in specs:
         try:
             outcome = run_experiment(spec, output, err)
-        except (SpecError, DataError) as exc:
+        except BadInput as exc:
             _fail(str(exc))
             worst = max(worst, EXIT_BAD_INPUT)
             continue
@@ -112,6 +111,29 @@ def run(
         if outcome.exit_code == EXIT_INTERRUPTED:
             break
     raise typer.Exit(worst)
+
+
+@app.command()
+def check(
+    path: Annotated[Path, typer.Argument(help="Experiment spec file (TOML).", show_default=False)],
+    overrides: Overrides = None,
+    steps: Annotated[int, typer.Option(help="Timed steps per precision (0: no timing).", min=0)] = 5,
+) -> None:
+    """Preflight without training: build under the policy, audit every layer, probe one step, time it.
+
+    Exit codes: 0 no errors · 1 an invariant failed · 2 bad input.
+    """
+    from runner.report import render_check
+    from runner.session import check_experiment
+
+    (spec,) = _load_all([path], overrides)
+    try:
+        outcome = check_experiment(spec, steps)
+    except BadInput as exc:
+        raise _fail(str(exc)) from None
+    findings = [f.as_dict() for f in outcome.findings]
+    _stdout().print(render_check(outcome.audit, findings, outcome.timing, outcome.environment["device"]))
+    raise typer.Exit(outcome.exit_code)
 
 
 @app.command()

@@ -7,11 +7,20 @@ reproduce the float16-output bug.
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from runner import compat
-from runner.spec import Mlp, ResNet, SeedCnn
+from runner.spec import BadInput, Factory, KerasApplication, Mlp, ResNet, SeedCnn
+
+OUTPUT_CAST = "output_cast"  # the layer runner appends to give a foreign model a float32 output
+
+
+class ModelError(BadInput):
+    """A model the spec names but that cannot be built: unknown application, broken factory."""
 
 
 def _inputs(input_shape: tuple[int, ...]) -> tuple[Any, Any]:
@@ -101,20 +110,80 @@ def build_resnet(
     return compat.keras().Model(images, _head(x, num_classes, output_dtype), name=model_name)
 
 
+def _wrap_foreign(inner: Any, images: Any, x: Any, output_dtype: str | None, name: str) -> Any:
+    """Call a model we did not write on scaled images; append a float32 cast if its output is not."""
+    keras = compat.keras()
+    outputs = inner(x)
+    if output_dtype == "float32" and outputs.dtype != "float32":
+        outputs = keras.layers.Activation("linear", dtype="float32", name=OUTPUT_CAST)(outputs)
+    return keras.Model(images, outputs, name=name)
+
+
+def build_keras_application(
+    spec: KerasApplication, input_shape: tuple[int, ...], num_classes: int, output_dtype: str | None
+) -> Any:
+    keras = compat.keras()
+    constructor = getattr(keras.applications, spec.name, None)
+    if not callable(constructor):
+        known = ", ".join(sorted(n for n in dir(keras.applications) if n[0].isupper()))
+        raise ModelError(f'model.name: expected a keras.applications model ({known}); got "{spec.name}"')
+    images, x = _inputs(input_shape)
+    try:
+        inner = constructor(weights=None, input_shape=input_shape, classes=num_classes, **spec.arguments)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(
+            f"model: keras.applications.{spec.name} cannot take this data "
+            f"(input {input_shape}, {num_classes} classes): {exc}"
+        ) from None
+    return _wrap_foreign(inner, images, x, output_dtype, spec.name.lower())
+
+
+def load_factory(reference: str) -> Callable[..., Any]:
+    """Import `package.module:function`, looking in the working directory first (like `python -m`)."""
+    module_name, _, function_name = reference.partition(":")
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the spec's to fix
+        raise ModelError(
+            f'model.factory: cannot import "{module_name}" ({type(exc).__name__}: {exc})'
+        ) from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ModelError(f'model.factory: expected a function "{function_name}" in {module_name}; found none')
+    return function
+
+
+def build_factory(
+    spec: Factory, input_shape: tuple[int, ...], num_classes: int, output_dtype: str | None
+) -> Any:
+    keras = compat.keras()
+    function = load_factory(spec.factory)
+    images, x = _inputs(input_shape)
+    try:
+        inner = function(input_shape=input_shape, num_classes=num_classes, **spec.arguments)
+    except Exception as exc:  # noqa: BLE001 - the user's code, reported as such
+        raise ModelError(f"model.factory: {spec.factory} raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(inner, keras.Model):
+        raise ModelError(
+            f"model.factory: expected {spec.factory} to return a keras.Model; got {type(inner).__name__}"
+        )
+    return _wrap_foreign(inner, images, x, output_dtype, inner.name)
+
+
 Builder = Callable[[Any, tuple[int, ...], int, "str | None"], Any]
 
 MODEL_BUILDERS: dict[str, Builder] = {
     "seed_cnn": build_seed_cnn,
     "mlp": build_mlp,
     "resnet": build_resnet,
+    "keras_application": build_keras_application,
+    "factory": build_factory,
 }
 
 
-def build_model(
-    spec: SeedCnn | Mlp | ResNet,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    output_dtype: str | None,
-) -> Any:
+def build_model(spec: Any, input_shape: tuple[int, ...], num_classes: int, output_dtype: str | None) -> Any:
     """Build under the current dtype policy: call inside `precision.policy_scope`."""
     return MODEL_BUILDERS[spec.kind](spec, input_shape, num_classes, output_dtype)

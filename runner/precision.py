@@ -14,6 +14,7 @@ import numpy as np
 
 from runner import compat
 from runner.checks import COMPUTE_DTYPE
+from runner.models import OUTPUT_CAST
 from runner.spec import PrecisionSpec
 
 
@@ -86,27 +87,29 @@ def _output_layer_names(model: Any) -> list[str]:
     return names or [model.layers[-1].name]
 
 
+def _weight_record(variable: Any) -> dict[str, Any]:
+    path = getattr(variable, "path", variable.name)
+    return {"path": path, "dtype": str(variable.dtype), "trainable": bool(variable.trainable)}
+
+
 def audit_model(model: Any, optimizer: Any) -> dict[str, Any]:
     """Every layer's compute, variable and output dtype, the model's output dtype, the optimizer."""
     layers = []
     for layer in _walk_layers(model):
         policy = layer.dtype_policy
+        container = hasattr(layer, "layers")  # a nested model: audited through its own layers
         layers.append(
             {
                 "name": layer.name,
                 "class": type(layer).__name__,
+                "container": container,
                 "compute_dtype": str(policy.compute_dtype),
                 "variable_dtype": str(policy.variable_dtype),
                 "output_dtype": _output_dtype(layer),
+                # Units or filters: Tensor Cores want multiples of 8 (a hint under mixed_float16).
+                "width": getattr(layer, "units", None) or getattr(layer, "filters", None),
                 # The dtypes variables really have, not what the policy says they should.
-                "weights": [
-                    {
-                        "path": getattr(v, "path", v.name),
-                        "dtype": str(v.dtype),
-                        "trainable": bool(v.trainable),
-                    }
-                    for v in layer.weights
-                ],
+                "weights": [] if container else [_weight_record(v) for v in layer.weights],
             }
         )
     return {
@@ -116,9 +119,49 @@ def audit_model(model: Any, optimizer: Any) -> dict[str, Any]:
         "optimizer": type(optimizer).__name__,
         "inner_optimizer": type(getattr(optimizer, "inner_optimizer", optimizer)).__name__,
         "loss_scale_optimizer": compat.is_loss_scale_optimizer(optimizer),
+        "output_cast_appended": any(x["name"] == OUTPUT_CAST for x in layers),
         "loss_scale": compat.current_loss_scale(optimizer),
         "global_policy": compat.global_policy_name(),
     }
+
+
+def _nonfinite(tf: Any, grads: list, variables: list) -> list[str]:
+    return [
+        getattr(v, "path", v.name)
+        for g, v in zip(grads, variables, strict=True)
+        if g is not None and not bool(tf.reduce_all(tf.math.is_finite(tf.cast(g, "float32"))))
+    ]
+
+
+def first_step_probe(model: Any, x: Any, y: Any) -> dict[str, Any]:
+    """Loss and gradients of one training step on a real batch, without changing the model.
+
+    Gradients are taken twice: unscaled (are they finite at all?) and, under a LossScaleOptimizer,
+    scaled by the current loss scale as training will (do they overflow float16?). Nothing is applied,
+    and variables a training-mode call updates (BatchNorm statistics) are put back.
+    """
+    tf = compat.tensorflow()
+    optimizer = model.optimizer
+    scaled = compat.is_loss_scale_optimizer(optimizer)
+    snapshot = [v.numpy() for v in model.variables]
+    try:
+        with tf.GradientTape(persistent=True) as tape:
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred)
+            scaled_loss = optimizer.scale_loss(loss) if scaled else loss
+        variables = model.trainable_variables
+        result: dict[str, Any] = {
+            "loss": float(loss),
+            "nonfinite_gradients": _nonfinite(tf, tape.gradient(loss, variables), variables),
+            "scale": compat.current_loss_scale(optimizer),
+        }
+        if scaled:
+            result["overflowed_gradients"] = _nonfinite(tf, tape.gradient(scaled_loss, variables), variables)
+        del tape
+    finally:
+        for variable, value in zip(model.variables, snapshot, strict=True):
+            variable.assign(value)
+    return result
 
 
 def mixed_precision_advice(policy: str, device: dict[str, Any]) -> tuple[bool, str]:

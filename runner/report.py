@@ -91,21 +91,64 @@ def audit_summary(audit: dict[str, Any] | None) -> Table:
     return table
 
 
+MARKS = {"error": ("✗", "red"), "warning": ("!", "yellow"), "hint": ("i", "cyan")}
+
+
 def checks_table(findings: list[dict[str, Any]]) -> Table:
     table = Table(title="Checks", show_header=True, header_style="bold")
     table.add_column("", width=1)
     table.add_column("check")
     table.add_column("detail", overflow="fold")
     for f in findings:
-        if f["passed"]:
-            mark = Text("✓", style="green")
-        else:
-            mark = Text(
-                "✗" if f["severity"] == "error" else "!",
-                style="red" if f["severity"] == "error" else "yellow",
-            )
-        table.add_row(mark, f["name"], f["detail"])
+        mark = Text("✓", style="green") if f["passed"] else Text(*MARKS[f["severity"]])
+        style = "" if f["passed"] else MARKS[f["severity"]][1]
+        table.add_row(mark, Text(f["name"], style=style), Text(f["detail"]))  # details hold [brackets]
     return table
+
+
+def audit_table(audit: dict[str, Any]) -> Table:
+    """Every layer: class, compute dtype, variable dtypes as they really are, output dtype."""
+    table = Table(title="Audit: every layer", show_header=True, header_style="bold")
+    for column in ("layer", "class", "compute", "variables", "output"):
+        table.add_column(column, overflow="fold")
+    for x in audit["layers"]:
+        dtypes = sorted({w["dtype"] for w in x["weights"]})
+        variables = f"{len(x['weights'])} × {'/'.join(dtypes)}" if dtypes else "—"
+        compute = Text(x["compute_dtype"], style="yellow" if x["compute_dtype"] == "float32" else "")
+        table.add_row(x["name"], x["class"], compute, variables, x["output_dtype"] or "—")
+    cast = " (float32 cast appended by runner)" if audit.get("output_cast_appended") else ""
+    table.caption = f"model output {audit['output_dtype']}{cast} · optimizer {audit['optimizer']}"
+    return table
+
+
+def speed_statement(timing: dict[str, Any], device: str) -> str:
+    """ "mixed_float16 is 6.8× slower than float32 on this CPU" from a measured step-time ratio."""
+    where = "this GPU" if device.startswith("GPU") else "this CPU"
+    ratio, policy = timing["ratio"], timing["policy"]
+    if policy == "float32":
+        return f"float32 step: {timing['policy_step_ms']:.1f} ms on {where} (batch {timing['batch_size']})"
+    times = (
+        f"{timing['policy_step_ms']:.1f} ms vs {timing['float32_step_ms']:.1f} ms per step of "
+        f"{timing['batch_size']}, median of {timing['steps']}"
+    )
+    if ratio > 1.05:
+        return f"{policy} is {ratio:.1f}× slower than float32 on {where} ({times})"
+    if ratio < 0.95:
+        return f"{policy} is {1 / ratio:.1f}× faster than float32 on {where} ({times})"
+    return f"{policy} is about as fast as float32 on {where} ({times})"
+
+
+def render_check(
+    audit: dict[str, Any], findings: list[dict[str, Any]], timing: dict | None, device: str
+) -> Group:
+    counts = Counter(f["severity"] for f in findings if not f["passed"])
+    summary = ", ".join(f"{counts.get(k, 0)} {k}(s)" for k in ("error", "warning", "hint"))
+    style = "red" if counts.get("error") else "green"
+    parts: list[RenderableType] = [audit_table(audit), checks_table(findings)]
+    if timing is not None:
+        parts.append(Text(speed_statement(timing, device), style="bold"))
+    parts.append(Text(f"{'FAILED' if counts.get('error') else 'OK'}: {summary}", style=f"bold {style}"))
+    return Group(*parts)
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table:

@@ -7,6 +7,7 @@ spec and the run directory.
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import traceback
 from collections.abc import Iterator
@@ -20,8 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from runner import checks, compat, precision, report, runs, train
 from runner.data import Splits, load_data, pipeline
 from runner.models import build_model
-from runner.spec import ExperimentSpec, SpecError, spec_hash, spec_to_toml
+from runner.spec import BadInput, ExperimentSpec, PrecisionSpec, SpecError, spec_hash, spec_to_toml
 
+PREFLIGHT_FAILED = "preflight check failed: not training (see the failed checks)"
 EXIT = {"completed": 0, "check_failed": 1, "diverged": 3, "failed": 3, "interrupted": 130}
 
 
@@ -104,49 +106,49 @@ def _train(state: RunState, model: Any, splits: Splits, console: Console) -> Non
         len(splits.y_train),
         spec.training.steps_per_execution,
         state.run_dir / "metrics.jsonl",
+        spec.checks.max_consecutive_skipped_steps,
     )
     steps = train.steps_per_epoch(len(splits.y_train), batch)
     with _progress(console) as progress:
         bar = train.make_progress_callback(progress, spec.training.epochs, steps, batch)
         train.fit(model, train_ds, val_ds, spec, [telemetry, bar])
     if state.log.diverged_at_step is not None:
-        state.status = "diverged"
-        state.error = f"non-finite loss at step {state.log.diverged_at_step}"
+        state.status, state.error = "diverged", state.log.divergence
         return
     test_ds = pipeline(splits.x_test, splits.y_test, batch, None)
     results = model.evaluate(test_ds, verbose=0, return_dict=True)
-    state.test_metrics = {
-        "test_loss": float(results["loss"]),
-        "test_accuracy": float(results["accuracy"]),
-    }
+    state.test_metrics = {"test_loss": float(results["loss"]), "test_accuracy": float(results["accuracy"])}
     state.status = "completed"
 
 
 def _loss_scale_summary(state: RunState, optimizer: Any) -> dict[str, Any]:
-    if not compat.is_loss_scale_optimizer(optimizer):
-        return {"initial": None, "final": None, "min": None, "overflow_steps": 0, "history": []}
-    history = state.log.loss_scales
-    scales = [s for _, s in history] or [state.spec.precision.initial_scale]
-    return {
-        "initial": state.spec.precision.initial_scale,
-        "final": compat.current_loss_scale(optimizer),
-        "min": min(scales),
-        # The LossScaleOptimizer applies only finite steps; every other step was skipped.
-        "overflow_steps": state.log.steps - compat.applied_steps(optimizer),
-        "history": [[step, scale] for step, scale in history],
-    }
+    if state.log.loss_scale is not None:
+        return state.log.loss_scale.summary()
+    scale = compat.current_loss_scale(optimizer)  # None without loss scaling; initial if never trained
+    return {"initial": scale, "final": scale, "min": scale, "overflow_steps": 0, "steps": 0, "history": []}
+
+
+def preflight(model: Any, optimizer: Any, spec: ExperimentSpec, splits: Splits) -> tuple[dict, list]:
+    """Audit the built model and probe one training step on a real batch: the run's gate."""
+    audit = precision.audit_model(model, optimizer)
+    found = checks.preflight_findings(audit, spec.precision, spec.checks, spec.data.batch_size)
+    batch = spec.data.batch_size
+    probe = precision.first_step_probe(model, splits.x_train[:batch], splits.y_train[:batch])
+    return audit, found + checks.first_step_findings(probe)
 
 
 def _train_checked(state: RunState, splits: Splits, console: Console) -> None:
-    """Build, audit, stop on a failed invariant, else train and evaluate: inside the policy scope."""
+    """Build, preflight, stop on a failed invariant, else train and evaluate: inside the policy scope."""
     spec = state.spec
-    p = spec.precision
-    with device_scope(spec.runtime.device), precision.policy_scope(p.policy), precision.seeded(spec.seed):
+    with (
+        device_scope(spec.runtime.device),
+        precision.policy_scope(spec.precision.policy),
+        precision.seeded(spec.seed),
+    ):
         model, optimizer = _build(spec, splits)
-        state.audit = precision.audit_model(model, optimizer)
-        state.findings = checks.preflight_findings(state.audit, p.policy, p.loss_scale, p.output_dtype)
+        state.audit, state.findings = preflight(model, optimizer, spec, splits)
         if checks.blocking(state.findings):
-            state.status, state.error = "failed", "preflight invariant check failed"
+            state.status, state.error = "failed", PREFLIGHT_FAILED
             return
         try:
             _train(state, model, splits, console)
@@ -156,17 +158,20 @@ def _train_checked(state: RunState, splits: Splits, console: Console) -> None:
 
 def _post_findings(state: RunState, policy_before: str) -> list[checks.Finding]:
     found = [checks.check_policy_restored(policy_before, compat.global_policy_name())]
-    if state.loss_scale.get("final") is not None:
-        found.append(checks.check_loss_scale(state.loss_scale["final"], "after training", "final_loss_scale"))
+    final_scale = state.loss_scale.get("final")
+    if final_scale is not None:
+        found.append(checks.check_loss_scale(final_scale, "after training", "final_loss_scale"))
     if state.status == "completed":
         found.append(checks.check_finite_metrics(state.test_metrics))
+        skipped, steps = state.loss_scale.get("overflow_steps", 0), state.log.steps
+        found += checks.declared_findings(state.spec.checks, state.test_metrics, skipped, steps)
     return found
 
 
 def _exit_code(state: RunState) -> int:
     if state.status == "completed":
         return EXIT["check_failed"] if checks.blocking(state.findings) else EXIT["completed"]
-    if state.status == "failed" and state.error == "preflight invariant check failed":
+    if state.status == "failed" and state.error == PREFLIGHT_FAILED:
         return EXIT["check_failed"]
     return EXIT[state.status]
 
@@ -203,6 +208,7 @@ def run_experiment(spec: ExperimentSpec, output: Path, console: Console) -> RunO
     """Run one experiment; bad input raises SpecError/DataError, everything else ends in a report."""
     state, splits = start_run(spec, output)
     policy_before = compat.global_policy_name()
+    bad_input: BadInput | None = None
     console.print(f"[dim]run directory[/] {state.run_dir}")
     if not state.advice["faster"]:
         console.print(f"[yellow]note:[/] {state.advice['detail']}")
@@ -212,6 +218,8 @@ def run_experiment(spec: ExperimentSpec, output: Path, console: Console) -> RunO
             _train_checked(state, splits, progress_console)
         except KeyboardInterrupt:
             state.status, state.error = "interrupted", "interrupted by the user (SIGINT)"
+        except BadInput as exc:  # a model the spec names but that cannot be built
+            state.status, state.error, bad_input = "failed", str(exc), exc
         except Exception as exc:  # noqa: BLE001 - a crash still writes its report
             state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
             runs.write_text_atomic(state.run_dir / "error.txt", traceback.format_exc())
@@ -219,4 +227,58 @@ def run_experiment(spec: ExperimentSpec, output: Path, console: Console) -> RunO
     perf = performance(state.log, spec.data.batch_size)
     data = report.make_report(state, perf)
     runs.write_json_atomic(state.run_dir / "report.json", data)
+    if bad_input is not None:
+        raise bad_input
     return RunOutcome(state.status, _exit_code(state), state.run_dir, data)
+
+
+@dataclass
+class CheckOutcome:
+    exit_code: int
+    audit: dict[str, Any]
+    findings: list[checks.Finding]
+    timing: dict[str, Any] | None
+    environment: dict[str, Any]
+
+
+def _time_against_float32(spec: ExperimentSpec, splits: Splits, model: Any, steps: int) -> dict[str, Any]:
+    """Median step time of the spec's model and of the same model in float32, on one real batch."""
+    x, y = splits.x_train[: spec.data.batch_size], splits.y_train[: spec.data.batch_size]
+    policy_s = train.time_steps(model, x, y, steps)
+    float32_s = policy_s
+    if spec.precision.policy != "float32":
+        reference = spec.model_copy(update={"precision": PrecisionSpec(policy="float32")})
+        with precision.policy_scope("float32"):
+            float32_model, _ = _build(reference, splits)
+            float32_s = train.time_steps(float32_model, x, y, steps)
+    return {
+        "policy": spec.precision.policy,
+        "steps": steps,
+        "batch_size": spec.data.batch_size,
+        "policy_step_ms": round(policy_s * 1000, 3),
+        "float32_step_ms": round(float32_s * 1000, 3),
+        "ratio": round(policy_s / float32_s, 3),
+    }
+
+
+def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcome:
+    """Build under the policy, audit every layer, probe one step, time policy against float32."""
+    splits = load_data(spec.data, spec.seed)
+    compat.keras()
+    require_device(spec.runtime.device)
+    environment = runs.environment_info()
+    policy_before = compat.global_policy_name()
+    timing = None
+    with (
+        compat.native_stderr_to(os.devnull),
+        device_scope(spec.runtime.device),
+        precision.policy_scope(spec.precision.policy),
+        precision.seeded(spec.seed),
+    ):
+        model, optimizer = _build(spec, splits)
+        audit, findings = preflight(model, optimizer, spec, splits)
+        if timing_steps and not checks.blocking(findings):
+            timing = _time_against_float32(spec, splits, model, timing_steps)
+    findings.append(checks.check_policy_restored(policy_before, compat.global_policy_name()))
+    code = EXIT["check_failed"] if checks.blocking(findings) else EXIT["completed"]
+    return CheckOutcome(code, audit, findings, timing, environment)

@@ -21,10 +21,17 @@ Policy = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 Activation = Literal["relu", "gelu", "swish", "tanh"]
 Source = Literal["cifar10", "mnist", "fashion_mnist", "shapes"]
 PositiveInt = Annotated[int, Field(gt=0)]
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+APPLICATION_PATTERN = r"^[A-Z][A-Za-z0-9_]*$"
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-class SpecError(Exception):
+class BadInput(Exception):
+    """Input the user must fix (spec, data, model source): one readable message, exit code 2."""
+
+
+class SpecError(BadInput):
     """A spec that cannot be loaded: one readable message (file, field, expected, received)."""
 
 
@@ -80,8 +87,33 @@ class ResNet(StrictModel):
         return self
 
 
-ModelKind = Literal["seed_cnn", "mlp", "resnet"]
-ModelSpec = Annotated[Union[SeedCnn, Mlp, ResNet], Field(discriminator="kind")]  # noqa: UP007
+ArgumentValue = str | int | float | bool
+BUILT_IN_MODELS = ("seed_cnn", "mlp", "resnet")
+
+
+class KerasApplication(StrictModel):
+    """A `keras.applications` constructor (MobileNetV2, ResNet50, ...), untrained (weights = None)."""
+
+    kind: Literal["keras_application"] = "keras_application"
+    name: Annotated[str, Field(pattern=APPLICATION_PATTERN)]
+    # Extra keyword arguments for the constructor, e.g. {alpha = 0.35} for MobileNetV2.
+    arguments: dict[str, ArgumentValue] = Field(default_factory=dict)
+
+
+class Factory(StrictModel):
+    """Your own model: `package.module:function`, called as function(input_shape=, num_classes=, **arguments)
+    inside the policy scope; it gets images scaled to [0, 1] and returns a keras.Model."""
+
+    kind: Literal["factory"] = "factory"
+    factory: Annotated[str, Field(pattern=FACTORY_PATTERN)]
+    arguments: dict[str, ArgumentValue] = Field(default_factory=dict)
+
+
+ModelKind = Literal["seed_cnn", "mlp", "resnet", "keras_application", "factory"]
+ModelSpec = Annotated[
+    Union[SeedCnn, Mlp, ResNet, KerasApplication, Factory],  # noqa: UP007
+    Field(discriminator="kind"),
+]
 
 
 class DataSpec(StrictModel):
@@ -137,12 +169,25 @@ class TrainingSpec(StrictModel):
     jit_compile: bool = False
 
 
+class ChecksSpec(StrictModel):
+    """What a run must achieve; evaluated after training (the precision invariants always are)."""
+
+    min_test_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_test_loss: Annotated[float, Field(gt=0)] | None = None
+    # Fraction of steps the LossScaleOptimizer may skip for non-finite gradients.
+    max_skipped_step_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
+    # Layers meant to compute in float32 under a mixed policy (no warning for these).
+    float32_layers: list[str] = Field(default_factory=list)
+    # The loss scale has no lower bound: this many skipped steps in a row means it has collapsed.
+    max_consecutive_skipped_steps: PositiveInt = 50
+
+
 class RuntimeSpec(StrictModel):
     device: Literal["auto", "cpu", "gpu"] = "auto"
 
 
 class ExperimentSpec(StrictModel):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     description: str = ""
     precision: PrecisionSpec = Field(default_factory=PrecisionSpec)
@@ -150,6 +195,7 @@ class ExperimentSpec(StrictModel):
     data: DataSpec = Field(default_factory=DataSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    checks: ChecksSpec = Field(default_factory=ChecksSpec)
 
     @model_validator(mode="after")
     def _name_is_not_a_path(self) -> ExperimentSpec:
@@ -242,11 +288,20 @@ def _describe_error(err: Mapping[str, Any], source: str, overrides: Sequence[str
         return f"{prefix}: expected one of {expected}; got {_show(received)}"
     if kind == "finite_number" or (isinstance(received, float) and not math.isfinite(received)):
         return f"{prefix}: expected a finite number; got {_show(received)}"
+    if kind == "string_pattern_mismatch":
+        pattern = err.get("ctx", {}).get("pattern", "")
+        expected = PATTERN_TEXT.get(pattern, f"text matching {pattern}")
+        return f"{prefix}: expected {expected}; got {_show(received)}"
     if kind == "value_error":
         return f"{source}: {str(err['msg']).removeprefix('Value error, ')}"
     return f"{prefix}: expected {_expected(err)}; got {_show(received)}"
 
 
+PATTERN_TEXT = {
+    NAME_PATTERN: "letters, digits, '.', '_' or '-' (1 to 64 of them; no paths)",
+    FACTORY_PATTERN: '"package.module:function"',
+    APPLICATION_PATTERN: "a keras.applications constructor name such as MobileNetV2",
+}
 _BOUNDS = {
     "greater_than": ">",
     "greater_than_equal": ">=",
@@ -277,13 +332,17 @@ def _show(value: Any) -> str:
 
 
 _TAGS = set(get_args(ModelKind)) | set(get_args(OptimizerKind))
+_UNION_FIELDS = {"model", "optimizer"}
 
 
 def _public_loc(loc: Iterable[Any]) -> tuple[Any, ...]:
     """Drop pydantic's discriminator tags and type names (model.seed_cnn.filters → model.filters)."""
-    out = []
+    out: list[Any] = []
+    previous = None
     for part in loc:
-        if isinstance(part, str) and (part in _TAGS or part.startswith(("function-", "tagged-"))):
+        is_tag = part in _TAGS and previous in _UNION_FIELDS
+        previous = part
+        if is_tag or (isinstance(part, str) and part.startswith(("function-", "tagged-"))):
             continue
         out.append(part)
     return tuple(out)

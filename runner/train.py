@@ -76,6 +76,72 @@ def _finite_or_none(value: Any) -> Any:
 
 
 @dataclass
+class LossScaleTracker:
+    """The loss scale over training, from one observation per Keras call (step, scale, applied steps).
+
+    The history is stored as change points (step, scale), which is exact and small: the scale only
+    moves on a skipped step or after `growth_interval` finite ones. Skipped steps are counted exactly
+    from the optimizer's own counter (a LossScaleOptimizer applies only finite steps). Past
+    `max_points` the history is thinned; min and counts stay exact.
+    """
+
+    initial: float
+    max_points: int = 10_000
+    history: list[tuple[int, float]] = field(default_factory=list)
+    steps: int = 0
+    applied: int = 0
+    min: float = math.inf
+    consecutive_skipped: int = 0
+    thinned: bool = False
+
+    def __post_init__(self) -> None:
+        self.history = [(0, self.initial)]
+        self.min = self.initial
+
+    @property
+    def skipped(self) -> int:
+        return self.steps - self.applied
+
+    @property
+    def current(self) -> float:
+        return self.history[-1][1]
+
+    def observe(self, step: int, scale: float, applied: int) -> None:
+        new_steps, new_applied = step - self.steps, applied - self.applied
+        # Within one call of several steps their order is unknown: a call that applied any step ends
+        # the run of skipped ones.
+        self.consecutive_skipped = self.consecutive_skipped + new_steps if new_applied == 0 else 0
+        self.steps, self.applied = step, applied
+        self.min = min(self.min, scale)
+        if scale != self.current:
+            self.history.append((step, scale))
+            if len(self.history) > self.max_points:
+                self.history = self.history[:1] + self.history[1:-1:2] + self.history[-1:]
+                self.thinned = True
+
+    def collapse(self, max_consecutive: int) -> str | None:
+        """A diagnosis if the scale has collapsed (it has no lower bound in Keras 3), else None."""
+        if self.current >= 1 and self.consecutive_skipped < max_consecutive:
+            return None
+        return (
+            f"loss scale collapsed to {self.current:g} after {self.consecutive_skipped} consecutive "
+            f"skipped steps (step {self.steps}): the gradients are non-finite even unscaled (NaN or "
+            "inf in the data, the loss or the model), so loss scaling cannot help"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "initial": self.initial,
+            "final": self.current,
+            "min": self.min,
+            "overflow_steps": self.skipped,
+            "steps": self.steps,
+            "history": [[step, scale] for step, scale in self.history],
+            "history_thinned": self.thinned,
+        }
+
+
+@dataclass
 class TrainingLog:
     """What Telemetry saw: per-epoch records, throughput, loss-scale history, divergence."""
 
@@ -83,8 +149,9 @@ class TrainingLog:
     steps: int = 0
     timed_images: int = 0
     timed_seconds: float = 0.0
-    loss_scales: list[tuple[int, float]] = field(default_factory=list)  # (step, scale) on change
+    loss_scale: LossScaleTracker | None = None  # under a LossScaleOptimizer only
     diverged_at_step: int | None = None
+    divergence: str | None = None
 
     @property
     def images_per_second(self) -> float | None:
@@ -97,6 +164,7 @@ def make_telemetry_callback(
     train_images: int,
     steps_per_execution: int,
     metrics_path: Path | None,
+    max_consecutive_skipped: int = 50,
 ) -> Any:
     """A Keras callback filling `log` (and appending each epoch to metrics.jsonl)."""
     keras = compat.keras()
@@ -111,7 +179,7 @@ def make_telemetry_callback(
         def on_train_begin(self, logs=None):
             self._scaled = compat.is_loss_scale_optimizer(self.model.optimizer)
             if self._scaled:
-                self.log.loss_scales.append((0, compat.current_loss_scale(self.model.optimizer)))
+                self.log.loss_scale = LossScaleTracker(compat.current_loss_scale(self.model.optimizer))
 
         def on_epoch_begin(self, epoch, logs=None):
             self._epoch_start = time.perf_counter()
@@ -127,9 +195,12 @@ def make_telemetry_callback(
                 self._first_batch_end = now  # the first call includes tracing/compilation
             self._train_end = now
             if self._scaled:
-                scale = float(self.model.optimizer.dynamic_scale.numpy())
-                if scale != self.log.loss_scales[-1][1]:
-                    self.log.loss_scales.append((self.log.steps, scale))
+                opt = self.model.optimizer
+                tracker = self.log.loss_scale
+                tracker.observe(self.log.steps, float(opt.dynamic_scale.numpy()), compat.applied_steps(opt))
+                diagnosis = tracker.collapse(max_consecutive_skipped)
+                if diagnosis is not None:
+                    self._diverge(diagnosis)
             if now - self._last_check >= UI_INTERVAL_S:
                 self._last_check = now
                 self._guard(logs)
@@ -137,8 +208,12 @@ def make_telemetry_callback(
         def _guard(self, logs):
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(float(loss)):
-                self.log.diverged_at_step = self.log.steps
-                self.model.stop_training = True
+                self._diverge(f"non-finite loss ({float(loss)}) at step {self.log.steps}")
+
+        def _diverge(self, diagnosis):
+            if self.log.diverged_at_step is None:
+                self.log.diverged_at_step, self.log.divergence = self.log.steps, diagnosis
+            self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -171,6 +246,18 @@ def make_telemetry_callback(
                 _append_line(self.metrics_path, json.dumps(record.as_dict()))
 
     return _Telemetry(log, batch_size, train_images, steps_per_execution, metrics_path)
+
+
+def time_steps(model: Any, x: Any, y: Any, steps: int) -> float:
+    """Median seconds of one training step on (x, y), after two untimed calls that trace and warm up."""
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
 def _float(value: Any) -> float | None:

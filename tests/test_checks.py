@@ -1,4 +1,5 @@
-"""The invariant checks are pure functions over audits: drive them with hand-made and random audits."""
+"""The checks are pure functions over audits and measurements: drive them with hand-made and random ones
+(property group 3 of the issue)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runner import checks
+from runner.spec import ChecksSpec, PrecisionSpec
 
 DTYPES = ["float16", "bfloat16", "float32"]
+MIXED = PrecisionSpec(policy="mixed_float16")
 
 
 def audit(layers, output="float32", optimizer="Adam", lso=False, scale=None, policy="mixed_float16"):
@@ -26,13 +29,14 @@ def audit(layers, output="float32", optimizer="Adam", lso=False, scale=None, pol
     }
 
 
-def layer(name, compute="float16", cls="Dense", weights=("float32",)):
+def layer(name, compute="float16", cls="Dense", weights=("float32",), width=64):
     return {
         "name": name,
         "class": cls,
         "compute_dtype": compute,
         "variable_dtype": "float32",
         "output_dtype": compute,
+        "width": width if weights else None,
         "weights": [{"path": f"{name}/w{i}", "dtype": d, "trainable": True} for i, d in enumerate(weights)],
     }
 
@@ -41,7 +45,9 @@ def clean_mixed_audit():
     return audit(
         [
             layer("images", "uint8", "InputLayer", ()),
+            layer("hidden"),
             layer("dense"),
+            layer("logits", width=10),
             layer("probabilities", "float32", "Activation", ()),
         ],
         lso=True,
@@ -49,42 +55,68 @@ def clean_mixed_audit():
     )
 
 
+NO_DECLARED = ChecksSpec()
+
+
+def preflight(a, precision=MIXED, declared=NO_DECLARED, batch=64):
+    return checks.preflight_findings(a, precision, declared, batch)
+
+
 def test_clean_mixed_audit_passes_everything():
-    found = checks.preflight_findings(clean_mixed_audit(), "mixed_float16", "dynamic", "float32")
+    found = preflight(clean_mixed_audit())
     assert all(f.passed for f in found), found
 
 
 @pytest.mark.parametrize(
     ("mutate", "failing"),
     [
-        (lambda a: a["layers"][1].update(compute_dtype="float32"), "compute_dtype"),
         (lambda a: a["layers"][1]["weights"][0].update(dtype="float16"), "variable_dtype"),
         (lambda a: a.update(output_dtype="float16"), "output_dtype"),
         (lambda a: a.update(loss_scale_optimizer=False, optimizer="Adam"), "loss_scale_optimizer"),
         (lambda a: a.update(loss_scale=math.inf), "loss_scale"),
         (lambda a: a.update(loss_scale=0.0), "loss_scale"),
         (lambda a: a.update(global_policy="float32"), "policy_in_force"),
+        (lambda a: [x.update(compute_dtype="float32") for x in a["layers"][1:4]], "compute_dtype"),
     ],
-    ids=[
-        "float32_layer",
-        "float16_variable",
-        "float16_output",
-        "no_lso",
-        "inf_scale",
-        "zero_scale",
-        "policy_not_in_force",
-    ],
+    ids=["float16_variable", "float16_output", "no_lso", "inf_scale", "zero_scale", "policy", "all_float32"],
 )
 def test_each_broken_invariant_is_one_named_error(mutate, failing):
     a = clean_mixed_audit()
     mutate(a)
-    failed = checks.blocking(checks.preflight_findings(a, "mixed_float16", "dynamic", "float32"))
+    failed = checks.blocking(preflight(a))
     assert [f.name for f in failed] == [failing]
 
 
+def test_one_float32_layer_is_a_warning_naming_it_unless_declared():
+    a = clean_mixed_audit()
+    a["layers"][2]["compute_dtype"] = "float32"
+    (finding,) = [f for f in preflight(a) if not f.passed]
+    assert (finding.name, finding.severity) == ("compute_dtype", "warning")
+    assert "dense (Dense) computes in float32" in finding.detail and "float32_layers" in finding.detail
+    declared = preflight(a, declared=ChecksSpec(float32_layers=["dense"]))
+    assert all(f.passed for f in declared)
+    assert "dense kept in float32 as declared" in declared[0].detail
+
+
+def test_float16_output_requested_on_purpose_is_a_warning():
+    a = clean_mixed_audit()
+    a["output_dtype"] = "float16"
+    finding = checks.check_output_dtype(a, "mixed_float16", "policy")
+    assert not finding.passed and finding.severity == "warning"
+
+
 def test_lso_under_float32_is_an_error():
-    a = audit([layer("dense", "float32")], lso=True, scale=2.0)
+    a = audit([layer("dense", "float32")], lso=True, scale=2.0, policy="float32")
     assert not checks.check_optimizer(a, "float32", "dynamic").passed
+
+
+def test_tensor_core_hint_names_odd_widths_but_not_the_classifier():
+    a = clean_mixed_audit()
+    a["layers"][1]["width"] = 30
+    hint = checks.check_tensor_core_alignment(a, "mixed_float16", batch_size=50)
+    assert not hint.passed and hint.severity == "hint"
+    assert "hidden (30)" in hint.detail and "batch size (50)" in hint.detail and "logits" not in hint.detail
+    assert checks.check_tensor_core_alignment(a, "mixed_bfloat16", 50).passed
 
 
 def test_policy_restored():
@@ -96,6 +128,55 @@ def test_finite_metrics():
     assert checks.check_finite_metrics({"test_loss": 0.1, "test_accuracy": 0.9}).passed
     assert not checks.check_finite_metrics({"test_loss": math.nan, "test_accuracy": 0.9}).passed
 
+
+@pytest.mark.parametrize(
+    ("probe", "failing", "severity"),
+    [
+        ({"loss": 2.3, "nonfinite_gradients": [], "scale": 1.0, "overflowed_gradients": []}, [], None),
+        ({"loss": math.nan, "nonfinite_gradients": [], "scale": None}, ["first_step_loss"], "error"),
+        (
+            {"loss": 2.3, "nonfinite_gradients": ["dense/kernel"], "scale": None},
+            ["first_step_gradients"],
+            "error",
+        ),
+        (
+            {
+                "loss": 2.3,
+                "nonfinite_gradients": [],
+                "scale": 2.0**40,
+                "overflowed_gradients": ["conv1/kernel"],
+            },
+            ["first_step_overflow"],
+            "warning",
+        ),
+    ],
+    ids=["clean", "nan_loss", "nan_gradients", "overflow_above_default"],
+)
+def test_first_step_findings(probe, failing, severity):
+    found = checks.first_step_findings(probe)
+    failed = [f for f in found if not f.passed]
+    assert [f.name for f in failed] == failing
+    if failed:
+        assert failed[0].severity == severity
+
+
+def test_overflow_at_the_default_scale_is_only_a_hint():
+    probe = {"loss": 2.3, "nonfinite_gradients": [], "scale": 2.0**15, "overflowed_gradients": ["c/kernel"]}
+    (overflow,) = [f for f in checks.first_step_findings(probe) if not f.passed]
+    assert overflow.severity == "hint" and "Fix" not in overflow.detail
+
+
+def test_declared_checks():
+    declared = ChecksSpec(min_test_accuracy=0.9, max_test_loss=0.5, max_skipped_step_fraction=0.1)
+    good = checks.declared_findings(declared, {"test_accuracy": 0.95, "test_loss": 0.2}, 1, 100)
+    assert [f.passed for f in good] == [True, True, True]
+    bad = checks.declared_findings(declared, {"test_accuracy": 0.5, "test_loss": 0.9}, 20, 100)
+    assert [f.passed for f in bad] == [False, False, False]
+    assert "got 20.00% (20 of 100)" in bad[2].detail
+    assert checks.declared_findings(ChecksSpec(), {"test_accuracy": 0.1}, 0, 10) == []
+
+
+# ---------------------------------------------------------------- properties
 
 layers_st = st.lists(
     st.builds(
@@ -113,17 +194,27 @@ layers_st = st.lists(
 def test_any_non_float32_variable_or_output_is_an_error(layers, output):
     a = audit(layers, output=output)
     bad_variable = any(w["dtype"] != "float32" for x in layers for w in x["weights"])
-    assert (not checks.check_variable_dtype(a).passed) == bad_variable
+    variables = checks.check_variable_dtype(a)
+    assert (not variables.passed) == bad_variable
+    if bad_variable:
+        assert variables.severity == "error"
+        assert all(
+            w["path"] in variables.detail for x in layers for w in x["weights"] if w["dtype"] != "float32"
+        )
     out = checks.check_output_dtype(a, "mixed_float16", "float32")
     assert out.passed == (output == "float32")
-    if not out.passed:
-        assert out.severity == "error"
+    assert out.severity == "error"
 
 
-@given(st.integers(1, 8), st.sampled_from(["mixed_float16", "mixed_bfloat16", "float32"]))
-def test_any_clean_audit_yields_no_error(n, policy):
+@given(
+    st.lists(st.integers(1, 64).map(lambda n: n * 8), min_size=1, max_size=8),
+    st.sampled_from(["mixed_float16", "mixed_bfloat16", "float32"]),
+)
+def test_any_clean_audit_yields_no_finding_at_all(widths, policy):
     dtype = checks.COMPUTE_DTYPE[policy]
-    layers = [layer(f"l{i}", dtype) for i in range(n)] + [layer("out", "float32", "Activation", ())]
+    layers = [layer(f"l{i}", dtype, width=w) for i, w in enumerate(widths)]
+    layers.append(layer("out", "float32", "Activation", ()))
     lso = policy == "mixed_float16"
     a = audit(layers, lso=lso, scale=2.0**15 if lso else None, policy=policy)
-    assert checks.blocking(checks.preflight_findings(a, policy, "dynamic", "float32")) == []
+    found = checks.preflight_findings(a, PrecisionSpec(policy=policy), ChecksSpec(), 64)
+    assert [f for f in found if not f.passed] == []

@@ -67,10 +67,12 @@ def test_validate_and_schema_never_import_tensorflow():
     code = (
         "import sys; from typer.testing import CliRunner; from runner.cli import app; "
         "r = CliRunner(); a = r.invoke(app, ['validate', 'specs/quickstart.toml']); "
-        "b = r.invoke(app, ['schema']); print(a.exit_code, b.exit_code, 'tensorflow' in sys.modules)"
+        "b = r.invoke(app, ['schema']); c = r.invoke(app, ['validate', 'specs/bugs/float32_layer.toml']); "
+        "print(a.exit_code, b.exit_code, c.exit_code, 'tensorflow' in sys.modules, "
+        "'specs.bugs.factories' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.split() == ["0", "0", "False"]
+    assert out.stdout.split() == ["0", "0", "0", "False", "False"]
 
 
 def test_schema_is_json_schema():
@@ -120,3 +122,49 @@ def test_run_on_a_missing_gpu_is_exit_2(write_spec, tmp_path):
     assert result.exit_code == 2
     assert "runtime.device" in result.stderr and "found none" in result.stderr
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- runner check
+
+
+def test_check_quickstart_prints_the_audit_and_the_measured_ratio():
+    result = cli.invoke(app, ["check", str(ROOT / "specs/quickstart.toml"), "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Audit: every layer" in out and "conv1" in out and "probabilities" in out
+    assert "mixed_float16 is" in out and "than float32 on this CPU" in out
+    assert "OK: 0 error(s)" in out
+
+
+@pytest.mark.parametrize(
+    ("spec", "code", "named"),
+    [
+        ("float32_model.toml", 1, "conv1 (Conv2D) computes in float32"),
+        ("float16_variables.toml", 1, "conv1/kernel is float16"),
+        ("float32_layer.toml", 0, "dense (Dense) computes in float32"),
+        ("float16_output.toml", 0, "model output is float16 (probabilities)"),
+        ("overflow.toml", 0, "overflow float16"),
+    ],
+    ids=["float32_model", "float16_variables", "float32_layer", "float16_output", "overflow"],
+)
+def test_check_catches_each_bug_and_names_the_layer(spec, code, named):
+    result = cli.invoke(app, ["check", str(ROOT / "specs/bugs" / spec), "--steps", "0"])
+    assert result.exit_code == code, result.output
+    assert named in " ".join(result.stdout.replace("│", " ").split())
+    if code:
+        assert "FAILED: 1 error(s)" in result.stdout
+
+
+@pytest.mark.parametrize("application", ["mobilenetv2", "resnet50"])
+def test_check_keras_applications_in_mixed_float16(application):
+    result = cli.invoke(app, ["check", str(ROOT / f"specs/{application}.toml"), "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    assert "float32 cast appended by runner" in result.stdout
+    assert "0 error(s)" in result.stdout
+
+
+def test_check_a_broken_factory_is_exit_2(write_spec):
+    path = write_spec('name = "t"\n[model]\nkind = "factory"\nfactory = "no_such_module:build"\n')
+    result = cli.invoke(app, ["check", str(path)])
+    assert result.exit_code == 2
+    assert 'model.factory: cannot import "no_such_module"' in result.stderr

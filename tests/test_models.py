@@ -59,3 +59,71 @@ def test_models_take_uint8_and_any_input_shape():
     assert tuple(out.shape) == (2, 10) and out.dtype.name == "float32"
     assert tuple(mlp(np.zeros((1, 28, 28, 1), np.uint8)).shape) == (1, 3)
     assert compat.global_policy_name() == "float32"
+
+
+# ---------------------------------------------------------------- models we did not write
+
+
+def not_a_model(input_shape, num_classes):
+    return "a string"
+
+
+def raises(input_shape, num_classes):
+    raise RuntimeError("factory exploded")
+
+
+def _build(spec_dict, policy="mixed_float16", shape=(32, 32, 3), output_dtype="float32"):
+    from runner.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "t", "model": spec_dict})
+    with precision.policy_scope(policy):
+        model = build_model(spec.model, shape, 10, output_dtype)
+        audit = precision.audit_model(model, compat.keras().optimizers.Adam())
+    return model, audit
+
+
+def test_keras_application_gets_a_float32_cast_and_the_audit_says_so():
+    model, audit = _build({"kind": "keras_application", "name": "MobileNetV2", "arguments": {"alpha": 0.35}})
+    assert audit["output_dtype"] == "float32" and audit["output_cast_appended"]
+    assert audit["output_layers"] == ["output_cast"]
+    convs = [x for x in audit["layers"] if x["class"] == "Conv2D"]
+    assert len(convs) > 30 and {x["compute_dtype"] for x in convs} == {"float16"}
+    assert any(x["container"] for x in audit["layers"])  # the application, audited through its layers
+
+
+def test_factory_model_is_built_inside_the_policy_and_cast_to_float32():
+    model, audit = _build({"kind": "factory", "factory": "specs.bugs.factories:float16_softmax"})
+    assert audit["output_cast_appended"] and audit["output_dtype"] == "float32"
+    inner = {x["name"]: x for x in audit["layers"]}
+    assert inner["probabilities"]["output_dtype"] == "float16"  # the factory's own softmax
+    assert inner["conv1"]["compute_dtype"] == "float16"
+    _, kept = _build(
+        {"kind": "factory", "factory": "specs.bugs.factories:float16_softmax"}, output_dtype=None
+    )
+    assert kept["output_dtype"] == "float16" and not kept["output_cast_appended"]
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"kind": "factory", "factory": "no_such_module:f"}, 'cannot import "no_such_module"'),
+        ({"kind": "factory", "factory": "specs.bugs.factories:nope"}, 'expected a function "nope"'),
+        ({"kind": "factory", "factory": "tests.test_models:not_a_model"}, "to return a keras.Model; got str"),
+        ({"kind": "factory", "factory": "tests.test_models:raises"}, "raised RuntimeError: factory exploded"),
+        ({"kind": "keras_application", "name": "NoSuchNet"}, "expected a keras.applications model"),
+    ],
+    ids=["no_module", "no_function", "not_a_model", "raises", "unknown_application"],
+)
+def test_models_that_cannot_be_built_are_bad_input(model, message):
+    from runner.models import ModelError
+
+    with pytest.raises(ModelError, match=message):
+        _build(model)
+    assert compat.global_policy_name() == "float32"
+
+
+def test_application_too_small_for_the_data_is_bad_input():
+    from runner.models import ModelError
+
+    with pytest.raises(ModelError, match="cannot take this data"):
+        _build({"kind": "keras_application", "name": "ResNet50"}, shape=(28, 28, 1))

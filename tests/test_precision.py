@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from runner import checks, compat, precision
 from runner.models import build_model
-from runner.spec import Mlp, PrecisionSpec, ResNet, SeedCnn, TrainingSpec
+from runner.spec import ChecksSpec, Mlp, PrecisionSpec, ResNet, SeedCnn, TrainingSpec
 from runner.train import compile_model, make_optimizer
 
 keras = compat.keras()
@@ -46,7 +48,7 @@ def test_policy_scope_sets_and_restores_even_on_error():
 @pytest.mark.parametrize("kind", MODELS.keys())
 def test_built_models_satisfy_every_invariant(kind, policy):
     model, optimizer, p, audit = _build(MODELS[kind], policy)
-    findings = checks.preflight_findings(audit, policy, p.loss_scale, p.output_dtype)
+    findings = checks.preflight_findings(audit, p, ChecksSpec(), 32)
     assert checks.blocking(findings) == [], findings
     # The audit agrees with Keras itself.
     assert audit["output_dtype"] == "float32" == model.outputs[0].dtype
@@ -82,9 +84,10 @@ def test_the_tutorial_bug_policy_after_build_is_caught():
         optimizer = precision.wrap_optimizer(make_optimizer(TrainingSpec()), PrecisionSpec())
         compile_model(model, optimizer, TrainingSpec())
         audit = precision.audit_model(model, optimizer)
-    failed = checks.blocking(checks.preflight_findings(audit, "mixed_float16", "dynamic", "float32"))
+    failed = checks.blocking(checks.preflight_findings(audit, PrecisionSpec(), ChecksSpec(), 32))
     assert [f.name for f in failed] == ["compute_dtype"]
     assert "conv1 (Conv2D) computes in float32" in failed[0].detail
+    assert "not mixed_float16" in failed[0].detail
 
 
 def test_float16_softmax_is_reported_when_requested():
@@ -135,3 +138,52 @@ def test_current_loss_scale_is_finite_after_a_step():
     model.train_on_batch(x, np.zeros((4,), np.int32))
     scale = compat.current_loss_scale(optimizer)
     assert math.isfinite(scale) and scale > 0
+
+
+# ---------------------------------------------------------------- property group 1
+
+activations = st.sampled_from(["relu", "gelu", "swish", "tanh"])
+fractions = st.sampled_from([0.0, 0.25])
+small_models = st.one_of(
+    st.builds(
+        SeedCnn,
+        filters=st.lists(st.integers(1, 12), min_size=1, max_size=4),
+        kernel_size=st.integers(1, 3),
+        dense_units=st.integers(1, 12),
+        activation=activations,
+        pooling=st.sampled_from(["max", "average"]),
+        batch_norm=st.booleans(),
+        dropout=fractions,
+    ),
+    st.builds(
+        Mlp,
+        hidden_units=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+        activation=activations,
+        batch_norm=st.booleans(),
+        dropout=fractions,
+    ),
+    st.builds(ResNet, depth=st.sampled_from([8, 14]), width=st.integers(1, 6), activation=activations),
+)
+
+
+@given(small_models, st.sampled_from(POLICIES), st.sampled_from([(32, 32, 3), (28, 28, 1)]))
+def test_property_any_small_built_in_model_satisfies_every_invariant(model_spec, policy, shape):
+    p = PrecisionSpec(policy=policy)
+    with precision.policy_scope(policy):
+        model = build_model(model_spec, shape, 10, "float32")
+        optimizer = precision.wrap_optimizer(make_optimizer(TrainingSpec()), p)
+        compile_model(model, optimizer, TrainingSpec())
+        audit = precision.audit_model(model, optimizer)
+    assert compat.global_policy_name() == "float32"
+    found = checks.preflight_findings(audit, p, ChecksSpec(), 32)
+    assert [f for f in found if not f.passed and f.severity != "hint"] == []
+    # The audit agrees with Keras, layer by layer.
+    by_name = {x["name"]: x for x in audit["layers"]}
+    for keras_layer in model.layers:
+        entry = by_name[keras_layer.name]
+        assert entry["compute_dtype"] == keras_layer.compute_dtype
+        assert [w["dtype"] for w in entry["weights"]] == [str(v.dtype) for v in keras_layer.weights]
+    assert audit["output_dtype"] == model.outputs[0].dtype == "float32"
+    assert audit["loss_scale_optimizer"] == isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    expected = checks.COMPUTE_DTYPE[policy]
+    assert {x["compute_dtype"] for x in audit["layers"] if x["weights"]} == {expected}

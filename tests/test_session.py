@@ -94,28 +94,52 @@ def test_forced_overflow_is_counted_and_halves_the_scale(write_spec, tmp_path):
     assert scale["history"][0] == [0, 1e38]
 
 
-def test_a_float32_layer_in_the_middle_stops_the_run_before_training(write_spec, tmp_path, monkeypatch):
-    """The symptom of building under the wrong policy: runner refuses to train and names the layer."""
+def _mlp_with(dtype_of: dict[str, str]):
+    """An MLP builder whose layers named in `dtype_of` are built with an explicit dtype."""
     keras = compat.keras()
 
-    def leaky_mlp(spec, input_shape, num_classes, output_dtype):
+    def build(spec, input_shape, num_classes, output_dtype):
         images = keras.Input(input_shape, dtype="uint8")
-        x = keras.layers.Rescaling(1 / 255)(images)
-        x = keras.layers.Flatten()(x)
-        x = keras.layers.Dense(8, dtype="float32", name="leaky_dense")(x)
-        x = keras.layers.Dense(num_classes, name="logits")(x)
-        return keras.Model(
-            images, keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-        )
+        x = keras.layers.Rescaling(1 / 255, dtype=dtype_of.get("scale"), name="scale")(images)
+        x = keras.layers.Flatten(dtype=dtype_of.get("flatten"), name="flatten")(x)
+        x = keras.layers.Dense(8, dtype=dtype_of.get("hidden"), name="hidden")(x)
+        x = keras.layers.Dense(num_classes, dtype=dtype_of.get("logits"), name="logits")(x)
+        out = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+        return keras.Model(images, out)
 
-    monkeypatch.setitem(models.MODEL_BUILDERS, "mlp", leaky_mlp)
+    return build
+
+
+def test_a_float32_layer_in_the_middle_is_a_warning_naming_it(write_spec, tmp_path, monkeypatch):
+    monkeypatch.setitem(models.MODEL_BUILDERS, "mlp", _mlp_with({"hidden": "float32"}))
+    outcome = _run(write_spec, tmp_path, ["training.epochs=1"])
+    assert (outcome.status, outcome.exit_code) == ("completed", 0)
+    (finding,) = [c for c in outcome.report["checks"] if not c["passed"] and c["severity"] == "warning"]
+    assert finding["name"] == "compute_dtype" and "hidden (Dense) computes in float32" in finding["detail"]
+    listed = _run(write_spec, tmp_path, ["training.epochs=1", 'checks.float32_layers=["hidden"]'])
+    assert all(c["passed"] for c in listed.report["checks"] if c["severity"] != "hint")
+
+
+def test_a_model_built_outside_the_policy_stops_before_training(write_spec, tmp_path, monkeypatch):
+    """The tutorial's bug: every layer in float32 under mixed_float16. runner refuses to train."""
+    everything_float32 = {"scale": "float32", "flatten": "float32", "hidden": "float32", "logits": "float32"}
+    monkeypatch.setitem(models.MODEL_BUILDERS, "mlp", _mlp_with(everything_float32))
     outcome = _run(write_spec, tmp_path)
     assert (outcome.status, outcome.exit_code) == ("failed", 1)
-    failed = [c for c in outcome.report["checks"] if not c["passed"]]
+    failed = [c for c in outcome.report["checks"] if not c["passed"] and c["severity"] == "error"]
     assert [c["name"] for c in failed] == ["compute_dtype"]
-    assert "leaky_dense (Dense) computes in float32" in failed[0]["detail"]
+    assert "hidden (Dense) computes in float32" in failed[0]["detail"]
+    assert "not mixed_float16" in failed[0]["detail"]
     assert outcome.report["metrics"]["epochs"] == []
     assert compat.global_policy_name() == "float32"
+
+
+def test_float16_variables_stop_the_run(write_spec, tmp_path, monkeypatch):
+    monkeypatch.setitem(models.MODEL_BUILDERS, "mlp", _mlp_with({"hidden": "float16"}))
+    outcome = _run(write_spec, tmp_path)
+    assert outcome.exit_code == 1
+    (failed,) = [c for c in outcome.report["checks"] if not c["passed"] and c["severity"] == "error"]
+    assert failed["name"] == "variable_dtype" and "hidden/kernel is float16" in failed["detail"]
 
 
 def test_a_crash_mid_run_still_writes_a_report(write_spec, tmp_path, monkeypatch):
@@ -139,3 +163,67 @@ def test_bfloat16_run(write_spec, tmp_path, policy):
     assert outcome.exit_code == 0
     assert outcome.report["precision"]["compute_dtype"] == "bfloat16"
     assert not outcome.report["audit"]["loss_scale_optimizer"]
+
+
+def test_initial_scale_2_pow_40_completes_with_overflow_reported(tmp_path):
+    from tests.conftest import ROOT
+
+    spec = load_spec(ROOT / "specs/bugs/overflow.toml", ["data.train_size=1600", "training.epochs=1"])
+    console = Console(file=open(tmp_path / "console.txt", "w"), width=100)  # noqa: SIM115
+    outcome = run_experiment(spec, tmp_path / "reports", console)
+    assert (outcome.status, outcome.exit_code) == ("completed", 0)
+    scale = outcome.report["precision"]["loss_scale"]
+    assert scale["overflow_steps"] > 0 and scale["final"] < 2.0**40
+    assert any(
+        c["name"] == "first_step_overflow" and c["severity"] == "warning" for c in outcome.report["checks"]
+    )
+
+
+def _nan_gradients_after(calls: int):
+    """A factory whose gradients turn NaN (the forward pass stays finite) after `calls` training steps."""
+    keras = compat.keras()
+    tf = compat.tensorflow()
+
+    class PoisonGradients(keras.layers.Layer):
+        def build(self, input_shape):
+            self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, name="calls")
+
+        def call(self, x, training=False):
+            if training:
+                self.calls.assign_add(1.0)
+            poisoned = self.calls > calls
+
+            @tf.custom_gradient
+            def identity(v):
+                return tf.identity(
+                    v
+                ), lambda dy: dy * tf.cast(tf.where(poisoned, float("nan"), 1.0), dy.dtype)
+
+            return identity(x)
+
+    def build(spec, input_shape, num_classes, output_dtype):
+        images = keras.Input(input_shape, dtype="uint8")
+        x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(images))
+        x = PoisonGradients(name="poison")(keras.layers.Dense(8, name="hidden")(x))
+        x = keras.layers.Dense(num_classes, name="logits")(x)
+        return keras.Model(images, keras.layers.Activation("softmax", dtype="float32")(x))
+
+    return build
+
+
+def test_a_collapsed_loss_scale_ends_the_run_diverged(write_spec, tmp_path, monkeypatch):
+    monkeypatch.setitem(models.MODEL_BUILDERS, "mlp", _nan_gradients_after(3))
+    outcome = _run(write_spec, tmp_path, ["data.train_size=2000", "training.epochs=3"])
+    assert (outcome.status, outcome.exit_code) == ("diverged", 3)
+    assert "collapsed" in outcome.report["error"] and "non-finite even unscaled" in outcome.report["error"]
+    scale = outcome.report["precision"]["loss_scale"]
+    assert scale["final"] < 1 and scale["overflow_steps"] >= 15
+    assert outcome.report["metrics"]["test_accuracy"] is None
+    assert compat.global_policy_name() == "float32"
+
+
+def test_a_failed_declared_check_completes_with_exit_1(write_spec, tmp_path):
+    outcome = _run(write_spec, tmp_path, ["training.epochs=1", "checks.min_test_accuracy=0.999"])
+    assert (outcome.status, outcome.exit_code) == ("completed", 1)
+    (failed,) = [c for c in outcome.report["checks"] if not c["passed"] and c["severity"] == "error"]
+    assert failed["name"] == "min_test_accuracy" and "expected test accuracy >= 0.999" in failed["detail"]

@@ -1,0 +1,50 @@
+"""Model factories that reproduce real mixed-precision mistakes, for `runner check specs/bugs/*.toml`.
+
+Each is called as function(input_shape=..., num_classes=...) inside runner's policy scope and gets
+images already scaled to [0, 1]. runner appends a float32 cast when the output is not float32.
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+def _cnn(input_shape, num_classes, dtype_of):
+    """The tutorial's CNN; `dtype_of` gives some layers an explicit dtype (that is the bug)."""
+    layers = keras.layers
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(32, 3, activation="relu", dtype=dtype_of.get("conv1"), name="conv1")(inputs)
+    x = layers.MaxPooling2D(dtype=dtype_of.get("pool1"), name="pool1")(x)
+    x = layers.Conv2D(64, 3, activation="relu", dtype=dtype_of.get("conv2"), name="conv2")(x)
+    x = layers.MaxPooling2D(dtype=dtype_of.get("pool2"), name="pool2")(x)
+    x = layers.Conv2D(64, 3, activation="relu", dtype=dtype_of.get("conv3"), name="conv3")(x)
+    x = layers.Flatten(dtype=dtype_of.get("flatten"), name="flatten")(x)
+    x = layers.Dense(64, activation="relu", dtype=dtype_of.get("dense"), name="dense")(x)
+    x = layers.Dense(num_classes, dtype=dtype_of.get("logits"), name="logits")(x)
+    outputs = layers.Activation("softmax", dtype=dtype_of.get("probabilities"), name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="tutorial_cnn")
+
+
+ALL_LAYERS = ("conv1", "pool1", "conv2", "pool2", "conv3", "flatten", "dense", "logits", "probabilities")
+
+
+def float32_in_the_middle(input_shape, num_classes):
+    """One Dense pinned to float32 (a copied snippet with dtype="float32"): it computes in float32,
+    casting its float16 input up and its output back down, for no reason the user knows of."""
+    return _cnn(input_shape, num_classes, {"dense": "float32"})
+
+
+def float32_model(input_shape, num_classes):
+    """Every layer in float32, as when the model was built before the policy was set (the tutorial)
+    or restored from a float32 checkpoint: the "mixed" run is a float32 run."""
+    return _cnn(input_shape, num_classes, dict.fromkeys(ALL_LAYERS, "float32"))
+
+
+def float16_model(input_shape, num_classes):
+    """Pure float16 ("float16" instead of "mixed_float16"): float16 variables lose small updates."""
+    return _cnn(input_shape, num_classes, dict.fromkeys(ALL_LAYERS, "float16"))
+
+
+def float16_softmax(input_shape, num_classes):
+    """The tutorial once the order is fixed: softmax in float16 (runner appends a float32 cast)."""
+    return _cnn(input_shape, num_classes, {})
