@@ -92,7 +92,10 @@ def check_variable_dtype(audit: dict[str, Any]) -> Finding:
             "variable_dtype",
             False,
             "expected float32 variables (updates smaller than float16's resolution would be lost); "
-            + "; ".join(wrong),
+            + "; ".join(wrong[:8])
+            + (f" and {len(wrong) - 8} more" if len(wrong) > 8 else "")
+            + ". Fix: use the mixed policy (float16 compute, float32 variables), "
+            + 'not dtype="float16" on layers.',
         )
     return Finding("variable_dtype", True, f"all {count} variables are float32")
 
@@ -132,7 +135,7 @@ def check_optimizer(audit: dict[str, Any], policy: str, loss_scale: str) -> Find
             "loss_scale_optimizer",
             False,
             f"expected a LossScaleOptimizer under mixed_float16; got {name}: small float16 "
-            "gradients would underflow to zero",
+            'gradients would underflow to zero. Fix: precision.loss_scale = "dynamic".',
         )
     return Finding(
         "loss_scale_optimizer",
