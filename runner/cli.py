@@ -14,7 +14,17 @@ import typer
 from rich.console import Console
 from rich.syntax import Syntax
 
-from runner.spec import BadInput, ExperimentSpec, SpecError, json_schema, load_spec, spec_hash, spec_to_toml
+from runner.spec import (
+    BadInput,
+    ExperimentSpec,
+    SpecError,
+    Variant,
+    json_schema,
+    load_plan,
+    load_spec,
+    spec_hash,
+    spec_to_toml,
+)
 
 app = typer.Typer(
     name="runner",
@@ -65,18 +75,35 @@ def _load_all(paths: list[Path], overrides: list[str] | None) -> list[Experiment
 
 @app.command()
 def validate(paths: SpecPaths, overrides: Overrides = None) -> None:
-    """Check spec files against the schema and print the resolved specs (no TensorFlow)."""
+    """Check spec files against the schema; print resolved specs and sweep variants (no TensorFlow)."""
     out = _stdout()
-    for path, spec in zip(paths, _load_all(paths, overrides), strict=True):
-        out.rule(f"{path} · {spec.name} · hash {spec_hash(spec)}")
+    variants = _load_plans(paths, overrides)
+    for variant in variants:
+        spec = variant.spec
+        settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in variant.settings.items())
+        out.rule(f"{spec.name} · hash {spec_hash(spec)}" + (f" · {settings}" if settings else ""))
         out.print(Syntax(spec_to_toml(spec), "toml", theme="ansi_dark", background_color="default"))
-    out.print(f"[green]✓[/] {len(paths)} spec(s) valid")
+    swept = sum(1 for v in variants if v.settings)
+    planned = f" ({swept} sweep variant(s))" if swept else ""
+    out.print(f"[green]✓[/] {len(paths)} spec file(s) valid: {len(variants)} experiment(s) planned{planned}")
 
 
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of an experiment spec."""
     typer.echo(json.dumps(json_schema(), indent=2))
+
+
+def _load_plans(paths: list[Path], overrides: list[str] | None) -> list[Variant]:
+    variants, errors = [], []
+    for path in paths:
+        try:
+            variants += load_plan(path, overrides or ())
+        except SpecError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise _fail("\n".join(errors))
+    return variants
 
 
 @app.command()
@@ -87,30 +114,86 @@ def run(
         "reports"
     ),
 ) -> None:
-    """Validate, preflight, train, evaluate, check and report one or more experiments.
+    """Validate, preflight, train, evaluate, check and report experiments (a [sweep] or several specs
+    run one after another and end in a comparison table).
 
     Exit codes: 0 all passed · 1 a check failed · 2 bad input · 3 run failed · 130 interrupted.
     """
-    from runner.report import render_run
-    from runner.session import run_experiment
+    from runner.report import comparison_table, render_run
+    from runner.session import run_plan
 
-    specs = _load_all(paths, overrides)
-    out, err = _stdout(), _stderr()
-    worst = 0
-    for spec in specs:
-        try:
-            outcome = run_experiment(spec, output, err)
-        except BadInput as exc:
-            _fail(str(exc))
-            worst = max(worst, EXIT_BAD_INPUT)
-            continue
-        except KeyboardInterrupt:  # before training started: nothing to save
-            raise _fail(f"{spec.name}: interrupted before training started", EXIT_INTERRUPTED) from None
+    variants = _load_plans(paths, overrides)
+    out = _stdout()
+    try:
+        plan = run_plan(variants, output, _stderr())
+    except BadInput as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:  # before training started: nothing to save
+        raise _fail("interrupted before training started", EXIT_INTERRUPTED) from None
+    for outcome in plan.outcomes:
         out.print(render_run(outcome.report))
-        worst = max(worst, outcome.exit_code)
-        if outcome.exit_code == EXIT_INTERRUPTED:
-            break
-    raise typer.Exit(worst)
+    if plan.comparison is not None:
+        out.print(comparison_table(plan.comparison))
+        out.print(f"[dim]sweep directory[/] {plan.group_dir}")
+    raise typer.Exit(plan.exit_code)
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Run directories (or sweep directories).", show_default=False)
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write comparison.{json,md,html} here.")
+    ] = None,
+) -> None:
+    """Side-by-side table of finished runs: speed and memory against float32, accuracy, loss scale, checks."""
+    from runner import compare as comparing
+
+    try:
+        reports = [comparing.load_report(d) for d in comparing.expand_run_dirs(run_dirs)]
+        comparison = comparing.compare(reports)
+    except BadInput as exc:
+        raise _fail(str(exc)) from None
+    from runner.report import comparison_table
+
+    _stdout().print(comparison_table(comparison))
+    if output is not None:
+        from runner.documents import write_comparison_documents
+        from runner.runs import write_json_atomic
+
+        output.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output / "comparison.json", comparison)
+        write_comparison_documents(output, comparison, reports)
+        _stdout().print(f"[dim]written[/] {output}/comparison.json, comparison.md, comparison.html")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.", show_default=False)],
+    format: Annotated[str, typer.Option("--format", "-f", help="terminal, md, html or json.")] = "terminal",
+) -> None:
+    """Re-render a finished run: terminal, rewrite report.md / report.html, or print report.json."""
+    from runner.compare import load_report
+
+    if format not in {"terminal", "md", "html", "json"}:
+        raise _fail(f'--format: expected one of terminal, md, html, json; got "{format}"')
+    try:
+        data = load_report(run_dir)
+    except BadInput as exc:
+        raise _fail(str(exc)) from None
+    if format == "json":
+        typer.echo(json.dumps(data, indent=2))
+    elif format == "terminal":
+        from runner.report import render_run
+
+        _stdout().print(render_run(data))
+    else:
+        from runner.documents import write_run_documents
+
+        write_run_documents(run_dir, data)
+        path = run_dir / f"report.{format}"
+        typer.echo(path.read_text(encoding="utf-8") if format == "md" else str(path))
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
@@ -47,6 +48,7 @@ def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
         "name": state.spec.name,
         "status": state.status,
         "error": state.error,
+        "started_at": state.started_at,
         "run_dir": str(state.run_dir),
         "spec": spec_to_dict(state.spec),
         "spec_hash": spec_hash(state.spec),
@@ -228,3 +230,48 @@ def render_environment(env: dict[str, Any], advice: list[tuple[str, bool, str]])
     for policy, fast, why in advice:
         advice_table.add_row(policy, Text("yes" if fast else "no", style="green" if fast else "yellow"), why)
     return Group(table, advice_table)
+
+
+def _ratio_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def comparison_table(comparison: dict[str, Any]) -> Table:
+    """One row per run, narrow enough for 80 columns: the spec fields that differ (or the run's name),
+    speed and memory against the baseline, accuracy, loss scale, result. Step times and device memory
+    are in comparison.json/.md/.html."""
+    fields = comparison["differing_fields"]
+    table = Table(
+        title="Comparison",
+        header_style="bold",
+        caption=comparison["baseline"]["note"],
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for name in fields or ["run"]:
+        table.add_column(name.split(".")[-1], no_wrap=True, min_width=7)
+    for name in ("img/s", "×base", "MB", "acc", "Δacc", "scale", "skip"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("result", overflow="fold", min_width=12)
+    for r in comparison["rows"]:
+        failed = r["failed_checks"]
+        ok = r["status"] == "completed" and not failed
+        if ok:
+            result = f"✓ {r['checks_passed']}/{r['checks_total']}"
+        else:
+            result = r["status"] if r["status"] != "completed" else "✗ " + ", ".join(failed)
+        scale = _fmt(r["loss_scale_final"], "g")
+        if r["loss_scale_min"] not in (None, r["loss_scale_final"]):
+            scale += f" (min {r['loss_scale_min']:g})"
+        table.add_row(
+            *([str(r["settings"][f]) for f in fields] or [r["name"]]),
+            _fmt(r["images_per_second"], ",.0f"),
+            _ratio_text(r["speed_ratio"]),
+            _fmt(r["peak_host_memory_mb"], ",.0f"),
+            _fmt(r["test_accuracy"], ".3f"),
+            _fmt(r["accuracy_delta"], "+.3f"),
+            scale,
+            str(r["skipped_steps"]),
+            Text(result, style="green" if ok else "red"),
+        )
+    return table

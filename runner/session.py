@@ -7,8 +7,11 @@ spec and the run directory.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
-import resource
+import subprocess
+import sys
+import tempfile
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,11 +21,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from runner import checks, compat, precision, report, runs, train
+from runner import checks, compare, compat, documents, precision, report, runs, train
 from runner.data import Splits, load_data, pipeline
 from runner.models import build_model
-from runner.spec import BadInput, ExperimentSpec, PrecisionSpec, SpecError, spec_hash, spec_to_toml
+from runner.spec import BadInput, ExperimentSpec, PrecisionSpec, SpecError, Variant, spec_hash, spec_to_toml
 
+EXIT_BAD_INPUT = 2
 PREFLIGHT_FAILED = "preflight check failed: not training (see the failed checks)"
 EXIT = {"completed": 0, "check_failed": 1, "diverged": 3, "failed": 3, "interrupted": 130}
 
@@ -50,6 +54,7 @@ class RunState:
     test_metrics: dict[str, float] = field(default_factory=dict)
     loss_scale: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    started_at: str = field(default_factory=runs.utc_now)
     advice: dict[str, Any] = field(default_factory=dict)  # will the policy be faster here?
 
 
@@ -108,10 +113,13 @@ def _train(state: RunState, model: Any, splits: Splits, console: Console) -> Non
         state.run_dir / "metrics.jsonl",
         spec.checks.max_consecutive_skipped_steps,
     )
+    callbacks = [telemetry]
+    if spec.runtime.tensorboard:
+        callbacks += train.make_tensorboard_callbacks(state.log, state.run_dir / "tensorboard")
     steps = train.steps_per_epoch(len(splits.y_train), batch)
     with _progress(console) as progress:
         bar = train.make_progress_callback(progress, spec.training.epochs, steps, batch)
-        train.fit(model, train_ds, val_ds, spec, [telemetry, bar])
+        train.fit(model, train_ds, val_ds, spec, [*callbacks, bar])
     if state.log.diverged_at_step is not None:
         state.status, state.error = "diverged", state.log.divergence
         return
@@ -185,13 +193,25 @@ def performance(log: train.TrainingLog, batch_size: int) -> dict[str, Any]:
     return {
         "images_per_second": round(ips, 1) if ips else None,
         "step_time_ms": round(1000 * batch_size / ips, 3) if ips else None,
-        "peak_host_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_host_memory_mb": runs.peak_host_memory_mb(),
         "peak_device_memory_mb": peak_device,
     }
 
 
+def _release_previous_run() -> None:
+    """Free what an earlier run in this process held and restart the peak-memory measurements."""
+    if "keras" in sys.modules:
+        compat.keras().backend.clear_session()
+        tf = compat.tensorflow()
+        for device in tf.config.list_logical_devices("GPU"):
+            tf.config.experimental.reset_memory_stats(device.name)
+    gc.collect()
+    runs.reset_peak_host_memory()
+
+
 def start_run(spec: ExperimentSpec, output: Path) -> tuple[RunState, Splits]:
     """Load the data (a DataError leaves nothing behind), then create and seed the run directory."""
+    _release_previous_run()
     splits = load_data(spec.data, spec.seed)
     compat.keras()  # the slow import: after the data (a missing archive fails fast), before the bars
     require_device(spec.runtime.device)
@@ -227,9 +247,86 @@ def run_experiment(spec: ExperimentSpec, output: Path, console: Console) -> RunO
     perf = performance(state.log, spec.data.batch_size)
     data = report.make_report(state, perf)
     runs.write_json_atomic(state.run_dir / "report.json", data)
+    _write_documents(state.run_dir, data, console)
     if bad_input is not None:
         raise bad_input
     return RunOutcome(state.status, _exit_code(state), state.run_dir, data)
+
+
+def _write_documents(run_dir: Path, data: dict[str, Any], console: Console) -> None:
+    """report.md and report.html; report.json is already safe, so a failure here only warns."""
+    try:
+        documents.write_run_documents(run_dir, data)
+    except Exception as exc:  # noqa: BLE001 - never lose a finished run to a plotting problem
+        console.print(f"[yellow]warning:[/] report.md/report.html not written: {type(exc).__name__}: {exc}")
+
+
+@dataclass
+class PlanOutcome:
+    outcomes: list[RunOutcome]
+    exit_code: int
+    group_dir: Path | None = None
+    comparison: dict[str, Any] | None = None
+
+
+def run_isolated(spec: ExperimentSpec, output: Path) -> RunOutcome | None:
+    """Run one experiment in a fresh Python process: its peak memory is its own, not the sweep's so
+    far, and no state (TensorFlow's, Keras') carries over between variants. None on bad input (the
+    child has said why on stderr). Ctrl-C reaches the child, which saves its report; we wait for it."""
+    with tempfile.TemporaryDirectory(prefix="runner-variant-") as tmp:
+        spec_file = Path(tmp) / f"{spec.name}.toml"
+        spec_file.write_text(spec_to_toml(spec), encoding="utf-8")
+        before = set(output.iterdir())
+        # The child's report panel goes nowhere: the parent prints every report at the end.
+        child = subprocess.Popen(
+            [sys.executable, "-m", "runner", "run", str(spec_file), "--output", str(output)],
+            stdout=subprocess.DEVNULL,
+        )
+        while True:
+            try:
+                code = child.wait()
+                break
+            except KeyboardInterrupt:
+                continue  # the child got the same SIGINT: let it write its report
+    made = [p for p in set(output.iterdir()) - before if (p / "report.json").exists()]
+    if not made:
+        return None
+    data = compare.load_report(made[0])
+    return RunOutcome(data["status"], code, made[0], data)
+
+
+def run_plan(variants: list[Variant], output: Path, console: Console) -> PlanOutcome:
+    """Run every variant in order; several share one sweep directory and end in a comparison.
+
+    A single experiment runs in this process. Several run each in its own process (see run_isolated).
+    Bad input stops the plan (raised, runs so far kept); an interruption stops it after its report.
+    """
+    if len(variants) == 1:
+        outcome = run_experiment(variants[0].spec, output, console)
+        return PlanOutcome([outcome], outcome.exit_code)
+    groups = {v.group for v in variants}
+    base = groups.pop() if len(groups) == 1 else "comparison"
+    group_dir = runs.create_run_dir(output, base, spec_hash(variants[0].spec))
+    outcomes: list[RunOutcome] = []
+    code = 0
+    for variant in variants:
+        settings = ", ".join(f"{k}={v}" for k, v in variant.settings.items())
+        console.print(f"[bold]{variant.spec.name}[/] {settings}")
+        outcome = run_isolated(variant.spec, group_dir)
+        if outcome is None:
+            code = EXIT_BAD_INPUT
+            break
+        outcomes.append(outcome)
+        code = max(code, outcome.exit_code)
+        if outcome.status == "interrupted":
+            break
+    if not outcomes:
+        return PlanOutcome(outcomes, code, group_dir)
+    reports = [o.report for o in outcomes]
+    comparison = compare.compare(reports)
+    runs.write_json_atomic(group_dir / "comparison.json", comparison)
+    documents.write_comparison_documents(group_dir, comparison, reports)
+    return PlanOutcome(outcomes, code, group_dir, comparison)
 
 
 @dataclass

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import math
+import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 Policy = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 Activation = Literal["relu", "gelu", "swish", "tanh"]
@@ -184,6 +192,8 @@ class ChecksSpec(StrictModel):
 
 class RuntimeSpec(StrictModel):
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    # TensorBoard event files in the run directory: epoch metrics, learning rate, loss scale per step.
+    tensorboard: bool = True
 
 
 class ExperimentSpec(StrictModel):
@@ -207,18 +217,25 @@ class ExperimentSpec(StrictModel):
 # ---------------------------------------------------------------- loading
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
-    """Read, override and validate one spec file; every failure is one SpecError."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The raw TOML document at `path`; a missing, unreadable or malformed file is one SpecError."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "file not found"
         raise SpecError(f"{path}: {what}; expected a TOML experiment spec")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
+    """Read, override and validate one spec file (without a [sweep]); every failure is one SpecError."""
+    raw = read_toml(path)
+    if "sweep" in raw:
+        raise SpecError(f"{path}: sweep: this command takes a single experiment; use `runner run` for sweeps")
     return spec_from_dict(raw, source=str(path), overrides=overrides)
 
 
@@ -231,6 +248,79 @@ def spec_from_dict(
     except ValidationError as exc:
         lines = [_describe_error(err, source, overrides) for err in exc.errors()]
         raise SpecError("\n".join(lines)) from None
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One experiment of a plan, and the sweep values that made it (empty without a sweep)."""
+
+    spec: ExperimentSpec
+    settings: dict[str, Any]
+    group: str = ""  # the name in the spec file, which a sweep's variant names extend
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"precision": {"policy": [...]}}` and `{"precision.policy": [...]}` alike → dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _slug(value: Any) -> str:
+    return re.sub(
+        r"[^A-Za-z0-9._-]+", "_", json.dumps(value) if isinstance(value, list | dict) else str(value)
+    )
+
+
+def sweep_axes(sweep: Any, source: str) -> dict[str, list[Any]]:
+    if not isinstance(sweep, dict) or not sweep:
+        raise SpecError(
+            f"{source}: sweep: expected a table of field paths to lists of values; got {_show(sweep)}"
+        )
+    axes = _flatten(sweep)
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(
+                f'{source}: sweep."{key}": expected a non-empty list of values; got {_show(values)}'
+            )
+    return axes
+
+
+def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> list[Variant]:
+    """The experiments a spec file asks for: itself, or one per point of its [sweep]'s cartesian product.
+
+    `--set` overrides apply to the base; the sweep's values are applied on top, per variant.
+    """
+    raw = read_toml(path)
+    if "sweep" not in raw:
+        spec = spec_from_dict(raw, source=str(path), overrides=overrides)
+        return [Variant(spec, {}, spec.name)]
+    axes = sweep_axes(raw.pop("sweep"), str(path))
+    base = apply_overrides(raw, overrides, str(path))
+    variants, errors = [], []
+    for combo in itertools.product(*axes.values()):
+        settings = dict(zip(axes, combo, strict=True))
+        data = json.loads(json.dumps(base))
+        for key, value in settings.items():
+            _set_path(data, key.split("."), value, str(path), f"sweep.{key}")
+        suffix = "-".join(_slug(v) for v in combo)
+        data["name"] = f"{str(data.get('name', 'run'))[: 63 - len(suffix)]}-{suffix}"[:64]
+        where = f"{path} [sweep {', '.join(f'{k}={v}' for k, v in settings.items())}]"
+        try:
+            variants.append(Variant(spec_from_dict(data, source=where), settings, str(base.get("name"))))
+        except SpecError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise SpecError("\n".join(dict.fromkeys(errors)))
+    return variants
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -246,18 +336,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return [p.strip() for p in parts], parsed
 
 
+def _set_path(data: dict, parts: list[str], value: Any, source: str, origin: str) -> None:
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise SpecError(f"{source}: {origin}: {where} is a value, not a table")
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: str) -> dict:
     data = json.loads(json.dumps(raw, default=str))  # deep copy; TOML dates become strings
     for text in overrides:
         parts, value = parse_override(text)
-        node = data
-        for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                where = ".".join(parts[: depth + 1])
-                raise SpecError(f"{source}: --set {text}: {where} is a value, not a table")
-            node = child
-        node[parts[-1]] = value
+        _set_path(data, parts, value, source, f"--set {text}")
     return data
 
 

@@ -8,6 +8,7 @@ under mixed_float16: one scalar, needed to count skipped steps faithfully).
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -118,6 +119,11 @@ class LossScaleTracker:
             if len(self.history) > self.max_points:
                 self.history = self.history[:1] + self.history[1:-1:2] + self.history[-1:]
                 self.thinned = True
+
+    def scale_at(self, step: int) -> float:
+        """The scale after `step` steps, from the change points (exact unless the history was thinned)."""
+        index = bisect.bisect_right(self.history, (step, math.inf)) - 1
+        return self.history[max(index, 0)][1]
 
     def collapse(self, max_consecutive: int) -> str | None:
         """A diagnosis if the scale has collapsed (it has no lower bound in Keras 3), else None."""
@@ -246,6 +252,33 @@ def make_telemetry_callback(
                 _append_line(self.metrics_path, json.dumps(record.as_dict()))
 
     return _Telemetry(log, batch_size, train_images, steps_per_execution, metrics_path)
+
+
+def make_tensorboard_callbacks(log: TrainingLog, log_dir: Path) -> list[Any]:
+    """Keras' TensorBoard callback (epoch loss, accuracy, learning rate, validation) and the loss scale
+    per step, written at each epoch's end from the tracker's exact history (no per-step cost)."""
+    keras, tf = compat.keras(), compat.tensorflow()
+    standard = keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, update_freq="epoch")
+
+    class _LossScaleSummary(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self._writer = tf.summary.create_file_writer(str(log_dir / "precision"))
+            self._written = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            tracker = log.loss_scale
+            if tracker is None:
+                return
+            with self._writer.as_default():
+                for step in range(self._written + 1, tracker.steps + 1):
+                    tf.summary.scalar("loss_scale", tracker.scale_at(step), step=step)
+            self._writer.flush()
+            self._written = tracker.steps
+
+        def on_train_end(self, logs=None):
+            self._writer.close()
+
+    return [standard, _LossScaleSummary()]
 
 
 def time_steps(model: Any, x: Any, y: Any, steps: int) -> float:

@@ -26,7 +26,7 @@ def test_validate_prints_the_resolved_spec():
     result = cli.invoke(app, ["validate", str(ROOT / "specs" / "quickstart.toml")])
     assert result.exit_code == 0, result.output
     assert 'policy = "mixed_float16"' in result.stdout and "initial_scale = 32768.0" in result.stdout
-    assert "1 spec(s) valid" in result.stdout
+    assert "1 spec file(s) valid: 1 experiment(s) planned" in result.stdout
 
 
 BAD_SPECS = {
@@ -168,3 +168,89 @@ def test_check_a_broken_factory_is_exit_2(write_spec):
     result = cli.invoke(app, ["check", str(path)])
     assert result.exit_code == 2
     assert 'model.factory: cannot import "no_such_module"' in result.stderr
+
+
+# ---------------------------------------------------------------- sweeps, compare, report
+
+
+def test_validate_lists_the_planned_variants():
+    result = cli.invoke(app, ["validate", str(ROOT / "specs/compare.toml")])
+    assert result.exit_code == 0, result.output
+    for policy in ("float32", "mixed_float16", "mixed_bfloat16"):
+        assert f'precision.policy="{policy}"' in result.stdout
+    assert "3 experiment(s) planned (3 sweep variant(s))" in result.stdout
+
+
+def test_run_compare_toml_leaves_a_sweep_directory_with_a_comparison(tmp_path):
+    result = cli.invoke(app, ["run", str(ROOT / "specs/compare.toml"), "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (sweep,) = tmp_path.iterdir()
+    runs = [p for p in sweep.iterdir() if (p / "report.json").exists()]
+    assert len(runs) == 3
+    comparison = json.loads((sweep / "comparison.json").read_text())
+    rows = {r["settings"]["precision.policy"]: r for r in comparison["rows"]}
+    assert set(rows) == {"float32", "mixed_float16", "mixed_bfloat16"}
+    for row in rows.values():
+        assert row["images_per_second"] > 0 and row["test_accuracy"] >= 0.85
+        assert row["speed_ratio"] is not None and row["accuracy_delta"] is not None
+    assert rows["float32"]["speed_ratio"] == 1.0
+    assert (sweep / "comparison.md").exists() and (sweep / "comparison.html").exists()
+    assert "Comparison" in result.stdout and "ratios against the float32 run" in result.stdout
+
+
+def _table(output: str) -> str:
+    """The comparison table: from its title to its caption line."""
+    start = output.index("Comparison")
+    end = output.index("\n", output.index("ratios against", start))
+    return output[start:end]
+
+
+def test_compare_separate_runs_prints_the_same_table_as_their_sweep(write_spec, tmp_path):
+    sweep_spec = write_spec(
+        TINY_SPEC + '\n[sweep]\n"precision.policy" = ["float32", "mixed_float16"]\n', "s.toml"
+    )
+    swept = cli.invoke(
+        app, ["run", str(sweep_spec), "-o", str(tmp_path / "sweep"), "--set", "training.epochs=1"]
+    )
+    assert swept.exit_code == 0, swept.output
+    (sweep_dir,) = (tmp_path / "sweep").iterdir()
+    compared = cli.invoke(app, ["compare", str(sweep_dir), "--output", str(tmp_path / "cmp")])
+    assert compared.exit_code == 0, compared.output
+    assert _table(compared.stdout) == _table(swept.stdout)
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text()) == json.loads(
+        (sweep_dir / "comparison.json").read_text()
+    )
+    # Two separate `runner run` calls, compared afterwards.
+    spec = write_spec(TINY_SPEC, "one.toml")
+    for policy in ("float32", "mixed_float16"):
+        args = ["run", str(spec), "-o", str(tmp_path / policy), "--set", f"precision.policy={policy}"]
+        assert cli.invoke(app, [*args, "--set", "training.epochs=1"]).exit_code == 0
+    dirs = [next((tmp_path / p).iterdir()) for p in ("float32", "mixed_float16")]
+    separate = cli.invoke(app, ["compare", *map(str, dirs)])
+    assert separate.exit_code == 0
+    assert "ratios against the float32 run tiny" in separate.stdout
+    assert "mixed_float16" in separate.stdout and "float32" in separate.stdout
+
+
+def test_compare_rejects_a_directory_that_is_not_a_run(tmp_path):
+    result = cli.invoke(app, ["compare", str(tmp_path)])
+    assert result.exit_code == 2 and "no report.json" in result.stderr
+
+
+def test_report_re_renders_a_finished_run(write_spec, tmp_path):
+    spec = write_spec(TINY_SPEC)
+    assert (
+        cli.invoke(app, ["run", str(spec), "-o", str(tmp_path), "--set", "training.epochs=1"]).exit_code == 0
+    )
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (run_dir / "report.html").unlink()
+    terminal = cli.invoke(app, ["report", str(run_dir)])
+    assert terminal.exit_code == 0 and "runner report" in terminal.stdout
+    as_json = cli.invoke(app, ["report", str(run_dir), "--format", "json"])
+    assert json.loads(as_json.stdout)["name"] == "tiny"
+    markdown = cli.invoke(app, ["report", str(run_dir), "-f", "md"])
+    assert markdown.stdout.startswith("# tiny — runner report")
+    html = cli.invoke(app, ["report", str(run_dir), "-f", "html"])
+    assert html.exit_code == 0 and (run_dir / "report.html").exists()
+    bad = cli.invoke(app, ["report", str(run_dir), "-f", "pdf"])
+    assert bad.exit_code == 2 and "expected one of terminal, md, html, json" in bad.stderr

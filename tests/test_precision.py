@@ -117,12 +117,24 @@ def test_seeded_scope_is_reproducible_and_restores_numpy():
         ("mixed_float16", {"cpu_flags": ["avx2"], "gpu": None}, False),
         ("mixed_float16", {"cpu_flags": ["amx_fp16"], "gpu": None}, True),
         ("mixed_bfloat16", {"cpu_flags": ["amx_bf16"], "gpu": None}, True),
+        ("mixed_bfloat16", {"cpu_flags": ["avx512f", "avx512_bf16"], "gpu": None}, True),
+        ("mixed_float16", {"cpu_flags": ["avx512f", "avx512_bf16"], "gpu": None}, False),
         ("mixed_float16", {"gpu": {"name": "T4", "compute_capability": [7, 5]}}, True),
         ("mixed_bfloat16", {"gpu": {"name": "T4", "compute_capability": [7, 5]}}, False),
         ("mixed_float16", {"gpu": {"name": "P100", "compute_capability": [6, 0]}}, False),
         ("float32", {"gpu": None}, True),
     ],
-    ids=["avx2", "amx_fp16", "amx_bf16", "t4_fp16", "t4_bf16", "p100", "float32"],
+    ids=[
+        "avx2",
+        "amx_fp16",
+        "amx_bf16",
+        "avx512_bf16",
+        "avx512_no_fp16",
+        "t4_fp16",
+        "t4_bf16",
+        "p100",
+        "float32",
+    ],
 )
 def test_mixed_precision_advice(policy, device, fast):
     is_fast, why = precision.mixed_precision_advice(policy, device)

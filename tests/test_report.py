@@ -111,3 +111,18 @@ def test_environment_renders_advice():
     }
     text = render(render_environment(env, [("mixed_float16", False, "slower here")]))
     assert "2.21" in text and "mixed_float16" in text and "no" in text and "slower here" in text
+
+
+def test_comparison_table_shows_differing_fields_ratios_and_failed_checks():
+    from runner.compare import compare
+    from runner.report import comparison_table
+    from tests.test_compare import fake_report
+
+    reports = [
+        fake_report("cmp-float32", "float32", 2000.0, 0.90),
+        fake_report("cmp-mixed_float16", "mixed_float16", 500.0, 0.80, failed=["min_test_accuracy"]),
+    ]
+    text = render(comparison_table(compare(reports)))
+    for fragment in ("policy", "mixed_float16", "2,000", "0.25×", "1.00×", "-0.100", "✗ min_test_accuracy",
+                     "✓ 1/1", "1024 (min 512)", "ratios against the float32 run cmp-float32"):  # fmt: skip
+        assert fragment in text, fragment

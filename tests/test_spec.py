@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
 import pytest
 import tomli_w
-import tomllib
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,12 +16,14 @@ from runner.spec import (
     ExperimentSpec,
     SpecError,
     json_schema,
+    load_plan,
     load_spec,
     parse_override,
     spec_from_dict,
     spec_hash,
     spec_to_dict,
     spec_to_toml,
+    tomllib,
 )
 
 BASE = {"name": "t"}
@@ -168,7 +170,7 @@ def test_shipped_specs_are_valid():
     paths = sorted((ROOT / "specs").rglob("*.toml"))
     assert {p.name for p in paths} >= {"mixed.toml", "float32.toml", "quickstart.toml"}
     for path in paths:
-        load_spec(path)
+        assert load_plan(path)
     mixed = load_spec(ROOT / "specs" / "mixed.toml")
     assert (mixed.precision.policy, mixed.data.source, mixed.data.batch_size) == (
         "mixed_float16",
@@ -278,3 +280,44 @@ def test_any_valid_spec_round_trips_through_toml(raw):
     assert again == spec
     assert spec_hash(again) == spec_hash(spec)
     assert tomllib.loads(tomli_w.dumps(spec_to_dict(spec))) == spec_to_dict(spec)
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def test_a_sweep_plans_the_cartesian_product_with_the_same_seed(write_spec):
+    path = write_spec(
+        'name = "cmp"\nseed = 3\n[sweep]\n"precision.policy" = ["float32", "mixed_float16"]\n'
+        "training.epochs = [1, 2]\n"
+    )
+    variants = load_plan(path, ["data.batch_size=16"])
+    assert [v.spec.name for v in variants] == [
+        "cmp-float32-1",
+        "cmp-float32-2",
+        "cmp-mixed_float16-1",
+        "cmp-mixed_float16-2",
+    ]
+    assert variants[2].settings == {"precision.policy": "mixed_float16", "training.epochs": 1}
+    assert {(v.spec.seed, v.spec.data.batch_size, v.group) for v in variants} == {(3, 16, "cmp")}
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ('"precision.polcy" = ["float32"]', "precision.polcy: unknown key; expected one of"),
+        ('"precision.policy" = ["float32", "fp8"]', "sweep precision.policy=fp8"),
+        ('"precision.policy" = []', "expected a non-empty list"),
+        ('"precision.policy" = "float32"', "expected a non-empty list"),
+    ],
+    ids=["unknown_key", "bad_value", "empty", "not_a_list"],
+)
+def test_bad_sweeps_are_spec_errors(write_spec, sweep, message):
+    path = write_spec(f'name = "cmp"\n[sweep]\n{sweep}\n')
+    with pytest.raises(SpecError, match=re.escape(message)):
+        load_plan(path)
+
+
+def test_single_experiment_commands_refuse_a_sweep(write_spec):
+    path = write_spec('name = "cmp"\n[sweep]\n"seed" = [1, 2]\n')
+    with pytest.raises(SpecError, match="use `runner run` for sweeps"):
+        load_spec(path)

@@ -1,0 +1,119 @@
+"""Side-by-side comparison of finished runs: pure functions from report.json dicts to rows.
+
+The baseline is the first completed float32 run; without one, the first run, and the comparison
+says so. Only the spec fields that differ between runs are shown.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from runner.spec import BadInput
+
+
+class RunDirError(BadInput):
+    """A directory that is not a finished run (no readable report.json)."""
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, inner in value.items():
+        flat.update(_flatten(inner, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+def differing_fields(reports: list[dict[str, Any]]) -> list[str]:
+    """Dotted spec fields whose values are not the same in every run (the name aside)."""
+    flats = [_flatten(r["spec"]) for r in reports]
+    keys = sorted(set().union(*flats) - {"name", "description"})
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+
+
+def _baseline(reports: list[dict[str, Any]]) -> tuple[int, str]:
+    for i, r in enumerate(reports):
+        if r["precision"]["policy"] == "float32" and r["status"] == "completed":
+            return i, f"ratios against the float32 run {r['name']}"
+    return 0, f"no completed float32 run: ratios against the first run, {reports[0]['name']}"
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return round(value / base, 3) if value and base else None
+
+
+def _delta(value: float | None, base: float | None) -> float | None:
+    return round(value - base, 4) if value is not None and base is not None else None
+
+
+def comparison_row(report: dict[str, Any], base: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    flat = _flatten(report["spec"])
+    perf, metrics = report["performance"], report["metrics"]
+    scale = report["precision"].get("loss_scale") or {}
+    failed = [c["name"] for c in report["checks"] if not c["passed"] and c["severity"] == "error"]
+    invariants = [c for c in report["checks"] if c["severity"] == "error"]
+    return {
+        "name": report["name"],
+        "run_dir": report.get("run_dir"),
+        "settings": {k: flat.get(k) for k in fields},
+        "policy": report["precision"]["policy"],
+        "status": report["status"],
+        "images_per_second": perf.get("images_per_second"),
+        "speed_ratio": _ratio(perf.get("images_per_second"), base["performance"].get("images_per_second")),
+        "step_time_ms": perf.get("step_time_ms"),
+        "peak_host_memory_mb": perf.get("peak_host_memory_mb"),
+        "peak_device_memory_mb": perf.get("peak_device_memory_mb"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "accuracy_delta": _delta(metrics.get("test_accuracy"), base["metrics"].get("test_accuracy")),
+        "loss_scale_final": scale.get("final"),
+        "loss_scale_min": scale.get("min"),
+        "skipped_steps": scale.get("overflow_steps", 0),
+        "checks_passed": len(invariants) - len(failed),
+        "checks_total": len(invariants),
+        "failed_checks": failed,
+    }
+
+
+def compare(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """comparison.json's content: the baseline, the fields that differ, one row per run."""
+    if not reports:
+        raise RunDirError("compare: expected at least one finished run; got none")
+    index, note = _baseline(reports)
+    fields = differing_fields(reports)
+    return {
+        "baseline": {"name": reports[index]["name"], "index": index, "note": note},
+        "differing_fields": fields,
+        "rows": [comparison_row(r, reports[index], fields) for r in reports],
+    }
+
+
+def load_report(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{run_dir}: not a run directory (no report.json)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path}: unreadable ({exc})") from None
+    missing = {"name", "status", "spec", "precision", "metrics", "performance", "checks"} - set(report)
+    if missing:
+        raise RunDirError(f"{path}: expected a runner report; missing {', '.join(sorted(missing))}")
+    return report
+
+
+def expand_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run directories as given; a sweep directory stands for the runs inside it, in the order run."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            raise RunDirError(f"{path}: not a directory; expected a run or sweep directory")
+        if (path / "report.json").exists():
+            found.append(path)
+            continue
+        runs = [p for p in path.iterdir() if (p / "report.json").exists()]
+        if not runs:
+            raise RunDirError(f"{path}: no report.json here or in its subdirectories")
+        found.extend(sorted(runs, key=lambda p: (load_report(p).get("started_at") or "", p.name)))
+    return found

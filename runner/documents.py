@@ -1,0 +1,272 @@
+"""report.md / report.html of a run and comparison.md / comparison.html of several.
+
+Both formats render the same sections (a title, paragraphs, tables, preformatted text). The HTML is
+self-contained: inline CSS, plots as inline SVG, no external URL. Markdown links the SVG files
+written next to it.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from runner import plots
+from runner.runs import write_text_atomic
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:72rem;margin:2rem auto;
+padding:0 1rem;color:#1b1b1b}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}th,td{border:1px solid #ccc;padding:.25rem .6rem;
+text-align:left;font-size:.9rem}th{background:#f3f3f3}pre{background:#f6f6f6;padding:.8rem;overflow:auto}
+.ok{color:#1a7f37}.error{color:#cf222e;font-weight:600}.warning{color:#9a6700}.hint{color:#0969da}
+figure{display:inline-block;margin:0 1rem 1rem 0}svg{max-width:100%;height:auto}
+"""
+
+
+@dataclass
+class Section:
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[Any]] = field(default_factory=list)
+    pre: str | None = None
+    plots: dict[str, str] = field(default_factory=dict)  # file stem → SVG
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e9 or abs(value) < 1e-4):
+            return f"{value:.4g}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
+
+
+def _mark(finding: dict[str, Any]) -> str:
+    return "✓" if finding["passed"] else {"error": "✗", "warning": "!", "hint": "i"}[finding["severity"]]
+
+
+# ---------------------------------------------------------------- a run
+
+
+def run_sections(report: dict[str, Any]) -> list[Section]:
+    p, perf, metrics = report["precision"], report["performance"], report["metrics"]
+    scale = p.get("loss_scale") or {}
+    audit = report.get("audit") or {"layers": [], "output_dtype": None, "optimizer": None}
+    summary = [
+        f"Status: {report['status']}" + (f" — {report['error']}" if report.get("error") else ""),
+        f"Policy {p['policy']}: compute {p['compute_dtype']}, variables {p['variable_dtype']}, "
+        f"output {audit['output_dtype']}, optimizer {audit['optimizer']}.",
+        f"{_cell(perf['images_per_second'])} images/s, {_cell(perf['step_time_ms'])} ms per step, "
+        f"peak host memory {_cell(perf['peak_host_memory_mb'])} MB"
+        + (
+            f", peak device memory {_cell(perf['peak_device_memory_mb'])} MB."
+            if perf["peak_device_memory_mb"]
+            else "."
+        ),
+        f"Test loss {_cell(metrics['test_loss'])}, test accuracy {_cell(metrics['test_accuracy'])}.",
+    ]
+    if scale.get("initial") is not None:
+        summary.append(
+            f"Loss scale {_cell(scale['initial'])} → {_cell(scale['final'])} (min {_cell(scale['min'])}), "
+            f"{scale['overflow_steps']} skipped step(s) of {scale.get('steps', '?')}."
+        )
+    if (p.get("advice") or {}).get("faster") is False:
+        summary.append(p["advice"]["detail"])
+    env = report["environment"]
+    epochs = metrics["epochs"]
+    return [
+        Section(f"{report['name']} — runner report", paragraphs=summary),
+        Section(
+            "Checks",
+            headers=["", "check", "severity", "detail"],
+            rows=[[_mark(c), c["name"], c["severity"], c["detail"]] for c in report["checks"]],
+        ),
+        Section(
+            "Metrics per epoch",
+            headers=["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "images/s", "seconds"],
+            rows=[
+                [
+                    e["epoch"],
+                    e["loss"],
+                    e["accuracy"],
+                    e["val_loss"],
+                    e["val_accuracy"],
+                    e["images_per_second"],
+                    e["seconds"],
+                ]
+                for e in epochs
+            ],
+        ),
+        Section("Plots", plots=run_plots(report)),
+        Section(
+            "Audit: every layer",
+            headers=["layer", "class", "compute", "variables", "output"],
+            rows=[
+                [
+                    x["name"],
+                    x["class"],
+                    x["compute_dtype"],
+                    ", ".join(sorted({w["dtype"] for w in x["weights"]})) or "—",
+                    x["output_dtype"],
+                ]
+                for x in audit["layers"]
+            ],
+        ),
+        Section("Environment", headers=["", ""], rows=[[k, v] for k, v in env.items()]),
+        Section("Spec", paragraphs=[f"spec hash {report['spec_hash']}"], pre=tomli_w.dumps(report["spec"])),
+    ]
+
+
+def run_plots(report: dict[str, Any]) -> dict[str, str]:
+    records = report["metrics"]["epochs"]
+    found: dict[str, str] = {}
+    if records:
+        runs = {report["name"]: records}
+        found["loss"] = plots.metric_curves(runs, "loss", "Loss per epoch")
+        found["accuracy"] = plots.metric_curves(runs, "accuracy", "Accuracy per epoch")
+        per_epoch = {str(r["epoch"]): r["images_per_second"] for r in records}
+        found["throughput"] = plots.throughput_bars(per_epoch, "Throughput per epoch", "epoch")
+    scale = report["precision"].get("loss_scale") or {}
+    if scale.get("history"):
+        found["loss_scale"] = plots.loss_scale_plot(scale["history"], scale.get("steps") or 0)
+    return found
+
+
+# ---------------------------------------------------------------- a comparison
+
+
+def comparison_sections(comparison: dict[str, Any], reports: list[dict[str, Any]]) -> list[Section]:
+    fields = comparison["differing_fields"]
+    headers = [
+        "run",
+        *fields,
+        "status",
+        "images/s",
+        "× baseline",
+        "step ms",
+        "host MB",
+        "device MB",
+        "test acc",
+        "Δ acc",
+        "scale final",
+        "scale min",
+        "skipped",
+        "checks",
+    ]
+    rows = [
+        [
+            r["name"],
+            *(r["settings"][f] for f in fields),
+            r["status"],
+            r["images_per_second"],
+            r["speed_ratio"],
+            r["step_time_ms"],
+            r["peak_host_memory_mb"],
+            r["peak_device_memory_mb"],
+            r["test_accuracy"],
+            r["accuracy_delta"],
+            r["loss_scale_final"],
+            r["loss_scale_min"],
+            r["skipped_steps"],
+            f"{r['checks_passed']}/{r['checks_total']}"
+            + (f" ✗ {', '.join(r['failed_checks'])}" if r["failed_checks"] else ""),
+        ]
+        for r in comparison["rows"]
+    ]
+    return [
+        Section("Comparison", paragraphs=[comparison["baseline"]["note"]], headers=headers, rows=rows),
+        Section("Plots", plots=comparison_plots(comparison, reports)),
+    ]
+
+
+def comparison_plots(comparison: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, str]:
+    runs = {r["name"]: r["metrics"]["epochs"] for r in reports if r["metrics"]["epochs"]}
+    found: dict[str, str] = {}
+    if runs:
+        found["loss"] = plots.metric_curves(runs, "loss", "Loss per epoch")
+        found["accuracy"] = plots.metric_curves(runs, "accuracy", "Accuracy per epoch")
+    throughput = {row["name"]: row["images_per_second"] for row in comparison["rows"]}
+    found["throughput"] = plots.throughput_bars(throughput, "Throughput", "run", per_run=True)
+    return found
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _md_escape(value: Any) -> str:
+    return _cell(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(sections: list[Section], plot_dir: str = "plots") -> str:
+    lines: list[str] = []
+    for i, section in enumerate(sections):
+        lines += [f"{'#' if i == 0 else '##'} {section.title}", ""]
+        lines += [f"{p}  " for p in section.paragraphs] + ([""] if section.paragraphs else [])
+        if section.headers:
+            lines.append("| " + " | ".join(section.headers) + " |")
+            lines.append("|" + "---|" * len(section.headers))
+            lines += ["| " + " | ".join(_md_escape(v) for v in row) + " |" for row in section.rows]
+            lines.append("")
+        if section.pre is not None:
+            lines += ["```toml", section.pre.rstrip(), "```", ""]
+        lines += [f"![{name}]({plot_dir}/{name}.svg)" for name in section.plots]
+        lines += [""] if section.plots else []
+    return "\n".join(lines)
+
+
+def _html_row(row: list[Any], tag: str = "td") -> str:
+    cells = []
+    for value in row:
+        text = _cell(value)
+        css = {"✓": "ok", "✗": "error", "!": "warning", "i": "hint"}.get(text)
+        cells.append(f"<{tag}{f' class={css}' if css else ''}>{html.escape(text)}</{tag}>")
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def to_html(sections: list[Section]) -> str:
+    body: list[str] = []
+    for i, section in enumerate(sections):
+        body.append(f"<h{1 if i == 0 else 2}>{html.escape(section.title)}</h{1 if i == 0 else 2}>")
+        body += [f"<p>{html.escape(p)}</p>" for p in section.paragraphs]
+        if section.headers:
+            body.append("<table><thead>" + _html_row(section.headers, "th") + "</thead><tbody>")
+            body += [_html_row(row) for row in section.rows]
+            body.append("</tbody></table>")
+        if section.pre is not None:
+            body.append(f"<pre>{html.escape(section.pre)}</pre>")
+        body += [
+            f'<figure id="plot-{name}">{plots.inline_svg(svg)}</figure>'
+            for name, svg in section.plots.items()
+        ]
+    title = html.escape(sections[0].title)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def write_documents(folder: Path, stem: str, sections: list[Section]) -> None:
+    """`stem`.md and `stem`.html in `folder`, plus the SVG files the Markdown links, written atomically."""
+    plot_dir = folder / "plots"
+    for section in sections:
+        for name, svg in section.plots.items():
+            plot_dir.mkdir(exist_ok=True)
+            write_text_atomic(plot_dir / f"{name}.svg", svg)
+    write_text_atomic(folder / f"{stem}.md", to_markdown(sections))
+    write_text_atomic(folder / f"{stem}.html", to_html(sections))
+
+
+def write_run_documents(run_dir: Path, report: dict[str, Any]) -> None:
+    write_documents(run_dir, "report", run_sections(report))
+
+
+def write_comparison_documents(
+    folder: Path, comparison: dict[str, Any], reports: list[dict[str, Any]]
+) -> None:
+    write_documents(folder, "comparison", comparison_sections(comparison, reports))

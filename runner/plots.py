@@ -1,0 +1,99 @@
+"""Plots as self-contained SVG text (matplotlib, Agg): no external URL, fit to inline in HTML.
+
+matplotlib is imported inside the functions: reports need it, `runner validate` does not.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+# Colours that stay apart for colour-blind readers (Okabe-Ito).
+COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+
+
+@contextmanager
+def _figure(title: str, xlabel: str, ylabel: str) -> Iterator[Any]:
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(True, alpha=0.3)
+    yield ax
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
+def to_svg(ax: Any) -> str:
+    """The axes' figure as a standalone SVG document (no DOCTYPE, no metadata, no date: reproducible)."""
+    buffer = io.StringIO()
+    ax.figure.savefig(
+        buffer, format="svg", metadata={"Creator": None, "Date": None, "Format": None, "Type": None}
+    )
+    svg = re.sub(r"<!DOCTYPE[^>]*>|<metadata>.*?</metadata>", "", buffer.getvalue(), flags=re.S)
+    return svg.strip()
+
+
+def inline_svg(svg: str) -> str:
+    """An SVG for inlining in HTML5, which needs neither the XML prolog nor namespace declarations
+    (and so holds no URL at all)."""
+    svg = re.sub(r"<\?xml[^>]*\?>", "", svg)
+    svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
+    return svg.replace("xlink:href", "href").strip()
+
+
+def _epochs(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def metric_curves(runs: dict[str, list[dict[str, Any]]], metric: str, title: str) -> str:
+    """Training (solid) and validation (dashed) `metric` per epoch, one colour per run."""
+    from matplotlib.ticker import MaxNLocator
+
+    with _figure(title, "epoch", metric) as ax:
+        for colour, (name, records) in zip(COLOURS * 4, runs.items(), strict=False):
+            label = f"{name} " if len(runs) > 1 else ""
+            ax.plot(*_epochs(records, metric), marker="o", color=colour, label=f"{label}train")
+            ax.plot(
+                *_epochs(records, f"val_{metric}"),
+                marker="o",
+                ls="--",
+                color=colour,
+                label=f"{label}validation",
+            )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return to_svg(ax)
+
+
+def loss_scale_plot(history: list[list[float]], steps: int) -> str:
+    """The loss scale over steps (log scale), from its change points; skipped steps marked."""
+    with _figure("Loss scale", "step", "loss scale (log)") as ax:
+        xs = [p[0] for p in history] + [max(steps, history[-1][0])]
+        ys = [p[1] for p in history] + [history[-1][1]]
+        ax.step(xs, ys, where="post", color=COLOURS[0], label="loss scale")
+        skipped = [
+            (s, v) for (s, v), (_, before) in zip(history[1:], history[:-1], strict=True) if v < before
+        ]
+        if skipped:
+            ax.plot(
+                *zip(*skipped, strict=True), "x", color=COLOURS[1], label=f"skipped step ({len(skipped)})"
+            )
+        ax.set_yscale("log", base=2)
+    return to_svg(ax)
+
+
+def throughput_bars(values: dict[str, float | None], title: str, xlabel: str, per_run: bool = False) -> str:
+    """images/s as bars, one per epoch (one colour) or one per run (each its own)."""
+    with _figure(title, xlabel, "images / s") as ax:
+        labels = list(values)
+        heights = [v or 0.0 for v in values.values()]
+        colours = (COLOURS * 4)[: len(labels)] if per_run else COLOURS[0]
+        bars = ax.bar(range(len(labels)), heights, color=colours)
+        ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0, ha="right")
+        ax.bar_label(bars, fmt="%.0f", fontsize="small")
+    return to_svg(ax)

@@ -1,0 +1,105 @@
+"""Comparisons are pure functions over report.json dicts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runner.compare import RunDirError, compare, differing_fields, expand_run_dirs, load_report
+
+
+def fake_report(name, policy, ips, accuracy, status="completed", lr=0.001, failed=()):
+    checks = [{"name": "output_dtype", "passed": True, "severity": "error", "detail": ""}]
+    checks += [{"name": n, "passed": False, "severity": "error", "detail": ""} for n in failed]
+    checks += [{"name": "tensor_core_alignment", "passed": False, "severity": "hint", "detail": ""}]
+    lso = policy == "mixed_float16"
+    return {
+        "name": name,
+        "status": status,
+        "started_at": name,
+        "spec": {
+            "name": name,
+            "precision": {"policy": policy},
+            "training": {"learning_rate": lr, "epochs": 3},
+        },
+        "precision": {
+            "policy": policy,
+            "loss_scale": {
+                "final": 1024.0 if lso else None,
+                "min": 512.0 if lso else None,
+                "overflow_steps": 5 * lso,
+            },
+        },
+        "metrics": {"epochs": [], "test_accuracy": accuracy, "test_loss": 0.3},
+        "performance": {"images_per_second": ips, "step_time_ms": 10.0, "peak_host_memory_mb": 700.0},
+        "checks": checks,
+    }
+
+
+def test_ratios_and_deltas_against_the_float32_run():
+    reports = [
+        fake_report("a", "mixed_float16", 500.0, 0.91),
+        fake_report("b", "float32", 2000.0, 0.90),
+        fake_report("c", "mixed_bfloat16", 3000.0, 0.89, failed=["min_test_accuracy"]),
+    ]
+    result = compare(reports)
+    assert result["baseline"]["name"] == "b" and "float32 run b" in result["baseline"]["note"]
+    assert result["differing_fields"] == ["precision.policy"]
+    rows = {r["name"]: r for r in result["rows"]}
+    assert (
+        rows["a"]["speed_ratio"] == 0.25
+        and rows["c"]["speed_ratio"] == 1.5
+        and rows["b"]["speed_ratio"] == 1.0
+    )
+    assert rows["a"]["accuracy_delta"] == pytest.approx(0.01) and rows["c"][
+        "accuracy_delta"
+    ] == pytest.approx(-0.01)
+    assert (rows["a"]["loss_scale_final"], rows["a"]["loss_scale_min"], rows["a"]["skipped_steps"]) == (
+        1024.0,
+        512.0,
+        5,
+    )
+    assert rows["c"]["failed_checks"] == ["min_test_accuracy"]
+    assert (rows["c"]["checks_passed"], rows["c"]["checks_total"]) == (1, 2)  # hints do not count
+    assert rows["a"]["settings"] == {"precision.policy": "mixed_float16"}
+
+
+def test_without_a_float32_run_the_first_run_is_the_baseline_and_it_says_so():
+    reports = [fake_report("x", "mixed_float16", 500.0, 0.9), fake_report("y", "mixed_bfloat16", 1000.0, 0.8)]
+    result = compare(reports)
+    assert result["baseline"]["index"] == 0 and "no completed float32 run" in result["baseline"]["note"]
+    assert result["rows"][1]["speed_ratio"] == 2.0
+
+
+def test_a_failed_float32_run_is_not_a_baseline():
+    reports = [
+        fake_report("x", "mixed_float16", 500.0, 0.9),
+        fake_report("f", "float32", None, None, status="failed"),
+    ]
+    assert compare(reports)["baseline"]["name"] == "x"
+
+
+def test_differing_fields_ignore_names():
+    reports = [fake_report("a", "float32", 1.0, 0.5, lr=0.1), fake_report("b", "float32", 1.0, 0.5, lr=0.2)]
+    assert differing_fields(reports) == ["training.learning_rate"]
+
+
+def test_run_directories_and_sweep_directories(tmp_path):
+    sweep = tmp_path / "sweep"
+    for name in ("r2", "r1"):
+        (sweep / name).mkdir(parents=True)
+        (sweep / name / "report.json").write_text(json.dumps(fake_report(name, "float32", 1.0, 0.5)))
+    (sweep / "plots").mkdir()
+    assert [p.name for p in expand_run_dirs([sweep])] == ["r1", "r2"]  # in the order they ran
+    assert expand_run_dirs([sweep / "r2"]) == [sweep / "r2"]
+    with pytest.raises(RunDirError, match="not a directory"):
+        expand_run_dirs([tmp_path / "missing"])
+    with pytest.raises(RunDirError, match="no report.json"):
+        expand_run_dirs([sweep / "plots"])
+    (sweep / "r1" / "report.json").write_text("{broken")
+    with pytest.raises(RunDirError, match="unreadable"):
+        load_report(sweep / "r1")
+    (sweep / "r1" / "report.json").write_text("{}")
+    with pytest.raises(RunDirError, match="missing"):
+        load_report(sweep / "r1")

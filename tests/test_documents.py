@@ -1,0 +1,102 @@
+"""A real two-run sweep, then everything written about it: reports, comparison, plots, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from runner.session import run_plan
+from runner.spec import load_plan
+from tests.conftest import TINY_SPEC
+
+SWEEP = TINY_SPEC + '\n[sweep]\n"precision.policy" = ["float32", "mixed_float16"]\n'
+URL = re.compile(r"https?://")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    spec_path = folder / "sweep.toml"
+    spec_path.write_text(SWEEP)
+    console = Console(file=open(folder / "console.txt", "w"))  # noqa: SIM115
+    return run_plan(load_plan(spec_path), folder / "reports", console)
+
+
+def test_a_sweep_leaves_one_directory_with_a_run_per_variant_and_a_comparison(sweep):
+    assert sweep.exit_code == 0 and sweep.group_dir.name.startswith("tiny-")
+    runs = sorted(p for p in sweep.group_dir.iterdir() if (p / "report.json").exists())
+    assert [p.name.split("-2")[0] for p in runs] == ["tiny-float32", "tiny-mixed_float16"]
+    for name in ("comparison.json", "comparison.md", "comparison.html"):
+        assert (sweep.group_dir / name).is_file()
+    comparison = json.loads((sweep.group_dir / "comparison.json").read_text())
+    policies = [r["settings"]["precision.policy"] for r in comparison["rows"]]
+    assert policies == ["float32", "mixed_float16"]
+    for row in comparison["rows"]:
+        assert {"images_per_second", "speed_ratio", "test_accuracy", "accuracy_delta"} <= set(row)
+    assert comparison["rows"][0]["speed_ratio"] == 1.0 and comparison["rows"][0]["accuracy_delta"] == 0.0
+    specs = [o.report["spec"] for o in sweep.outcomes]
+    assert specs[0]["seed"] == specs[1]["seed"] and specs[0]["data"] == specs[1]["data"]
+
+
+def _figures(html: str) -> list[str]:
+    return re.findall(r'<figure id="plot-([\w-]+)"><svg', html)
+
+
+def test_run_reports_are_self_contained_with_one_svg_per_plot(sweep):
+    for outcome in sweep.outcomes:
+        html = (outcome.run_dir / "report.html").read_text()
+        assert not URL.search(html), URL.search(html)
+        assert "<script" not in html and "<link" not in html and "<img" not in html
+        expected = ["loss", "accuracy", "throughput"]
+        if outcome.report["precision"]["policy"] == "mixed_float16":
+            expected.append("loss_scale")
+        assert _figures(html) == expected
+        markdown = (outcome.run_dir / "report.md").read_text()
+        for name in expected:
+            assert f"(plots/{name}.svg)" in markdown
+            assert (outcome.run_dir / "plots" / f"{name}.svg").read_text().startswith("<?xml")
+        for section in ("Checks", "Metrics per epoch", "Audit: every layer", "Environment", "Spec"):
+            assert f"## {section}" in markdown and f"<h2>{section}</h2>" in html
+
+
+def test_the_loss_scale_plot_marks_skipped_steps(sweep, tmp_path):
+    from runner.plots import loss_scale_plot
+
+    svg = loss_scale_plot([[0, 32768.0], [3, 16384.0], [9, 32768.0]], steps=12)
+    assert "skipped step (1)" in svg
+
+
+def test_comparison_html_overlays_all_runs_and_has_a_throughput_bar_chart(sweep):
+    html = (sweep.group_dir / "comparison.html").read_text()
+    assert not URL.search(html)
+    assert _figures(html) == ["loss", "accuracy", "throughput"]
+    for name in ("tiny-float32", "tiny-mixed_float16"):
+        assert html.count(f"{name} train") >= 2  # in the loss and the accuracy overlay
+
+
+def _scalars(folder: Path) -> dict[str, list[float]]:
+    from runner import compat
+
+    tf = compat.tensorflow()
+    found: dict[str, list[float]] = {}
+    for path in folder.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
+    return found
+
+
+def test_tensorboard_event_files_hold_the_scalars(sweep):
+    mixed = sweep.outcomes[1]
+    board = mixed.run_dir / "tensorboard"
+    train, validation = _scalars(board / "train"), _scalars(board / "validation")
+    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= set(train)
+    assert {"epoch_loss", "epoch_accuracy"} <= set(validation)
+    assert len(train["epoch_loss"]) == 2
+    scale = _scalars(board / "precision")["loss_scale"]
+    assert len(scale) == mixed.report["precision"]["loss_scale"]["steps"]
+    assert scale[-1] == mixed.report["precision"]["loss_scale"]["final"]
