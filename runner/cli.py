@@ -132,10 +132,34 @@ def run(
         raise _fail("interrupted before training started", EXIT_INTERRUPTED) from None
     for outcome in plan.outcomes:
         out.print(render_run(outcome.report))
+        if outcome.status == "interrupted":
+            _stderr().print(f"resume with: [bold]runner resume {outcome.run_dir}[/]", soft_wrap=True)
     if plan.comparison is not None:
         out.print(comparison_table(plan.comparison))
-        out.print(f"[dim]sweep directory[/] {plan.group_dir}")
+        out.print(f"[dim]sweep directory[/] {plan.group_dir}", soft_wrap=True)
     raise typer.Exit(plan.exit_code)
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[
+        Path, typer.Argument(help="An interrupted (or killed) run directory.", show_default=False)
+    ],
+) -> None:
+    """Continue an interrupted run from its newest checkpoint. Exit codes as `run`."""
+    from runner.report import render_run
+    from runner.session import resume_experiment
+
+    if not (run_dir / "spec.toml").is_file():
+        raise _fail(f"{run_dir}: not a run directory (no spec.toml)")
+    try:
+        outcome = resume_experiment(run_dir, _stderr())
+    except BadInput as exc:
+        raise _fail(str(exc)) from None
+    _stdout().print(render_run(outcome.report))
+    if outcome.status == "interrupted":
+        _stderr().print(f"resume with: [bold]runner resume {outcome.run_dir}[/]", soft_wrap=True)
+    raise typer.Exit(outcome.exit_code)
 
 
 @app.command()

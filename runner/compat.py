@@ -87,3 +87,20 @@ def global_policy_name() -> str:
 
 def set_global_policy(policy: Any) -> None:
     keras().config.set_dtype_policy(policy)
+
+
+@contextlib.contextmanager
+def op_determinism(enabled: bool) -> Iterator[None]:
+    """TensorFlow's deterministic ops for the block (slower on some ops), then as they were."""
+    if not enabled:
+        yield
+        return
+    from tensorflow.python.framework import config as tf_config  # no public disable yet
+
+    was_enabled = tf_config.is_op_determinism_enabled()
+    tensorflow().config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            tf_config.disable_op_determinism()

@@ -376,21 +376,44 @@ def load_data(spec: DataSpec, seed: int) -> Splits:
     )
 
 
-def pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None) -> Any:
-    """A tf.data pipeline of (uint8 images, int32 labels) batches.
-
-    Shuffles indices, not images, and gathers a whole batch at once: one gather per batch instead
-    of one slice per image keeps the input pipeline far ahead of a 2-core CPU's training step.
-    """
-    from runner import compat
-
-    tf = compat.tensorflow()
+def _gathered(tf: Any, indices: Any, x: np.ndarray, y: np.ndarray) -> Any:
+    """Batches of indices → (uint8 images, int32 labels) batches, one gather per batch (not one slice
+    per image: that keeps the input pipeline far ahead of a 2-core CPU's training step)."""
     images, labels = tf.constant(x), tf.constant(y)
-    indices = tf.data.Dataset.range(len(x))
-    if shuffle_seed is not None:
-        indices = indices.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    batches = indices.batch(batch_size).map(
+    batches = indices.map(
         lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def pipeline(x: np.ndarray, y: np.ndarray, batch_size: int) -> Any:
+    """Validation and test batches, in order."""
+    from runner import compat
+
+    tf = compat.tensorflow()
+    return _gathered(tf, tf.data.Dataset.range(len(x)).batch(batch_size), x, y)
+
+
+def train_pipeline(
+    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int, epochs: range, skip: int = 0
+) -> Any:
+    """Training batches for `epochs`, each epoch in its own order, then the next one's.
+
+    The order of epoch e is a stateless shuffle seeded by (shuffle_seed, e): a pure function of the
+    spec, so a run resumed at epoch e, step s (`skip` = s batches of epoch e already done) sees the
+    very batches the uninterrupted run saw. Batches never straddle two epochs.
+    """
+    from runner import compat
+
+    tf = compat.tensorflow()
+    n = len(x)
+
+    def epoch_batches(epoch: Any) -> Any:
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(shuffle_seed, tf.int64), epoch])
+        )
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    indices = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches).skip(skip)
+    return _gathered(tf, indices, x, y)

@@ -15,7 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from runner.checks import NON_COMPUTING
+from runner.checks import COMPUTE_DTYPE, NON_COMPUTING
 from runner.spec import spec_hash, spec_to_dict
 
 if TYPE_CHECKING:
@@ -63,6 +63,29 @@ def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
             "test_accuracy": state.test_metrics.get("test_accuracy"),
         },
         "performance": performance,
+        "divergence": _divergence(state),
+        "resumes": state.resumes,
+        "checkpoint": _latest_checkpoint(state),
+    }
+
+
+def _latest_checkpoint(state: RunState) -> str | None:
+    from runner import checkpoints
+
+    found = checkpoints.latest(state.run_dir)
+    return found[0] if found else None
+
+
+def _divergence(state: RunState) -> dict[str, Any] | None:
+    """Where a diverged run went wrong, what it had reached, and the checkpoint kept from before."""
+    if state.log.diverged_at_step is None:
+        return None
+    last_good = state.log.epochs[-1].as_dict() if state.log.epochs else None
+    return {
+        "step": state.log.diverged_at_step,
+        "diagnosis": state.log.divergence,
+        "last_good_epoch": last_good,
+        "checkpoint": _latest_checkpoint(state),
     }
 
 
@@ -73,19 +96,25 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return "—" if value is None else format(value, spec)
 
 
-def audit_summary(audit: dict[str, Any] | None) -> Table:
+def audit_summary(audit: dict[str, Any] | None, policy: str | None = None) -> Table:
+    """Layers per compute dtype, and by name the layers with weights that compute off the policy's
+    dtype (the full per-layer table is in report.md / report.html and `runner check`)."""
     table = Table(title="Audit", show_header=True, header_style="bold", expand=False)
     table.add_column("compute dtype")
     table.add_column("layers", justify="right")
     table.add_column("with weights", justify="right")
+    table.add_column("off-policy layers with weights", overflow="fold")
     if not audit:
         return table
-    counts = Counter(x["compute_dtype"] for x in audit["layers"] if x["class"] not in NON_COMPUTING)
-    weighted = Counter(
-        x["compute_dtype"] for x in audit["layers"] if x["class"] not in NON_COMPUTING and x["weights"]
-    )
-    for dtype, count in sorted(counts.items()):
-        table.add_row(dtype, str(count), str(weighted.get(dtype, 0)))
+    computing = [x for x in audit["layers"] if x["class"] not in NON_COMPUTING and not x.get("container")]
+    expected = COMPUTE_DTYPE.get(policy or "")
+    for dtype in sorted({x["compute_dtype"] for x in computing}):
+        layers = [x for x in computing if x["compute_dtype"] == dtype]
+        weighted = [x["name"] for x in layers if x["weights"]]
+        off = ", ".join(weighted[:6]) + (f" (+{len(weighted) - 6})" if len(weighted) > 6 else "")
+        table.add_row(
+            dtype, str(len(layers)), str(len(weighted)), off if expected and dtype != expected else ""
+        )
     table.caption = (
         f"output {audit['output_dtype']} ({', '.join(audit['output_layers'])}) · "
         f"optimizer {audit['optimizer']}"
@@ -185,7 +214,8 @@ def _headline(data: dict[str, Any]) -> Text:
     if scale.get("initial") is not None:
         text.append(
             f"\nloss scale {scale['initial']:g} → {_fmt(scale['final'], 'g')} "
-            f"(min {_fmt(scale['min'], 'g')}, {scale['overflow_steps']} skipped steps)"
+            f"(min {_fmt(scale['min'], 'g')}, {scale['overflow_steps']} skipped step"
+            f"{'' if scale['overflow_steps'] == 1 else 's'})"
         )
     perf = data["performance"]
     text.append(
@@ -205,7 +235,7 @@ def _headline(data: dict[str, Any]) -> Text:
 
 def render_run(data: dict[str, Any]) -> RenderableType:
     """The end-of-run report: headline, audit summary, checks, metrics, where the files are."""
-    parts: list[RenderableType] = [_headline(data), audit_summary(data["audit"])]
+    parts: list[RenderableType] = [_headline(data), audit_summary(data["audit"], data["precision"]["policy"])]
     parts.append(checks_table(data["checks"]))
     if data["metrics"]["epochs"]:
         parts.append(metrics_table(data["metrics"]))

@@ -11,8 +11,9 @@ import resource
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def utc_stamp(now: dt.datetime | None = None) -> str:
@@ -37,18 +38,25 @@ def create_run_dir(output: Path, name: str, spec_hash: str) -> Path:
     raise FileExistsError(f"{output}: could not create a unique run directory for {base}")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, rename: readers see old or new, never half."""
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """A temp file in the same folder, fsynced and renamed onto `path` when the block ends well:
+    readers see the old file or the new one, never half of one (a kill leaves at most a .tmp)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -121,6 +129,33 @@ def git_commit(cwd: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+PACKAGES = (
+    "tensorflow",
+    "keras",
+    "numpy",
+    "pydantic",
+    "typer",
+    "rich",
+    "tomli-w",
+    "matplotlib",
+    "tensorboard",
+    "h5py",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of what a run depends on: enough to rebuild the environment."""
+    from importlib import metadata
+
+    found: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def device_facts() -> dict[str, Any]:
     """CPU model and flags, and the first visible GPU with its compute capability (imports TF)."""
     from runner import compat
@@ -160,6 +195,7 @@ def environment_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "device": "GPU: " + facts["gpu"]["name"] if facts["gpu"] else "CPU: " + facts["cpu"],
         "device_facts": facts,
+        "packages": package_versions(),
         "git_commit": git_commit(Path.cwd()),
         "argv": sys.argv,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -15,16 +16,26 @@ import tempfile
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from runner import checks, compare, compat, documents, precision, report, runs, train
-from runner.data import Splits, load_data, pipeline
+from runner import checkpoints, checks, compare, compat, documents, precision, report, runs, train
+from runner.data import Splits, load_data, pipeline, train_pipeline
 from runner.models import build_model
-from runner.spec import BadInput, ExperimentSpec, PrecisionSpec, SpecError, Variant, spec_hash, spec_to_toml
+from runner.spec import (
+    BadInput,
+    ExperimentSpec,
+    PrecisionSpec,
+    SpecError,
+    Variant,
+    load_spec,
+    spec_hash,
+    spec_to_toml,
+)
 
 EXIT_BAD_INPUT = 2
 PREFLIGHT_FAILED = "preflight check failed: not training (see the failed checks)"
@@ -56,6 +67,9 @@ class RunState:
     error: str | None = None
     started_at: str = field(default_factory=runs.utc_now)
     advice: dict[str, Any] = field(default_factory=dict)  # will the policy be faster here?
+    resume_from: tuple[str, dict[str, Any]] | None = None  # checkpoint (name, meta) to continue from
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    stop: train.StopRequest = field(default_factory=train.StopRequest)
 
 
 @contextlib.contextmanager
@@ -100,33 +114,71 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _train(state: RunState, model: Any, splits: Splits, console: Console) -> None:
-    spec = state.spec
-    batch = spec.data.batch_size
-    train_ds = pipeline(splits.x_train, splits.y_train, batch, spec.data.shuffle_seed)
-    val_ds = pipeline(splits.x_val, splits.y_val, batch, None) if len(splits.y_val) else None
-    telemetry = train.make_telemetry_callback(
-        state.log,
-        batch,
-        len(splits.y_train),
-        spec.training.steps_per_execution,
-        state.run_dir / "metrics.jsonl",
-        spec.checks.max_consecutive_skipped_steps,
-    )
-    callbacks = [telemetry]
+def _segments(start: checkpoints.Position, epochs: int) -> list[train.Segment]:
+    """The `fit` calls from `start`: the rest of an interrupted epoch, then the whole ones."""
+    found = [train.Segment(start.epoch, start.epoch + 1, start.step)] if start.step else []
+    first_whole = start.epoch + (1 if start.step else 0)
+    if first_whole < epochs:
+        found.append(train.Segment(first_whole, epochs))
+    return found
+
+
+def _callbacks(state: RunState, segment: train.Segment, n_train: int, restore_metrics: Any) -> list[Any]:
+    spec, run_dir = state.spec, state.run_dir
+    found = [
+        train.make_telemetry_callback(
+            state.log,
+            spec.data.batch_size,
+            n_train,
+            segment,
+            run_dir / "metrics.jsonl",
+            spec.checks.max_consecutive_skipped_steps,
+        ),
+        train.make_checkpoint_callback(
+            run_dir, state.log, segment, state.stop, spec.runtime.checkpoint_every_steps, restore_metrics
+        ),
+    ]
     if spec.runtime.tensorboard:
-        callbacks += train.make_tensorboard_callbacks(state.log, state.run_dir / "tensorboard")
-    steps = train.steps_per_epoch(len(splits.y_train), batch)
+        found += train.make_tensorboard_callbacks(state.log, run_dir / "tensorboard")
+    return found
+
+
+def _train(state: RunState, model: Any, splits: Splits, console: Console) -> None:
+    """fit from the start or from the checkpoint being resumed, then evaluate on the test split."""
+    spec = state.spec
+    batch, n_train = spec.data.batch_size, len(splits.y_train)
+    steps = train.steps_per_epoch(n_train, batch)
+    start = (
+        checkpoints.Position(**state.resume_from[1]["position"])
+        if state.resume_from
+        else checkpoints.Position()
+    )
+    val_ds = pipeline(splits.x_val, splits.y_val, batch) if len(splits.y_val) else None
     with _progress(console) as progress:
-        bar = train.make_progress_callback(progress, spec.training.epochs, steps, batch)
-        train.fit(model, train_ds, val_ds, spec, [*callbacks, bar])
-    if state.log.diverged_at_step is not None:
-        state.status, state.error = "diverged", state.log.divergence
-        return
-    test_ds = pipeline(splits.x_test, splits.y_test, batch, None)
-    results = model.evaluate(test_ds, verbose=0, return_dict=True)
+        for segment in _segments(start, spec.training.epochs):
+            epochs = range(segment.first, segment.stop)
+            train_ds = train_pipeline(
+                splits.x_train, splits.y_train, batch, spec.data.shuffle_seed, epochs, segment.skip
+            )
+            restore_metrics = partial(_restore_metrics, state, splits) if segment.skip else None
+            callbacks = _callbacks(state, segment, n_train, restore_metrics)
+            bar = train.make_progress_callback(progress, spec.training.epochs, steps, batch, segment)
+            train.fit(model, train_ds, val_ds, segment, steps, [*callbacks, bar])
+            if state.log.diverged_at_step is not None:
+                state.status, state.error = "diverged", state.log.divergence
+                return
+    results = model.evaluate(pipeline(splits.x_test, splits.y_test, batch), verbose=0, return_dict=True)
     state.test_metrics = {"test_loss": float(results["loss"]), "test_accuracy": float(results["accuracy"])}
     state.status = "completed"
+
+
+def _restore_metrics(state: RunState, splits: Splits, model: Any) -> None:
+    """Put back the running means of the epoch a resume starts in the middle of (Keras has just reset
+    them). The compiled metrics are built lazily, so one inference call on a batch builds them first."""
+    x, y = splits.x_train[:1], splits.y_train[:1]
+    model.compute_metrics(x, y, model(x, training=False))
+    name, meta = state.resume_from
+    checkpoints.restore(state.run_dir, name, meta, model, groups=("metrics",))
 
 
 def _loss_scale_summary(state: RunState, optimizer: Any) -> dict[str, Any]:
@@ -152,12 +204,16 @@ def _train_checked(state: RunState, splits: Splits, console: Console) -> None:
         device_scope(spec.runtime.device),
         precision.policy_scope(spec.precision.policy),
         precision.seeded(spec.seed),
+        compat.op_determinism(spec.runtime.deterministic),
     ):
         model, optimizer = _build(spec, splits)
         state.audit, state.findings = preflight(model, optimizer, spec, splits)
         if checks.blocking(state.findings):
             state.status, state.error = "failed", PREFLIGHT_FAILED
             return
+        if state.resume_from is not None:
+            name, meta = state.resume_from
+            checkpoints.restore(state.run_dir, name, meta, model, groups=("model", "optimizer"))
         try:
             _train(state, model, splits, console)
         finally:
@@ -225,27 +281,67 @@ def start_run(spec: ExperimentSpec, output: Path) -> tuple[RunState, Splits]:
 
 
 def run_experiment(spec: ExperimentSpec, output: Path, console: Console) -> RunOutcome:
-    """Run one experiment; bad input raises SpecError/DataError, everything else ends in a report."""
+    """Run one experiment; bad input raises BadInput, everything else ends in a report."""
     state, splits = start_run(spec, output)
+    return _execute(state, splits, console)
+
+
+def resume_experiment(run_dir: Path, console: Console) -> RunOutcome:
+    """Continue an unfinished run from its newest complete checkpoint (from the start if it has none)."""
+    spec = load_spec(run_dir / "spec.toml")
+    previous = compare.load_report(run_dir) if (run_dir / "report.json").exists() else {}
+    if previous.get("status") == "completed":
+        raise BadInput(f"{run_dir}: this run completed; nothing to resume")
+    _release_previous_run()
+    splits = load_data(spec.data, spec.seed)
+    compat.keras()
+    require_device(spec.runtime.device)
+    environment = runs.environment_info()
+    fast, why = precision.mixed_precision_advice(spec.precision.policy, environment["device_facts"])
+    found = checkpoints.latest(run_dir)
+    state = RunState(spec, run_dir, environment, splits.summary(), advice={"faster": fast, "detail": why})
+    state.started_at = previous.get("started_at", state.started_at)
+    state.resume_from = found
+    state.resumes = [
+        *previous.get("resumes", []),
+        {"at": runs.utc_now(), "from": found[0] if found else None},
+    ]
+    if found is not None:
+        state.log = train.TrainingLog.from_state(found[1]["state"])
+    # Epochs after the checkpoint will run again: their lines (a kill can leave one) go.
+    done = found[1]["position"]["epoch"] if found else 0
+    kept = [r for r in runs.read_jsonl(run_dir / "metrics.jsonl") if r.get("epoch", 0) <= done]
+    runs.write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+    return _execute(state, splits, console)
+
+
+def _execute(state: RunState, splits: Splits, console: Console) -> RunOutcome:
     policy_before = compat.global_policy_name()
     bad_input: BadInput | None = None
-    console.print(f"[dim]run directory[/] {state.run_dir}")
+    console.print(f"[dim]run directory[/] {state.run_dir}", soft_wrap=True)
     if not state.advice["faster"]:
         console.print(f"[yellow]note:[/] {state.advice['detail']}")
-    with compat.native_stderr_to(state.run_dir / "tensorflow.log") as terminal:
+    with (
+        compat.native_stderr_to(state.run_dir / "tensorflow.log") as terminal,
+        train.stop_on_signals(state.stop),
+    ):
         progress_console = Console(file=terminal, force_terminal=console.is_terminal)
         try:
             _train_checked(state, splits, progress_console)
+        except train.StopTraining as exc:
+            state.status, state.error = "interrupted", f"interrupted by {exc}"
         except KeyboardInterrupt:
-            state.status, state.error = "interrupted", "interrupted by the user (SIGINT)"
+            state.status, state.error = (
+                "interrupted",
+                "interrupted at once (second signal): the last checkpoint stands",
+            )
         except BadInput as exc:  # a model the spec names but that cannot be built
             state.status, state.error, bad_input = "failed", str(exc), exc
         except Exception as exc:  # noqa: BLE001 - a crash still writes its report
             state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
             runs.write_text_atomic(state.run_dir / "error.txt", traceback.format_exc())
     state.findings = state.findings + _post_findings(state, policy_before)
-    perf = performance(state.log, spec.data.batch_size)
-    data = report.make_report(state, perf)
+    data = report.make_report(state, performance(state.log, state.spec.data.batch_size))
     runs.write_json_atomic(state.run_dir / "report.json", data)
     _write_documents(state.run_dir, data, console)
     if bad_input is not None:

@@ -194,6 +194,10 @@ class RuntimeSpec(StrictModel):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     # TensorBoard event files in the run directory: epoch metrics, learning rate, loss scale per step.
     tensorboard: bool = True
+    # Seeds everywhere and TensorFlow's deterministic ops: the same spec gives the same metrics.
+    deterministic: bool = False
+    # A checkpoint every N steps as well as at every epoch's end (None: epochs only).
+    checkpoint_every_steps: PositiveInt | None = None
 
 
 class ExperimentSpec(StrictModel):
@@ -285,7 +289,7 @@ def sweep_axes(sweep: Any, source: str) -> dict[str, list[Any]]:
         raise SpecError(
             f"{source}: sweep: expected a table of field paths to lists of values; got {_show(sweep)}"
         )
-    axes = _flatten(sweep)
+    axes = json.loads(json.dumps(_flatten(sweep), default=str))  # TOML dates become strings, as elsewhere
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise SpecError(

@@ -9,16 +9,19 @@ under mixed_float16: one scalar, needed to count skipped steps faithfully).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import math
 import os
+import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner import compat
-from runner.spec import ExperimentSpec, TrainingSpec
+from runner.spec import TrainingSpec
 
 UI_INTERVAL_S = 0.2  # refresh the progress bar's metrics at most 5 times a second
 
@@ -149,7 +152,8 @@ class LossScaleTracker:
 
 @dataclass
 class TrainingLog:
-    """What Telemetry saw: per-epoch records, throughput, loss-scale history, divergence."""
+    """What Telemetry saw: per-epoch records, throughput, loss-scale history, divergence. Checkpoints
+    carry it (`to_state`), so a resumed run reports as if it had never stopped."""
 
     epochs: list[EpochRecord] = field(default_factory=list)
     steps: int = 0
@@ -163,48 +167,107 @@ class TrainingLog:
     def images_per_second(self) -> float | None:
         return self.timed_images / self.timed_seconds if self.timed_seconds > 0 else None
 
+    def to_state(self) -> dict[str, Any]:
+        tracker = self.loss_scale
+        return {
+            "epochs": [e.as_dict() for e in self.epochs],
+            "steps": self.steps,
+            "timed_images": self.timed_images,
+            "timed_seconds": self.timed_seconds,
+            "loss_scale": None if tracker is None else {**tracker.__dict__, "history": tracker.history},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> TrainingLog:
+        log = cls(
+            epochs=[EpochRecord(**e) for e in state["epochs"]],
+            steps=state["steps"],
+            timed_images=state["timed_images"],
+            timed_seconds=state["timed_seconds"],
+        )
+        if state.get("loss_scale"):
+            saved = state["loss_scale"]
+            tracker = LossScaleTracker(saved["initial"])
+            tracker.__dict__.update({**saved, "history": [tuple(p) for p in saved["history"]]})
+            log.loss_scale = tracker
+        return log
+
+
+class StopTraining(Exception):
+    """Raised from a callback to leave `fit` at once, after a checkpoint: a SIGINT or SIGTERM."""
+
+
+@dataclass
+class StopRequest:
+    """Set by a signal handler; the checkpoint callback acts on it after the current step."""
+
+    signal: str | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One `fit` call: epochs [first, stop), the first of which starts `skip` steps in (a resume)."""
+
+    first: int
+    stop: int
+    skip: int = 0
+
+
+class _Cursor:
+    """Where a callback stands in the run: epoch in progress and steps done in it, from Keras' calls."""
+
+    def __init__(self, segment: Segment, log: TrainingLog):
+        self.segment, self.log = segment, log
+        self.epoch, self.step, self._base, self._steps_before = segment.first, segment.skip, 0, 0
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._base = self.segment.skip if epoch == self.segment.first else 0
+        self.step, self._steps_before = self._base, self.log.steps
+
+    def end_batch(self, batch: int) -> None:
+        # With steps_per_execution > 1 Keras calls once per execution, `batch` being its last step.
+        self.step = self._base + batch + 1
+        self.log.steps = self._steps_before + batch + 1
+
 
 def make_telemetry_callback(
     log: TrainingLog,
     batch_size: int,
     train_images: int,
-    steps_per_execution: int,
+    segment: Segment,
     metrics_path: Path | None,
     max_consecutive_skipped: int = 50,
 ) -> Any:
     """A Keras callback filling `log` (and appending each epoch to metrics.jsonl)."""
     keras = compat.keras()
 
-    class _Telemetry(keras.callbacks.Callback):
-        def __init__(self, log, batch_size, train_images, steps_per_execution, metrics_path):
-            super().__init__()
-            self.log, self.batch_size, self.train_images = log, batch_size, train_images
-            self.steps_per_execution, self.metrics_path = steps_per_execution, metrics_path
-            self._scaled = False
+    def images(step_from: int, step_to: int) -> int:
+        return min(step_to * batch_size, train_images) - min(step_from * batch_size, train_images)
 
+    class _Telemetry(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
+            self.cursor, self._traced = _Cursor(segment, log), False
             self._scaled = compat.is_loss_scale_optimizer(self.model.optimizer)
-            if self._scaled:
-                self.log.loss_scale = LossScaleTracker(compat.current_loss_scale(self.model.optimizer))
+            if self._scaled and log.loss_scale is None:
+                log.loss_scale = LossScaleTracker(compat.current_loss_scale(self.model.optimizer))
 
         def on_epoch_begin(self, epoch, logs=None):
-            self._epoch_start = time.perf_counter()
-            self._first_batch_end = None
-            self._last_check = self._epoch_start
-            self._steps_before = self.log.steps
+            self.cursor.begin_epoch(epoch)
+            self._epoch_start = self._last_check = time.perf_counter()
+            # Timing starts after the first call of each fit, which traces and compiles.
+            self._mark = (self._epoch_start, self.cursor.step) if self._traced else None
 
         def on_train_batch_end(self, batch, logs=None):
             now = time.perf_counter()
-            # With steps_per_execution > 1 Keras calls this once per execution, `batch` its last step.
-            self.log.steps = self._steps_before + batch + 1
-            if self._first_batch_end is None:
-                self._first_batch_end = now  # the first call includes tracing/compilation
+            self.cursor.end_batch(batch)
+            if self._mark is None:
+                self._mark, self._traced = (now, self.cursor.step), True
             self._train_end = now
             if self._scaled:
                 opt = self.model.optimizer
-                tracker = self.log.loss_scale
-                tracker.observe(self.log.steps, float(opt.dynamic_scale.numpy()), compat.applied_steps(opt))
-                diagnosis = tracker.collapse(max_consecutive_skipped)
+                log.loss_scale.observe(log.steps, float(opt.dynamic_scale.numpy()), compat.applied_steps(opt))
+                diagnosis = log.loss_scale.collapse(max_consecutive_skipped)
                 if diagnosis is not None:
                     self._diverge(diagnosis)
             if now - self._last_check >= UI_INTERVAL_S:
@@ -214,27 +277,23 @@ def make_telemetry_callback(
         def _guard(self, logs):
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(float(loss)):
-                self._diverge(f"non-finite loss ({float(loss)}) at step {self.log.steps}")
+                self._diverge(f"non-finite loss ({float(loss)}) at step {log.steps}")
 
         def _diverge(self, diagnosis):
-            if self.log.diverged_at_step is None:
-                self.log.diverged_at_step, self.log.divergence = self.log.steps, diagnosis
+            if log.diverged_at_step is None:
+                log.diverged_at_step, log.divergence = log.steps, diagnosis
             self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             self._guard(logs)
-            if epoch == 0:
-                # The first call traces and compiles: time every image after it.
-                first_call = min(self.train_images, self.steps_per_execution * self.batch_size)
-                timed_images = self.train_images - first_call
-                timed_seconds = self._train_end - self._first_batch_end
-            else:
-                timed_images = self.train_images
-                timed_seconds = self._train_end - self._epoch_start
+            if log.diverged_at_step is not None:
+                return  # a partial epoch's means would mislead: the report names the last good one
+            timed_images = images(self._mark[1], self.cursor.step)
+            timed_seconds = self._train_end - self._mark[0]
             if timed_seconds > 0 and timed_images > 0:
-                self.log.timed_images += timed_images
-                self.log.timed_seconds += timed_seconds
+                log.timed_images += timed_images
+                log.timed_seconds += timed_seconds
             record = EpochRecord(
                 epoch=epoch + 1,
                 loss=_float(logs.get("loss")),
@@ -247,11 +306,61 @@ def make_telemetry_callback(
                 else None,
                 loss_scale=compat.current_loss_scale(self.model.optimizer),
             )
-            self.log.epochs.append(record)
-            if self.metrics_path is not None:
-                _append_line(self.metrics_path, json.dumps(record.as_dict()))
+            log.epochs.append(record)
+            if metrics_path is not None:
+                _append_line(metrics_path, json.dumps(record.as_dict()))
 
-    return _Telemetry(log, batch_size, train_images, steps_per_execution, metrics_path)
+    return _Telemetry()
+
+
+def make_checkpoint_callback(
+    run_dir: Path,
+    log: TrainingLog,
+    segment: Segment,
+    stop: StopRequest,
+    every_steps: int | None,
+    restore_metrics: Any = None,
+) -> Any:
+    """Checkpoints at each epoch's end and every `every_steps` steps; on a stop request, one after the
+    current step and out of `fit`. `restore_metrics` (a resume in mid-epoch) puts back the running
+    means Keras resets when the epoch begins."""
+    from runner import checkpoints
+
+    keras = compat.keras()
+
+    class _Checkpoints(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.cursor = _Cursor(segment, log)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.cursor.begin_epoch(epoch)
+            if restore_metrics is not None and epoch == segment.first and segment.skip:
+                restore_metrics(self.model)
+
+        def _save(self, epoch, step):
+            position = checkpoints.Position(epoch, step, log.steps)
+            return checkpoints.save(run_dir, self.model, position, log.to_state())
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.cursor.end_batch(batch)
+            if stop.signal is not None:
+                name = self._save(self.cursor.epoch, self.cursor.step)
+                raise StopTraining(
+                    f"{stop.signal} at epoch {self.cursor.epoch + 1}, step {self.cursor.step}: "
+                    f"checkpoint {name}"
+                )
+            if every_steps and log.steps % every_steps == 0:
+                self._save(self.cursor.epoch, self.cursor.step)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if log.diverged_at_step is not None:
+                found = checkpoints.latest(run_dir)
+                if found is not None:
+                    checkpoints.pin(run_dir, found[0])
+                return
+            self._save(epoch + 1, 0)
+
+    return _Checkpoints()
 
 
 def make_tensorboard_callbacks(log: TrainingLog, log_dir: Path) -> list[Any]:
@@ -305,14 +414,17 @@ def _append_line(path: Path, line: str) -> None:
         os.fsync(f.fileno())
 
 
-def make_progress_callback(progress: Any, epochs: int, steps_per_epoch: int, batch_size: int) -> Any:
+def make_progress_callback(
+    progress: Any, epochs: int, steps_per_epoch: int, batch_size: int, segment: Segment
+) -> Any:
     """A Keras callback driving a rich Progress: one bar per epoch, with loss, accuracy, images/s."""
     keras = compat.keras()
 
     class _RichProgress(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
+            self._base = segment.skip if epoch == segment.first else 0
             self._task = progress.add_task(
-                f"epoch {epoch + 1}/{epochs}", total=steps_per_epoch, metrics="", start=True
+                f"epoch {epoch + 1}/{epochs}", total=steps_per_epoch, completed=self._base, metrics=""
             )
             self._start = time.perf_counter()
             self._last = 0.0
@@ -321,25 +433,42 @@ def make_progress_callback(progress: Any, epochs: int, steps_per_epoch: int, bat
         def on_train_batch_end(self, batch, logs=None):
             self._done = batch + 1
             now = time.perf_counter()
+            completed = self._base + self._done
             if now - self._last < UI_INTERVAL_S:
-                progress.update(self._task, completed=self._done)
+                progress.update(self._task, completed=completed)
                 return
             self._last = now
-            progress.update(
-                self._task,
-                completed=self._done,
-                metrics=_describe(logs, self._done, batch_size, now - self._start),
-            )
+            metrics = _describe(logs, self._done, batch_size, now - self._start)
+            progress.update(self._task, completed=completed, metrics=metrics)
 
         def on_epoch_end(self, epoch, logs=None):
             elapsed = time.perf_counter() - self._start
-            progress.update(
-                self._task,
-                completed=steps_per_epoch,
-                metrics=_describe(logs, self._done, batch_size, elapsed),
-            )
+            metrics = _describe(logs, self._done, batch_size, elapsed)
+            progress.update(self._task, completed=steps_per_epoch, metrics=metrics)
 
     return _RichProgress()
+
+
+@contextlib.contextmanager
+def stop_on_signals(request: StopRequest) -> Iterator[None]:
+    """SIGINT or SIGTERM asks training to stop after the current step (the checkpoint callback
+    saves and leaves `fit`); a second one stops at once (KeyboardInterrupt)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if request.signal is not None:
+            raise KeyboardInterrupt
+        request.signal = signal.Signals(signum).name
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave the signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _describe(logs: dict | None, steps: int, batch_size: int, elapsed: float) -> str:
@@ -362,12 +491,17 @@ def steps_per_epoch(train_images: int, batch_size: int) -> int:
     return -(-train_images // batch_size)
 
 
-def fit(model: Any, train_ds: Any, val_ds: Any, spec: ExperimentSpec, callbacks: list) -> Any:
+def fit(
+    model: Any, train_ds: Any, val_ds: Any, segment: Segment, steps_per_epoch: int, callbacks: list
+) -> Any:
+    """One `fit` over `segment`; a resumed first epoch has only its remaining steps."""
     return model.fit(
         train_ds,
         validation_data=val_ds,
-        epochs=spec.training.epochs,
+        initial_epoch=segment.first,
+        epochs=segment.stop,
+        steps_per_epoch=steps_per_epoch - segment.skip if segment.skip else steps_per_epoch,
         callbacks=callbacks,
         verbose=0,
-        shuffle=False,  # the pipeline shuffles, seeded
+        shuffle=False,  # the pipeline shuffles, seeded by epoch
     )

@@ -126,3 +126,19 @@ def test_comparison_table_shows_differing_fields_ratios_and_failed_checks():
     for fragment in ("policy", "mixed_float16", "2,000", "0.25×", "1.00×", "-0.100", "✗ min_test_accuracy",
                      "✓ 1/1", "1024 (min 512)", "ratios against the float32 run cmp-float32"):  # fmt: skip
         assert fragment in text, fragment
+
+
+def test_audit_summary_names_layers_with_weights_off_the_policy():
+    from runner.report import audit_summary
+
+    def layer(name, dtype, weights=True):
+        return {"name": name, "class": "Dense", "compute_dtype": dtype, "weights": [{}] if weights else []}
+
+    audit = {
+        "layers": [layer("a", "float16"), layer("b", "float32"), layer("act", "float32", False)],
+        "output_layers": ["act"],
+        "output_dtype": "float32",
+        "optimizer": "LossScaleOptimizer",
+    }
+    text = render(audit_summary(audit, "mixed_float16"))
+    assert "│ float32       │      2 │            1 │ b " in text

@@ -31,6 +31,6 @@ def test_jsonl_reader_ignores_a_torn_last_line(tmp_path):
 
 def test_environment_records_versions_and_device():
     env = runs.environment_info()
-    for key in ("python", "tensorflow", "keras", "device", "device_facts"):
+    for key in ("python", "tensorflow", "keras", "device", "device_facts", "packages"):
         assert env[key]
     assert env["keras"].startswith("3.")

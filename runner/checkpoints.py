@@ -1,0 +1,144 @@
+"""Checkpoints: every variable a run needs to continue exactly, and where it stood.
+
+A checkpoint is `checkpoints/step-NNNNNNNN.npz` (the values of the model's variables, random-seed
+states included; the optimizer's, a LossScaleOptimizer's scale and counter included; the metrics')
+plus `step-NNNNNNNN.json` (the position and the telemetry so far), each written atomically, then
+`latest.json` pointing at them. A process killed at any moment leaves either the previous complete
+checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner.runs import atomic_file, write_json_atomic
+
+KEEP = 2  # the newest checkpoints kept (plus the one a divergence pins)
+GROUPS = ("model", "optimizer", "metrics")
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training stands: `epoch` (0-based) in progress, `step` steps of it done, `global_step` in all."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+
+
+class CheckpointError(Exception):
+    """A checkpoint that does not fit the model being restored (a changed spec or code)."""
+
+
+def _variables(model: Any) -> dict[str, list[Any]]:
+    return {
+        "model": model.variables,
+        "optimizer": model.optimizer.variables,
+        "metrics": model.metrics_variables,
+    }
+
+
+def _path(variable: Any) -> str:
+    return str(getattr(variable, "path", variable.name))
+
+
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def save(run_dir: Path, model: Any, position: Position, state: dict[str, Any]) -> str:
+    """Write a checkpoint of `model` (and its optimizer and metrics) at `position`; returns its name."""
+    folder = run_dir / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    name = f"step-{position.global_step:08d}"
+    groups = _variables(model)
+    arrays = {f"{g}/{i}": np.asarray(v.numpy()) for g, vs in groups.items() for i, v in enumerate(vs)}
+    with atomic_file(folder / f"{name}.npz", "wb") as f:
+        np.savez(f, **arrays)
+    meta = {
+        "position": asdict(position),
+        "variables": {g: [_path(v) for v in vs] for g, vs in groups.items()},
+        "state": state,
+    }
+    write_json_atomic(folder / f"{name}.json", meta)
+    write_json_atomic(folder / "latest.json", {"name": name, **meta["position"]})
+    _prune(folder, keep={name, *_pinned(folder)})
+    return name
+
+
+def _complete(folder: Path) -> list[str]:
+    """Names with both files present, oldest first."""
+    names = sorted(p.stem for p in folder.glob("step-*.json"))
+    return [n for n in names if (folder / f"{n}.npz").exists()]
+
+
+def _pinned(folder: Path) -> set[str]:
+    try:
+        return set(json.loads((folder / "pinned.json").read_text())["names"])
+    except (OSError, ValueError, KeyError):
+        return set()
+
+
+def pin(run_dir: Path, name: str) -> None:
+    """Keep `name` whatever comes after (the last checkpoint before a divergence)."""
+    folder = run_dir / "checkpoints"
+    write_json_atomic(folder / "pinned.json", {"names": sorted(_pinned(folder) | {name})})
+
+
+def _prune(folder: Path, keep: set[str]) -> None:
+    names = _complete(folder)
+    for name in names[:-KEEP]:
+        if name not in keep:
+            for suffix in (".npz", ".json"):
+                with contextlib.suppress(OSError):
+                    (folder / f"{name}{suffix}").unlink()
+
+
+def latest(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
+    """The newest complete checkpoint (latest.json if it is intact, else the newest pair on disk)."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return None
+    candidates = _complete(folder)
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        pointed = json.loads((folder / "latest.json").read_text())["name"]
+        if pointed in candidates:
+            candidates.append(pointed)
+    for name in reversed(candidates):
+        try:
+            meta = json.loads((folder / f"{name}.json").read_text())
+            return name, meta
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def restore(
+    run_dir: Path, name: str, meta: dict[str, Any], model: Any, groups: tuple[str, ...] = GROUPS
+) -> None:
+    """Assign a checkpoint's values to `model`'s variables, after checking they are the same ones."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    with np.load(run_dir / "checkpoints" / f"{name}.npz") as arrays:
+        for group in groups:
+            variables = _variables(model)[group]
+            saved = meta["variables"][group]
+            # Names only: a path's scopes depend on where the variable was built (in fit, or here).
+            if [_name(p) for p in map(_path, variables)] != [_name(p) for p in saved]:
+                raise CheckpointError(
+                    f"{name}: its {group} variables ({len(saved)}) are not this model's ({len(variables)}): "
+                    "was the spec or the code changed since?"
+                )
+            for i, variable in enumerate(variables):
+                value = arrays[f"{group}/{i}"]
+                if tuple(value.shape) != tuple(variable.shape):
+                    raise CheckpointError(
+                        f"{name}: {saved[i]} has shape {value.shape}; this model's {variable.shape}"
+                    )
+                variable.assign(value)

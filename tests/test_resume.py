@@ -1,0 +1,205 @@
+"""Nothing lost: interrupt, kill, resume, diverge, run side by side: real `runner` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner import runs
+from tests.conftest import ROOT
+
+DETERMINISTIC = """
+name = "det"
+seed = 5
+[precision]
+policy = "mixed_float16"
+[model]
+kind = "seed_cnn"
+filters = [16, 32, 32]
+dense_units = 32
+batch_norm = true
+dropout = 0.1
+[data]
+source = "shapes"
+batch_size = 32
+train_size = 6000
+test_size = 400
+[training]
+epochs = 3
+learning_rate = 0.003
+[runtime]
+deterministic = true
+"""
+TIMING = {"seconds", "images_per_second"}  # the clock's, not the model's
+
+
+def runner(*args: str | Path, wait: bool = True, **kwargs):
+    command = [sys.executable, "-m", "runner", *map(str, args)]
+    if not wait:
+        return subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs
+        )
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def only_run(folder: Path) -> Path:
+    (run_dir,) = [p for p in folder.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def model_metrics(run_dir: Path) -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if k not in TIMING} for r in runs.read_jsonl(run_dir / "metrics.jsonl")
+    ]
+
+
+def report(run_dir: Path) -> dict:
+    return json.loads((run_dir / "report.json").read_text())
+
+
+def wait_for(condition, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def spec_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("spec") / "det.toml"
+    path.write_text(DETERMINISTIC)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(spec_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    result = runner("run", spec_file, "--output", out)
+    assert result.returncode == 0, result.stderr
+    return only_run(out)
+
+
+def test_sigint_mid_epoch_then_resume_equals_the_uninterrupted_run(spec_file, uninterrupted, tmp_path):
+    child = runner("run", spec_file, "--output", tmp_path, wait=False)
+    wait_for(
+        lambda: (
+            any(tmp_path.glob("*/metrics.jsonl")) and runs.read_jsonl(next(tmp_path.glob("*/metrics.jsonl")))
+        )
+    )
+    time.sleep(0.5)  # into the second epoch
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=300)
+    assert child.returncode == 130, stderr
+    run_dir = only_run(tmp_path)
+    interrupted = report(run_dir)
+    assert interrupted["status"] == "interrupted" and "SIGINT" in interrupted["error"]
+    assert f"runner resume {run_dir}" in stderr.decode()
+    position = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
+    assert position["step"] > 0  # stopped in mid-epoch, after the step it was in
+    resumed = runner("resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert model_metrics(run_dir) == model_metrics(uninterrupted)
+    final, reference = report(run_dir), report(uninterrupted)
+    assert final["status"] == "completed" and final["resumes"][0]["from"] == position["name"]
+    assert final["metrics"]["test_loss"] == reference["metrics"]["test_loss"]
+    assert final["metrics"]["test_accuracy"] == reference["metrics"]["test_accuracy"]
+    assert final["precision"]["loss_scale"]["history"] == reference["precision"]["loss_scale"]["history"]
+
+
+def test_the_same_deterministic_spec_gives_identical_metrics(spec_file, uninterrupted, tmp_path):
+    result = runner("run", spec_file, "--output", tmp_path)
+    assert result.returncode == 0, result.stderr
+    again = only_run(tmp_path)
+    assert model_metrics(again) == model_metrics(uninterrupted)
+    assert (again / "metrics.jsonl").read_text() != ""
+    assert report(again)["metrics"]["test_loss"] == report(uninterrupted)["metrics"]["test_loss"]
+    environment = json.loads((again / "environment.json").read_text())
+    assert {"tensorflow", "keras", "numpy", "python", "device", "git_commit"} <= set(environment)
+
+
+def _checkpointed_steps(folder: Path) -> int:
+    for latest in folder.glob("*/checkpoints/latest.json"):
+        try:
+            return json.loads(latest.read_text())["global_step"]
+        except ValueError:  # never: the pointer is written atomically (the test would say so)
+            raise
+    return 0
+
+
+def test_sigkill_during_checkpoint_writes_leaves_every_file_whole(spec_file, tmp_path):
+    child = runner(
+        "run", spec_file, "--output", tmp_path, "--set", "runtime.checkpoint_every_steps=3", wait=False
+    )
+    wait_for(lambda: _checkpointed_steps(tmp_path) >= 30)  # ten checkpoints in, mid-write likely
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    run_dir = only_run(tmp_path)
+    for path in run_dir.rglob("*.json"):
+        json.loads(path.read_text())  # every JSON file parses
+    runs.read_jsonl(run_dir / "metrics.jsonl")
+    resumed = runner("resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert report(run_dir)["status"] == "completed"
+    assert [r["epoch"] for r in runs.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_second_sigint_stops_at_once_without_corrupting_files(spec_file, tmp_path):
+    child = runner("run", spec_file, "--output", tmp_path, wait=False)
+    wait_for(lambda: any(tmp_path.glob("*/checkpoints/latest.json")))
+    child.send_signal(signal.SIGINT)
+    child.send_signal(signal.SIGINT)
+    child.wait(timeout=120)
+    assert child.returncode == 130
+    run_dir = only_run(tmp_path)
+    for path in run_dir.rglob("*.json"):
+        json.loads(path.read_text())
+    assert report(run_dir)["status"] == "interrupted"
+    assert runner("resume", run_dir).returncode == 0
+
+
+def test_an_injected_nan_loss_ends_diverged_with_the_checkpoint_kept(tmp_path):
+    spec = tmp_path / "nan.toml"
+    spec.write_text(
+        'name = "nan"\n[precision]\npolicy = "float32"\n[model]\nkind = "factory"\n'
+        'factory = "tests.factories:nan_loss_after"\narguments = {after = 60}\n'
+        "[data]\nsource = 'shapes'\nbatch_size = 32\ntrain_size = 1200\ntest_size = 100\n"
+        "[training]\nepochs = 4\n"
+    )
+    result = runner("run", spec, "--output", tmp_path / "out")
+    assert result.returncode == 3, result.stderr
+    run_dir = only_run(tmp_path / "out")
+    data = report(run_dir)
+    assert data["status"] == "diverged" and "non-finite loss" in data["error"]
+    divergence = data["divergence"]
+    assert divergence["step"] > 60 and divergence["last_good_epoch"]["epoch"] >= 1
+    kept = divergence["checkpoint"]
+    assert (run_dir / "checkpoints" / f"{kept}.npz").exists()
+    assert kept in json.loads((run_dir / "checkpoints" / "pinned.json").read_text())["names"]
+
+
+def test_four_concurrent_runs_leave_four_complete_run_directories(tmp_path):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(
+        'name = "same"\n[model]\nkind = "mlp"\nhidden_units = [8]\n[data]\nsource = "shapes"\n'
+        "train_size = 256\ntest_size = 64\n[training]\nepochs = 1\n[runtime]\ntensorboard = false\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    children = [runner("run", spec, "--output", tmp_path / "out", wait=False, env=env) for _ in range(4)]
+    for child in children:
+        child.wait(timeout=600)
+        assert child.returncode == 0, child.stderr.read()
+    run_dirs = sorted((tmp_path / "out").iterdir())
+    assert len(run_dirs) == 4
+    for run_dir in run_dirs:
+        assert report(run_dir)["status"] == "completed"
+        assert {"spec.toml", "environment.json", "metrics.jsonl", "report.json", "report.html"} <= {
+            p.name for p in run_dir.iterdir()
+        }
