@@ -1,26 +1,90 @@
-"""nox sessions: `nox --list` shows them. The TensorFlow matrix comes with a later issue."""
+"""nox sessions for runner: `nox --list` shows them; `nox` alone runs the fast quality gates.
+
+The TensorFlow matrix installs each release (the `tensorflow` wheel runs on CPU) into its own
+environment and runs the whole test suite there: `nox -s "tests(python='3.11', tensorflow='2.16')"`.
+"""
 
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
+
 import nox
 
-nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck"]
+
+PYPROJECT = tomllib.loads(Path("pyproject.toml").read_text())
+# The project's Python versions, from its classifiers ("Programming Language :: Python :: 3.11").
+PYTHONS = [
+    m.group(1)
+    for c in PYPROJECT["project"]["classifiers"]
+    if (m := re.fullmatch(r"Programming Language :: Python :: (3\.\d+)", c))
+]
+# The Python versions each TensorFlow release publishes wheels for (checked on PyPI, 2026-11).
+TENSORFLOW_PYTHONS = {
+    "2.16": ("3.10", "3.11", "3.12"),
+    "2.17": ("3.10", "3.11", "3.12"),
+    "2.18": ("3.10", "3.11", "3.12"),
+    "2.19": ("3.10", "3.11", "3.12"),
+    "2.20": ("3.10", "3.11", "3.12", "3.13"),
+    "2.21": ("3.10", "3.11", "3.12", "3.13"),
+}
+MATRIX = [(py, tf) for tf, pys in TENSORFLOW_PYTHONS.items() for py in pys if py in PYTHONS]
 
 
-def _tests(session: nox.Session, *pytest_args: str) -> None:
-    """Install the project with its dev extra and run pytest with the given arguments."""
+def _tests(
+    session: nox.Session, tensorflow: str, *pytest_args: str, env: dict[str, str] | None = None
+) -> None:
+    """Install TensorFlow `tensorflow` (a version prefix, or a requirement), the project, and run pytest."""
+    requirement = tensorflow if any(c in tensorflow for c in "<>=") else f"tensorflow=={tensorflow}.*"
+    session.install(requirement)
     session.install("-e", ".[dev]")
-    session.run("pytest", *pytest_args, *session.posargs)
+    session.run(
+        "python",
+        "-c",
+        "import tensorflow as tf, keras; print('TensorFlow', tf.__version__, 'Keras', keras.__version__)",
+    )
+    session.run("python", "-m", "pytest", *pytest_args, *session.posargs, env=env)
 
 
-@nox.session(python="3.11")
-def tests(session: nox.Session) -> None:
-    """The default test suite (the README's test command) in a fresh environment."""
-    _tests(session)
+@nox.session(default=False)
+@nox.parametrize(("python", "tensorflow"), MATRIX, ids=[f"{py}-tf{tf}" for py, tf in MATRIX])
+def tests(session: nox.Session, tensorflow: str) -> None:
+    """The whole test suite on one TensorFlow release (Keras 3) and Python version."""
+    _tests(session, tensorflow)
+
+
+@nox.session(python="3.11", default=False)
+@nox.parametrize("variant", ["tf2.15", "tf-keras"])
+def legacy_keras(session: nox.Session, variant: str) -> None:
+    """Keras 2: TensorFlow 2.15's tf.keras, or TensorFlow >= 2.16 with tf-keras and TF_USE_LEGACY_KERAS=1."""
+    if variant == "tf2.15":
+        _tests(session, "2.15")
+    else:
+        session.install("tf-keras<2.22")
+        _tests(session, "tensorflow>=2.16,<2.22", env={"TF_USE_LEGACY_KERAS": "1"})
 
 
 @nox.session(python="3.11", default=False)
 def properties(session: nox.Session) -> None:
-    """The hypothesis property tests with many more examples."""
-    _tests(session, "--hypothesis-profile=thorough", "-k", "property or any_")
+    """The hypothesis property and fuzz tests with many more examples (profile 'thorough')."""
+    _tests(session, "2.21", "--hypothesis-profile=thorough", "-k", "property or any_")
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff")
+    session.run("ruff", "check", "runner", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "runner", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    """mypy on runner/ (spec and checks fully typed)."""
+    # The typed dependencies only: TensorFlow and Keras are untyped, and take a minute to install.
+    session.install("mypy", "pydantic>=2.6", "typer", "rich", "numpy", "tomli-w")
+    session.run("mypy", "runner")

@@ -60,7 +60,7 @@ def save(run_dir: Path, model: Any, position: Position, state: dict[str, Any]) -
     groups = _variables(model)
     arrays = {f"{g}/{i}": np.asarray(v.numpy()) for g, vs in groups.items() for i, v in enumerate(vs)}
     with atomic_file(folder / f"{name}.npz", "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types the kwargs too narrowly
     meta = {
         "position": asdict(position),
         "variables": {g: [_path(v) for v in vs] for g, vs in groups.items()},

@@ -259,11 +259,11 @@ def declared_findings(
     found = []
     accuracy, loss = metrics.get("test_accuracy"), metrics.get("test_loss")
     if declared.min_test_accuracy is not None:
-        ok = _finite(accuracy) and accuracy >= declared.min_test_accuracy
+        ok = accuracy is not None and _finite(accuracy) and accuracy >= declared.min_test_accuracy
         detail = f"expected test accuracy >= {declared.min_test_accuracy}; got {_show(accuracy)}"
         found.append(Finding("min_test_accuracy", ok, detail))
     if declared.max_test_loss is not None:
-        ok = _finite(loss) and loss <= declared.max_test_loss
+        ok = loss is not None and _finite(loss) and loss <= declared.max_test_loss
         found.append(
             Finding("max_test_loss", ok, f"expected test loss <= {declared.max_test_loss}; got {_show(loss)}")
         )

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
+
+from runner.spec import BadInput
 
 
 @contextlib.contextmanager
@@ -49,11 +52,73 @@ def tensorflow() -> ModuleType:
     return tf
 
 
-def keras() -> ModuleType:
-    tensorflow()
-    import keras as keras_module
+TESTED_TENSORFLOW = ((2, 16), (2, 21))  # Keras 3 ships with TensorFlow from 2.16
 
+
+class UnsupportedEnvironment(BadInput):
+    """A TensorFlow or Keras that runner cannot drive: one message naming what it supports."""
+
+
+def _version(text: str) -> tuple[int, int]:
+    match = re.match(r"(\d+)(?:\.(\d+))?", text)
+    return (int(match.group(1)), int(match.group(2) or 0)) if match else (0, 0)
+
+
+def support_status(tensorflow_version: str, keras_version: str, legacy_requested: bool) -> tuple[bool, str]:
+    """(usable, sentence) for these versions: the sentence says what is supported when it is not."""
+    low, high = (f"{v[0]}.{v[1]}" for v in TESTED_TENSORFLOW)
+    tf, k = _version(tensorflow_version), _version(keras_version)
+    if legacy_requested or k[0] < 3:
+        why = (
+            "TF_USE_LEGACY_KERAS=1 asks for Keras 2"
+            if legacy_requested
+            else f"Keras {keras_version} is Keras 2"
+        )
+        return False, (
+            f"{why}; runner drives Keras 3 only (TensorFlow {low}–{high}): unset TF_USE_LEGACY_KERAS, "
+            f'or install "tensorflow>={low},<{TESTED_TENSORFLOW[1][0]}.{TESTED_TENSORFLOW[1][1] + 1}".'
+        )
+    if tf < TESTED_TENSORFLOW[0]:
+        return (
+            False,
+            f"TensorFlow {tensorflow_version} is too old: runner supports TensorFlow {low}–{high} (Keras 3).",
+        )
+    if tf > TESTED_TENSORFLOW[1]:
+        return True, f"TensorFlow {tensorflow_version} is newer than the tested {low}–{high}: it may work."
+    return (
+        True,
+        f"TensorFlow {tensorflow_version} with Keras {keras_version}: supported (tested {low}–{high}).",
+    )
+
+
+def keras() -> ModuleType:
+    """Keras 3, after checking that this TensorFlow and Keras are ones runner supports."""
+    tf = tensorflow()
+    try:
+        import keras as keras_module
+    except ImportError:
+        raise UnsupportedEnvironment(
+            f"Keras is not installed next to TensorFlow {tf.__version__}: install tensorflow>=2.16 (Keras 3)"
+        ) from None
+    usable, why = support_status(tf.__version__, keras_module.__version__, _legacy_requested())
+    if not usable:
+        raise UnsupportedEnvironment(why)
     return keras_module
+
+
+def support() -> tuple[bool, str]:
+    """Whether this environment's TensorFlow and Keras are supported, without failing when they are not."""
+    from importlib import metadata
+
+    try:
+        keras_version = metadata.version("keras")
+    except metadata.PackageNotFoundError:
+        keras_version = "0"
+    return support_status(tensorflow().__version__, keras_version, _legacy_requested())
+
+
+def _legacy_requested() -> bool:
+    return os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in {"1", "true", "yes"}
 
 
 def loss_scale_optimizer(inner: Any, initial_scale: float, growth_interval: int) -> Any:

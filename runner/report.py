@@ -249,6 +249,9 @@ def render_environment(env: dict[str, Any], advice: list[tuple[str, bool, str]])
     table.add_column("value", overflow="fold")
     for key in ("python", "tensorflow", "keras", "numpy", "runner", "platform", "device"):
         table.add_row(key, str(env.get(key)))
+    support = env.get("supported") or {}
+    if support:
+        table.add_row("supported", Text(support["detail"], style="green" if support["ok"] else "red"))
     facts = env.get("device_facts", {})
     table.add_row("cpu features", ", ".join(facts.get("cpu_flags", [])) or "none of note")
     gpu = facts.get("gpu")

@@ -44,7 +44,7 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     readers see the old file or the new one, never half of one (a kill leaves at most a .tmp)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -65,7 +65,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Records of a .jsonl file; a torn last line (a killed writer) is ignored."""
-    records = []
+    records: list[dict[str, Any]] = []
     if not path.exists():
         return records
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -100,7 +100,7 @@ def _cpu_model_and_flags() -> tuple[str, list[str]]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine(), []
-    model, flags = platform.machine(), []
+    model, flags = platform.machine(), list[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "model name" and model == platform.machine():
@@ -182,20 +182,23 @@ def device_facts() -> dict[str, Any]:
 def environment_info() -> dict[str, Any]:
     from runner import __version__, compat
 
-    tf, keras = compat.tensorflow(), compat.keras()
+    tf = compat.tensorflow()
     import numpy as np
 
     facts = device_facts()
+    packages = package_versions()
+    supported, why = compat.support()
     return {
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
-        "keras": keras.__version__,
+        "keras": packages["keras"],
+        "supported": {"ok": supported, "detail": why},
         "numpy": np.__version__,
         "runner": __version__,
         "platform": platform.platform(),
         "device": "GPU: " + facts["gpu"]["name"] if facts["gpu"] else "CPU: " + facts["cpu"],
         "device_facts": facts,
-        "packages": package_versions(),
+        "packages": packages,
         "git_commit": git_commit(Path.cwd()),
         "argv": sys.argv,
     }

@@ -175,6 +175,7 @@ def _train(state: RunState, model: Any, splits: Splits, console: Console) -> Non
 def _restore_metrics(state: RunState, splits: Splits, model: Any) -> None:
     """Put back the running means of the epoch a resume starts in the middle of (Keras has just reset
     them). The compiled metrics are built lazily, so one inference call on a batch builds them first."""
+    assert state.resume_from is not None  # only a resume has metrics to put back
     x, y = splits.x_train[:1], splits.y_train[:1]
     model.compute_metrics(x, y, model(x, training=False))
     name, meta = state.resume_from
@@ -408,13 +409,13 @@ def run_plan(variants: list[Variant], output: Path, console: Console) -> PlanOut
     for variant in variants:
         settings = ", ".join(f"{k}={v}" for k, v in variant.settings.items())
         console.print(f"[bold]{variant.spec.name}[/] {settings}")
-        outcome = run_isolated(variant.spec, group_dir)
-        if outcome is None:
+        isolated = run_isolated(variant.spec, group_dir)
+        if isolated is None:
             code = EXIT_BAD_INPUT
             break
-        outcomes.append(outcome)
-        code = max(code, outcome.exit_code)
-        if outcome.status == "interrupted":
+        outcomes.append(isolated)
+        code = max(code, isolated.exit_code)
+        if isolated.status == "interrupted":
             break
     if not outcomes:
         return PlanOutcome(outcomes, code, group_dir)

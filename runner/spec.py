@@ -228,7 +228,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         what = "is a directory" if path.is_dir() else "file not found"
         raise SpecError(f"{path}: {what}; expected a TOML experiment spec")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        document: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+        return document
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
@@ -289,7 +290,7 @@ def sweep_axes(sweep: Any, source: str) -> dict[str, list[Any]]:
         raise SpecError(
             f"{source}: sweep: expected a table of field paths to lists of values; got {_show(sweep)}"
         )
-    axes = json.loads(json.dumps(_flatten(sweep), default=str))  # TOML dates become strings, as elsewhere
+    axes: dict[str, list[Any]] = json.loads(json.dumps(_flatten(sweep), default=str))  # dates → strings
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise SpecError(
@@ -340,7 +341,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return [p.strip() for p in parts], parsed
 
 
-def _set_path(data: dict, parts: list[str], value: Any, source: str, origin: str) -> None:
+def _set_path(data: dict[str, Any], parts: list[str], value: Any, source: str, origin: str) -> None:
     node = data
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
@@ -351,8 +352,8 @@ def _set_path(data: dict, parts: list[str], value: Any, source: str, origin: str
     node[parts[-1]] = value
 
 
-def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: str) -> dict:
-    data = json.loads(json.dumps(raw, default=str))  # deep copy; TOML dates become strings
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(json.dumps(raw, default=str))  # deep copy; TOML dates → strings
     for text in overrides:
         parts, value = parse_override(text)
         _set_path(data, parts, value, source, f"--set {text}")

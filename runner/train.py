@@ -240,7 +240,7 @@ def make_telemetry_callback(
     max_consecutive_skipped: int = 50,
 ) -> Any:
     """A Keras callback filling `log` (and appending each epoch to metrics.jsonl)."""
-    keras = compat.keras()
+    keras: Any = compat.keras()
 
     def images(step_from: int, step_to: int) -> int:
         return min(step_to * batch_size, train_images) - min(step_from * batch_size, train_images)
@@ -250,7 +250,7 @@ def make_telemetry_callback(
             self.cursor, self._traced = _Cursor(segment, log), False
             self._scaled = compat.is_loss_scale_optimizer(self.model.optimizer)
             if self._scaled and log.loss_scale is None:
-                log.loss_scale = LossScaleTracker(compat.current_loss_scale(self.model.optimizer))
+                log.loss_scale = LossScaleTracker(float(self.model.optimizer.initial_scale))
 
         def on_epoch_begin(self, epoch, logs=None):
             self.cursor.begin_epoch(epoch)
@@ -264,10 +264,11 @@ def make_telemetry_callback(
             if self._mark is None:
                 self._mark, self._traced = (now, self.cursor.step), True
             self._train_end = now
-            if self._scaled:
+            tracker = log.loss_scale
+            if self._scaled and tracker is not None:
                 opt = self.model.optimizer
-                log.loss_scale.observe(log.steps, float(opt.dynamic_scale.numpy()), compat.applied_steps(opt))
-                diagnosis = log.loss_scale.collapse(max_consecutive_skipped)
+                tracker.observe(log.steps, float(opt.dynamic_scale.numpy()), compat.applied_steps(opt))
+                diagnosis = tracker.collapse(max_consecutive_skipped)
                 if diagnosis is not None:
                     self._diverge(diagnosis)
             if now - self._last_check >= UI_INTERVAL_S:
@@ -289,8 +290,9 @@ def make_telemetry_callback(
             self._guard(logs)
             if log.diverged_at_step is not None:
                 return  # a partial epoch's means would mislead: the report names the last good one
-            timed_images = images(self._mark[1], self.cursor.step)
-            timed_seconds = self._train_end - self._mark[0]
+            started_at, started_step = self._mark or (self._train_end, self.cursor.step)
+            timed_images = images(started_step, self.cursor.step)
+            timed_seconds = self._train_end - started_at
             if timed_seconds > 0 and timed_images > 0:
                 log.timed_images += timed_images
                 log.timed_seconds += timed_seconds
@@ -326,7 +328,7 @@ def make_checkpoint_callback(
     means Keras resets when the epoch begins."""
     from runner import checkpoints
 
-    keras = compat.keras()
+    keras: Any = compat.keras()
 
     class _Checkpoints(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -366,7 +368,8 @@ def make_checkpoint_callback(
 def make_tensorboard_callbacks(log: TrainingLog, log_dir: Path) -> list[Any]:
     """Keras' TensorBoard callback (epoch loss, accuracy, learning rate, validation) and the loss scale
     per step, written at each epoch's end from the tracker's exact history (no per-step cost)."""
-    keras, tf = compat.keras(), compat.tensorflow()
+    keras: Any = compat.keras()
+    tf = compat.tensorflow()
     standard = keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, update_freq="epoch")
 
     class _LossScaleSummary(keras.callbacks.Callback):
@@ -418,7 +421,7 @@ def make_progress_callback(
     progress: Any, epochs: int, steps_per_epoch: int, batch_size: int, segment: Segment
 ) -> Any:
     """A Keras callback driving a rich Progress: one bar per epoch, with loss, accuracy, images/s."""
-    keras = compat.keras()
+    keras: Any = compat.keras()
 
     class _RichProgress(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
