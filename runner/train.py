@@ -366,31 +366,50 @@ def make_checkpoint_callback(
 
 
 def make_tensorboard_callbacks(log: TrainingLog, log_dir: Path) -> list[Any]:
-    """Keras' TensorBoard callback (epoch loss, accuracy, learning rate, validation) and the loss scale
-    per step, written at each epoch's end from the tracker's exact history (no per-step cost)."""
+    """TensorBoard event files in Keras' layout (train/ and validation/: epoch_loss, epoch_accuracy,
+    epoch_learning_rate) plus precision/loss_scale for every step, all written at each epoch's end:
+    no per-step hook, so no per-step cost (Keras' own TensorBoard callback has one)."""
     keras: Any = compat.keras()
     tf = compat.tensorflow()
-    standard = keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, update_freq="epoch")
 
-    class _LossScaleSummary(keras.callbacks.Callback):
+    class _EpochSummaries(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self._writer = tf.summary.create_file_writer(str(log_dir / "precision"))
-            self._written = 0
+            self._writers = {
+                n: tf.summary.create_file_writer(str(log_dir / n)) for n in ("train", "validation")
+            }
+            self._scale_writer = tf.summary.create_file_writer(str(log_dir / "precision"))
+            self._written = log.steps  # a resumed run wrote the steps before it
 
         def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            train_values = {k: v for k, v in logs.items() if not k.startswith("val_")}
+            train_values["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+            values = {
+                "train": train_values,
+                "validation": {k[4:]: v for k, v in logs.items() if k.startswith("val_")},
+            }
+            for name, scalars in values.items():
+                with self._writers[name].as_default():
+                    for key, value in scalars.items():
+                        tf.summary.scalar(f"epoch_{key}", float(value), step=epoch)
+                self._writers[name].flush()
+            self._write_loss_scale()
+
+        def _write_loss_scale(self):
             tracker = log.loss_scale
             if tracker is None:
                 return
-            with self._writer.as_default():
+            with self._scale_writer.as_default():
                 for step in range(self._written + 1, tracker.steps + 1):
                     tf.summary.scalar("loss_scale", tracker.scale_at(step), step=step)
-            self._writer.flush()
+            self._scale_writer.flush()
             self._written = tracker.steps
 
         def on_train_end(self, logs=None):
-            self._writer.close()
+            for writer in (*self._writers.values(), self._scale_writer):
+                writer.close()
 
-    return [standard, _LossScaleSummary()]
+    return [_EpochSummaries()]
 
 
 def time_steps(model: Any, x: Any, y: Any, steps: int) -> float:
