@@ -96,7 +96,6 @@ class ResNet(StrictModel):
 
 
 ArgumentValue = str | int | float | bool
-BUILT_IN_MODELS = ("seed_cnn", "mlp", "resnet")
 
 
 class KerasApplication(StrictModel):
@@ -480,10 +479,6 @@ def valid_keys_at(err_loc: Sequence[Any]) -> list[str]:
         tag = parts.pop(0) if parts and parts[0] in _TAGS else None
         model = _model_for(annotation, tag)
     return sorted(model.model_fields) if model is not None else []
-
-
-def model_kinds() -> tuple[str, ...]:
-    return get_args(ModelKind)
 
 
 # ---------------------------------------------------------------- output
