@@ -44,6 +44,7 @@ def precision_summary(state: RunState) -> dict[str, Any]:
 
 def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
     env = state.environment
+    checkpoint = _latest_checkpoint(state)  # read once: the divergence names it too
     return {
         "name": state.spec.name,
         "status": state.status,
@@ -63,9 +64,9 @@ def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
             "test_accuracy": state.test_metrics.get("test_accuracy"),
         },
         "performance": performance,
-        "divergence": _divergence(state),
+        "divergence": _divergence(state, checkpoint),
         "resumes": state.resumes,
-        "checkpoint": _latest_checkpoint(state),
+        "checkpoint": checkpoint,
     }
 
 
@@ -76,7 +77,7 @@ def _latest_checkpoint(state: RunState) -> str | None:
     return found[0] if found else None
 
 
-def _divergence(state: RunState) -> dict[str, Any] | None:
+def _divergence(state: RunState, checkpoint: str | None) -> dict[str, Any] | None:
     """Where a diverged run went wrong, what it had reached, and the checkpoint kept from before."""
     if state.log.diverged_at_step is None:
         return None
@@ -85,7 +86,7 @@ def _divergence(state: RunState) -> dict[str, Any] | None:
         "step": state.log.diverged_at_step,
         "diagnosis": state.log.divergence,
         "last_good_epoch": last_good,
-        "checkpoint": _latest_checkpoint(state),
+        "checkpoint": checkpoint,
     }
 
 

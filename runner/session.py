@@ -266,19 +266,28 @@ def _release_previous_run() -> None:
     runs.reset_peak_host_memory()
 
 
-def start_run(spec: ExperimentSpec, output: Path) -> tuple[RunState, Splits]:
-    """Load the data (a DataError leaves nothing behind), then create and seed the run directory."""
+def _prepare(spec: ExperimentSpec) -> tuple[Splits, dict[str, Any]]:
+    """What a run or a resume needs before touching its directory: the data (a DataError leaves
+    nothing behind), TensorFlow, the device, and the environment."""
     _release_previous_run()
     splits = load_data(spec.data, spec.seed)
     compat.keras()  # the slow import: after the data (a missing archive fails fast), before the bars
     require_device(spec.runtime.device)
+    return splits, runs.environment_info()
+
+
+def _new_state(spec: ExperimentSpec, run_dir: Path, environment: dict[str, Any], splits: Splits) -> RunState:
+    fast, why = precision.mixed_precision_advice(spec.precision.policy, environment["device_facts"])
+    return RunState(spec, run_dir, environment, splits.summary(), advice={"faster": fast, "detail": why})
+
+
+def start_run(spec: ExperimentSpec, output: Path) -> tuple[RunState, Splits]:
+    """Prepare, then create and seed the run directory."""
+    splits, environment = _prepare(spec)
     run_dir = runs.create_run_dir(output, spec.name, spec_hash(spec))
-    environment = runs.environment_info()
     runs.write_text_atomic(run_dir / "spec.toml", spec_to_toml(spec))
     runs.write_json_atomic(run_dir / "environment.json", environment)
-    fast, why = precision.mixed_precision_advice(spec.precision.policy, environment["device_facts"])
-    state = RunState(spec, run_dir, environment, splits.summary(), advice={"faster": fast, "detail": why})
-    return state, splits
+    return _new_state(spec, run_dir, environment, splits), splits
 
 
 def run_experiment(spec: ExperimentSpec, output: Path, console: Console) -> RunOutcome:
@@ -293,14 +302,9 @@ def resume_experiment(run_dir: Path, console: Console) -> RunOutcome:
     previous = compare.load_report(run_dir) if (run_dir / "report.json").exists() else {}
     if previous.get("status") == "completed":
         raise BadInput(f"{run_dir}: this run completed; nothing to resume")
-    _release_previous_run()
-    splits = load_data(spec.data, spec.seed)
-    compat.keras()
-    require_device(spec.runtime.device)
-    environment = runs.environment_info()
-    fast, why = precision.mixed_precision_advice(spec.precision.policy, environment["device_facts"])
+    splits, environment = _prepare(spec)
     found = checkpoints.latest(run_dir)
-    state = RunState(spec, run_dir, environment, splits.summary(), advice={"faster": fast, "detail": why})
+    state = _new_state(spec, run_dir, environment, splits)
     state.started_at = previous.get("started_at", state.started_at)
     state.resume_from = found
     state.resumes = [
