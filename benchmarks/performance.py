@@ -1,6 +1,7 @@
 """runner against the hand-written tutorial script, side by side, in one invocation.
 
     python benchmarks/performance.py [--images 50000] [--epochs 3] [--repeats 3] [--skip P2,...]
+    python benchmarks/performance.py --levers     # P1 float32 under each lever, against the tutorial
 
 P1 throughput   images/s of `runner run` and of the tutorial script (policy order fixed, model.fit on
                 NumPy float64 arrays as the tutorial does), float32 and mixed_float16, on 50 000
@@ -95,15 +96,19 @@ def _peak_rss_mb(run_dir: Path) -> float:
     return json.loads((run_dir / "report.json").read_text())["performance"]["peak_host_memory_mb"]
 
 
-def runner_side(policy: str, images: int, epochs: int, telemetry: bool = True) -> dict:
-    """One `runner run` in its own process: per-epoch images/s after the first epoch, peak RSS."""
+def runner_side(
+    policy: str, images: int, epochs: int, telemetry: bool = True, overrides: tuple[str, ...] = ()
+) -> dict:
+    """One `runner run` in its own process: per-epoch images/s after the first epoch, peak RSS.
+    `overrides` are `--set` arguments ("training.steps_per_execution=16")."""
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "bench.toml"
         spec.write_text(
             SPEC.format(policy=policy, images=images, epochs=epochs, telemetry=str(telemetry).lower())
         )
+        sets = [arg for o in overrides for arg in ("--set", o)]
         result = subprocess.run(
-            [PYTHON, "-m", "runner", "run", str(spec), "--output", tmp], capture_output=True, text=True
+            [PYTHON, "-m", "runner", "run", str(spec), "--output", tmp, *sets], capture_output=True, text=True
         )
         if result.returncode not in (0, 1):
             raise RuntimeError(result.stderr[-2000:])
@@ -148,6 +153,33 @@ def p1_p2(args: argparse.Namespace) -> dict:
             "memory_ratio": round(median(runner_rss) / median(base_rss), 3),
         }
     return out
+
+
+# The P1 levers, each measured on its own against the tutorial in the same rounds (float32).
+LEVERS = {
+    "runner defaults": (),
+    "steps_per_execution=1": ("training.steps_per_execution=1",),
+    "steps_per_execution=8": ("training.steps_per_execution=8",),
+    "steps_per_execution=32": ("training.steps_per_execution=32",),
+    "jit_compile (XLA)": ("training.jit_compile=true",),
+    "steps_per_execution=32 + XLA": ("training.steps_per_execution=32", "training.jit_compile=true"),
+}
+
+
+def levers(args: argparse.Namespace) -> dict:
+    """float32 images/s of runner under each lever, and of the tutorial, alternating, medians."""
+    rates: dict[str, list[float]] = {name: [] for name in [*LEVERS, "tutorial"]}
+    for _ in range(args.repeats):
+        for name, overrides in LEVERS.items():
+            rates[name] += runner_side("float32", args.images, args.epochs, overrides=overrides)[
+                "images_per_second"
+            ]
+            rates["tutorial"] += baseline_side("float32", args.images, args.epochs)["images_per_second"]
+    tutorial = median(rates["tutorial"])
+    return {
+        name: {"images_per_second": round(median(r), 1), "ratio_to_tutorial": round(median(r) / tutorial, 3)}
+        for name, r in rates.items()
+    }
 
 
 def _seconds(command: list[str]) -> float:
@@ -292,7 +324,18 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="per run; the first is not timed")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip", default="", help="comma-separated: P1,P2,P3,P4,P5 (P1 and P2 run together)")
+    parser.add_argument(
+        "--levers", action="store_true", help="instead: P1 float32 per lever (steps_per_execution, XLA)"
+    )
     args = parser.parse_args()
+    if args.levers:
+        figures = {"images": args.images, "epochs": args.epochs, "repeats": args.repeats}
+        figures["levers"] = levers(args)
+        print(f"{'P1 float32, runner with':<36} {'images/s':>10} {'/ tutorial':>10}")
+        for name, m in figures["levers"].items():
+            print(f"{name:<36} {m['images_per_second']:>10,.0f} {m['ratio_to_tutorial']:>10.2f}")
+        print(json.dumps(figures))
+        return 0
     skip = {s.strip().upper() for s in args.skip.split(",") if s.strip()}
     figures: dict = {"images": args.images, "epochs": args.epochs, "repeats": args.repeats}
     if not {"P1", "P2"} <= skip:
