@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from runner import compat
 from runner.runs import atomic_file, write_json_atomic
 
 KEEP = 2  # the newest checkpoints kept (plus the one a divergence pins)
@@ -38,14 +39,10 @@ class CheckpointError(Exception):
 
 def _variables(model: Any) -> dict[str, list[Any]]:
     return {
-        "model": model.variables,
-        "optimizer": model.optimizer.variables,
-        "metrics": model.metrics_variables,
+        "model": compat.model_variables(model),
+        "optimizer": compat.optimizer_variables(model.optimizer),
+        "metrics": compat.metrics_variables(model),
     }
-
-
-def _path(variable: Any) -> str:
-    return str(getattr(variable, "path", variable.name))
 
 
 def _name(path: str) -> str:
@@ -63,7 +60,7 @@ def save(run_dir: Path, model: Any, position: Position, state: dict[str, Any]) -
         np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types the kwargs too narrowly
     meta = {
         "position": asdict(position),
-        "variables": {g: [_path(v) for v in vs] for g, vs in groups.items()},
+        "variables": {g: [compat.variable_path(v) for v in vs] for g, vs in groups.items()},
         "state": state,
     }
     write_json_atomic(folder / f"{name}.json", meta)
@@ -123,14 +120,13 @@ def restore(
     run_dir: Path, name: str, meta: dict[str, Any], model: Any, groups: tuple[str, ...] = GROUPS
 ) -> None:
     """Assign a checkpoint's values to `model`'s variables, after checking they are the same ones."""
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
+    compat.build_optimizer(model.optimizer, model.trainable_variables)
     with np.load(run_dir / "checkpoints" / f"{name}.npz") as arrays:
         for group in groups:
             variables = _variables(model)[group]
             saved = meta["variables"][group]
             # Names only: a path's scopes depend on where the variable was built (in fit, or here).
-            if [_name(p) for p in map(_path, variables)] != [_name(p) for p in saved]:
+            if [_name(p) for p in map(compat.variable_path, variables)] != [_name(p) for p in saved]:
                 raise CheckpointError(
                     f"{name}: its {group} variables ({len(saved)}) are not this model's ({len(variables)}): "
                     "was the spec or the code changed since?"

@@ -52,7 +52,8 @@ def tensorflow() -> ModuleType:
     return tf
 
 
-TESTED_TENSORFLOW = ((2, 16), (2, 21))  # Keras 3 ships with TensorFlow from 2.16
+TESTED_TENSORFLOW = ((2, 15), (2, 21))  # the releases the nox matrix runs (README, "Supported versions")
+KERAS_3_FROM = (2, 16)  # TensorFlow 2.15's tf.keras is Keras 2; from 2.16 Keras 3, or Keras 2 via tf-keras
 
 
 class UnsupportedEnvironment(BadInput):
@@ -64,94 +65,286 @@ def _version(text: str) -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2) or 0)) if match else (0, 0)
 
 
-def support_status(tensorflow_version: str, keras_version: str, legacy_requested: bool) -> tuple[bool, str]:
-    """(usable, sentence) for these versions: the sentence says what is supported when it is not."""
-    low, high = (f"{v[0]}.{v[1]}" for v in TESTED_TENSORFLOW)
-    tf, k = _version(tensorflow_version), _version(keras_version)
-    if legacy_requested or k[0] < 3:
-        why = (
-            "TF_USE_LEGACY_KERAS=1 asks for Keras 2"
-            if legacy_requested
-            else f"Keras {keras_version} is Keras 2"
-        )
-        return False, (
-            f"{why}; runner drives Keras 3 only (TensorFlow {low}–{high}): unset TF_USE_LEGACY_KERAS, "
-            f'or install "tensorflow>={low},<{TESTED_TENSORFLOW[1][0]}.{TESTED_TENSORFLOW[1][1] + 1}".'
-        )
+def _range() -> str:
+    (a, b), (c, d) = TESTED_TENSORFLOW
+    return f"{a}.{b}–{c}.{d}"
+
+
+def support_status(
+    tensorflow_version: str,
+    keras_version: str | None,
+    legacy_requested: bool,
+    tf_keras_version: str | None = None,
+) -> tuple[bool, str]:
+    """(usable, sentence) for these installed versions: the sentence says what is supported when it is not.
+
+    `keras_version` is the `keras` package's, `tf_keras_version` the `tf-keras` package's (None: not
+    installed), `legacy_requested` whether TF_USE_LEGACY_KERAS asks TensorFlow >= 2.16 for Keras 2.
+    """
+    tf, supported = _version(tensorflow_version), f"runner supports TensorFlow {_range()}"
     if tf < TESTED_TENSORFLOW[0]:
-        return (
-            False,
-            f"TensorFlow {tensorflow_version} is too old: runner supports TensorFlow {low}–{high} (Keras 3).",
+        return False, (
+            f"TensorFlow {tensorflow_version} is too old: {supported} "
+            f'(Keras 2 on 2.15, Keras 3 from 2.16): pip install "tensorflow>=2.15,<2.22".'
         )
-    if tf > TESTED_TENSORFLOW[1]:
-        return True, f"TensorFlow {tensorflow_version} is newer than the tested {low}–{high}: it may work."
-    return (
-        True,
-        f"TensorFlow {tensorflow_version} with Keras {keras_version}: supported (tested {low}–{high}).",
-    )
+    newer = tf > TESTED_TENSORFLOW[1]
+    tested = f"newer than the tested {_range()}: it may work" if newer else f"supported (tested {_range()})"
+    if legacy_requested:
+        if tf_keras_version is None:
+            return False, (
+                f"TF_USE_LEGACY_KERAS=1 asks TensorFlow {tensorflow_version} for Keras 2 from the tf-keras "
+                f'package, which is not installed: pip install "tf-keras~={tf[0]}.{tf[1]}.0", '
+                "or unset TF_USE_LEGACY_KERAS."
+            )
+        return True, (
+            f"TensorFlow {tensorflow_version} with Keras 2 from tf-keras {tf_keras_version} "
+            f"(TF_USE_LEGACY_KERAS=1): {tested}."
+        )
+    if tf < KERAS_3_FROM:
+        if keras_version is None or _version(keras_version) >= (3, 0):
+            return False, (
+                f"TensorFlow {tensorflow_version} takes Keras 2 as tf.keras, but the keras package is "
+                f'{keras_version or "missing"}: pip install "keras~={tf[0]}.{tf[1]}.0", '
+                'or "tensorflow>=2.16" for Keras 3.'
+            )
+        return True, f"TensorFlow {tensorflow_version} with Keras {keras_version} (tf.keras): {tested}."
+    if keras_version is None or _version(keras_version) < (3, 0):
+        return False, (
+            f"TensorFlow {tensorflow_version} needs Keras 3, but the keras package is "
+            f'{keras_version or "missing"}: pip install "keras>=3", or set TF_USE_LEGACY_KERAS=1 with '
+            f"tf-keras for Keras 2. {supported}."
+        )
+    return True, f"TensorFlow {tensorflow_version} with Keras {keras_version}: {tested}."
 
 
-def keras() -> ModuleType:
-    """Keras 3, after checking that this TensorFlow and Keras are ones runner supports."""
-    tf = tensorflow()
-    try:
-        import keras as keras_module
-    except ImportError:
-        raise UnsupportedEnvironment(
-            f"Keras is not installed next to TensorFlow {tf.__version__}: install tensorflow>=2.16 (Keras 3)"
-        ) from None
-    usable, why = support_status(tf.__version__, keras_module.__version__, _legacy_requested())
-    if not usable:
-        raise UnsupportedEnvironment(why)
-    return keras_module
-
-
-def support() -> tuple[bool, str]:
-    """Whether this environment's TensorFlow and Keras are supported, without failing when they are not."""
+def _installed(distribution: str) -> str | None:
     from importlib import metadata
 
     try:
-        keras_version = metadata.version("keras")
+        return metadata.version(distribution)
     except metadata.PackageNotFoundError:
-        keras_version = "0"
-    return support_status(tensorflow().__version__, keras_version, _legacy_requested())
+        return None
 
 
 def _legacy_requested() -> bool:
     return os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in {"1", "true", "yes"}
 
 
-def loss_scale_optimizer(inner: Any, initial_scale: float, growth_interval: int) -> Any:
-    """Keras 3's dynamic LossScaleOptimizer around `inner`."""
-    return keras().optimizers.LossScaleOptimizer(
-        inner, initial_scale=initial_scale, dynamic_growth_steps=growth_interval
+def support() -> tuple[bool, str]:
+    """Whether this environment's TensorFlow and Keras are supported, without failing when they are not."""
+    return support_status(
+        tensorflow().__version__, _installed("keras"), _legacy_requested(), _installed("tf-keras")
     )
 
 
+def _driven_keras_version(legacy_requested: bool) -> str | None:
+    """The version of the Keras TensorFlow trains with: tf-keras's when TF_USE_LEGACY_KERAS asks for it
+    (TensorFlow 2.15 honours it too), else the keras package's."""
+    return _installed("tf-keras") if legacy_requested else _installed("keras")
+
+
+_KERAS: dict[bool, tuple[ModuleType, bool]] = {}  # by TF_USE_LEGACY_KERAS: (tf.keras, is Keras 2)
+
+
+def _loaded() -> tuple[ModuleType, bool]:
+    legacy = _legacy_requested()
+    if legacy not in _KERAS:
+        usable, why = support()
+        if not usable:
+            raise UnsupportedEnvironment(why)
+        keras2 = _version(_driven_keras_version(legacy) or "0") < (3, 0)
+        _KERAS[legacy] = (tensorflow().keras, keras2)
+    return _KERAS[legacy]
+
+
+def keras() -> ModuleType:
+    """The Keras TensorFlow trains with here (Keras 3, or Keras 2 as tf.keras), once it is known to be
+    a supported one: `tf.keras` is the Keras that TensorFlow itself uses, whichever it is."""
+    return _loaded()[0]
+
+
+def keras_version() -> str:
+    """The driven Keras' version: "3.15.1", or "2.21.0 (tf-keras)" for Keras 2 from tf-keras."""
+    legacy = _legacy_requested()
+    version = _driven_keras_version(legacy) or "unknown"
+    return f"{version} (tf-keras)" if legacy else version
+
+
+def _keras2() -> bool:
+    return _loaded()[1]
+
+
+# What differs between Keras 2 and Keras 3. Nothing else in runner asks which one it drives.
+
+
+def global_policy() -> Any:
+    return keras().mixed_precision.global_policy()  # Keras 3 keeps the Keras 2 name too
+
+
+def global_policy_name() -> str:
+    return str(global_policy().name)
+
+
+def set_global_policy(policy: Any) -> None:
+    keras().mixed_precision.set_global_policy(policy)
+
+
+def dtype_name(dtype: Any) -> str:
+    """The name ("float16") of a tf.DType (Keras 2's variables and tensors) or a string (Keras 3's)."""
+    return str(getattr(dtype, "name", dtype))
+
+
+def variable_path(variable: Any) -> str:
+    """A variable's path ("dense/kernel"): Keras 3's `path`, Keras 2's name without its ":0"."""
+    path = getattr(variable, "path", None)
+    return str(path) if path is not None else re.sub(r":\d+$", "", str(variable.name))
+
+
+def compile_model(model: Any, optimizer: Any, **options: Any) -> None:
+    """model.compile with exactly `optimizer`. Both Kerases wrap a float16 model's optimizer in a
+    LossScaleOptimizer of their own defaults; runner wraps (or not) itself, with the spec's scale and
+    interval, so that what the spec says is what runs. Keras 3 is told not to; Keras 2 is undone."""
+    if _keras2():
+        model.compile(optimizer=optimizer, **options)
+        if model.optimizer is not optimizer:
+            model.optimizer = optimizer
+    else:
+        model.compile(optimizer=optimizer, auto_scale_loss=False, **options)
+
+
+def loss_scale_optimizer(inner: Any, initial_scale: float, growth_interval: int) -> Any:
+    """A dynamic LossScaleOptimizer around `inner`."""
+    if not _keras2():
+        return keras().optimizers.LossScaleOptimizer(
+            inner, initial_scale=initial_scale, dynamic_growth_steps=growth_interval
+        )
+    optimizer = keras().mixed_precision.LossScaleOptimizer(
+        inner, dynamic=True, initial_scale=initial_scale, dynamic_growth_steps=growth_interval
+    )
+    _count_applied_steps(optimizer)
+    return optimizer
+
+
+def _count_applied_steps(optimizer: Any) -> None:
+    """Keras 2 counts a skipped step in `iterations` too (Keras 3 does not): count the applied ones in
+    a variable of our own, incremented where the LossScaleOptimizer hands finite gradients on."""
+    tf = tensorflow()
+    with tf.init_scope():
+        applied = tf.Variable(0, dtype=tf.int64, trainable=False, name="applied_steps")
+    apply = optimizer._apply_gradients  # called only for finite gradients (tf_keras, Keras 2.15)
+
+    def apply_and_count(*args: Any, **kwargs: Any) -> Any:
+        result = apply(*args, **kwargs)
+        applied.assign_add(1)
+        return result
+
+    optimizer._apply_gradients = apply_and_count
+    optimizer._runner_applied_steps = applied
+
+
 def is_loss_scale_optimizer(optimizer: Any) -> bool:
-    return isinstance(optimizer, keras().optimizers.LossScaleOptimizer)
+    return isinstance(optimizer, keras().mixed_precision.LossScaleOptimizer)
 
 
 def current_loss_scale(optimizer: Any) -> float | None:
     """The optimizer's loss scale now (its initial scale before the first step); None if unscaled."""
     if not is_loss_scale_optimizer(optimizer):
         return None
+    if _keras2():
+        return float(optimizer.loss_scale)
     if not optimizer.built:
         return float(optimizer.initial_scale)
     return float(optimizer.dynamic_scale.numpy())
 
 
+def loss_scale_floor() -> float:
+    """The smallest scale a run of overflows halves down to: Keras 2 stops at 1, Keras 3 goes on."""
+    return 1.0 if _keras2() else 0.0
+
+
+def scale_loss(optimizer: Any, loss: Any) -> Any:
+    """`loss` times the optimizer's current loss scale, as its training step scales it."""
+    return optimizer.get_scaled_loss(loss) if _keras2() else optimizer.scale_loss(loss)
+
+
+def apply_scaled_gradients(optimizer: Any, gradients: list[Any], variables: list[Any]) -> None:
+    """One optimizer step from gradients of the scaled loss, as a training step applies them: unscaled,
+    checked for overflow (a skipped step and a smaller scale), the scale updated."""
+    if _keras2():
+        optimizer.apply_gradients(zip(optimizer.get_unscaled_gradients(gradients), variables, strict=True))
+    else:
+        optimizer.apply(gradients, variables)
+
+
 def applied_steps(optimizer: Any) -> int:
     """Steps whose gradients were applied: a LossScaleOptimizer skips steps with non-finite ones."""
-    return int(optimizer.iterations.numpy())
+    return int(getattr(optimizer, "_runner_applied_steps", optimizer.iterations).numpy())
 
 
-def global_policy_name() -> str:
-    return str(keras().config.dtype_policy().name)
+def build_optimizer(optimizer: Any, variables: list[Any]) -> None:
+    """Create the optimizer's slot variables for `variables` now, if fit has not yet."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    built = getattr(inner, "_built", False) if _keras2() else optimizer.built
+    if not built:
+        optimizer.build(variables)
 
 
-def set_global_policy(policy: Any) -> None:
-    keras().config.set_dtype_policy(policy)
+def optimizer_variables(optimizer: Any) -> list[Any]:
+    """Every variable of the optimizer's state: Keras 2 keeps a LossScaleOptimizer's scale and its
+    count of good steps outside `variables`."""
+    found = list(optimizer.variables)
+    if _keras2() and is_loss_scale_optimizer(optimizer):
+        state = optimizer._loss_scale  # no public accessor for the variables themselves
+        found += [state.current_loss_scale, state.counter, optimizer._runner_applied_steps]
+    return found
+
+
+@contextlib.contextmanager
+def checkpointable_random() -> Iterator[None]:
+    """Layers built in the block draw their randomness (dropout masks) from a state that can be saved
+    and restored. Keras 3's always does; Keras 2's legacy default keeps it inside TensorFlow's ops,
+    so a resumed run would draw other masks: it is told to use tf.random.Generator, then restored."""
+    if not _keras2():
+        yield
+        return
+    experimental = keras().backend.experimental
+    was_enabled = experimental.is_tf_random_generator_enabled()
+    experimental.enable_tf_random_generator()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            experimental.disable_tf_random_generator()
+
+
+def model_variables(model: Any) -> list[Any]:
+    """The model's variables, the states of its random generators included (Keras 3 lists them in
+    `variables`, Keras 2 keeps them in each layer's generator)."""
+    found = list(model.variables)
+    if _keras2():
+        for layer in model.submodules:
+            generator = getattr(layer, "_random_generator", None)
+            if generator is not None and generator._rng_type == generator.RNG_STATEFUL:
+                generator._maybe_init()  # created on the first call otherwise
+                found.append(generator._generator.state)
+    return found
+
+
+def metrics_variables(model: Any) -> list[Any]:
+    """The running totals of the compiled metrics (and the mean loss), once they are built."""
+    if _keras2():
+        return [v for metric in model.metrics for v in metric.variables]
+    return list(model.metrics_variables)
+
+
+def build_metrics(model: Any, x: Any, y: Any) -> None:
+    """Build the compiled metrics (Keras creates them on the first training step) from one batch."""
+    tf = tensorflow()
+    x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    y_pred = model(x, training=False)
+    if _keras2():
+        model.compute_loss(x, y, y_pred)  # builds the mean-loss metric as well
+    model.compute_metrics(x, y, y_pred, sample_weight=None)
 
 
 @contextlib.contextmanager

@@ -114,7 +114,7 @@ def _wrap_foreign(inner: Any, images: Any, x: Any, output_dtype: str | None, nam
     """Call a model we did not write on scaled images; append a float32 cast if its output is not."""
     keras = compat.keras()
     outputs = inner(x)
-    if output_dtype == "float32" and outputs.dtype != "float32":
+    if output_dtype == "float32" and compat.dtype_name(outputs.dtype) != "float32":
         outputs = keras.layers.Activation("linear", dtype="float32", name=OUTPUT_CAST)(outputs)
     return keras.Model(images, outputs, name=name)
 
@@ -167,9 +167,13 @@ def build_factory(
     except Exception as exc:  # noqa: BLE001 - the user's code, reported as such
         raise ModelError(f"model.factory: {spec.factory} raised {type(exc).__name__}: {exc}") from None
     if not isinstance(inner, keras.Model):
-        raise ModelError(
-            f"model.factory: expected {spec.factory} to return a keras.Model; got {type(inner).__name__}"
-        )
+        got = type(inner).__name__
+        if hasattr(inner, "layers"):  # a model of another Keras (`import keras` next to tf-keras)
+            got = (
+                f"{type(inner).__module__}.{got}, a model of another Keras: build it with tf.keras, "
+                f"the Keras TensorFlow trains with here ({compat.keras_version()})"
+            )
+        raise ModelError(f"model.factory: expected {spec.factory} to return a keras.Model; got {got}")
     return _wrap_foreign(inner, images, x, output_dtype, inner.name)
 
 

@@ -30,7 +30,7 @@ def policy_scope(policy: str) -> Iterator[None]:
     Layers read the global policy when they are *constructed*, so everything that builds layers
     must run inside this block (the tutorial set it afterwards and silently trained in float32).
     """
-    previous = compat.keras().config.dtype_policy()
+    previous = compat.global_policy()
     compat.set_global_policy(policy)
     try:
         yield
@@ -48,7 +48,8 @@ def seeded(seed: int) -> Iterator[None]:
     py_state, np_state = random.getstate(), np.random.get_state()
     keras.utils.set_random_seed(seed)
     try:
-        yield
+        with compat.checkpointable_random():
+            yield
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
@@ -74,8 +75,8 @@ def _output_dtype(layer: Any) -> str | None:
     except (AttributeError, ValueError):  # never called, or called at several places
         return None
     if isinstance(output, list | tuple):
-        return output[0].dtype if output else None
-    return str(output.dtype)
+        return compat.dtype_name(output[0].dtype) if output else None
+    return compat.dtype_name(output.dtype)
 
 
 def _output_layer_names(model: Any) -> list[str]:
@@ -88,8 +89,11 @@ def _output_layer_names(model: Any) -> list[str]:
 
 
 def _weight_record(variable: Any) -> dict[str, Any]:
-    path = getattr(variable, "path", variable.name)
-    return {"path": path, "dtype": str(variable.dtype), "trainable": bool(variable.trainable)}
+    return {
+        "path": compat.variable_path(variable),
+        "dtype": compat.dtype_name(variable.dtype),
+        "trainable": bool(variable.trainable),
+    }
 
 
 def audit_model(model: Any, optimizer: Any) -> dict[str, Any]:
@@ -115,7 +119,7 @@ def audit_model(model: Any, optimizer: Any) -> dict[str, Any]:
     return {
         "layers": layers,
         "output_layers": _output_layer_names(model),
-        "output_dtype": str(model.outputs[0].dtype),
+        "output_dtype": compat.dtype_name(model.outputs[0].dtype),
         "optimizer": type(optimizer).__name__,
         "inner_optimizer": type(getattr(optimizer, "inner_optimizer", optimizer)).__name__,
         "loss_scale_optimizer": compat.is_loss_scale_optimizer(optimizer),
@@ -127,7 +131,7 @@ def audit_model(model: Any, optimizer: Any) -> dict[str, Any]:
 
 def _nonfinite(tf: Any, grads: list, variables: list) -> list[str]:
     return [
-        getattr(v, "path", v.name)
+        compat.variable_path(v)
         for g, v in zip(grads, variables, strict=True)
         if g is not None and not bool(tf.reduce_all(tf.math.is_finite(tf.cast(g, "float32"))))
     ]
@@ -144,11 +148,12 @@ def first_step_probe(model: Any, x: Any, y: Any) -> dict[str, Any]:
     optimizer = model.optimizer
     scaled = compat.is_loss_scale_optimizer(optimizer)
     snapshot = [v.numpy() for v in model.variables]
+    x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
     try:
         with tf.GradientTape(persistent=True) as tape:
             y_pred = model(x, training=True)
             loss = model.compute_loss(x=x, y=y, y_pred=y_pred)
-            scaled_loss = optimizer.scale_loss(loss) if scaled else loss
+            scaled_loss = compat.scale_loss(optimizer, loss) if scaled else loss
         variables = model.trainable_variables
         result: dict[str, Any] = {
             "loss": float(loss),

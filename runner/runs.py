@@ -132,6 +132,7 @@ def git_commit(cwd: Path) -> str | None:
 PACKAGES = (
     "tensorflow",
     "keras",
+    "tf-keras",  # Keras 2 for TensorFlow >= 2.16, with TF_USE_LEGACY_KERAS=1
     "numpy",
     "pydantic",
     "typer",
@@ -191,7 +192,7 @@ def environment_info() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
-        "keras": packages["keras"],
+        "keras": compat.keras_version(),  # the one TensorFlow trains with: tf-keras's if asked for
         "supported": {"ok": supported, "detail": why},
         "numpy": np.__version__,
         "runner": __version__,

@@ -176,8 +176,7 @@ def _restore_metrics(state: RunState, splits: Splits, model: Any) -> None:
     """Put back the running means of the epoch a resume starts in the middle of (Keras has just reset
     them). The compiled metrics are built lazily, so one inference call on a batch builds them first."""
     assert state.resume_from is not None  # only a resume has metrics to put back
-    x, y = splits.x_train[:1], splits.y_train[:1]
-    model.compute_metrics(x, y, model(x, training=False))
+    compat.build_metrics(model, splits.x_train[:1], splits.y_train[:1])
     name, meta = state.resume_from
     checkpoints.restore(state.run_dir, name, meta, model, groups=("metrics",))
 

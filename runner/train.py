@@ -46,15 +46,13 @@ def make_optimizer(training: TrainingSpec) -> Any:
 
 
 def compile_model(model: Any, optimizer: Any, training: TrainingSpec) -> None:
-    model.compile(
-        optimizer=optimizer,
+    compat.compile_model(
+        model,
+        optimizer,
         loss=compat.keras().losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
         steps_per_execution=training.steps_per_execution,
         jit_compile=training.jit_compile,
-        # We wrap (or not) ourselves, with the spec's scale and interval, so that what the
-        # spec says is what runs; Keras' auto-wrap would silently use its own defaults.
-        auto_scale_loss=False,
     )
 
 
@@ -129,7 +127,8 @@ class LossScaleTracker:
         return self.history[max(index, 0)][1]
 
     def collapse(self, max_consecutive: int) -> str | None:
-        """A diagnosis if the scale has collapsed (it has no lower bound in Keras 3), else None."""
+        """A diagnosis if the scale has collapsed, else None: below 1 (Keras 3 halves without bound), or
+        `max_consecutive` skipped steps in a row (Keras 2 stops halving at 1)."""
         if self.current >= 1 and self.consecutive_skipped < max_consecutive:
             return None
         return (
@@ -267,7 +266,9 @@ def make_telemetry_callback(
             tracker = log.loss_scale
             if self._scaled and tracker is not None:
                 opt = self.model.optimizer
-                tracker.observe(log.steps, float(opt.dynamic_scale.numpy()), compat.applied_steps(opt))
+                scale = compat.current_loss_scale(opt)
+                assert scale is not None  # a LossScaleOptimizer has one
+                tracker.observe(log.steps, scale, compat.applied_steps(opt))
                 diagnosis = tracker.collapse(max_consecutive_skipped)
                 if diagnosis is not None:
                     self._diverge(diagnosis)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 from pathlib import Path
@@ -22,14 +23,24 @@ ROOT = Path(__file__).resolve().parent.parent
 def restore_global_state():
     """Save and restore the dtype policy (if Keras is loaded) and the Python/NumPy RNG state."""
     py_state, np_state = random.getstate(), np.random.get_state()
-    keras = sys.modules.get("keras")
-    policy = keras.config.dtype_policy() if keras is not None else None
+    policy = _policy() if "tensorflow" in sys.modules else None  # not imported: nothing to restore
     yield
     random.setstate(py_state)
     np.random.set_state(np_state)
-    keras = sys.modules.get("keras")
-    if keras is not None:
-        keras.config.set_dtype_policy(policy or "float32")
+    if "tensorflow" in sys.modules:
+        from runner import compat
+
+        with contextlib.suppress(compat.UnsupportedEnvironment):  # a test that made it unsupported
+            compat.set_global_policy(policy or "float32")
+
+
+def _policy():
+    from runner import compat
+
+    try:
+        return compat.global_policy()
+    except compat.UnsupportedEnvironment:
+        return None
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import keras
+import tensorflow as tf
+
+keras = tf.keras  # the Keras TensorFlow trains with: Keras 3, or Keras 2 (TensorFlow 2.15, tf-keras)
 
 
 class NanAfter(keras.layers.Layer):
@@ -18,8 +20,8 @@ class NanAfter(keras.layers.Layer):
     def call(self, x, training=False):
         if training:
             self.calls.assign_add(1.0)
-        nan = keras.ops.full_like(x, float("nan"))
-        return keras.ops.where(self.calls > self.after, nan, x)
+        nan = tf.fill(tf.shape(x), tf.constant(float("nan"), x.dtype))
+        return tf.where(self.calls > self.after, nan, x)
 
 
 def nan_loss_after(input_shape, num_classes, after=40):

@@ -11,29 +11,56 @@ from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize(
-    ("tf", "keras", "legacy", "usable", "says"),
+    ("tf", "keras", "legacy", "tf_keras", "usable", "says"),
     [
-        ("2.16.2", "3.3.3", False, True, "supported"),
-        ("2.21.0", "3.15.1", False, True, "supported"),
-        ("2.22.0", "3.16.0", False, True, "newer than the tested"),
-        ("2.15.1", "2.15.0", False, False, "Keras 2.15.0 is Keras 2"),
-        ("2.13.0", "3.0.0", False, False, "too old: runner supports TensorFlow 2.16–2.21"),
-        ("2.21.0", "3.15.1", True, False, "TF_USE_LEGACY_KERAS=1 asks for Keras 2"),
-        ("2.12.0rc1", "2.12.0", False, False, "Keras 2"),
+        ("2.16.2", "3.3.3", False, None, True, "with Keras 3.3.3: supported"),
+        ("2.21.0", "3.15.1", False, None, True, "supported (tested 2.15–2.21)"),
+        ("2.22.0", "3.16.0", False, None, True, "newer than the tested 2.15–2.21"),
+        ("2.15.1", "2.15.0", False, None, True, "with Keras 2.15.0 (tf.keras): supported"),
+        ("2.15.1", "3.3.3", False, None, False, 'keras package is 3.3.3: pip install "keras~=2.15.0"'),
+        ("2.21.0", "3.15.1", True, "2.21.0", True, "Keras 2 from tf-keras 2.21.0 (TF_USE_LEGACY_KERAS=1)"),
+        ("2.21.0", "3.15.1", True, None, False, 'not installed: pip install "tf-keras~=2.21.0"'),
+        ("2.16.1", "2.15.0", False, None, False, "needs Keras 3, but the keras package is 2.15.0"),
+        ("2.16.1", None, False, None, False, "keras package is missing"),
+        ("2.13.0", "2.13.1", False, None, False, "too old: runner supports TensorFlow 2.15–2.21"),
+        ("2.12.0rc1", "2.12.0", False, None, False, "2.12.0rc1 is too old"),
     ],
-    ids=["tf2.16", "tf2.21", "newer", "keras2", "tf_too_old", "legacy_env", "rc_version"],
+    ids=[
+        "tf2.16",
+        "tf2.21",
+        "newer",
+        "tf2.15",
+        "tf2.15_with_keras3",
+        "tf_keras",
+        "legacy_without_tf_keras",
+        "keras2_on_tf2.16",
+        "no_keras",
+        "tf_too_old",
+        "rc_version",
+    ],
 )
-def test_support_status(tf, keras, legacy, usable, says):
-    ok, why = compat.support_status(tf, keras, legacy)
+def test_support_status(tf, keras, legacy, tf_keras, usable, says):
+    ok, why = compat.support_status(tf, keras, legacy, tf_keras)
     assert ok is usable and says in why
     if not ok:
-        assert "2.16–2.21" in why
+        assert "pip install" in why  # what to do about it, always
 
 
-def test_legacy_keras_request_is_a_clear_exit_2(monkeypatch, tmp_path):
-    monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")
+def test_an_unsupported_environment_is_a_clear_exit_2(monkeypatch, tmp_path):
+    """As if the Keras that TensorFlow needs here were not installed (whichever TensorFlow this is)."""
+    monkeypatch.setattr(compat, "_installed", lambda distribution: None)
+    monkeypatch.setattr(compat, "_KERAS", {})
     result = CliRunner().invoke(app, ["run", str(ROOT / "specs/quickstart.toml"), "-o", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "runner drives Keras 3 only" in result.stderr and "Traceback" not in result.output
+    assert result.exit_code == 2, result.output
+    assert "pip install" in result.stderr and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())  # refused before a run directory was made
     env = CliRunner().invoke(app, ["env"])
-    assert env.exit_code == 0 and "asks for Keras 2" in " ".join(env.stdout.replace("│", " ").split())
+    flat = " ".join(env.stdout.replace("│", " ").split())
+    assert env.exit_code == 0 and "pip install" in flat, env.output
+
+
+def test_the_keras_that_trains_is_tensorflows_own():
+    """Models built by factories with tf.keras, and runner's own, are of one Keras, whichever it is."""
+    tf = compat.tensorflow()
+    assert compat.keras().Model is tf.keras.Model
+    assert compat.keras_version().split(".")[0] in {"2", "3"}

@@ -26,7 +26,7 @@ def test_quickstart_reaches_090_with_every_invariant(tmp_path, policy):
     assert precision["variable_dtype"] == "float32" and audit["output_dtype"] == "float32"
     if policy == "mixed_float16":
         assert precision["compute_dtype"] == "float16"
-        assert audit["optimizer"] == "LossScaleOptimizer"
+        assert audit["optimizer"].startswith("LossScaleOptimizer")  # V3 in Keras 2
         assert 0 < precision["loss_scale"]["final"] < float("inf")
     else:
         assert audit["optimizer"] == "Adam"

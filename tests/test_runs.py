@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from runner import runs
 
@@ -33,4 +34,9 @@ def test_environment_records_versions_and_device():
     env = runs.environment_info()
     for key in ("python", "tensorflow", "keras", "device", "device_facts", "packages"):
         assert env[key]
-    assert env["keras"].startswith("3.")
+    # The Keras that trains: tf.keras's own version (the keras package, or tf-keras when asked for).
+    import tensorflow as tf
+
+    keras_module = sys.modules[tf.keras.Model.__module__.split(".")[0]]
+    assert env["keras"].split(" ")[0] == keras_module.__version__
+    assert env["tensorflow"] == tf.__version__ and env["supported"]["ok"]

@@ -52,7 +52,7 @@ def test_tiny_mixed_float16_run_honours_the_report_contract(write_spec, tmp_path
     assert set(scale) >= {"initial", "final", "min", "overflow_steps"}
     assert math.isfinite(scale["final"]) and scale["final"] > 0 and scale["min"] <= scale["initial"]
     assert report["audit"]["output_dtype"] == "float32"
-    assert report["audit"]["optimizer"] == "LossScaleOptimizer"
+    assert report["audit"]["optimizer"].startswith("LossScaleOptimizer")  # V3 in Keras 2
     for layer in report["audit"]["layers"]:
         assert set(layer) >= {"name", "class", "compute_dtype", "variable_dtype", "output_dtype"}
     assert report["checks"] and all(c["passed"] for c in report["checks"])
@@ -217,7 +217,8 @@ def test_a_collapsed_loss_scale_ends_the_run_diverged(write_spec, tmp_path, monk
     assert (outcome.status, outcome.exit_code) == ("diverged", 3)
     assert "collapsed" in outcome.report["error"] and "non-finite even unscaled" in outcome.report["error"]
     scale = outcome.report["precision"]["loss_scale"]
-    assert scale["final"] < 1 and scale["overflow_steps"] >= 15
+    # Halved at every step (Keras 2 stops at 1).
+    assert scale["final"] <= max(scale["initial"] / 2**15, 1) and scale["overflow_steps"] >= 15
     assert outcome.report["metrics"]["test_accuracy"] is None
     assert compat.global_policy_name() == "float32"
 

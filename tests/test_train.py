@@ -11,11 +11,13 @@ from runner import compat, precision
 from runner.spec import PrecisionSpec, TrainingSpec
 from runner.train import LossScaleTracker, make_optimizer
 
-keras = compat.keras()
+tf = compat.tensorflow()
 
 
 def reference_scales(finite_steps: list[bool], initial: float, growth: int) -> list[float]:
-    """The rule, written independently: halve on a non-finite step, double after `growth` finite ones."""
+    """The rule, written independently: halve on a non-finite step (Keras 2 not below 1), double after
+    `growth` finite ones."""
+    floor = compat.loss_scale_floor()
     scale, run, out = initial, 0, []
     for finite in finite_steps:
         if finite:
@@ -23,7 +25,7 @@ def reference_scales(finite_steps: list[bool], initial: float, growth: int) -> l
             if run == growth:
                 scale, run = scale * 2, 0
         else:
-            scale, run = scale / 2, 0
+            scale, run = max(scale / 2, floor), 0
         out.append(scale)
     return out
 
@@ -42,7 +44,7 @@ def test_property_loss_scale_follows_the_rule_and_telemetry_matches(finite_steps
     spec = PrecisionSpec(policy="mixed_float16", initial_scale=initial, growth_interval=growth)
     training = TrainingSpec.model_validate({"optimizer": {"kind": kind}, "learning_rate": 0.1})
     optimizer = precision.wrap_optimizer(make_optimizer(training), spec)
-    variable = keras.Variable(np.ones(3, np.float32))
+    variable = tf.Variable(np.ones(3, np.float32))
     optimizer.build([variable])
     tracker = LossScaleTracker(compat.current_loss_scale(optimizer))
     expected = reference_scales(finite_steps, initial, growth)
@@ -51,7 +53,7 @@ def test_property_loss_scale_follows_the_rule_and_telemetry_matches(finite_steps
         scale = compat.current_loss_scale(optimizer)
         # Scaled gradients, as training produces them; inf where the step overflows.
         grad = np.full(3, 0.5 * scale if finite else np.inf, np.float32)
-        optimizer.apply([grad], [variable])
+        compat.apply_scaled_gradients(optimizer, [tf.constant(grad)], [variable])
         assert compat.current_loss_scale(optimizer) == want
         changed = not np.array_equal(variable.numpy(), before)
         assert changed == finite  # skipped steps leave the variables untouched

@@ -6,7 +6,9 @@ images already scaled to [0, 1]. runner appends a float32 cast when the output i
 
 from __future__ import annotations
 
-import keras
+import tensorflow as tf
+
+keras = tf.keras  # the Keras TensorFlow trains with: Keras 3, or Keras 2 (TensorFlow 2.15, tf-keras)
 
 
 def _cnn(input_shape, num_classes, dtype_of):
