@@ -1,7 +1,8 @@
 """nox sessions for runner: `nox --list` shows them; `nox` alone runs the fast quality gates.
 
 The TensorFlow matrix installs each release (the `tensorflow` wheel runs on CPU) into its own
-environment and runs the whole test suite there: `nox -s "tests(python='3.11', tensorflow='2.16')"`.
+environment and runs the whole test suite there: `nox -s "tests(3.11-tf2.16)"`; Keras 2 in
+`nox -s "legacy_keras(tf2.15)"` and `nox -s "legacy_keras(tf2.21-tf-keras)"`.
 """
 
 from __future__ import annotations
@@ -54,13 +55,13 @@ def tests(session: nox.Session, tensorflow: str) -> None:
 
 
 @nox.session(python="3.11", default=False)
-@nox.parametrize("variant", ["tf2.15", "tf-keras"])
+@nox.parametrize("variant", ["tf2.15", "tf2.21-tf-keras"], ids=["tf2.15", "tf2.21-tf-keras"])
 def legacy_keras(session: nox.Session, variant: str) -> None:
     """Keras 2: TensorFlow 2.15's tf.keras, or TensorFlow 2.21 with tf-keras and TF_USE_LEGACY_KERAS=1."""
     if variant == "tf2.15":
         _tests(session, "2.15")
     else:
-        session.install("tf-keras==2.21.*")
+        session.install("tf-keras==2.21.*")  # the tf-keras release of the same minor version
         _tests(session, "2.21", env={"TF_USE_LEGACY_KERAS": "1"})
 
 

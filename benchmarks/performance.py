@@ -161,6 +161,7 @@ LEVERS = {
     "steps_per_execution=1": ("training.steps_per_execution=1",),
     "steps_per_execution=8": ("training.steps_per_execution=8",),
     "steps_per_execution=32": ("training.steps_per_execution=32",),
+    "steps_per_execution=128": ("training.steps_per_execution=128",),
     "jit_compile (XLA)": ("training.jit_compile=true",),
     "steps_per_execution=32 + XLA": ("training.steps_per_execution=32", "training.jit_compile=true"),
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -149,6 +150,7 @@ def first_step_probe(model: Any, x: Any, y: Any) -> dict[str, Any]:
     scaled = compat.is_loss_scale_optimizer(optimizer)
     snapshot = [v.numpy() for v in model.variables]
     x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    start = time.perf_counter()
     try:
         with tf.GradientTape(persistent=True) as tape:
             y_pred = model(x, training=True)
@@ -160,6 +162,7 @@ def first_step_probe(model: Any, x: Any, y: Any) -> dict[str, Any]:
             "nonfinite_gradients": _nonfinite(tf, tape.gradient(loss, variables), variables),
             "scale": compat.current_loss_scale(optimizer),
         }
+        result["seconds"] = time.perf_counter() - start  # an eager step: an upper bound of a compiled one
         if scaled:
             result["overflowed_gradients"] = _nonfinite(tf, tape.gradient(scaled_loss, variables), variables)
         del tape

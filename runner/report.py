@@ -225,6 +225,10 @@ def _headline(data: dict[str, Any]) -> Text:
     )
     if perf.get("peak_device_memory_mb") is not None:
         text.append(f" · peak device memory {perf['peak_device_memory_mb']:,.0f} MB")
+    if perf.get("steps_per_execution") is not None:
+        text.append(
+            f"\n{perf['steps_per_execution']} steps per execution ({perf['steps_per_execution_why']})"
+        )
     text.append(f"\n{data['environment']['device']}")
     advice = p.get("advice") or {}
     if advice.get("faster") is False:

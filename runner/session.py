@@ -70,6 +70,7 @@ class RunState:
     resume_from: tuple[str, dict[str, Any]] | None = None  # checkpoint (name, meta) to continue from
     resumes: list[dict[str, Any]] = field(default_factory=list)
     stop: train.StopRequest = field(default_factory=train.StopRequest)
+    steps_per_execution: tuple[int, str] | None = None  # what training compiled with, and why
 
 
 @contextlib.contextmanager
@@ -114,18 +115,21 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _segments(start: checkpoints.Position, epochs: int) -> list[train.Segment]:
-    """The `fit` calls from `start`: the rest of an interrupted epoch, then the whole ones."""
-    found = [train.Segment(start.epoch, start.epoch + 1, start.step)] if start.step else []
-    first_whole = start.epoch + (1 if start.step else 0)
-    if first_whole < epochs:
-        found.append(train.Segment(first_whole, epochs))
-    return found
+def _segments(start: checkpoints.Position, epochs: int, steps: int) -> list[train.Segment]:
+    """The `fit` calls from `start`, one per epoch (the first may be the rest of an interrupted one).
+
+    One epoch per `fit` because Keras 3, given steps_per_epoch, runs whole executions: 25 steps at
+    3 per execution would run 27, two of them from the next epoch's batches. A `fit` over one
+    epoch's batches ends where they do."""
+    return [
+        train.Segment(e, e + 1, start.step if e == start.epoch else 0, steps)
+        for e in range(start.epoch, epochs)
+    ]
 
 
 def _callbacks(state: RunState, segment: train.Segment, n_train: int, restore_metrics: Any) -> list[Any]:
     spec, run_dir = state.spec, state.run_dir
-    found = [
+    return [
         train.make_telemetry_callback(
             state.log,
             spec.data.batch_size,
@@ -138,9 +142,6 @@ def _callbacks(state: RunState, segment: train.Segment, n_train: int, restore_me
             run_dir, state.log, segment, state.stop, spec.runtime.checkpoint_every_steps, restore_metrics
         ),
     ]
-    if spec.runtime.tensorboard:
-        found += train.make_tensorboard_callbacks(state.log, run_dir / "tensorboard")
-    return found
 
 
 def _train(state: RunState, model: Any, splits: Splits, console: Console) -> None:
@@ -154,19 +155,28 @@ def _train(state: RunState, model: Any, splits: Splits, console: Console) -> Non
         else checkpoints.Position()
     )
     val_ds = pipeline(splits.x_val, splits.y_val, batch) if len(splits.y_val) else None
-    with _progress(console) as progress:
-        for segment in _segments(start, spec.training.epochs):
-            epochs = range(segment.first, segment.stop)
-            train_ds = train_pipeline(
-                splits.x_train, splits.y_train, batch, spec.data.shuffle_seed, epochs, segment.skip
-            )
-            restore_metrics = partial(_restore_metrics, state, splits) if segment.skip else None
-            callbacks = _callbacks(state, segment, n_train, restore_metrics)
-            bar = train.make_progress_callback(progress, spec.training.epochs, steps, batch, segment)
-            train.fit(model, train_ds, val_ds, segment, steps, [*callbacks, bar])
-            if state.log.diverged_at_step is not None:
-                state.status, state.error = "diverged", state.log.divergence
-                return
+    summaries = (
+        train.make_tensorboard_callbacks(state.log, state.run_dir / "tensorboard")
+        if spec.runtime.tensorboard
+        else []
+    )
+    try:
+        with _progress(console) as progress:
+            for segment in _segments(start, spec.training.epochs, steps):
+                epochs = range(segment.first, segment.stop)
+                train_ds = train_pipeline(
+                    splits.x_train, splits.y_train, batch, spec.data.shuffle_seed, epochs, segment.skip
+                )
+                restore_metrics = partial(_restore_metrics, state, splits) if segment.skip else None
+                callbacks = _callbacks(state, segment, n_train, restore_metrics)
+                bar = train.make_progress_callback(progress, spec.training.epochs, steps, batch, segment)
+                train.fit(model, train_ds, val_ds, segment, steps, [*callbacks, *summaries, bar])
+                if state.log.diverged_at_step is not None:
+                    state.status, state.error = "diverged", state.log.divergence
+                    return
+    finally:
+        for summary in summaries:
+            summary.close()
     results = model.evaluate(pipeline(splits.x_test, splits.y_test, batch), verbose=0, return_dict=True)
     state.test_metrics = {"test_loss": float(results["loss"]), "test_accuracy": float(results["accuracy"])}
     state.status = "completed"
@@ -188,13 +198,16 @@ def _loss_scale_summary(state: RunState, optimizer: Any) -> dict[str, Any]:
     return {"initial": scale, "final": scale, "min": scale, "overflow_steps": 0, "steps": 0, "history": []}
 
 
-def preflight(model: Any, optimizer: Any, spec: ExperimentSpec, splits: Splits) -> tuple[dict, list]:
-    """Audit the built model and probe one training step on a real batch: the run's gate."""
+def preflight(
+    model: Any, optimizer: Any, spec: ExperimentSpec, splits: Splits
+) -> tuple[dict, list, dict[str, Any]]:
+    """Audit the built model and probe one training step on a real batch: the run's gate.
+    Returns the audit, the findings, and the probe (loss, gradients, its time)."""
     audit = precision.audit_model(model, optimizer)
     found = checks.preflight_findings(audit, spec.precision, spec.checks, spec.data.batch_size)
     batch = spec.data.batch_size
     probe = precision.first_step_probe(model, splits.x_train[:batch], splits.y_train[:batch])
-    return audit, found + checks.first_step_findings(probe)
+    return audit, found + checks.first_step_findings(probe), probe
 
 
 def _train_checked(state: RunState, splits: Splits, console: Console) -> None:
@@ -207,10 +220,21 @@ def _train_checked(state: RunState, splits: Splits, console: Console) -> None:
         compat.op_determinism(spec.runtime.deterministic),
     ):
         model, optimizer = _build(spec, splits)
-        state.audit, state.findings = preflight(model, optimizer, spec, splits)
+        state.audit, state.findings, probe = preflight(model, optimizer, spec, splits)
         if checks.blocking(state.findings):
             state.status, state.error = "failed", PREFLIGHT_FAILED
             return
+        steps = train.steps_per_epoch(len(splits.y_train), spec.data.batch_size)
+        chosen = state.log.steps_per_execution  # a resume: what the run began with
+        if spec.training.steps_per_execution == "auto" and chosen is not None:
+            state.steps_per_execution = (chosen, f"auto: {chosen}, as chosen when the run began")
+        else:
+            state.steps_per_execution = train.resolve_steps_per_execution(
+                spec.training.steps_per_execution, probe["seconds"], steps
+            )
+        state.log.steps_per_execution = state.steps_per_execution[0]
+        if spec.training.steps_per_execution == "auto":  # compiled with 1 until now
+            train.compile_model(model, optimizer, spec.training, state.steps_per_execution[0])
         if state.resume_from is not None:
             name, meta = state.resume_from
             checkpoints.restore(state.run_dir, name, meta, model, groups=("model", "optimizer"))
@@ -240,7 +264,9 @@ def _exit_code(state: RunState) -> int:
     return EXIT[state.status]
 
 
-def performance(log: train.TrainingLog, batch_size: int) -> dict[str, Any]:
+def performance(
+    log: train.TrainingLog, batch_size: int, steps_per_execution: tuple[int, str] | None = None
+) -> dict[str, Any]:
     ips = log.images_per_second
     peak_device = None
     tf = compat.tensorflow()
@@ -251,6 +277,8 @@ def performance(log: train.TrainingLog, batch_size: int) -> dict[str, Any]:
         "step_time_ms": round(1000 * batch_size / ips, 3) if ips else None,
         "peak_host_memory_mb": runs.peak_host_memory_mb(),
         "peak_device_memory_mb": peak_device,
+        "steps_per_execution": None if steps_per_execution is None else steps_per_execution[0],
+        "steps_per_execution_why": None if steps_per_execution is None else steps_per_execution[1],
     }
 
 
@@ -345,7 +373,9 @@ def _execute(state: RunState, splits: Splits, console: Console) -> RunOutcome:
             state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
             runs.write_text_atomic(state.run_dir / "error.txt", traceback.format_exc())
     state.findings = state.findings + _post_findings(state, policy_before)
-    data = report.make_report(state, performance(state.log, state.spec.data.batch_size))
+    data = report.make_report(
+        state, performance(state.log, state.spec.data.batch_size, state.steps_per_execution)
+    )
     runs.write_json_atomic(state.run_dir / "report.json", data)
     _write_documents(state.run_dir, data, console)
     if bad_input is not None:
@@ -473,7 +503,7 @@ def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcom
         precision.seeded(spec.seed),
     ):
         model, optimizer = _build(spec, splits)
-        audit, findings = preflight(model, optimizer, spec, splits)
+        audit, findings, _ = preflight(model, optimizer, spec, splits)
         if timing_steps and not checks.blocking(findings):
             timing = _time_against_float32(spec, splits, model, timing_steps)
     findings.append(checks.check_policy_restored(policy_before, compat.global_policy_name()))

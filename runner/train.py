@@ -45,14 +45,40 @@ def make_optimizer(training: TrainingSpec) -> Any:
     return optimizers.RMSprop(lr, rho=opt.rho, momentum=opt.momentum, epsilon=opt.epsilon)
 
 
-def compile_model(model: Any, optimizer: Any, training: TrainingSpec) -> None:
+def compile_model(model: Any, optimizer: Any, training: TrainingSpec, steps_per_execution: int = 1) -> None:
+    """Compile with the spec's settings; `steps_per_execution` is the resolved one (see below)."""
+    if training.steps_per_execution != "auto":
+        steps_per_execution = training.steps_per_execution
     compat.compile_model(
         model,
         optimizer,
         loss=compat.keras().losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
-        steps_per_execution=training.steps_per_execution,
+        steps_per_execution=steps_per_execution,
         jit_compile=training.jit_compile,
+    )
+
+
+AUTO_EXECUTION_S = 1.0  # "auto": about this much time per execution, timed on the eager probe step
+AUTO_MAX_STEPS = 32  # measured: float32 gains nothing past 32 here (1.47x the tutorial at 32 and 128)
+
+
+def resolve_steps_per_execution(
+    setting: int | str, probe_seconds: float, steps_per_epoch: int
+) -> tuple[int, str]:
+    """The steps per execution to compile with, and why. "auto" fits as many steps as take about
+    AUTO_EXECUTION_S by the preflight's eager probe step (slower than a compiled one, so the real
+    execution is shorter): small models gain the fewer round trips, large ones keep a responsive
+    progress bar and Ctrl-C. It depends on a timing, so where the loss-scale history must match
+    step for step between runs, set a number (the model's numbers do not depend on it)."""
+    if setting != "auto":
+        return int(setting), "set by the spec"
+    fit = int(AUTO_EXECUTION_S / max(probe_seconds, 1e-6))
+    # A power of two: the same model on the same machine gets the same number run after run.
+    chosen = max(1, min(AUTO_MAX_STEPS, steps_per_epoch, 2 ** max(fit, 1).bit_length() // 2))
+    return chosen, (
+        f"auto: the probe step took {probe_seconds * 1000:.0f} ms, so {chosen} "
+        f"step{'s' if chosen > 1 else ''} per call (at most {AUTO_MAX_STEPS}, about {AUTO_EXECUTION_S:g} s)"
     )
 
 
@@ -84,7 +110,8 @@ class LossScaleTracker:
     The history is stored as change points (step, scale), which is exact and small: the scale only
     moves on a skipped step or after `growth_interval` finite ones. Skipped steps are counted exactly
     from the optimizer's own counter (a LossScaleOptimizer applies only finite steps). Past
-    `max_points` the history is thinned; min and counts stay exact.
+    `max_points` the history is thinned; counts stay exact. With steps_per_execution > 1 Keras calls
+    once per execution: the scale (history, min) is seen at those boundaries, the counts stay exact.
     """
 
     initial: float
@@ -161,6 +188,10 @@ class TrainingLog:
     loss_scale: LossScaleTracker | None = None  # under a LossScaleOptimizer only
     diverged_at_step: int | None = None
     divergence: str | None = None
+    # Whether this process has run a training step yet (the first call traces): not saved.
+    traced: bool = False
+    # What training compiled with: a resume keeps it, so Keras calls back at the same steps.
+    steps_per_execution: int | None = None
 
     @property
     def images_per_second(self) -> float | None:
@@ -173,6 +204,7 @@ class TrainingLog:
             "steps": self.steps,
             "timed_images": self.timed_images,
             "timed_seconds": self.timed_seconds,
+            "steps_per_execution": self.steps_per_execution,
             "loss_scale": None if tracker is None else {**tracker.__dict__, "history": tracker.history},
         }
 
@@ -183,6 +215,7 @@ class TrainingLog:
             steps=state["steps"],
             timed_images=state["timed_images"],
             timed_seconds=state["timed_seconds"],
+            steps_per_execution=state.get("steps_per_execution"),
         )
         if state.get("loss_scale"):
             saved = state["loss_scale"]
@@ -205,11 +238,14 @@ class StopRequest:
 
 @dataclass(frozen=True)
 class Segment:
-    """One `fit` call: epochs [first, stop), the first of which starts `skip` steps in (a resume)."""
+    """One `fit` call: epochs [first, stop), the first of which starts `skip` steps in (a resume).
+    `steps` is an epoch's length: Keras names an execution's last step past it when the epoch's
+    steps are not a multiple of steps_per_execution."""
 
     first: int
     stop: int
     skip: int = 0
+    steps: int | None = None
 
 
 class _Cursor:
@@ -225,9 +261,13 @@ class _Cursor:
         self.step, self._steps_before = self._base, self.log.steps
 
     def end_batch(self, batch: int) -> None:
-        # With steps_per_execution > 1 Keras calls once per execution, `batch` being its last step.
-        self.step = self._base + batch + 1
-        self.log.steps = self._steps_before + batch + 1
+        # With steps_per_execution > 1 Keras calls once per execution, `batch` being its last step
+        # (or where it would be: an epoch's last execution may run fewer steps).
+        done = batch + 1
+        if self.segment.steps is not None:
+            done = min(done, self.segment.steps - self._base)
+        self.step = self._base + done
+        self.log.steps = self._steps_before + done
 
 
 def make_telemetry_callback(
@@ -246,7 +286,7 @@ def make_telemetry_callback(
 
     class _Telemetry(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.cursor, self._traced = _Cursor(segment, log), False
+            self.cursor = _Cursor(segment, log)
             self._scaled = compat.is_loss_scale_optimizer(self.model.optimizer)
             if self._scaled and log.loss_scale is None:
                 log.loss_scale = LossScaleTracker(float(self.model.optimizer.initial_scale))
@@ -254,14 +294,14 @@ def make_telemetry_callback(
         def on_epoch_begin(self, epoch, logs=None):
             self.cursor.begin_epoch(epoch)
             self._epoch_start = self._last_check = time.perf_counter()
-            # Timing starts after the first call of each fit, which traces and compiles.
-            self._mark = (self._epoch_start, self.cursor.step) if self._traced else None
+            # Timing starts after the first training call of the process, which traces and compiles.
+            self._mark = (self._epoch_start, self.cursor.step) if log.traced else None
 
         def on_train_batch_end(self, batch, logs=None):
             now = time.perf_counter()
             self.cursor.end_batch(batch)
             if self._mark is None:
-                self._mark, self._traced = (now, self.cursor.step), True
+                self._mark, log.traced = (now, self.cursor.step), True
             self._train_end = now
             tracker = log.loss_scale
             if self._scaled and tracker is not None:
@@ -334,6 +374,7 @@ def make_checkpoint_callback(
     class _Checkpoints(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self.cursor = _Cursor(segment, log)
+            self._saved_at = log.steps // every_steps if every_steps else 0
 
         def on_epoch_begin(self, epoch, logs=None):
             self.cursor.begin_epoch(epoch)
@@ -352,7 +393,9 @@ def make_checkpoint_callback(
                     f"{stop.signal} at epoch {self.cursor.epoch + 1}, step {self.cursor.step}: "
                     f"checkpoint {name}"
                 )
-            if every_steps and log.steps % every_steps == 0:
+            # Keras calls once per execution (steps_per_execution steps): save on crossing a multiple.
+            if every_steps and log.steps // every_steps > self._saved_at:
+                self._saved_at = log.steps // every_steps
                 self._save(self.cursor.epoch, self.cursor.step)
 
         def on_epoch_end(self, epoch, logs=None):
@@ -374,7 +417,10 @@ def make_tensorboard_callbacks(log: TrainingLog, log_dir: Path) -> list[Any]:
     tf = compat.tensorflow()
 
     class _EpochSummaries(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
+        """Used for every `fit` of a run (one per epoch): one event file per writer; `close` at the end."""
+
+        def __init__(self):
+            super().__init__()
             self._writers = {
                 n: tf.summary.create_file_writer(str(log_dir / n)) for n in ("train", "validation")
             }
@@ -406,7 +452,7 @@ def make_tensorboard_callbacks(log: TrainingLog, log_dir: Path) -> list[Any]:
             self._scale_writer.flush()
             self._written = tracker.steps
 
-        def on_train_end(self, logs=None):
+        def close(self):
             for writer in (*self._writers.values(), self._scale_writer):
                 writer.close()
 
@@ -454,7 +500,7 @@ def make_progress_callback(
             self._done = 0
 
         def on_train_batch_end(self, batch, logs=None):
-            self._done = batch + 1
+            self._done = min(batch + 1, steps_per_epoch - self._base)  # see Segment
             now = time.perf_counter()
             completed = self._base + self._done
             if now - self._last < UI_INTERVAL_S:

@@ -34,6 +34,7 @@ test_size = 400
 [training]
 epochs = 3
 learning_rate = 0.003
+steps_per_execution = 4  # a number, not "auto" (timed): the loss-scale history is sampled per call
 [runtime]
 deterministic = true
 """

@@ -228,3 +228,19 @@ def test_a_failed_declared_check_completes_with_exit_1(write_spec, tmp_path):
     assert (outcome.status, outcome.exit_code) == ("completed", 1)
     (failed,) = [c for c in outcome.report["checks"] if not c["passed"] and c["severity"] == "error"]
     assert failed["name"] == "min_test_accuracy" and "expected test accuracy >= 0.999" in failed["detail"]
+
+
+def test_checkpoints_every_n_steps_when_keras_calls_once_per_execution(write_spec, tmp_path):
+    """25 steps, 3 per execution (Keras calls back at steps 3, 6, ..., 24, 25): every 10 steps means
+    at the first call past each multiple of 10 (12, 21), then the epoch's end (25)."""
+    overrides = [
+        "data.train_size=800",
+        "data.validation_fraction=0.0",
+        "training.epochs=1",
+        "training.steps_per_execution=3",
+        "runtime.checkpoint_every_steps=10",
+    ]
+    outcome = _run(write_spec, tmp_path, overrides)
+    assert outcome.status == "completed"
+    kept = sorted(p.stem for p in (outcome.run_dir / "checkpoints").glob("step-*.npz"))
+    assert kept == ["step-00000021", "step-00000025"]  # the newest two of 12, 21, 25

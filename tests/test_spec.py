@@ -85,6 +85,14 @@ BAD = {
     "name_with_slash": ({"name": "../escape"}, ["name", "../escape"]),
     "name_missing": ({}, ["name", "missing"]),
     "zero_epochs": (with_("training", epochs=0), ["training.epochs", "> 0"]),
+    "steps_per_execution_word": (
+        with_("training", steps_per_execution="fast"),
+        ["training.steps_per_execution", 'a positive integer or "auto"', '"fast"'],
+    ),
+    "steps_per_execution_zero": (
+        with_("training", steps_per_execution=0),
+        ["training.steps_per_execution", 'a positive integer or "auto"', "0 (int)"],
+    ),
     "fraction_out_of_range": (with_("data", validation_fraction=1.5), ["data.validation_fraction"]),
     "optimizer_typo": (
         {"name": "t", "training": {"optimizer": {"kind": "adam", "beta1": 0.9}}},

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from runner import compat, precision
 from runner.spec import PrecisionSpec, TrainingSpec
-from runner.train import LossScaleTracker, make_optimizer
+from runner.train import LossScaleTracker, make_optimizer, resolve_steps_per_execution
 
 tf = compat.tensorflow()
 
@@ -93,3 +94,19 @@ def test_tracker_thins_a_long_history_but_keeps_min_and_counts_exact():
     assert tracker.thinned and len(tracker.history) <= 101
     assert (tracker.skipped, tracker.min, tracker.steps) == (500, 1.0, 1000)
     assert tracker.history[0] == (0, 2.0) and tracker.history[-1][0] == 1000
+
+
+@pytest.mark.parametrize(
+    ("setting", "probe_seconds", "steps_per_epoch", "chosen"),
+    [
+        (8, 0.001, 100, 8),  # the spec's number is what runs
+        ("auto", 0.010, 1563, 32),  # a small model: capped at 32
+        ("auto", 0.300, 1563, 2),  # about a second of probe steps (3), as a power of two
+        ("auto", 4.0, 1563, 1),  # a large model: one step per call, a responsive Ctrl-C
+        ("auto", 0.001, 5, 5),  # never more than an epoch
+    ],
+)
+def test_steps_per_execution_resolution(setting, probe_seconds, steps_per_epoch, chosen):
+    n, why = resolve_steps_per_execution(setting, probe_seconds, steps_per_epoch)
+    assert n == chosen
+    assert ("auto" in why) == (setting == "auto")
