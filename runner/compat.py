@@ -96,6 +96,12 @@ def support_status(
                 f'package, which is not installed: pip install "tf-keras~={tf[0]}.{tf[1]}.0", '
                 "or unset TF_USE_LEGACY_KERAS."
             )
+        if _version(tf_keras_version) != tf:
+            return False, (
+                f"tf-keras {tf_keras_version} is not the one for TensorFlow {tensorflow_version} (each "
+                f"tf-keras release matches one TensorFlow release): "
+                f'pip install "tf-keras~={tf[0]}.{tf[1]}.0".'
+            )
         return True, (
             f"TensorFlow {tensorflow_version} with Keras 2 from tf-keras {tf_keras_version} "
             f"(TF_USE_LEGACY_KERAS=1): {tested}."
