@@ -70,7 +70,6 @@ class RunState:
     resume_from: tuple[str, dict[str, Any]] | None = None  # checkpoint (name, meta) to continue from
     resumes: list[dict[str, Any]] = field(default_factory=list)
     stop: train.StopRequest = field(default_factory=train.StopRequest)
-    steps_per_execution: tuple[int, str] | None = None  # what training compiled with, and why
 
 
 @contextlib.contextmanager
@@ -224,17 +223,14 @@ def _train_checked(state: RunState, splits: Splits, console: Console) -> None:
         if checks.blocking(state.findings):
             state.status, state.error = "failed", PREFLIGHT_FAILED
             return
-        steps = train.steps_per_epoch(len(splits.y_train), spec.data.batch_size)
-        chosen = state.log.steps_per_execution  # a resume: what the run began with
-        if spec.training.steps_per_execution == "auto" and chosen is not None:
-            state.steps_per_execution = (chosen, f"auto: {chosen}, as chosen when the run began")
-        else:
-            state.steps_per_execution = train.resolve_steps_per_execution(
-                spec.training.steps_per_execution, probe["seconds"], steps
+        setting = spec.training.steps_per_execution
+        if state.log.steps_per_execution is None or setting != "auto":  # a resume keeps its "auto"
+            steps = train.steps_per_epoch(len(splits.y_train), spec.data.batch_size)
+            state.log.steps_per_execution = train.resolve_steps_per_execution(
+                setting, probe["seconds"], steps
             )
-        state.log.steps_per_execution = state.steps_per_execution[0]
-        if spec.training.steps_per_execution == "auto":  # compiled with 1 until now
-            train.compile_model(model, optimizer, spec.training, state.steps_per_execution[0])
+        if setting == "auto":  # compiled with 1 until now
+            train.compile_model(model, optimizer, spec.training, state.log.steps_per_execution[0])
         if state.resume_from is not None:
             name, meta = state.resume_from
             checkpoints.restore(state.run_dir, name, meta, model, groups=("model", "optimizer"))
@@ -264,9 +260,7 @@ def _exit_code(state: RunState) -> int:
     return EXIT[state.status]
 
 
-def performance(
-    log: train.TrainingLog, batch_size: int, steps_per_execution: tuple[int, str] | None = None
-) -> dict[str, Any]:
+def performance(log: train.TrainingLog, batch_size: int) -> dict[str, Any]:
     ips = log.images_per_second
     peak_device = None
     tf = compat.tensorflow()
@@ -277,8 +271,8 @@ def performance(
         "step_time_ms": round(1000 * batch_size / ips, 3) if ips else None,
         "peak_host_memory_mb": runs.peak_host_memory_mb(),
         "peak_device_memory_mb": peak_device,
-        "steps_per_execution": None if steps_per_execution is None else steps_per_execution[0],
-        "steps_per_execution_why": None if steps_per_execution is None else steps_per_execution[1],
+        "steps_per_execution": log.steps_per_execution[0] if log.steps_per_execution else None,
+        "steps_per_execution_why": log.steps_per_execution[1] if log.steps_per_execution else None,
     }
 
 
@@ -373,9 +367,7 @@ def _execute(state: RunState, splits: Splits, console: Console) -> RunOutcome:
             state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
             runs.write_text_atomic(state.run_dir / "error.txt", traceback.format_exc())
     state.findings = state.findings + _post_findings(state, policy_before)
-    data = report.make_report(
-        state, performance(state.log, state.spec.data.batch_size, state.steps_per_execution)
-    )
+    data = report.make_report(state, performance(state.log, state.spec.data.batch_size))
     runs.write_json_atomic(state.run_dir / "report.json", data)
     _write_documents(state.run_dir, data, console)
     if bad_input is not None:

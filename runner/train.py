@@ -190,8 +190,8 @@ class TrainingLog:
     divergence: str | None = None
     # Whether this process has run a training step yet (the first call traces): not saved.
     traced: bool = False
-    # What training compiled with: a resume keeps it, so Keras calls back at the same steps.
-    steps_per_execution: int | None = None
+    # What training compiled with, and why: a resume keeps it, so Keras calls back at the same steps.
+    steps_per_execution: tuple[int, str] | None = None
 
     @property
     def images_per_second(self) -> float | None:
@@ -215,7 +215,9 @@ class TrainingLog:
             steps=state["steps"],
             timed_images=state["timed_images"],
             timed_seconds=state["timed_seconds"],
-            steps_per_execution=state.get("steps_per_execution"),
+            steps_per_execution=tuple(state["steps_per_execution"])
+            if state.get("steps_per_execution")
+            else None,
         )
         if state.get("loss_scale"):
             saved = state["loss_scale"]
