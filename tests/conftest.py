@@ -13,7 +13,7 @@ from hypothesis import settings
 
 # A larger example count for `nox -s properties`; the default suite stays fast.
 settings.register_profile("default", max_examples=25, deadline=None)
-settings.register_profile("thorough", max_examples=300, deadline=None)
+settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile("default")
 
 ROOT = Path(__file__).resolve().parent.parent
