@@ -18,6 +18,8 @@ DEFAULT_INITIAL_SCALE = 2.0**15
 COMPUTE_DTYPE = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 # Layers that hold no computation of their own: their "compute dtype" is just the input's.
 NON_COMPUTING = {"InputLayer"}
+# Activations whose small outputs underflow in float16 before the loss takes their log.
+PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid", "log_softmax")
 
 
 @dataclass(frozen=True)
@@ -78,15 +80,49 @@ def check_compute_dtype(audit: dict[str, Any], policy: str, float32_layers: Sequ
     return Finding("compute_dtype", True, f"every layer with weights computes in {expected}{kept}")
 
 
+def is_floating(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat"))
+
+
+# Layers whose non-trainable variables are constants set before training (by adapt() or the
+# constructor) and never updated by it: Keras 2 keeps them in the compute dtype by design.
+PREPROCESSING_CONSTANTS = {"Normalization"}
+
+
+def exemption(layer: dict[str, Any], weight: dict[str, Any]) -> str | None:
+    """Why a variable that is not float32 need not be, or None (float32, or it must be). The rule
+    exists because a training update smaller than float16's resolution is lost; state that no
+    such update touches is exempt."""
+    if weight["dtype"] == "float32":
+        return None
+    if not is_floating(weight["dtype"]):
+        return "integer/boolean state"  # counters, seeds, flags: exact in any precision
+    if layer["class"] in PREPROCESSING_CONSTANTS and not weight["trainable"]:
+        return "preprocessing constants"
+    return None
+
+
+def describe_variables(layer: dict[str, Any]) -> str:
+    """ "2 × float32" or "2 × float32, 1 × int64 (exempt: integer/boolean state)" for a layer."""
+    groups: dict[str | None, list[str]] = {}
+    for weight in layer["weights"]:
+        groups.setdefault(exemption(layer, weight), []).append(weight["dtype"])
+    parts = [
+        f"{len(dtypes)} × {'/'.join(sorted(set(dtypes)))}" + (f" (exempt: {why})" if why else "")
+        for why, dtypes in sorted(groups.items(), key=lambda item: item[0] or "")
+    ]
+    return ", ".join(parts) or "—"
+
+
 def check_variable_dtype(audit: dict[str, Any]) -> Finding:
-    """Invariant 1b: every variable is float32, whatever the compute dtype."""
+    """Invariant 1b: every variable training updates is float32, whatever the compute dtype."""
+    variables = [(layer, w) for layer in audit["layers"] for w in layer["weights"]]
+    exempt = [f"{w['path']} ({w['dtype']}, {exemption(x, w)})" for x, w in variables if exemption(x, w)]
     wrong = [
         f"{w['path']} is {w['dtype']}"
-        for layer in audit["layers"]
-        for w in layer["weights"]
-        if w["dtype"] != "float32"
+        for x, w in variables
+        if w["dtype"] != "float32" and not exemption(x, w)
     ]
-    count = sum(len(layer["weights"]) for layer in audit["layers"])
     if wrong:
         return Finding(
             "variable_dtype",
@@ -97,16 +133,52 @@ def check_variable_dtype(audit: dict[str, Any]) -> Finding:
             + ". Fix: use the mixed policy (float16 compute, float32 variables), "
             + 'not dtype="float16" on layers.',
         )
-    return Finding("variable_dtype", True, f"all {count} variables are float32")
+    detail = f"all {len(variables) - len(exempt)} trained variables are float32"
+    if exempt:
+        shown = ", ".join(exempt[:4]) + (f" and {len(exempt) - 4} more" if len(exempt) > 4 else "")
+        detail += f"; {len(exempt)} exempt (no training update to lose): {shown}"
+    return Finding("variable_dtype", True, detail)
+
+
+def _low_precision_probabilities(final: dict[str, Any] | None) -> bool:
+    """A softmax/sigmoid (the probabilities the loss takes the log of) computing below float32."""
+    if final is None:
+        return False
+    return final["activation"] in PROBABILITY_ACTIVATIONS and final["compute_dtype"] != "float32"
+
+
+def _cast_too_late(final: dict[str, Any]) -> Finding:
+    name, dtype = f"{final['name']} ({final['class']}, {final['activation']})", final["compute_dtype"]
+    fix = (
+        f'Fix: dtype="float32" on {final["name"]} (the mixed-precision rule: the last activation in '
+        'float32), or return logits and set model.output = "logits" (runner adds a float32 softmax).'
+    )
+    if dtype == "float16":
+        return Finding(
+            "output_dtype",
+            False,
+            f"expected the final activation to compute in float32; {name} computes in float16 and is "
+            "only cast to float32 afterwards: probabilities below 6e-8 are already 0, the loss takes "
+            "log(0) and the gradients overflow. " + fix,
+        )
+    return Finding(
+        "output_dtype",
+        False,
+        f"expected the final activation to compute in float32; {name} computes in {dtype}: its "
+        "probabilities keep float32's range but only 2-3 significant digits. " + fix,
+        severity="warning",
+    )
 
 
 def check_output_dtype(audit: dict[str, Any], policy: str, output_dtype: str) -> Finding:
-    """Invariant 2: the model's outputs are float32 (softmax and loss in float32)."""
+    """Invariant 2: the final activation computes in float32, so the outputs (and the loss) are float32.
+
+    A float32 output is not enough: a cast after a float16 softmax keeps the zeros it underflowed to.
+    """
     found = audit["output_dtype"]
-    if found == "float32":
-        return Finding("output_dtype", True, "model output is float32")
+    final = audit.get("final_activation")  # absent from audits written before it was recorded
     layers = ", ".join(audit["output_layers"])
-    if output_dtype == "policy":
+    if output_dtype == "policy" and (found != "float32" or _low_precision_probabilities(final)):
         return Finding(
             "output_dtype",
             False,
@@ -114,12 +186,20 @@ def check_output_dtype(audit: dict[str, Any], policy: str, output_dtype: str) ->
             '"policy" to reproduce the float16-softmax bug; a real run needs "float32"',
             severity="warning",
         )
-    return Finding(
-        "output_dtype",
-        False,
-        f"expected a float32 model output; got {found} from {layers}. Fix: give the last "
-        'activation dtype="float32" (precision.output_dtype = "float32").',
-    )
+    if found != "float32":
+        return Finding(
+            "output_dtype",
+            False,
+            f"expected a float32 model output; got {found} from {layers}. Fix: give the last "
+            'activation dtype="float32" (precision.output_dtype = "float32").',
+        )
+    if final is not None and _low_precision_probabilities(final):
+        return _cast_too_late(final)
+    if final is not None and final["activation"] in PROBABILITY_ACTIVATIONS:
+        return Finding(
+            "output_dtype", True, f"model output is float32; its {final['activation']} computes in float32"
+        )
+    return Finding("output_dtype", True, "model output is float32")
 
 
 def check_optimizer(audit: dict[str, Any], policy: str, loss_scale: str) -> Finding:

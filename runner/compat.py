@@ -206,6 +206,25 @@ def variable_path(variable: Any) -> str:
     return str(path) if path is not None else re.sub(r":\d+$", "", str(variable.name))
 
 
+def producer(tensor: Any) -> tuple[Any, list[Any]]:
+    """The layer that made a symbolic tensor and that call's input tensors ((None, []) if unknown).
+
+    Keras 3 keeps an operation's node with `input_tensors`, Keras 2 with `keras_inputs`.
+    """
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None, []
+    layer, node_index = history[0], history[1]
+    try:
+        node = layer._inbound_nodes[node_index]
+    except (AttributeError, IndexError):
+        return layer, []
+    inputs = getattr(node, "keras_inputs", None)
+    if inputs is None:
+        inputs = getattr(node, "input_tensors", [])
+    return layer, list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+
+
 def compile_model(model: Any, optimizer: Any, **options: Any) -> None:
     """model.compile with exactly `optimizer`. Both Kerases wrap a float16 model's optimizer in a
     LossScaleOptimizer of their own defaults; runner wraps (or not) itself, with the spec's scale and

@@ -15,6 +15,7 @@ from typing import Any
 import tomli_w
 
 from runner import plots
+from runner.checks import describe_variables
 from runner.runs import write_text_atomic
 
 CSS = """
@@ -112,7 +113,7 @@ def run_sections(report: dict[str, Any]) -> list[Section]:
                     x["name"],
                     x["class"],
                     x["compute_dtype"],
-                    ", ".join(sorted({w["dtype"] for w in x["weights"]})) or "—",
+                    describe_variables(x),
                     x["output_dtype"],
                 ]
                 for x in audit["layers"]

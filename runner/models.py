@@ -1,8 +1,10 @@
 """Model registry: spec `kind` → a builder of a Keras functional model.
 
 Every model takes uint8 images (scaling to [0, 1] happens inside the model, so the data pipeline
-never holds float copies) and ends in a softmax whose dtype is float32 unless the spec asks to
-reproduce the float16-output bug.
+never holds float copies) and ends in a softmax that computes in float32 unless the spec asks to
+reproduce the float16-output bug. A cast *after* a float16 softmax is not enough: its probabilities
+have already underflowed to 0 (float16's smallest is 6e-8), so models we did not write get their
+final activation in float32 too, and `final_activation` finds the layer the audit must look at.
 """
 
 from __future__ import annotations
@@ -14,19 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from runner import compat
+from runner.checks import PROBABILITY_ACTIVATIONS
 from runner.spec import BadInput, Factory, KerasApplication, Mlp, ResNet, SeedCnn
 
 OUTPUT_CAST = "output_cast"  # the layer runner appends to give a foreign model a float32 output
+OUTPUT_ACTIVATION = "output_activation"  # the float32 softmax runner appends to a model's logits
+# Layers that move or cast values without computing new ones: the final activation lies behind them.
+PASS_THROUGH = {"Flatten", "Reshape", "Dropout", "Identity", "InputLayer"}
 
 
 class ModelError(BadInput):
     """A model the spec names but that cannot be built: unknown application, broken factory."""
 
 
-def _inputs(input_shape: tuple[int, ...]) -> tuple[Any, Any]:
+def _inputs(input_shape: tuple[int, ...], scale: float = 1.0 / 255) -> tuple[Any, Any]:
     layers = compat.keras().layers
     images = layers.Input(shape=input_shape, dtype="uint8", name="images")  # (batch, H, W, C) uint8
-    return images, layers.Rescaling(1.0 / 255, name="scale")(images)
+    return images, layers.Rescaling(scale, name="scale")(images)
 
 
 def _head(x: Any, num_classes: int, output_dtype: str | None) -> Any:
@@ -110,11 +116,61 @@ def build_resnet(
     return compat.keras().Model(images, _head(x, num_classes, output_dtype), name=model_name)
 
 
-def _wrap_foreign(inner: Any, images: Any, x: Any, output_dtype: str | None, name: str) -> Any:
-    """Call a model we did not write on scaled images; append a float32 cast if its output is not."""
+def _activation_name(layer: Any) -> str | None:
+    """ "softmax", "sigmoid", "linear"… of a layer that applies one (a Softmax layer, an Activation,
+    Dense(activation=…)); None for a layer without an activation."""
+    if type(layer).__name__ == "Softmax":
+        return "softmax"
+    function = getattr(layer, "activation", None)
+    if function is None:
+        return None
+    name = str(getattr(function, "__name__", function))
+    return next((known for known in (*PROBABILITY_ACTIVATIONS, "linear") if name.startswith(known)), name)
+
+
+def final_activation(model: Any) -> dict[str, Any] | None:
+    """The layer that computes the model's (first) output last, looking through casts, reshapes and
+    nested models: {name, class, activation, compute_dtype}; None where the graph cannot be read."""
+    tensor = model.outputs[0]
+    for _ in range(1000):  # a bounded walk: a graph is finite, a bug in one must not hang a run
+        layer, inputs = compat.producer(tensor)
+        if layer is None:
+            return None
+        if hasattr(layer, "layers") and getattr(layer, "outputs", None):  # a nested model: its output
+            tensor = layer.outputs[0]
+            continue
+        activation = _activation_name(layer)
+        passes = type(layer).__name__ in PASS_THROUGH or (
+            type(layer).__name__ == "Activation" and activation == "linear"
+        )
+        if not passes:
+            return {
+                "name": layer.name,
+                "class": type(layer).__name__,
+                "activation": activation,
+                "compute_dtype": str(layer.dtype_policy.compute_dtype),
+            }
+        if len(inputs) != 1:
+            return None
+        tensor = inputs[0]
+    return None
+
+
+def _wrap_foreign(
+    inner: Any, images: Any, x: Any, output_dtype: str | None, name: str, activation: str | None = None
+) -> Any:
+    """Call a model we did not write on scaled images. Given an `activation`, the model returns
+    logits and runner applies it in `output_dtype`; else a float32 cast is appended if the output
+    is not float32 (right for logits, and the audit flags a float16 softmax before it)."""
     keras = compat.keras()
     outputs = inner(x)
-    if output_dtype == "float32" and compat.dtype_name(outputs.dtype) != "float32":
+    if activation is not None:
+        try:
+            head = keras.layers.Activation(activation, dtype=output_dtype, name=OUTPUT_ACTIVATION)
+        except ValueError as exc:
+            raise ModelError(f'model: cannot apply the activation "{activation}": {exc}') from None
+        outputs = head(outputs)
+    elif output_dtype == "float32" and compat.dtype_name(outputs.dtype) != "float32":
         outputs = keras.layers.Activation("linear", dtype="float32", name=OUTPUT_CAST)(outputs)
     return keras.Model(images, outputs, name=name)
 
@@ -127,15 +183,27 @@ def build_keras_application(
     if not callable(constructor):
         known = ", ".join(sorted(n for n in dir(keras.applications) if n[0].isupper()))
         raise ModelError(f'model.name: expected a keras.applications model ({known}); got "{spec.name}"')
-    images, x = _inputs(input_shape)
+    arguments: dict[str, Any] = dict(spec.arguments)
+    activation = None
+    if output_dtype is not None:  # logits from the application, its activation in float32 by runner
+        activation = arguments.pop("classifier_activation", "softmax")
+        arguments["classifier_activation"] = None
     try:
-        inner = constructor(weights=None, input_shape=input_shape, classes=num_classes, **spec.arguments)
+        inner = constructor(weights=None, input_shape=input_shape, classes=num_classes, **arguments)
     except (ValueError, TypeError) as exc:
         raise ModelError(
             f"model: keras.applications.{spec.name} cannot take this data "
             f"(input {input_shape}, {num_classes} classes): {exc}"
         ) from None
-    return _wrap_foreign(inner, images, x, output_dtype, spec.name.lower())
+    # Applications that scale their input themselves (EfficientNet, ConvNeXt, MobileNetV3, …) expect
+    # pixels in [0, 255]: fed [0, 1], their first normalisation squeezes the input 255-fold.
+    images, x = _inputs(input_shape, 1.0 if _scales_its_input(inner) else 1.0 / 255)
+    return _wrap_foreign(inner, images, x, output_dtype, spec.name.lower(), activation)
+
+
+def _scales_its_input(model: Any) -> bool:
+    first = next((layer for layer in model.layers if type(layer).__name__ != "InputLayer"), None)
+    return type(first).__name__ in {"Rescaling", "Normalization"}
 
 
 def load_factory(reference: str) -> Callable[..., Any]:
@@ -174,7 +242,28 @@ def build_factory(
                 f"the Keras TensorFlow trains with here ({compat.keras_version()})"
             )
         raise ModelError(f"model.factory: expected {spec.factory} to return a keras.Model; got {got}")
-    return _wrap_foreign(inner, images, x, output_dtype, inner.name)
+    _require_declared_output(spec, final_activation(inner))
+    activation = "softmax" if spec.output == "logits" else None
+    return _wrap_foreign(inner, images, x, output_dtype, inner.name, activation)
+
+
+def _require_declared_output(spec: Factory, final: dict[str, Any] | None) -> None:
+    """A model that returns logits where probabilities are declared (or the reverse) trains silently
+    wrong: the loss would clip logits as if they were probabilities, or apply a second softmax."""
+    if final is None:
+        return
+    where = f"{spec.factory}'s last layer {final['name']} ({final['class']})"
+    if spec.output == "logits" and final["activation"] in PROBABILITY_ACTIVATIONS:
+        raise ModelError(
+            f'model.output: expected logits (output = "logits": runner adds a float32 softmax); '
+            f"{where} applies {final['activation']}. Fix: drop that activation, or set "
+            'model.output = "probabilities" and give it dtype="float32"'
+        )
+    if spec.output == "probabilities" and final["activation"] == "linear":
+        raise ModelError(
+            f'model.output: expected probabilities (output = "probabilities"); {where} is linear, '
+            'so the model returns logits. Fix: model.output = "logits" (runner adds a float32 softmax)'
+        )
 
 
 Builder = Callable[[Any, tuple[int, ...], int, "str | None"], Any]

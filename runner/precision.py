@@ -15,7 +15,7 @@ import numpy as np
 
 from runner import compat
 from runner.checks import COMPUTE_DTYPE
-from runner.models import OUTPUT_CAST
+from runner.models import OUTPUT_ACTIVATION, OUTPUT_CAST, final_activation
 from runner.spec import PrecisionSpec
 
 
@@ -121,10 +121,13 @@ def audit_model(model: Any, optimizer: Any) -> dict[str, Any]:
         "layers": layers,
         "output_layers": _output_layer_names(model),
         "output_dtype": compat.dtype_name(model.outputs[0].dtype),
+        # Where the output really is computed (a cast after a float16 softmax is float32 too late).
+        "final_activation": final_activation(model),
         "optimizer": type(optimizer).__name__,
         "inner_optimizer": type(getattr(optimizer, "inner_optimizer", optimizer)).__name__,
         "loss_scale_optimizer": compat.is_loss_scale_optimizer(optimizer),
         "output_cast_appended": any(x["name"] == OUTPUT_CAST for x in layers),
+        "output_activation_appended": any(x["name"] == OUTPUT_ACTIVATION for x in layers),
         "loss_scale": compat.current_loss_scale(optimizer),
         "global_policy": compat.global_policy_name(),
     }

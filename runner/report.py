@@ -15,7 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from runner.checks import COMPUTE_DTYPE, NON_COMPUTING
+from runner.checks import COMPUTE_DTYPE, NON_COMPUTING, describe_variables, exemption
 from runner.spec import spec_hash, spec_to_dict
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def precision_summary(state: RunState) -> dict[str, Any]:
     """Dtypes as the built model really has them (not as the spec asked), and the loss scale."""
     layers = (state.audit or {}).get("layers", [])
     computing = [x["compute_dtype"] for x in layers if x["class"] not in NON_COMPUTING and x["weights"]]
-    variables = [w["dtype"] for x in layers for w in x["weights"]]
+    variables = [w["dtype"] for x in layers for w in x["weights"] if not exemption(x, w)]
     return {
         "policy": state.spec.precision.policy,
         "compute_dtype": _most_common(computing),
@@ -144,13 +144,26 @@ def audit_table(audit: dict[str, Any]) -> Table:
     for column in ("layer", "class", "compute", "variables", "output"):
         table.add_column(column, overflow="fold")
     for x in audit["layers"]:
-        dtypes = sorted({w["dtype"] for w in x["weights"]})
-        variables = f"{len(x['weights'])} × {'/'.join(dtypes)}" if dtypes else "—"
         compute = Text(x["compute_dtype"], style="yellow" if x["compute_dtype"] == "float32" else "")
-        table.add_row(x["name"], x["class"], compute, variables, x["output_dtype"] or "—")
-    cast = " (float32 cast appended by runner)" if audit.get("output_cast_appended") else ""
-    table.caption = f"model output {audit['output_dtype']}{cast} · optimizer {audit['optimizer']}"
+        table.add_row(x["name"], x["class"], compute, describe_variables(x), x["output_dtype"] or "—")
+    table.caption = (
+        f"model output {audit['output_dtype']}{_output_note(audit)} · optimizer {audit['optimizer']}"
+    )
     return table
+
+
+def _output_note(audit: dict[str, Any]) -> str:
+    """Where the output's float32 comes from: runner's appended activation or cast, and the layer
+    that computes it last (a cast after a float16 softmax is float32 too late)."""
+    final = audit.get("final_activation")
+    notes = []
+    if audit.get("output_activation_appended"):
+        notes.append(f"{final['activation'] if final else 'activation'} in float32 appended by runner")
+    elif audit.get("output_cast_appended"):
+        notes.append("float32 cast appended by runner")
+    if final and not audit.get("output_activation_appended"):
+        notes.append(f"final activation {final['name']} ({final['activation']}) in {final['compute_dtype']}")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def speed_statement(timing: dict[str, Any], device: str) -> str:

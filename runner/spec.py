@@ -124,6 +124,10 @@ class Factory(StrictModel):
     kind: Literal["factory"] = "factory"
     factory: Annotated[str, Field(pattern=FACTORY_PATTERN)]
     arguments: dict[str, ArgumentValue] = Field(default_factory=dict)
+    # What the model returns. "logits": runner adds the softmax, in float32 (the mixed-precision rule),
+    # which is the easy way to get it right; "probabilities": the model's own last activation, which
+    # must then compute in float32 (dtype="float32" on it) or `runner check` refuses it.
+    output: Literal["probabilities", "logits"] = "probabilities"
 
 
 ModelKind = Literal["seed_cnn", "mlp", "resnet", "keras_application", "factory"]

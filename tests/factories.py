@@ -31,3 +31,50 @@ def nan_loss_after(input_shape, num_classes, after=40):
     x = NanAfter(after, name="poison")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs)
+
+
+def _large_logits(input_shape, num_classes):
+    """Logits tens apart at initialisation: float16's softmax underflows most classes to 0."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    init = keras.initializers.RandomNormal(stddev=0.3, seed=1)
+    return inputs, keras.layers.Dense(num_classes, kernel_initializer=init, name="logits")(x)
+
+
+def underflowing_softmax(input_shape, num_classes):
+    """Large logits, then a softmax in the policy's dtype (float16 under mixed_float16)."""
+    inputs, logits = _large_logits(input_shape, num_classes)
+    outputs = keras.layers.Softmax(name="softmax")(logits)
+    return keras.Model(inputs, outputs, name="underflowing_softmax")
+
+
+def large_logits(input_shape, num_classes):
+    """The same network returning its logits (model.output = "logits")."""
+    return keras.Model(*_large_logits(input_shape, num_classes), name="large_logits")
+
+
+class StepCounter(keras.layers.Layer):
+    """Identity that keeps integer and boolean state, as counters, seeds and flags do."""
+
+    def build(self, input_shape):
+        self.count = self.add_weight(
+            shape=(), dtype="int64", initializer="zeros", trainable=False, name="count"
+        )
+        self.seen = self.add_weight(shape=(), dtype="bool", initializer="zeros", trainable=False, name="seen")
+
+    def call(self, x, training=False):
+        if training:
+            self.count.assign_add(tf.constant(1, "int64"))
+            self.seen.assign(True)
+        return x
+
+
+def integer_state(input_shape, num_classes):
+    """A small network with an int64 and a bool state variable (exempt from the float32 rule)."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    x = StepCounter(name="steps")(x)
+    x = keras.layers.Dense(16, activation="relu", name="hidden")(x)
+    x = keras.layers.Dense(num_classes, name="logits")(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="integer_state")

@@ -13,14 +13,22 @@ from runner import checks
 from runner.spec import ChecksSpec, PrecisionSpec
 
 DTYPES = ["float16", "bfloat16", "float32"]
+STATE_DTYPES = ["int64", "int32", "uint8", "bool"]  # exempt: exact in any precision
 MIXED = PrecisionSpec(policy="mixed_float16")
 
 
-def audit(layers, output="float32", optimizer="Adam", lso=False, scale=None, policy="mixed_float16"):
+def final(name="probabilities", compute="float32", activation="softmax", cls="Activation"):
+    return {"name": name, "class": cls, "activation": activation, "compute_dtype": compute}
+
+
+def audit(
+    layers, output="float32", optimizer="Adam", lso=False, scale=None, policy="mixed_float16", last=None
+):
     return {
         "layers": layers,
         "output_layers": [layers[-1]["name"]] if layers else [],
         "output_dtype": output,
+        "final_activation": last,
         "optimizer": "LossScaleOptimizer" if lso else optimizer,
         "inner_optimizer": optimizer,
         "loss_scale_optimizer": lso,
@@ -52,6 +60,7 @@ def clean_mixed_audit():
         ],
         lso=True,
         scale=32768.0,
+        last=final(),
     )
 
 
@@ -72,13 +81,23 @@ def test_clean_mixed_audit_passes_everything():
     [
         (lambda a: a["layers"][1]["weights"][0].update(dtype="float16"), "variable_dtype"),
         (lambda a: a.update(output_dtype="float16"), "output_dtype"),
+        (lambda a: a["final_activation"].update(compute_dtype="float16"), "output_dtype"),
         (lambda a: a.update(loss_scale_optimizer=False, optimizer="Adam"), "loss_scale_optimizer"),
         (lambda a: a.update(loss_scale=math.inf), "loss_scale"),
         (lambda a: a.update(loss_scale=0.0), "loss_scale"),
         (lambda a: a.update(global_policy="float32"), "policy_in_force"),
         (lambda a: [x.update(compute_dtype="float32") for x in a["layers"][1:4]], "compute_dtype"),
     ],
-    ids=["float16_variable", "float16_output", "no_lso", "inf_scale", "zero_scale", "policy", "all_float32"],
+    ids=[
+        "float16_variable",
+        "float16_output",
+        "float16_softmax_cast",
+        "no_lso",
+        "inf_scale",
+        "zero_scale",
+        "policy",
+        "all_float32",
+    ],
 )
 def test_each_broken_invariant_is_one_named_error(mutate, failing):
     a = clean_mixed_audit()
@@ -103,6 +122,53 @@ def test_float16_output_requested_on_purpose_is_a_warning():
     a["output_dtype"] = "float16"
     finding = checks.check_output_dtype(a, "mixed_float16", "policy")
     assert not finding.passed and finding.severity == "warning"
+
+
+@pytest.mark.parametrize(
+    ("compute", "policy", "severity"),
+    [("float16", "mixed_float16", "error"), ("bfloat16", "mixed_bfloat16", "warning")],
+)
+def test_a_cast_after_a_low_precision_softmax_names_the_layer_and_both_fixes(compute, policy, severity):
+    a = clean_mixed_audit()
+    a["final_activation"] = final("head", compute, "softmax", "Dense")
+    finding = checks.check_output_dtype(a, policy, "float32")
+    assert not finding.passed and finding.severity == severity
+    assert f"head (Dense, softmax) computes in {compute}" in finding.detail
+    assert 'dtype="float32" on head' in finding.detail and 'model.output = "logits"' in finding.detail
+
+
+def test_a_low_precision_linear_last_layer_before_a_cast_is_fine():
+    """Logits in float16, cast to float32 (the guide's way for outputs without a softmax)."""
+    a = clean_mixed_audit()
+    a["final_activation"] = final("logits", "float16", "linear", "Dense")
+    assert checks.check_output_dtype(a, "mixed_float16", "float32").passed
+
+
+def test_integer_and_boolean_variables_are_exempt_and_listed():
+    a = audit([layer("norm", weights=("float32", "float32", "int64")), layer("flag", weights=("bool",))])
+    finding = checks.check_variable_dtype(a)
+    assert finding.passed and "all 2 trained variables are float32; 2 exempt" in finding.detail
+    assert "norm/w2 (int64, integer/boolean state)" in finding.detail and "flag/w0 (bool," in finding.detail
+    text = checks.describe_variables(a["layers"][0])
+    assert text == "2 × float32, 1 × int64 (exempt: integer/boolean state)"
+
+
+@pytest.mark.parametrize(("trainable", "passed"), [(False, True), (True, False)])
+def test_float16_preprocessing_constants_are_exempt_but_not_trained_weights(trainable, passed):
+    """Keras 2's Normalization keeps its adapt() mean and variance in the compute dtype: constants that
+    no training step updates. A trainable float16 variable of the same layer is still an error."""
+    norm = layer("normalization", cls="Normalization", weights=("float16", "float16", "int64"))
+    for w in norm["weights"]:
+        w["trainable"] = trainable
+    finding = checks.check_variable_dtype(audit([norm, layer("dense")]))
+    assert finding.passed is passed
+    if passed:
+        assert "normalization/w0 (float16, preprocessing constants)" in finding.detail
+        assert checks.describe_variables(norm) == (
+            "1 × int64 (exempt: integer/boolean state), 2 × float16 (exempt: preprocessing constants)"
+        )
+    else:
+        assert "normalization/w0 is float16" in finding.detail
 
 
 def test_lso_under_float32_is_an_error():
@@ -183,27 +249,39 @@ layers_st = st.lists(
         layer,
         name=st.uuids().map(str),
         compute=st.sampled_from(DTYPES),
-        weights=st.lists(st.sampled_from(DTYPES), max_size=3).map(tuple),
+        weights=st.lists(st.sampled_from(DTYPES + STATE_DTYPES), max_size=3).map(tuple),
     ),
     min_size=1,
     max_size=8,
 )
+finals_st = st.none() | st.builds(
+    final,
+    compute=st.sampled_from(DTYPES),
+    activation=st.sampled_from(["softmax", "sigmoid", "log_softmax", "linear", "relu"]),
+)
 
 
-@given(layers_st, st.sampled_from(DTYPES))
-def test_any_non_float32_variable_or_output_is_an_error(layers, output):
-    a = audit(layers, output=output)
-    bad_variable = any(w["dtype"] != "float32" for x in layers for w in x["weights"])
+@given(layers_st, st.sampled_from(DTYPES), finals_st)
+def test_any_non_float32_variable_or_output_is_an_error(layers, output, last):
+    a = audit(layers, output=output, last=last)
+    bad_variable = any(w["dtype"] in DTYPES[:2] for x in layers for w in x["weights"])
     variables = checks.check_variable_dtype(a)
     assert (not variables.passed) == bad_variable
     if bad_variable:
         assert variables.severity == "error"
-        wrong = [w["path"] for x in layers for w in x["weights"] if w["dtype"] != "float32"]
+        wrong = [w["path"] for x in layers for w in x["weights"] if w["dtype"] in DTYPES[:2]]
         assert all(path in variables.detail for path in wrong[:8])
         assert (f"and {len(wrong) - 8} more" in variables.detail) == (len(wrong) > 8)
+    # The final activation computes in float32, not only the output is float32: a probability
+    # activation below float32 fails even behind a cast (an error in float16, a warning in bfloat16).
     out = checks.check_output_dtype(a, "mixed_float16", "float32")
-    assert out.passed == (output == "float32")
-    assert out.severity == "error"
+    low = last is not None and last["activation"] in checks.PROBABILITY_ACTIVATIONS
+    low = low and last["compute_dtype"] != "float32"
+    assert out.passed == (output == "float32" and not low)
+    if output == "float32" and low and last["compute_dtype"] == "bfloat16":
+        assert out.severity == "warning" and last["name"] in out.detail
+    else:
+        assert out.severity == "error"
 
 
 @given(

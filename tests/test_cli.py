@@ -143,9 +143,10 @@ def test_check_quickstart_prints_the_audit_and_the_measured_ratio():
         ("float16_variables.toml", 1, "conv1/kernel is float16"),
         ("float32_layer.toml", 0, "dense (Dense) computes in float32"),
         ("float16_output.toml", 0, "model output is float16 (probabilities)"),
+        ("float16_softmax_cast.toml", 1, "probabilities (Activation, softmax) computes in float16"),
         ("overflow.toml", 0, "overflow float16"),
     ],
-    ids=["float32_model", "float16_variables", "float32_layer", "float16_output", "overflow"],
+    ids=["float32_model", "float16_variables", "float32_layer", "float16_output", "softmax_cast", "overflow"],
 )
 def test_check_catches_each_bug_and_names_the_layer(spec, code, named):
     result = cli.invoke(app, ["check", str(ROOT / "specs/bugs" / spec), "--steps", "0"])
@@ -155,12 +156,39 @@ def test_check_catches_each_bug_and_names_the_layer(spec, code, named):
         assert "FAILED: 1 error(s)" in result.stdout
 
 
+def test_the_float16_softmax_cast_is_fixed_by_returning_logits():
+    spec = str(ROOT / "specs/bugs/float16_softmax_cast.toml")
+    result = cli.invoke(app, ["check", spec, "--steps", "0"])
+    assert result.exit_code == 1, result.output
+    assert 'model.output = "logits"' in " ".join(result.stdout.replace("│", " ").split())
+    fixed = ["--set", "model.factory=specs.bugs.factories:logits", "--set", "model.output=logits"]
+    result = cli.invoke(app, ["check", spec, "--steps", "0", *fixed])
+    assert result.exit_code == 0, result.output
+    assert "softmax in float32 appended by runner" in result.stdout
+    assert "OK: 0 error(s), 0 warning(s)" in result.stdout
+
+
 @pytest.mark.parametrize("application", ["mobilenetv2", "resnet50"])
 def test_check_keras_applications_in_mixed_float16(application):
     result = cli.invoke(app, ["check", str(ROOT / f"specs/{application}.toml"), "--steps", "1"])
     assert result.exit_code == 0, result.output
-    assert "float32 cast appended by runner" in result.stdout
+    assert "softmax in float32 appended by runner" in result.stdout
     assert "0 error(s)" in result.stdout
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("application", ["EfficientNetB0", "MobileNetV3Small", "DenseNet121", "ResNet50V2"])
+def test_check_passes_for_applications_we_did_not_write(write_spec, application, policy):
+    """Issue 14: EfficientNet (a Normalization layer with an int64 count, a softmax fused into its
+    Dense) and the others pass every invariant under every policy: one step on a small batch."""
+    path = write_spec(
+        f'name = "app"\n[precision]\npolicy = "{policy}"\n'
+        f'[model]\nkind = "keras_application"\nname = "{application}"\n'
+        '[data]\nsource = "shapes"\nbatch_size = 4\ntrain_size = 16\ntest_size = 8\n'
+    )
+    result = cli.invoke(app, ["check", str(path), "--steps", "0"])
+    assert result.exit_code == 0, result.output
+    assert "0 error(s), 0 warning(s)" in result.stdout
 
 
 def test_check_a_broken_factory_is_exit_2(write_spec):

@@ -82,25 +82,73 @@ def _build(spec_dict, policy="mixed_float16", shape=(32, 32, 3), output_dtype="f
     return model, audit
 
 
-def test_keras_application_gets_a_float32_cast_and_the_audit_says_so():
+def test_keras_application_returns_logits_and_runner_applies_the_softmax_in_float32():
     model, audit = _build({"kind": "keras_application", "name": "MobileNetV2", "arguments": {"alpha": 0.35}})
-    assert audit["output_dtype"] == "float32" and audit["output_cast_appended"]
-    assert audit["output_layers"] == ["output_cast"]
+    assert audit["output_dtype"] == "float32" and audit["output_activation_appended"]
+    assert not audit["output_cast_appended"]
+    assert audit["output_layers"] == ["output_activation"]
+    assert audit["final_activation"] == {
+        "name": "output_activation",
+        "class": "Activation",
+        "activation": "softmax",
+        "compute_dtype": "float32",
+    }
+    inner = {x["name"]: x for x in audit["layers"]}
+    assert inner["predictions"]["compute_dtype"] == "float16"  # the application's logits, in float16
     convs = [x for x in audit["layers"] if x["class"] == "Conv2D"]
     assert len(convs) > 30 and {x["compute_dtype"] for x in convs} == {"float16"}
-    assert any(x["container"] for x in audit["layers"])  # the application, audited through its layers
+    assert any(x["container"] for x in audit["layers"])  # the application, audited through its own layers
 
 
-def test_factory_model_is_built_inside_the_policy_and_cast_to_float32():
+def test_keras_application_keeps_the_requested_classifier_activation_in_float32():
+    arguments = {"alpha": 0.35, "classifier_activation": "sigmoid"}
+    _, audit = _build({"kind": "keras_application", "name": "MobileNetV2", "arguments": arguments})
+    assert audit["final_activation"]["activation"] == "sigmoid"
+    assert audit["final_activation"]["compute_dtype"] == "float32"
+
+
+def test_keras_application_built_as_is_when_the_bug_is_requested():
+    _, audit = _build({"kind": "keras_application", "name": "MobileNetV2"}, output_dtype=None)
+    assert audit["output_dtype"] == "float16" and not audit["output_activation_appended"]
+    assert audit["final_activation"]["name"] == "predictions"
+    assert audit["final_activation"]["compute_dtype"] == "float16"
+
+
+@pytest.mark.parametrize(
+    ("application", "scale"),
+    [("EfficientNetB0", 1.0), ("MobileNetV3Small", 1.0), ("MobileNetV2", 1 / 255)],
+)
+def test_applications_that_scale_their_input_get_pixels_in_0_255(application, scale):
+    model, _ = _build({"kind": "keras_application", "name": application})
+    assert model.get_layer("scale").scale == pytest.approx(scale)
+
+
+def test_factory_float16_softmax_gets_a_cast_and_the_audit_finds_the_softmax_behind_it():
     model, audit = _build({"kind": "factory", "factory": "specs.bugs.factories:float16_softmax"})
     assert audit["output_cast_appended"] and audit["output_dtype"] == "float32"
     inner = {x["name"]: x for x in audit["layers"]}
     assert inner["probabilities"]["output_dtype"] == "float16"  # the factory's own softmax
     assert inner["conv1"]["compute_dtype"] == "float16"
+    final = audit["final_activation"]
+    assert (final["name"], final["activation"], final["compute_dtype"]) == (
+        "probabilities",
+        "softmax",
+        "float16",
+    )
     _, kept = _build(
         {"kind": "factory", "factory": "specs.bugs.factories:float16_softmax"}, output_dtype=None
     )
     assert kept["output_dtype"] == "float16" and not kept["output_cast_appended"]
+
+
+def test_factory_logits_get_a_float32_softmax():
+    model, audit = _build({"kind": "factory", "factory": "specs.bugs.factories:logits", "output": "logits"})
+    assert audit["output_activation_appended"] and not audit["output_cast_appended"]
+    assert audit["final_activation"]["compute_dtype"] == "float32"
+    import numpy as np
+
+    probabilities = model(np.zeros((2, 32, 32, 3), np.uint8)).numpy()
+    assert probabilities.sum(axis=1) == pytest.approx([1.0, 1.0], abs=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -111,8 +159,33 @@ def test_factory_model_is_built_inside_the_policy_and_cast_to_float32():
         ({"kind": "factory", "factory": "tests.test_models:not_a_model"}, "to return a keras.Model; got str"),
         ({"kind": "factory", "factory": "tests.test_models:raises"}, "raised RuntimeError: factory exploded"),
         ({"kind": "keras_application", "name": "NoSuchNet"}, "expected a keras.applications model"),
+        (
+            {"kind": "factory", "factory": "specs.bugs.factories:float16_softmax", "output": "logits"},
+            r"expected logits .* probabilities \(Activation\) applies softmax",
+        ),
+        (
+            {"kind": "factory", "factory": "specs.bugs.factories:logits"},
+            r"expected probabilities .* logits \(Dense\) is linear",
+        ),
+        (
+            {
+                "kind": "keras_application",
+                "name": "MobileNetV2",
+                "arguments": {"classifier_activation": "nope"},
+            },
+            'cannot apply the activation "nope"',
+        ),
     ],
-    ids=["no_module", "no_function", "not_a_model", "raises", "unknown_application"],
+    ids=[
+        "no_module",
+        "no_function",
+        "not_a_model",
+        "raises",
+        "unknown_application",
+        "softmax_declared_logits",
+        "logits_declared_probabilities",
+        "unknown_classifier_activation",
+    ],
 )
 def test_models_that_cannot_be_built_are_bad_input(model, message):
     from runner.models import ModelError

@@ -100,6 +100,58 @@ def test_float16_softmax_is_reported_when_requested():
     assert not error.passed and error.severity == "error"
 
 
+def _factory(name: str, policy: str, output: str = "probabilities"):
+    from runner.spec import Factory
+
+    spec = Factory(factory=f"tests.factories:{name}", output=output)
+    return _build(spec, policy)
+
+
+def _images(n: int = 8):
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("policy", "severity"), [("float32", None), ("mixed_float16", "error"), ("mixed_bfloat16", "warning")]
+)
+def test_a_cast_after_a_float16_softmax_is_caught_by_the_layer_that_computes_it(policy, severity):
+    """Bug 1 of issue 14: the output is float32 (runner's cast), but the softmax before the cast
+    computed in float16 and its probabilities have already underflowed to exactly 0."""
+    model, _, p, audit = _factory("underflowing_softmax", policy)
+    assert audit["output_dtype"] == "float32"
+    probabilities = model(_images()).numpy()
+    assert (probabilities.min() == 0.0) == (policy == "mixed_float16")  # the underflow is real
+    finding = checks.check_output_dtype(audit, policy, p.output_dtype)
+    if severity is None:
+        assert finding.passed, finding
+        return
+    assert not finding.passed and finding.severity == severity
+    assert "softmax (Softmax, softmax) computes in" in finding.detail
+    assert 'dtype="float32" on softmax' in finding.detail and 'model.output = "logits"' in finding.detail
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_logits_with_runners_float32_softmax_keep_every_probability_above_zero(policy):
+    model, _, p, audit = _factory("large_logits", policy, output="logits")
+    assert model(_images()).numpy().min() > 0.0
+    assert checks.check_output_dtype(audit, policy, p.output_dtype).passed
+    assert checks.blocking(checks.preflight_findings(audit, p, ChecksSpec(), 32)) == []
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_integer_and_boolean_state_is_exempt_from_the_float32_rule(policy):
+    """Bug 2 of issue 14: counters and flags are exact in any precision; only floats must be float32."""
+    model, _, p, audit = _factory("integer_state", policy)
+    assert {compat.dtype_name(v.dtype) for v in model.weights} == {"float32", "int64", "bool"}
+    finding = checks.check_variable_dtype(audit)
+    assert finding.passed, finding
+    assert "steps/count (int64, integer/boolean state)" in finding.detail
+    assert "steps/seen (bool, integer/boolean state)" in finding.detail and "; 2 exempt" in finding.detail
+    assert checks.blocking(checks.preflight_findings(audit, p, ChecksSpec(), 32)) == []
+
+
 def test_seeded_scope_is_reproducible_and_restores_numpy():
     import numpy as np
 
@@ -198,6 +250,10 @@ def test_property_any_small_built_in_model_satisfies_every_invariant(model_spec,
         real = [tf.as_dtype(v.dtype).name for v in keras_layer.weights]
         assert [w["dtype"] for w in entry["weights"]] == real
     assert audit["output_dtype"] == tf.as_dtype(model.outputs[0].dtype).name == "float32"
+    # Not only the output: the final activation itself computes in float32, as Keras says.
+    final = audit["final_activation"]
+    assert final["activation"] == "softmax" and final["compute_dtype"] == "float32"
+    assert model.get_layer(final["name"]).compute_dtype == "float32"
     assert audit["loss_scale_optimizer"] == type(model.optimizer).__name__.startswith("LossScaleOptimizer")
     expected = checks.COMPUTE_DTYPE[policy]
     assert {x["compute_dtype"] for x in audit["layers"] if x["weights"]} == {expected}

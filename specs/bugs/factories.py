@@ -1,7 +1,8 @@
 """Model factories that reproduce real mixed-precision mistakes, for `runner check specs/bugs/*.toml`.
 
 Each is called as function(input_shape=..., num_classes=...) inside runner's policy scope and gets
-images already scaled to [0, 1]. runner appends a float32 cast when the output is not float32.
+images already scaled to [0, 1]. Each reproduces one mistake: apart from it, the network follows the
+mixed-precision rule (its softmax computes in float32).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import tensorflow as tf
 keras = tf.keras  # the Keras TensorFlow trains with: Keras 3, or Keras 2 (TensorFlow 2.15, tf-keras)
 
 
-def _cnn(input_shape, num_classes, dtype_of):
-    """The tutorial's CNN; `dtype_of` gives some layers an explicit dtype (that is the bug)."""
+def _cnn(input_shape, num_classes, dtype_of, softmax=True):
+    """The tutorial's CNN; `dtype_of` gives some layers an explicit dtype (that is the bug). Its
+    softmax computes in float32 unless `dtype_of` says otherwise; without it, the model returns logits."""
     layers = keras.layers
     inputs = keras.Input(input_shape)
     x = layers.Conv2D(32, 3, activation="relu", dtype=dtype_of.get("conv1"), name="conv1")(inputs)
@@ -23,8 +25,10 @@ def _cnn(input_shape, num_classes, dtype_of):
     x = layers.Flatten(dtype=dtype_of.get("flatten"), name="flatten")(x)
     x = layers.Dense(64, activation="relu", dtype=dtype_of.get("dense"), name="dense")(x)
     x = layers.Dense(num_classes, dtype=dtype_of.get("logits"), name="logits")(x)
-    outputs = layers.Activation("softmax", dtype=dtype_of.get("probabilities"), name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="tutorial_cnn")
+    if softmax:
+        probabilities = dtype_of.get("probabilities", "float32")
+        x = layers.Activation("softmax", dtype=probabilities, name="probabilities")(x)
+    return keras.Model(inputs, x, name="tutorial_cnn")
 
 
 ALL_LAYERS = ("conv1", "pool1", "conv2", "pool2", "conv3", "flatten", "dense", "logits", "probabilities")
@@ -43,10 +47,17 @@ def float32_model(input_shape, num_classes):
 
 
 def float16_model(input_shape, num_classes):
-    """Pure float16 ("float16" instead of "mixed_float16"): float16 variables lose small updates."""
-    return _cnn(input_shape, num_classes, dict.fromkeys(ALL_LAYERS, "float16"))
+    """Layers built with dtype="float16" instead of the mixed policy: float16 variables lose small
+    updates (the softmax is kept in float32, so this is the one mistake)."""
+    return _cnn(input_shape, num_classes, dict.fromkeys(ALL_LAYERS[:-1], "float16"))
 
 
 def float16_softmax(input_shape, num_classes):
-    """The tutorial once the order is fixed: softmax in float16 (runner appends a float32 cast)."""
-    return _cnn(input_shape, num_classes, {})
+    """The tutorial once the order is fixed: the softmax computes in the policy's float16, and a cast
+    after it (runner's, or a user's) turns its zeros into float32 zeros: too late."""
+    return _cnn(input_shape, num_classes, {"probabilities": None})
+
+
+def logits(input_shape, num_classes):
+    """The same network without its softmax: with model.output = "logits", runner adds it in float32."""
+    return _cnn(input_shape, num_classes, {}, softmax=False)
