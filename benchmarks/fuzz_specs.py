@@ -105,23 +105,65 @@ def mutated_valid(rng: random.Random) -> dict:
     return doc
 
 
-def random_input(rng: random.Random) -> tuple[str, bytes]:
-    family = rng.choice(["bytes", "toml", "valid"])
+SWEEP_VALUES = {  # axes a sweep may vary, with values that are valid for them
+    "precision.policy": ["float32", "mixed_float16", "mixed_bfloat16"],
+    "seed": [0, 1, 7],
+    "data.batch_size": [16, 32, 64],
+    "training.learning_rate": [0.001, 0.01],
+    "model.depth": [8, 14, 20],
+}
+SWEEP_AXES = list(SWEEP_VALUES)
+BOM = "\ufeff".encode()
+
+
+VALID_OVERRIDES = [
+    "training.epochs=3",
+    "data.train_size=64",
+    "seed=3",
+    "precision.policy=float32",
+    "data.batch_size=32",
+]
+
+
+def random_override(rng: random.Random) -> str:
+    """A --set as a user might type it: a valid one (on a swept field or not), a prefix, or junk."""
+    if rng.random() < 0.6:
+        return rng.choice(VALID_OVERRIDES)
+    key = rng.choice([*SWEEP_AXES, "training.epochs", "data.train_size", "precision", "seed.x", *KEYS])
+    value = rng.choice([str(rng.randint(1, 64)), repr(random_scalar(rng)), "float32", "[1, 2]", "", '"x'])
+    return rng.choice([f"{key}={value}", f"{key} = {value}", key, f"={value}", f"{key}=={value}"])
+
+
+def random_input(rng: random.Random) -> tuple[str, bytes, list[str]]:
+    family = rng.choice(["bytes", "toml", "valid", "overrides"])
     if family == "bytes":
-        return family, bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
+        return family, (BOM + data if rng.random() < 0.2 else data), []
     doc = random_table(rng) if family == "toml" else mutated_valid(rng)
+    overrides: list[str] = []
+    if family == "overrides":  # a valid spec, a sweep over one to three axes, and --set on top
+        doc = {k: (dict(v) if isinstance(v, dict) else v) for k, v in VALID.items()}
+        axes = rng.sample(SWEEP_AXES, rng.randint(0, 3))
+        doc["sweep"] = {
+            axis: rng.sample(SWEEP_VALUES[axis], rng.randint(1, 2))
+            if rng.random() < 0.8
+            else [random_scalar(rng)]
+            for axis in axes
+        } or {rng.choice(SWEEP_AXES): []}
+        overrides = [random_override(rng) for _ in range(rng.randint(1, 2))]
     try:
-        return family, tomli_w.dumps(doc).encode()
+        text = tomli_w.dumps(doc).encode()
     except (TypeError, ValueError):  # not expressible in TOML (e.g. a list of mixed tables)
-        return family, repr(doc).encode()
+        text = repr(doc).encode()
+    return family, (BOM + text if rng.random() < 0.1 else text), overrides
 
 
-def check(data: bytes, folder: Path) -> str:
+def check(data: bytes, folder: Path, overrides: list[str] | None = None) -> str:
     """'valid', 'spec_error', or raises what the loader let escape."""
     path = folder / "spec.toml"
     path.write_bytes(data)
     try:
-        load_plan(path)
+        load_plan(path, overrides or ())
     except SpecError as exc:
         if not str(exc).strip():
             raise AssertionError("empty SpecError message") from None
@@ -140,15 +182,15 @@ def main() -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.count):
-            family, data = random_input(rng)
+            family, data, overrides = random_input(rng)
             try:
-                outcomes[family, check(data, Path(tmp))] += 1
+                outcomes[family, check(data, Path(tmp), overrides)] += 1
             except Exception:  # noqa: BLE001 - counting them is the point
                 outcomes[family, "UNEXPECTED"] += 1
-                unexpected.append(f"{data[:200]!r}\n{traceback.format_exc()}")
+                unexpected.append(f"{data[:200]!r} --set {overrides}\n{traceback.format_exc()}")
     elapsed = time.perf_counter() - start
     print(f"{'family':<8} {'valid':>8} {'spec_error':>11} {'unexpected':>11}")
-    for family in ("bytes", "toml", "valid"):
+    for family in ("bytes", "toml", "valid", "overrides"):
         print(
             f"{family:<8} {outcomes[family, 'valid']:>8} {outcomes[family, 'spec_error']:>11} "
             f"{outcomes[family, 'UNEXPECTED']:>11}"
