@@ -97,23 +97,59 @@ def _prune(folder: Path, keep: set[str]) -> None:
                     (folder / f"{name}{suffix}").unlink()
 
 
-def latest(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
-    """The newest complete checkpoint (latest.json if it is intact, else the newest pair on disk)."""
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return None
+def _candidates(folder: Path) -> list[str]:
+    """Complete checkpoints, newest last (latest.json's, if intact, counts as the newest)."""
     candidates = _complete(folder)
     with contextlib.suppress(OSError, ValueError, KeyError):
         pointed = json.loads((folder / "latest.json").read_text())["name"]
         if pointed in candidates:
             candidates.append(pointed)
-    for name in reversed(candidates):
+    return candidates
+
+
+def latest(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
+    """The newest complete checkpoint (latest.json if it is intact, else the newest pair on disk)."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return None
+    for name in reversed(_candidates(folder)):
         try:
             meta = json.loads((folder / f"{name}.json").read_text())
             return name, meta
         except (OSError, ValueError):
             continue
     return None
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why the arrays at `path` cannot be read back (every array, so each one's CRC is checked)."""
+    try:
+        with np.load(path) as arrays:
+            for key in arrays.files:
+                arrays[key]
+    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file fails in many ways
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def latest_restorable(run_dir: Path) -> tuple[tuple[str, dict[str, Any]] | None, list[str]]:
+    """The newest checkpoint whose files both read back whole, and why each newer one was skipped
+    (a disk error or a truncation must not end a resume that an older checkpoint can serve)."""
+    folder = run_dir / "checkpoints"
+    skipped: list[str] = []
+    if not folder.is_dir():
+        return None, skipped
+    for name in dict.fromkeys(reversed(_candidates(folder))):
+        try:
+            meta = json.loads((folder / f"{name}.json").read_text())
+        except (OSError, ValueError) as exc:
+            skipped.append(f"{name}: {name}.json unreadable ({type(exc).__name__}: {exc})")
+            continue
+        reason = _unreadable(folder / f"{name}.npz")
+        if reason is None:
+            return (name, meta), skipped
+        skipped.append(f"{name}: {name}.npz unreadable ({reason})")
+    return None, skipped
 
 
 def restore(

@@ -18,6 +18,7 @@ from runner.spec import (
     BadInput,
     ExperimentSpec,
     SpecError,
+    SpecValueError,
     Variant,
     json_schema,
     load_plan,
@@ -36,6 +37,7 @@ app = typer.Typer(
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+CONFIRM_ABOVE = 32  # experiments in one plan: a sweep of this many runs for hours on a CPU
 
 SpecPaths = Annotated[list[Path], typer.Argument(help="Experiment spec file(s) (TOML).", show_default=False)]
 Overrides = Annotated[
@@ -113,6 +115,9 @@ def run(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where run directories go.")] = Path(
         "reports"
     ),
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help=f"Run a plan of more than {CONFIRM_ABOVE} experiments.")
+    ] = False,
 ) -> None:
     """Validate, preflight, train, evaluate, check and report experiments (a [sweep] or several specs
     run one after another and end in a comparison table).
@@ -123,6 +128,13 @@ def run(
     from runner.session import run_plan
 
     variants = _load_plans(paths, overrides)
+    if len(variants) > 1:
+        _stderr().print(f"{len(variants)} experiments planned, run one after another")
+    if len(variants) > CONFIRM_ABOVE and not yes:
+        raise _fail(
+            f"{len(variants)} experiments planned (more than {CONFIRM_ABOVE}): check the [sweep] lists, "
+            "then run them with --yes"
+        )
     out = _stdout()
     try:
         plan = run_plan(variants, output, _stderr())
@@ -154,6 +166,8 @@ def resume(
         raise _fail(f"{run_dir}: not a run directory (no spec.toml)")
     try:
         outcome = resume_experiment(run_dir, _stderr())
+    except SpecValueError as exc:
+        raise _fail(f"{run_dir / 'spec.toml'}: {exc}") from None
     except BadInput as exc:
         raise _fail(str(exc)) from None
     _stdout().print(render_run(outcome.report))
@@ -184,11 +198,16 @@ def compare(
     _stdout().print(comparison_table(comparison))
     if output is not None:
         from runner.documents import write_comparison_documents
-        from runner.runs import write_json_atomic
+        from runner.runs import require_writable, write_json_atomic
 
-        output.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(output / "comparison.json", comparison)
-        write_comparison_documents(output, comparison, reports)
+        try:
+            require_writable(output)
+            write_json_atomic(output / "comparison.json", comparison)
+            write_comparison_documents(output, comparison, reports)
+        except BadInput as exc:
+            raise _fail(str(exc)) from None
+        except OSError as exc:  # a disk that fills up between the probe and the writes
+            raise _fail(f"--output {output}: cannot write the comparison ({exc.strerror})") from None
         _stdout().print(f"[dim]written[/] {output}/comparison.json, comparison.md, comparison.html")
 
 
@@ -236,6 +255,8 @@ def check(
     (spec,) = _load_all([path], overrides)
     try:
         outcome = check_experiment(spec, steps)
+    except SpecValueError as exc:
+        raise _fail(f"{path}: {exc}") from None
     except BadInput as exc:
         raise _fail(str(exc)) from None
     findings = [f.as_dict() for f in outcome.findings]

@@ -94,6 +94,11 @@ def load_report(run_dir: Path) -> dict[str, Any]:
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if (run_dir / "spec.toml").is_file():  # a run that was killed (or is still training)
+            raise RunDirError(
+                f"{run_dir}: no report.json yet: the run was killed before it could write one, or is "
+                f"still training; continue it with: runner resume {run_dir}"
+            ) from None
         raise RunDirError(f"{run_dir}: not a run directory (no report.json)") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise RunDirError(f"{path}: unreadable ({exc})") from None

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.spec import BadInput, DataSpec
+from runner.spec import DataSpec, SpecValueError
 
 SHAPE_CLASSES = (
     "disk",
@@ -38,7 +38,7 @@ SHAPES_TRAIN, SHAPES_TEST = 10_000, 2_000
 DOWNLOAD_TIMEOUT_S = 10
 
 
-class DataError(BadInput):
+class DataError(SpecValueError):
     """Data that cannot be found or read: one message saying where it was looked for and what to do."""
 
 

@@ -9,6 +9,7 @@ final activation in float32 too, and `final_activation` finds the layer the audi
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 
 from runner import compat
 from runner.checks import PROBABILITY_ACTIVATIONS
-from runner.spec import BadInput, Factory, KerasApplication, Mlp, ResNet, SeedCnn
+from runner.spec import Factory, KerasApplication, Mlp, ResNet, SeedCnn, SpecValueError
 
 OUTPUT_CAST = "output_cast"  # the layer runner appends to give a foreign model a float32 output
 OUTPUT_ACTIVATION = "output_activation"  # the float32 softmax runner appends to a model's logits
@@ -25,7 +26,7 @@ OUTPUT_ACTIVATION = "output_activation"  # the float32 softmax runner appends to
 PASS_THROUGH = {"Flatten", "Reshape", "Dropout", "Identity", "InputLayer"}
 
 
-class ModelError(BadInput):
+class ModelError(SpecValueError):
     """A model the spec names but that cannot be built: unknown application, broken factory."""
 
 
@@ -181,8 +182,12 @@ def build_keras_application(
     keras = compat.keras()
     constructor = getattr(keras.applications, spec.name, None)
     if not callable(constructor):
-        known = ", ".join(sorted(n for n in dir(keras.applications) if n[0].isupper()))
-        raise ModelError(f'model.name: expected a keras.applications model ({known}); got "{spec.name}"')
+        known = sorted(n for n in dir(keras.applications) if n[0].isupper())
+        close = difflib.get_close_matches(spec.name, known, n=1, cutoff=0.5)
+        hint = f'; did you mean "{close[0]}"?' if close else ""
+        raise ModelError(
+            f'model.name: expected a keras.applications model ({", ".join(known)}); got "{spec.name}"{hint}'
+        )
     arguments: dict[str, Any] = dict(spec.arguments)
     activation = None
     if output_dtype is not None:  # logits from the application, its activation in float32 by runner
@@ -214,7 +219,7 @@ def load_factory(reference: str) -> Callable[..., Any]:
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the spec's to fix
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import failure is the spec's to fix
         raise ModelError(
             f'model.factory: cannot import "{module_name}" ({type(exc).__name__}: {exc})'
         ) from None
@@ -232,7 +237,7 @@ def build_factory(
     images, x = _inputs(input_shape)
     try:
         inner = function(input_shape=input_shape, num_classes=num_classes, **spec.arguments)
-    except Exception as exc:  # noqa: BLE001 - the user's code, reported as such
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code (sys.exit too), reported as such
         raise ModelError(f"model.factory: {spec.factory} raised {type(exc).__name__}: {exc}") from None
     if not isinstance(inner, keras.Model):
         got = type(inner).__name__
@@ -279,4 +284,12 @@ MODEL_BUILDERS: dict[str, Builder] = {
 
 def build_model(spec: Any, input_shape: tuple[int, ...], num_classes: int, output_dtype: str | None) -> Any:
     """Build under the current dtype policy: call inside `precision.policy_scope`."""
-    return MODEL_BUILDERS[spec.kind](spec, input_shape, num_classes, output_dtype)
+    model = MODEL_BUILDERS[spec.kind](spec, input_shape, num_classes, output_dtype)
+    shape = tuple(model.outputs[0].shape)
+    if len(model.outputs) != 1 or len(shape) != 2 or shape[1] != num_classes:
+        got = ", ".join(str(tuple(o.shape)).replace("None", "batch") for o in model.outputs)
+        raise ModelError(
+            f"model: expected one output of shape (batch, {num_classes}), a probability per class of "
+            f"the data; got {got}"
+        )
+    return model

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from runner.spec import BadInput
+
 
 def utc_stamp(now: dt.datetime | None = None) -> str:
     return (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
@@ -24,9 +26,33 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
+LOCK_NAME = ".lock"
+
+
+class OutputError(BadInput):
+    """An output folder that cannot take a run: not a folder, read-only, full."""
+
+
+class RunDirBusy(BadInput):
+    """Another live process trains in this run directory."""
+
+
+def require_writable(output: Path) -> None:
+    """Create `output` if needed and prove a run directory can be made in it (by making and removing
+    one): read-only, a file, no permission are bad input, said before any work is done."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(dir=output, prefix=".runner-probe-").cleanup()
+    except OSError as exc:
+        what = "is a file" if output.is_file() else (exc.strerror or type(exc).__name__).lower()
+        raise OutputError(
+            f"--output {output}: {what}; expected a folder runner can write run directories in"
+        ) from None
+
+
 def create_run_dir(output: Path, name: str, spec_hash: str) -> Path:
     """`output/<name>-<UTC timestamp>-<hash>/`, created exclusively: two runs never share one."""
-    output.mkdir(parents=True, exist_ok=True)
+    require_writable(output)
     base = f"{name}-{utc_stamp()}-{spec_hash}"
     for attempt in range(1, 1000):
         candidate = output / (base if attempt == 1 else f"{base}-{attempt}")
@@ -34,8 +60,41 @@ def create_run_dir(output: Path, name: str, spec_hash: str) -> Path:
             candidate.mkdir()
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise OutputError(f"--output {output}: cannot create {candidate.name} ({exc.strerror})") from None
         return candidate
-    raise FileExistsError(f"{output}: could not create a unique run directory for {base}")
+    raise OutputError(f"--output {output}: could not create a unique run directory for {base}")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock on `run_dir` for the block: a second trainer in the same directory
+    would write every epoch twice. flock dies with the process, so kill -9 leaves no stale lock."""
+    import fcntl
+
+    try:
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise OutputError(f"{run_dir}: cannot lock the run directory ({exc.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirBusy(
+                f"{run_dir}: a run is training in this directory (PID {holder}); wait for it to end, "
+                f"or stop it (kill -INT {holder}) and resume"
+            ) from None
+        with contextlib.suppress(OSError):  # the PID is for that message: a full disk must not stop us
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):  # the PID goes with the lock; the empty file stays
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -44,6 +103,7 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     readers see the old file or the new one, never half of one (a kill leaves at most a .tmp)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a report is as readable as any file
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
@@ -52,6 +112,12 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: Path, text: str) -> None:

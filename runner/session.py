@@ -10,6 +10,7 @@ import contextlib
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from runner.spec import (
     BadInput,
     ExperimentSpec,
     PrecisionSpec,
-    SpecError,
+    SpecValueError,
     Variant,
     load_spec,
     spec_hash,
@@ -38,6 +39,7 @@ from runner.spec import (
 )
 
 EXIT_BAD_INPUT = 2
+SPEC_SOURCE_VARIABLE = "RUNNER_SPEC_SOURCE"  # a sweep's child process: the spec file it stands for
 PREFLIGHT_FAILED = "preflight check failed: not training (see the failed checks)"
 EXIT = {"completed": 0, "check_failed": 1, "diverged": 3, "failed": 3, "interrupted": 130}
 
@@ -88,7 +90,7 @@ def device_scope(device: str) -> Iterator[Any]:
 def require_device(device: str) -> None:
     """Bad input, before anything is written: a spec asking for a GPU this machine does not have."""
     if device == "gpu" and not compat.tensorflow().config.list_physical_devices("GPU"):
-        raise SpecError(
+        raise SpecValueError(
             'runtime.device: expected a visible GPU for device = "gpu"; found none '
             "(use --set runtime.device=auto to run on the CPU)"
         )
@@ -114,16 +116,15 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _segments(start: checkpoints.Position, epochs: int, steps: int) -> list[train.Segment]:
-    """The `fit` calls from `start`, one per epoch (the first may be the rest of an interrupted one).
+def _segments(start: checkpoints.Position, epochs: int, steps: int) -> Iterator[train.Segment]:
+    """The `fit` calls from `start`, one per epoch (the first may be the rest of an interrupted one),
+    made one at a time: nothing is planned ahead, so `epochs = 10**9` costs nothing until it runs.
 
     One epoch per `fit` because Keras 3, given steps_per_epoch, runs whole executions: 25 steps at
     3 per execution would run 27, two of them from the next epoch's batches. A `fit` over one
     epoch's batches ends where they do."""
-    return [
-        train.Segment(e, e + 1, start.step if e == start.epoch else 0, steps)
-        for e in range(start.epoch, epochs)
-    ]
+    for epoch in range(start.epoch, epochs):
+        yield train.Segment(epoch, epoch + 1, start.step if epoch == start.epoch else 0, steps)
 
 
 def _callbacks(state: RunState, segment: train.Segment, n_train: int, restore_metrics: Any) -> list[Any]:
@@ -302,43 +303,63 @@ def _new_state(spec: ExperimentSpec, run_dir: Path, environment: dict[str, Any],
     return RunState(spec, run_dir, environment, splits.summary(), advice={"faster": fast, "detail": why})
 
 
-def start_run(spec: ExperimentSpec, output: Path) -> tuple[RunState, Splits]:
-    """Prepare, then create and seed the run directory."""
-    splits, environment = _prepare(spec)
+@contextlib.contextmanager
+def _new_run_dir(spec: ExperimentSpec, output: Path, environment: dict[str, Any]) -> Iterator[Path]:
+    """A fresh run directory, locked while the block runs and seeded with the spec and environment.
+    Bad input found inside (a model that cannot be built, a disk too full for spec.toml) removes it
+    again: nothing trained, nothing to keep, no `failed` run left to puzzle over."""
     run_dir = runs.create_run_dir(output, spec.name, spec_hash(spec))
-    runs.write_text_atomic(run_dir / "spec.toml", spec_to_toml(spec))
-    runs.write_json_atomic(run_dir / "environment.json", environment)
-    return _new_state(spec, run_dir, environment, splits), splits
+    with runs.run_lock(run_dir):
+        try:
+            runs.write_text_atomic(run_dir / "spec.toml", spec_to_toml(spec))
+            runs.write_json_atomic(run_dir / "environment.json", environment)
+        except OSError as exc:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise runs.OutputError(
+                f"--output {output}: cannot write the run directory ({exc.strerror})"
+            ) from None
+        try:
+            yield run_dir
+        except BadInput:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
 
 def run_experiment(spec: ExperimentSpec, output: Path, console: Console) -> RunOutcome:
-    """Run one experiment; bad input raises BadInput, everything else ends in a report."""
-    state, splits = start_run(spec, output)
-    return _execute(state, splits, console)
+    """Run one experiment; bad input raises BadInput (and leaves no run directory), everything else
+    ends in a report."""
+    runs.require_writable(output)  # before the data and TensorFlow take their seconds
+    splits, environment = _prepare(spec)
+    with _new_run_dir(spec, output, environment) as run_dir:
+        return _execute(_new_state(spec, run_dir, environment, splits), splits, console)
 
 
 def resume_experiment(run_dir: Path, console: Console) -> RunOutcome:
-    """Continue an unfinished run from its newest complete checkpoint (from the start if it has none)."""
+    """Continue an unfinished run from its newest checkpoint that reads back whole (from the start if
+    it has none). The run directory is locked first: a run still training in it is not joined."""
     spec = load_spec(run_dir / "spec.toml")
-    previous = compare.load_report(run_dir) if (run_dir / "report.json").exists() else {}
-    if previous.get("status") == "completed":
-        raise BadInput(f"{run_dir}: this run completed; nothing to resume")
-    splits, environment = _prepare(spec)
-    found = checkpoints.latest(run_dir)
-    state = _new_state(spec, run_dir, environment, splits)
-    state.started_at = previous.get("started_at", state.started_at)
-    state.resume_from = found
-    state.resumes = [
-        *previous.get("resumes", []),
-        {"at": runs.utc_now(), "from": found[0] if found else None},
-    ]
-    if found is not None:
-        state.log = train.TrainingLog.from_state(found[1]["state"])
-    # Epochs after the checkpoint will run again: their lines (a kill can leave one) go.
-    done = found[1]["position"]["epoch"] if found else 0
-    kept = [r for r in runs.read_jsonl(run_dir / "metrics.jsonl") if r.get("epoch", 0) <= done]
-    runs.write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
-    return _execute(state, splits, console)
+    with runs.run_lock(run_dir):
+        previous = compare.load_report(run_dir) if (run_dir / "report.json").exists() else {}
+        if previous.get("status") == "completed":
+            raise BadInput(f"{run_dir}: this run completed; nothing to resume")
+        splits, environment = _prepare(spec)
+        found, skipped = checkpoints.latest_restorable(run_dir)
+        for reason in skipped:
+            console.print(f"[yellow]note:[/] checkpoint skipped, {reason}", soft_wrap=True, markup=True)
+        state = _new_state(spec, run_dir, environment, splits)
+        state.started_at = previous.get("started_at", state.started_at)
+        state.resume_from = found
+        state.resumes = [
+            *previous.get("resumes", []),
+            {"at": runs.utc_now(), "from": found[0] if found else None, "skipped": skipped},
+        ]
+        if found is not None:
+            state.log = train.TrainingLog.from_state(found[1]["state"])
+        # Epochs after the checkpoint will run again: their lines (a kill can leave one) go.
+        done = found[1]["position"]["epoch"] if found else 0
+        kept = [r for r in runs.read_jsonl(run_dir / "metrics.jsonl") if r.get("epoch", 0) <= done]
+        runs.write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        return _execute(state, splits, console)
 
 
 def _execute(state: RunState, splits: Splits, console: Console) -> RunOutcome:
@@ -366,6 +387,8 @@ def _execute(state: RunState, splits: Splits, console: Console) -> RunOutcome:
         except Exception as exc:  # noqa: BLE001 - a crash still writes its report
             state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
             runs.write_text_atomic(state.run_dir / "error.txt", traceback.format_exc())
+    if state.status == "completed":  # a crash an earlier attempt left is not this run's error
+        (state.run_dir / "error.txt").unlink(missing_ok=True)
     state.findings = state.findings + _post_findings(state, policy_before)
     data = report.make_report(state, performance(state.log, state.spec.data.batch_size))
     runs.write_json_atomic(state.run_dir / "report.json", data)
@@ -391,7 +414,7 @@ class PlanOutcome:
     comparison: dict[str, Any] | None = None
 
 
-def run_isolated(spec: ExperimentSpec, output: Path) -> RunOutcome | None:
+def run_isolated(spec: ExperimentSpec, output: Path, source: str = "") -> RunOutcome | None:
     """Run one experiment in a fresh Python process: its peak memory is its own, not the sweep's so
     far, and no state (TensorFlow's, Keras') carries over between variants. None on bad input (the
     child has said why on stderr). Ctrl-C reaches the child, which saves its report; we wait for it."""
@@ -403,6 +426,7 @@ def run_isolated(spec: ExperimentSpec, output: Path) -> RunOutcome | None:
         child = subprocess.Popen(
             [sys.executable, "-m", "runner", "run", str(spec_file), "--output", str(output)],
             stdout=subprocess.DEVNULL,
+            env={**os.environ, SPEC_SOURCE_VARIABLE: source or str(spec_file)},  # errors name the real file
         )
         while True:
             try:
@@ -424,7 +448,11 @@ def run_plan(variants: list[Variant], output: Path, console: Console) -> PlanOut
     Bad input stops the plan (raised, runs so far kept); an interruption stops it after its report.
     """
     if len(variants) == 1:
-        outcome = run_experiment(variants[0].spec, output, console)
+        try:
+            outcome = run_experiment(variants[0].spec, output, console)
+        except SpecValueError as exc:  # the file it is in: a sweep's child names its parent's file
+            source = os.environ.get(SPEC_SOURCE_VARIABLE) or variants[0].source
+            raise SpecValueError(f"{source}: {exc}") from None
         return PlanOutcome([outcome], outcome.exit_code)
     groups = {v.group for v in variants}
     base = groups.pop() if len(groups) == 1 else "comparison"
@@ -434,7 +462,7 @@ def run_plan(variants: list[Variant], output: Path, console: Console) -> PlanOut
     for variant in variants:
         settings = ", ".join(f"{k}={v}" for k, v in variant.settings.items())
         console.print(f"[bold]{variant.spec.name}[/] {settings}")
-        isolated = run_isolated(variant.spec, group_dir)
+        isolated = run_isolated(variant.spec, group_dir, variant.source)
         if isolated is None:
             code = EXIT_BAD_INPUT
             break

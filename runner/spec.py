@@ -53,6 +53,11 @@ class SpecError(BadInput):
     """A spec that cannot be loaded: one readable message (file, field, expected, received)."""
 
 
+class SpecValueError(BadInput):
+    """A spec value only a run can judge (it needs the data, TensorFlow or the user's code): the
+    message starts with the field path; the caller, who knows the file, puts its name first."""
+
+
 class StrictModel(BaseModel):
     # strict: TOML is typed, so "32" for an int is a mistake, not something to coerce.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
@@ -236,19 +241,27 @@ class ExperimentSpec(StrictModel):
 # ---------------------------------------------------------------- loading
 
 
+MAX_SPEC_BYTES = 1 << 20  # a spec is a page of TOML; anything larger is the wrong file
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """The raw TOML document at `path`; a missing, unreadable or malformed file is one SpecError."""
     path = Path(path)
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "file not found"
+    if not path.is_file():  # a folder, a device (/dev/zero), a FIFO: never opened, so never a hang
+        what = "file not found" if not path.exists() else "is a directory" if path.is_dir() else "not a file"
         raise SpecError(f"{path}: {what}; expected a TOML experiment spec")
     try:
-        document: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: {path.stat().st_size} bytes; expected a TOML spec of at most 1 MiB")
+        # utf-8-sig: editors on Windows start files with a byte-order mark, which TOML does not allow.
+        document: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8-sig"))
         return document
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read ({exc.strerror}); expected a readable TOML spec") from None
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
@@ -280,6 +293,7 @@ class Variant:
     spec: ExperimentSpec
     settings: dict[str, Any]
     group: str = ""  # the name in the spec file, which a sweep's variant names extend
+    source: str = ""  # the spec file (and sweep values) it comes from, for messages
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -322,8 +336,9 @@ def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> list[Variant]:
     raw = read_toml(path)
     if "sweep" not in raw:
         spec = spec_from_dict(raw, source=str(path), overrides=overrides)
-        return [Variant(spec, {}, spec.name)]
+        return [Variant(spec, {}, spec.name, str(path))]
     axes = sweep_axes(raw.pop("sweep"), str(path))
+    _refuse_overridden_axes(axes, overrides, str(path))
     base = apply_overrides(raw, overrides, str(path))
     variants, errors = [], []
     for combo in itertools.product(*axes.values()):
@@ -335,12 +350,25 @@ def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> list[Variant]:
         data["name"] = f"{str(data.get('name', 'run'))[: 63 - len(suffix)]}-{suffix}"[:64]
         where = f"{path} [sweep {', '.join(f'{k}={v}' for k, v in settings.items())}]"
         try:
-            variants.append(Variant(spec_from_dict(data, source=where), settings, str(base.get("name"))))
+            spec = spec_from_dict(data, source=where)
+            variants.append(Variant(spec, settings, str(base.get("name")), where))
         except SpecError as exc:
             errors.append(str(exc))
     if errors:
         raise SpecError("\n".join(dict.fromkeys(errors)))
     return variants
+
+
+def _refuse_overridden_axes(axes: Mapping[str, Any], overrides: Sequence[str], source: str) -> None:
+    """A --set on a field the sweep also sets would be silently replaced in every variant."""
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        for axis in axes:
+            if key == axis or axis.startswith(key + ".") or key.startswith(axis + "."):
+                raise SpecError(
+                    f'{source}: --set {text} and sweep."{axis}" both set {axis}; the sweep would win in '
+                    "every variant. Remove one of the two (or edit the sweep's list of values)"
+                )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

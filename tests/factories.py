@@ -78,3 +78,18 @@ def integer_state(input_shape, num_classes):
     x = keras.layers.Dense(num_classes, name="logits")(x)
     outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="integer_state")
+
+
+def exits(input_shape, num_classes):
+    """User code that ends the process instead of returning a model."""
+    import sys
+
+    sys.exit(0)
+
+
+def wrong_output_size(input_shape, num_classes):
+    """Three classes too few: the loss would fail inside TensorFlow, mid-check."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    outputs = keras.layers.Dense(num_classes - 3, activation="softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inputs, outputs)
