@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import pickle
+import stat
 import tarfile
 import urllib.request
 from collections.abc import Callable
@@ -131,6 +132,71 @@ def _load_shapes(spec: DataSpec, seed: int) -> tuple[tuple, tuple, int]:
 
 # ---------------------------------------------------------------- the real archives
 
+CIFAR_DESCRIPTION = "cifar-10-python.tar.gz (163 MB)"
+MNIST_DESCRIPTION = "mnist.npz (11 MB)"
+FASHION_DESCRIPTION = "the folder fashion-mnist/ with the four *-ubyte.gz files (30 MB)"
+
+# What a reader will touch, at most: far above the real files (a re-packed archive still passes), far below
+# what would stall a run. A bigger file is the wrong file; refusing it costs one stat, reading it minutes.
+MB = 1_000_000
+CIFAR_ARCHIVE_MAX = 1_000 * MB  # the real archive: 170 MB
+CIFAR_UNPACKED_MAX = 1_000 * MB  # its entries unpack to 178 MB
+CIFAR_ENTRIES_MAX = 100  # it has 9 entries: the folder, 6 batches, batches.meta, readme.html
+CIFAR_BATCH_MAX = 200 * MB  # one batch: 31 MB
+MNIST_NPZ_MAX = 200 * MB  # 11 MB
+FASHION_FILE_MAX = 200 * MB  # the largest unpacks to 47 MB
+
+_SPECIAL_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _kind(mode: int) -> str:
+    """What a stat mode says a path is, in words for an error message."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for is_kind, name in _SPECIAL_KINDS if is_kind(mode)), "neither a file nor a folder")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / MB:,.0f} MB" if size >= MB else f"{size:,} bytes"
+
+
+def _stat(path: Path, expected: str) -> os.stat_result:
+    """`path`'s stat (following links). Only stat: a FIFO or a device is judged without being opened,
+    since opening a FIFO blocks until a writer comes and /dev/zero never ends."""
+    try:
+        return path.stat()
+    except OSError as exc:
+        raise DataError(f'"{path}" {_unreachable(exc)}; expected {expected}') from None
+
+
+def _unreachable(exc: OSError) -> str:
+    return "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be inspected ({exc.strerror})"
+
+
+def _regular_file(path: Path, limit: int, expected: str) -> Path:
+    """`path` if it is a regular file of at most `limit` bytes, judged before any byte is read."""
+    info = _stat(path, expected)
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f'"{path}" is {_kind(info.st_mode)}; expected {expected}')
+    if info.st_size > limit:
+        raise DataError(
+            f'"{path}" is {_megabytes(info.st_size)}; expected {expected}, at most {_megabytes(limit)}'
+        )
+    return path
+
+
+def _folder(path: Path, expected: str) -> Path:
+    mode = _stat(path, expected).st_mode
+    if not stat.S_ISDIR(mode):
+        raise DataError(f'"{path}" is {_kind(mode)}; expected {expected}')
+    return path
+
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """CIFAR's python archives are pickles: allow only what numpy arrays need, so a crafted one cannot
@@ -168,23 +234,49 @@ def read_cifar_batch(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
+def _cifar_folder(path: Path) -> Path:
+    """The folder holding the batches: `path` itself or the cifar-10-batches-py/ the archive unpacks to."""
+    return path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+
+
 def _cifar_members(path: Path) -> dict[str, bytes]:
     """The six batch files from a cifar-10-python.tar.gz or from its extracted folder."""
     if path.is_dir():
-        folder = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
-        missing = [b for b in CIFAR_BATCHES if not (folder / b).is_file()]
+        folder = _cifar_folder(path)
+        missing = [b for b in CIFAR_BATCHES if not (folder / b).exists()]
         if missing:
             raise DataError(f"{folder}: missing CIFAR-10 batch files {', '.join(missing)}")
-        return {b: (folder / b).read_bytes() for b in CIFAR_BATCHES}
+        expected = "a CIFAR-10 python batch file (31 MB)"
+        return {b: _regular_file(folder / b, CIFAR_BATCH_MAX, expected).read_bytes() for b in CIFAR_BATCHES}
+    _regular_file(path, CIFAR_ARCHIVE_MAX, CIFAR_DESCRIPTION)
     try:
         with tarfile.open(path, "r:*") as tar:
-            found = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-            missing = [b for b in CIFAR_BATCHES if b not in found]
-            if missing:
-                raise DataError(f"{path}: archive lacks CIFAR-10 batch files {', '.join(missing)}")
-            return {b: tar.extractfile(found[b]).read() for b in CIFAR_BATCHES}  # type: ignore[union-attr]
+            found = _tar_batches(tar, path)
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: cannot read the archive ({exc}); expected cifar-10-python.tar.gz") from None
+    missing = [b for b in CIFAR_BATCHES if b not in found]
+    if missing:
+        raise DataError(f"{path}: archive lacks CIFAR-10 batch files {', '.join(missing)}")
+    return found
+
+
+def _tar_batches(tar: tarfile.TarFile, path: Path) -> dict[str, bytes]:
+    """The batch files among the archive's entries, stopping once all six are in. A gzip stream can unpack
+    to far more than its own size, so entries and unpacked bytes are counted before each is read."""
+    found: dict[str, bytes] = {}
+    unpacked = 0
+    for count, member in enumerate(tar, start=1):
+        unpacked += member.size
+        if count > CIFAR_ENTRIES_MAX or unpacked > CIFAR_UNPACKED_MAX:
+            raise DataError(
+                f"{path}: more than {CIFAR_ENTRIES_MAX} entries or {_megabytes(CIFAR_UNPACKED_MAX)} "
+                f"unpacked; expected {CIFAR_DESCRIPTION}, 9 entries"
+            )
+        if member.isfile() and Path(member.name).name in CIFAR_BATCHES:
+            found[Path(member.name).name] = tar.extractfile(member).read()  # type: ignore[union-attr]
+        if len(found) == len(CIFAR_BATCHES):
+            break
+    return found
 
 
 def read_cifar10(path: Path) -> tuple[tuple, tuple, int]:
@@ -197,6 +289,7 @@ def read_cifar10(path: Path) -> tuple[tuple, tuple, int]:
 
 
 def read_mnist_npz(path: Path) -> tuple[tuple, tuple, int]:
+    _regular_file(path, MNIST_NPZ_MAX, MNIST_DESCRIPTION)
     try:
         with np.load(path, allow_pickle=False) as f:
             x_train, y_train, x_test, y_test = (f[k] for k in ("x_train", "y_train", "x_test", "y_test"))
@@ -213,16 +306,27 @@ FASHION_FILES = {
 }
 
 
+def _read_idx(file: Path, header: int) -> np.ndarray:
+    """One gzip'd IDX file → its uint8 payload after the `header` bytes; unpacks at most FASHION_FILE_MAX."""
+    _regular_file(file, FASHION_FILE_MAX, "a gzip'd IDX file")
+    try:
+        with gzip.open(file, "rb") as f:
+            raw = f.read(FASHION_FILE_MAX + 1)
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{file}: cannot read ({exc})") from None
+    if len(raw) > FASHION_FILE_MAX:
+        raise DataError(
+            f"{file}: unpacks to more than {_megabytes(FASHION_FILE_MAX)}; expected a gzip'd IDX file"
+        )
+    return np.frombuffer(raw, np.uint8, offset=header)
+
+
 def read_fashion_mnist(path: Path) -> tuple[tuple, tuple, int]:
-    arrays = {}
-    for key, name in FASHION_FILES.items():
-        try:
-            with gzip.open(path / name, "rb") as f:
-                raw = f.read()
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path / name}: cannot read ({exc})") from None
-        offset = 16 if key.startswith("x") else 8  # idx header: magic, count (, rows, cols)
-        arrays[key] = np.frombuffer(raw, np.uint8, offset=offset)
+    _folder(path, FASHION_DESCRIPTION)
+    # idx header: magic, count (, rows, cols)
+    arrays = {
+        key: _read_idx(path / name, 16 if key.startswith("x") else 8) for key, name in FASHION_FILES.items()
+    }
     x_train = arrays["x_train"].reshape(len(arrays["y_train"]), 28, 28, 1)
     x_test = arrays["x_test"].reshape(len(arrays["y_test"]), 28, 28, 1)
     return (x_train, arrays["y_train"]), (x_test, arrays["y_test"]), 10
@@ -251,21 +355,21 @@ ARCHIVES: dict[str, Archive] = {
         ),
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
-        "cifar-10-python.tar.gz (163 MB)",
+        CIFAR_DESCRIPTION,
     ),
     "mnist": Archive(
         read_mnist_npz,
         ("mnist.npz",),
         "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
         "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
-        "mnist.npz (11 MB)",
+        MNIST_DESCRIPTION,
     ),
     "fashion_mnist": Archive(
         read_fashion_mnist,
         ("fashion-mnist",),
         "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
         None,
-        "the folder fashion-mnist/ with the four *-ubyte.gz files (30 MB)",
+        FASHION_DESCRIPTION,
     ),
 }
 
@@ -298,17 +402,24 @@ def _fetch_fashion_mnist(archive: Archive, folder: Path) -> None:
             _download(archive.url + name, folder / name, None)
 
 
+def _explicit_path(source: str, path: str) -> Path:
+    """`data.path` if it is a regular file or a folder; the reader checks which one the source needs."""
+    explicit = Path(path).expanduser()
+    expected = f'{ARCHIVES[source].description} for data.source = "{source}"'
+    try:
+        mode = explicit.stat().st_mode  # only stat: nothing is opened before the kind is known
+    except OSError as exc:
+        raise DataError(f'data.path: "{path}" {_unreachable(exc)}; expected {expected}') from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(f'data.path: "{path}" is {_kind(mode)}; expected {expected}')
+    return explicit
+
+
 def locate(source: str, path: str | None) -> Path:
     """The archive to read: `data.path`, else Keras' cache, else a download into the cache."""
     archive = ARCHIVES[source]
     if path is not None:
-        explicit = Path(path).expanduser()
-        if not explicit.exists():
-            raise DataError(
-                f'data.path: "{path}" does not exist; expected {archive.description} for data.source '
-                f'= "{source}"'
-            )
-        return explicit
+        return _explicit_path(source, path)
     cache = keras_cache()
     for name in archive.cache_names:
         if (cache / name).exists():

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from runner import data
 from runner.data import (
+    ARCHIVES,
     CIFAR_BATCHES,
     SHAPE_CLASSES,
     DataError,
@@ -37,6 +41,22 @@ def _cifar_batch_bytes(rng: np.random.Generator, n: int) -> tuple[bytes, np.ndar
         {b"batch_label": b"x", b"labels": [int(v) for v in labels], b"data": rows}, protocol=2
     )
     return blob, images, labels
+
+
+def make_fashion_folder(folder, n: int = 6, seed: int = 0, images=None):
+    """fashion-mnist/ as Keras caches it: four gzip'd IDX files (train = test); returns (images, labels)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) if images is None else images
+    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix in ("train", "t10k"):
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(
+                b"\x00\x00\x08\x03" + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + images.tobytes()
+            )
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(b"\x00\x00\x08\x01" + n.to_bytes(4, "big") + labels.tobytes())
+    return images, labels
 
 
 def make_cifar_archive(path, n: int = 4, seed: int = 0):
@@ -200,16 +220,7 @@ def test_mnist_npz_reader(tmp_path):
 
 
 def test_fashion_mnist_idx_reader(tmp_path):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, 6, dtype=np.uint8)
-    for prefix in ("train", "t10k"):
-        with gzip.open(tmp_path / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-            f.write(
-                b"\x00\x00\x08\x03" + (6).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + images.tobytes()
-            )
-        with gzip.open(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-            f.write(b"\x00\x00\x08\x01" + (6).to_bytes(4, "big") + labels.tobytes())
+    images, labels = make_fashion_folder(tmp_path)
     (x, y), _, _ = read_fashion_mnist(tmp_path)
     assert np.array_equal(x[..., 0], images) and np.array_equal(y, labels)
 
@@ -253,3 +264,106 @@ def test_a_failed_download_is_a_data_error_quickly(monkeypatch):
         locate("mnist", None)
     assert time.perf_counter() - start < 15
     assert not (keras_cache() / "mnist.npz").exists()
+
+
+# ---------------------------------------------------------------- special files and sizes
+
+
+def _fifo(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    return tmp_path / "fifo"
+
+
+SPECIAL_FILES = {
+    "dev-zero": (lambda tmp_path: Path("/dev/zero"), "a character device"),
+    "fifo": (_fifo, "a FIFO (named pipe)"),
+}
+
+
+@pytest.mark.parametrize("source", ["cifar10", "mnist", "fashion_mnist"])
+@pytest.mark.parametrize("special", SPECIAL_FILES)
+def test_a_special_file_as_data_path_is_refused_without_opening_it(tmp_path, special, source):
+    """/dev/zero spun the archive probe forever and opening a FIFO waits for a writer: stat alone refuses
+    both, so the error comes before anything is opened."""
+    make, kind = SPECIAL_FILES[special]
+    path = make(tmp_path)
+    with pytest.raises(DataError) as info:
+        load_data(DataSpec(source=source, path=str(path), batch_size=2), seed=0)
+    expected = ARCHIVES[source].description
+    assert (
+        str(info.value) == f'data.path: "{path}" is {kind}; expected {expected} for data.source = "{source}"'
+    )
+
+
+def _cifar_folder_with_fifo(tmp_path):
+    make_cifar_archive(tmp_path / "c.tar.gz")
+    with tarfile.open(tmp_path / "c.tar.gz") as tar:
+        tar.extractall(tmp_path / "cifar", filter="data")
+    batch = tmp_path / "cifar" / "cifar-10-batches-py" / "data_batch_3"
+    batch.unlink()
+    os.mkfifo(batch)
+    return (
+        "cifar10",
+        tmp_path / "cifar",
+        r'data_batch_3" is a FIFO \(named pipe\); expected a CIFAR-10 python batch',
+    )
+
+
+def _fashion_folder_with_dev_zero(tmp_path):
+    make_fashion_folder(tmp_path / "fashion")
+    labels = tmp_path / "fashion" / "t10k-labels-idx1-ubyte.gz"
+    labels.unlink()
+    labels.symlink_to("/dev/zero")
+    return "fashion_mnist", tmp_path / "fashion", r'idx1-ubyte.gz" is a character device; expected a gzip'
+
+
+@pytest.mark.parametrize(
+    "make", [_cifar_folder_with_fifo, _fashion_folder_with_dev_zero], ids=["cifar", "fashion"]
+)
+def test_a_special_file_inside_a_data_folder_is_refused(tmp_path, make):
+    source, folder, message = make(tmp_path)
+    with pytest.raises(DataError, match=message):
+        load_data(DataSpec(source=source, path=str(folder), batch_size=2), seed=0)
+
+
+@pytest.mark.parametrize(("source", "name"), [("cifar10", "c.tar.gz"), ("mnist", "mnist.npz")])
+def test_a_file_far_larger_than_the_archive_is_refused_before_reading(tmp_path, source, name):
+    big = tmp_path / name
+    with big.open("wb") as f:
+        f.truncate(2_000_000_000)  # sparse: no disk and no time spent, but stat says 2 GB
+    with pytest.raises(DataError, match=r"is 2,000 MB; expected .*, at most [0-9,]+ MB"):
+        load_data(DataSpec(source=source, path=str(big), batch_size=2), seed=0)
+
+
+def _cifar_with_more_entries_than_allowed(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CIFAR_ENTRIES_MAX", 3)
+    make_cifar_archive(tmp_path / "c.tar.gz")
+    return "cifar10", tmp_path / "c.tar.gz", "more than 3 entries"
+
+
+def _cifar_unpacking_to_more_than_allowed(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CIFAR_UNPACKED_MAX", 20_000)  # a 4-image batch is 12 kB
+    make_cifar_archive(tmp_path / "c.tar.gz")
+    return "cifar10", tmp_path / "c.tar.gz", "or 20,000 bytes unpacked"
+
+
+def _fashion_unpacking_to_more_than_allowed(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "FASHION_FILE_MAX", 1_000)  # blank images pack to less, unpack to 4.7 kB
+    make_fashion_folder(tmp_path / "fashion", images=np.zeros((6, 28, 28), np.uint8))
+    return "fashion_mnist", tmp_path / "fashion", "unpacks to more than 1,000 bytes"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        _cifar_with_more_entries_than_allowed,
+        _cifar_unpacking_to_more_than_allowed,
+        _fashion_unpacking_to_more_than_allowed,
+    ],
+    ids=["cifar-entries", "cifar-unpacked", "fashion-unpacked"],
+)
+def test_unpacking_is_bounded(tmp_path, monkeypatch, make):
+    """A small gzip can unpack to gigabytes: readers count what they unpack, against bounds shrunk here."""
+    source, path, message = make(tmp_path, monkeypatch)
+    with pytest.raises(DataError, match=message):
+        load_data(DataSpec(source=source, path=str(path), batch_size=2), seed=0)
