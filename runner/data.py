@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import os
 import pickle
+import secrets
+import shutil
 import stat
 import tarfile
 import urllib.request
@@ -341,6 +344,7 @@ class Archive:
     url: str
     sha256: str | None
     description: str
+    max_bytes: int  # the most one downloaded file may have: a server cannot stream without end
 
 
 ARCHIVES: dict[str, Archive] = {
@@ -356,6 +360,7 @@ ARCHIVES: dict[str, Archive] = {
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
         CIFAR_DESCRIPTION,
+        CIFAR_ARCHIVE_MAX,
     ),
     "mnist": Archive(
         read_mnist_npz,
@@ -363,6 +368,7 @@ ARCHIVES: dict[str, Archive] = {
         "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
         "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
         MNIST_DESCRIPTION,
+        MNIST_NPZ_MAX,
     ),
     "fashion_mnist": Archive(
         read_fashion_mnist,
@@ -370,6 +376,7 @@ ARCHIVES: dict[str, Archive] = {
         "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
         None,
         FASHION_DESCRIPTION,
+        FASHION_FILE_MAX,
     ),
 }
 
@@ -378,28 +385,90 @@ def keras_cache() -> Path:
     return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
 
 
-def _download(url: str, target: Path, sha256: str | None) -> None:
-    """Fetch `url` to `target` atomically, verifying its hash; raises OSError on any failure."""
+# The files a cached folder must hold, each non-empty, to count as a finished download.
+CACHED_FOLDER_FILES: dict[str, tuple[str, ...]] = {
+    "cifar10": tuple(CIFAR_BATCHES),
+    "fashion_mnist": tuple(FASHION_FILES.values()),
+}
+
+
+def _non_empty_file(path: Path) -> bool:
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size > 0
+
+
+def _complete(entry: Path, source: str) -> bool:
+    """Whether a cache entry is what a finished download leaves: a non-empty regular file, or a folder with
+    every file its reader needs. An empty folder or a zero-byte file is a download that died midway
+    (Keras and older runners wrote in place): it counts as missing, so the next run fetches it again."""
+    if not entry.is_dir():
+        return _non_empty_file(entry)
+    names = CACHED_FOLDER_FILES.get(source)
+    folder = _cifar_folder(entry) if source == "cifar10" else entry
+    return names is not None and all(_non_empty_file(folder / name) for name in names)
+
+
+def _discard(entry: Path) -> None:
+    """Remove a partial cache entry; a link is removed itself, never followed."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    elif os.path.lexists(entry):
+        entry.unlink()
+
+
+def _copy(response: Any, out: Any, limit: int) -> str:
+    """The response body into `out`, refusing more than `limit` bytes; returns its sha256."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := response.read(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            raise OSError(f"the server sent more than {_megabytes(limit)}")
+        digest.update(chunk)
+        out.write(chunk)
+    return digest.hexdigest()
+
+
+def _temporary_sibling(path: Path) -> Path:
+    """A name beside `path` no other run picks, so concurrent downloads never write into one file. Not
+    tempfile's: its 0600/0700 modes would stick to the cache entry; this one is created with the umask."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+
+
+def _download(url: str, target: Path, sha256: str | None, limit: int) -> None:
+    """Fetch `url` to `target`, verifying its hash. The bytes go to a temporary sibling that is renamed
+    into place only when complete, so a failure leaves nothing a later run would take for the archive.
+    Raises OSError or http.client.HTTPException on any failure."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    digest = hashlib.sha256()
-    with (
-        urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
-        partial.open("wb") as out,
-    ):
-        while chunk := response.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
-    if sha256 and digest.hexdigest() != sha256:
-        partial.unlink()
-        raise OSError(f"checksum mismatch for {url}")
-    partial.replace(target)
+    partial = _temporary_sibling(target)
+    try:
+        with (
+            partial.open("xb") as out,
+            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+        ):
+            digest = _copy(response, out, limit)
+        if sha256 and digest != sha256:
+            raise OSError(f"checksum mismatch for {url}")
+        os.replace(partial, target)  # also over a zero-byte file a failed download left
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _fetch_fashion_mnist(archive: Archive, folder: Path) -> None:
-    for name in FASHION_FILES.values():
-        if not (folder / name).is_file():
-            _download(archive.url + name, folder / name, None)
+    """The four files into a temporary sibling folder, renamed into place once all four are in."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = _temporary_sibling(folder)
+    partial.mkdir()
+    try:
+        for name in FASHION_FILES.values():
+            _download(archive.url + name, partial / name, None, archive.max_bytes)
+        if not _complete(folder, "fashion_mnist"):  # else a concurrent run finished first: keep its folder
+            _discard(folder)  # the partial entry locate skipped: a rename cannot replace a non-empty folder
+            os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _explicit_path(source: str, path: str) -> Path:
@@ -422,7 +491,7 @@ def locate(source: str, path: str | None) -> Path:
         return _explicit_path(source, path)
     cache = keras_cache()
     for name in archive.cache_names:
-        if (cache / name).exists():
+        if _complete(cache / name, source):
             return cache / name
     target = cache / archive.cache_names[0]
     try:
@@ -431,8 +500,8 @@ def locate(source: str, path: str | None) -> Path:
         if source == "fashion_mnist":
             _fetch_fashion_mnist(archive, target)
         else:
-            _download(archive.url, target, archive.sha256)
-    except OSError as exc:
+            _download(archive.url, target, archive.sha256, archive.max_bytes)
+    except (OSError, http.client.HTTPException) as exc:  # a dropped connection can be either
         reason = getattr(exc, "reason", exc)
         raise DataError(
             f'data.source = "{source}": not in Keras\' cache ({cache}) and the download from '

@@ -3,7 +3,10 @@ original formats made here), safe unpickling, clear errors for missing or broken
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import hashlib
+import http.client
 import io
 import os
 import pickle
@@ -244,20 +247,11 @@ def test_explicit_path_that_does_not_exist(tmp_path):
 
 def test_a_failed_download_is_a_data_error_quickly(monkeypatch):
     """The real download path, against a local port where nothing listens."""
-    import runner.data as data
-
     monkeypatch.delenv("RUNNER_OFFLINE")
-    archive = data.ARCHIVES["mnist"]
     monkeypatch.setitem(
         data.ARCHIVES,
         "mnist",
-        archive.__class__(
-            archive.reader,
-            archive.cache_names,
-            "http://127.0.0.1:9/mnist.npz",
-            archive.sha256,
-            archive.description,
-        ),
+        dataclasses.replace(data.ARCHIVES["mnist"], url="http://127.0.0.1:9/mnist.npz"),
     )
     start = time.perf_counter()
     with pytest.raises(DataError, match="download from http://127.0.0.1:9/mnist.npz failed"):
@@ -367,3 +361,129 @@ def test_unpacking_is_bounded(tmp_path, monkeypatch, make):
     source, path, message = make(tmp_path, monkeypatch)
     with pytest.raises(DataError, match=message):
         load_data(DataSpec(source=source, path=str(path), batch_size=2), seed=0)
+
+
+# ---------------------------------------------------------------- partial downloads
+
+
+def _served_files(tmp_path, monkeypatch, source: str) -> tuple[dict[str, bytes], int]:
+    """What a fake server hands out for `source` (by the last part of the URL), and its test split's size.
+    The real hashes cannot match these tiny archives, so the registry gets theirs."""
+    made = tmp_path / "served"
+    if source == "fashion_mnist":
+        make_fashion_folder(made, n=6)
+        return {p.name: p.read_bytes() for p in sorted(made.iterdir())}, 6
+    made.mkdir()
+    if source == "cifar10":
+        make_cifar_archive(made / "cifar-10-python.tar.gz", n=4)
+    else:
+        rng = np.random.default_rng(0)
+        x, y = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), rng.integers(0, 10, 6, dtype=np.uint8)
+        np.savez(made / "mnist.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    (file,) = made.iterdir()
+    body = file.read_bytes()
+    archive = dataclasses.replace(ARCHIVES[source], sha256=hashlib.sha256(body).hexdigest())
+    monkeypatch.setitem(data.ARCHIVES, source, archive)
+    return {file.name: body}, 4 if source == "cifar10" else 6
+
+
+class _FakeResponse:
+    """What urlopen returns: the body in chunks, or with `error` half of it, then the error a dropped
+    connection raises."""
+
+    def __init__(self, body: bytes, error: Exception | None):
+        self.parts: list = [body] if error is None else [body[: len(body) // 2], error]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return None
+
+    def read(self, size: int = -1) -> bytes:
+        part = self.parts.pop(0) if self.parts else b""
+        if isinstance(part, Exception):
+            raise part
+        return part
+
+
+def _fake_urlopen(files: dict[str, bytes], broken: str | None = None, error: Exception | None = None):
+    def urlopen(url: str, timeout: float) -> _FakeResponse:
+        name = url.rsplit("/", 1)[-1]
+        return _FakeResponse(files[name], error if name == broken else None)
+
+    return urlopen
+
+
+DROPPED_CONNECTIONS = {
+    "reset": ConnectionResetError(104, "Connection reset by peer"),
+    "incomplete-read": http.client.IncompleteRead(b"", 1000),  # an HTTPException, not an OSError
+}
+
+
+@pytest.mark.parametrize("dropped", DROPPED_CONNECTIONS)
+@pytest.mark.parametrize("source", ["fashion_mnist", "mnist", "cifar10"])
+def test_a_download_that_fails_midway_leaves_nothing_behind(tmp_path, monkeypatch, source, dropped):
+    """A failure in the last file used to leave a folder (or file) that every later run took for the
+    dataset and failed to read; now nothing stays, and the next download works."""
+    monkeypatch.delenv("RUNNER_OFFLINE")
+    files, n_test = _served_files(tmp_path, monkeypatch, source)
+    last = sorted(files)[-1]
+    monkeypatch.setattr(
+        data.urllib.request, "urlopen", _fake_urlopen(files, last, DROPPED_CONNECTIONS[dropped])
+    )
+    with pytest.raises(DataError, match=r"and the download from .* failed .*\n  Fix: "):
+        load_data(DataSpec(source=source, batch_size=2), seed=0)
+    assert list(keras_cache().iterdir()) == []  # no entry, no temporary file or folder
+    monkeypatch.setattr(data.urllib.request, "urlopen", _fake_urlopen(files))
+    assert len(load_data(DataSpec(source=source, batch_size=2), seed=0).y_test) == n_test
+    assert [p.name for p in keras_cache().iterdir()] == [ARCHIVES[source].cache_names[0]]
+
+
+def _fashion_missing_a_file(cache):
+    make_fashion_folder(cache / "fashion-mnist")
+    (cache / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+
+
+def _fashion_with_a_zero_byte_file(cache):
+    make_fashion_folder(cache / "fashion-mnist")
+    (cache / "fashion-mnist" / "train-images-idx3-ubyte.gz").write_bytes(b"")
+
+
+PARTIAL_CACHE_ENTRIES = {
+    "empty-fashion-folder": ("fashion_mnist", lambda cache: (cache / "fashion-mnist").mkdir()),
+    "fashion-folder-missing-a-file": ("fashion_mnist", _fashion_missing_a_file),
+    "fashion-zero-byte-file": ("fashion_mnist", _fashion_with_a_zero_byte_file),
+    "zero-byte-mnist": ("mnist", lambda cache: (cache / "mnist.npz").write_bytes(b"")),
+    "leftover-part": ("mnist", lambda cache: (cache / "mnist.npz.x1y2.part").write_bytes(b"PK\x03\x04")),
+    "empty-cifar-folder": ("cifar10", lambda cache: (cache / "cifar-10-batches-py").mkdir()),
+}
+
+
+@pytest.mark.parametrize("entry", PARTIAL_CACHE_ENTRIES)
+def test_a_partial_cache_entry_counts_as_missing(tmp_path, monkeypatch, entry):
+    """Offline: the same error and fix as an empty cache, not "cannot read"; online: fetched again."""
+    source, make = PARTIAL_CACHE_ENTRIES[entry]
+    with pytest.raises(DataError) as missing:
+        load_data(DataSpec(source=source, batch_size=2), seed=0)
+    keras_cache().mkdir(parents=True)
+    make(keras_cache())
+    with pytest.raises(DataError) as partial:
+        load_data(DataSpec(source=source, batch_size=2), seed=0)
+    assert str(partial.value) == str(missing.value)
+    assert "not in Keras' cache" in str(partial.value) and "Fix: " in str(partial.value)
+    monkeypatch.delenv("RUNNER_OFFLINE")
+    files, n_test = _served_files(tmp_path, monkeypatch, source)
+    monkeypatch.setattr(data.urllib.request, "urlopen", _fake_urlopen(files))
+    assert len(load_data(DataSpec(source=source, batch_size=2), seed=0).y_test) == n_test
+
+
+def test_a_download_larger_than_the_archive_is_cut_off(tmp_path, monkeypatch):
+    """A server that streams without end is cut off at the archive's bound (shrunk here), leaving nothing."""
+    monkeypatch.delenv("RUNNER_OFFLINE")
+    files, _ = _served_files(tmp_path, monkeypatch, "mnist")
+    monkeypatch.setitem(data.ARCHIVES, "mnist", dataclasses.replace(data.ARCHIVES["mnist"], max_bytes=100))
+    monkeypatch.setattr(data.urllib.request, "urlopen", _fake_urlopen(files))
+    with pytest.raises(DataError, match=r"failed \(the server sent more than 100 bytes\)"):
+        load_data(DataSpec(source="mnist", batch_size=2), seed=0)
+    assert list(keras_cache().iterdir()) == []
