@@ -228,9 +228,9 @@ def read_cifar_batch(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
         labels = np.asarray(batch["labels"], dtype=np.int32)
         images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # stored channels-first
     except Exception as exc:  # noqa: BLE001 - any malformed content is the same user error
-        raise DataError(f"{where}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{where} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
     if len(images) != len(labels):
-        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+        raise DataError(f"{where} has {len(images)} images but {len(labels)} labels; expected one label each")
     return np.ascontiguousarray(images), labels
 
 
@@ -248,7 +248,9 @@ def _cifar_members(path: Path) -> dict[str, bytes]:
         folder = _cifar_folder(path)
         missing = [b for b in CIFAR_BATCHES if not (folder / b).exists()]
         if missing:
-            raise DataError(f"{folder}: missing CIFAR-10 batch files {', '.join(missing)}")
+            raise DataError(
+                f'"{folder}" lacks {", ".join(missing)}; expected {CIFAR_DESCRIPTION} or its extracted folder'
+            )
         expected = "a CIFAR-10 python batch file (31 MB)"
         return {b: _regular_file(folder / b, CIFAR_BATCH_MAX, expected).read_bytes() for b in CIFAR_BATCHES}
     _regular_file(path, CIFAR_ARCHIVE_MAX, CIFAR_DESCRIPTION)
@@ -256,10 +258,13 @@ def _cifar_members(path: Path) -> dict[str, bytes]:
         with tarfile.open(path, "r:*") as tar:
             found = _tar_batches(tar, path)
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: cannot read the archive ({exc}); expected cifar-10-python.tar.gz") from None
+        reason = str(exc).splitlines()[0].rstrip(":")  # Python 3.12 adds one line per method it tried
+        raise DataError(
+            f'"{path}" is not a readable archive ({reason}); expected {CIFAR_DESCRIPTION}'
+        ) from None
     missing = [b for b in CIFAR_BATCHES if b not in found]
     if missing:
-        raise DataError(f"{path}: archive lacks CIFAR-10 batch files {', '.join(missing)}")
+        raise DataError(f'"{path}" lacks {", ".join(missing)}; expected {CIFAR_DESCRIPTION}')
     return found
 
 
@@ -272,8 +277,8 @@ def _tar_batches(tar: tarfile.TarFile, path: Path) -> dict[str, bytes]:
         unpacked += member.size
         if count > CIFAR_ENTRIES_MAX or unpacked > CIFAR_UNPACKED_MAX:
             raise DataError(
-                f"{path}: more than {CIFAR_ENTRIES_MAX} entries or {_megabytes(CIFAR_UNPACKED_MAX)} "
-                f"unpacked; expected {CIFAR_DESCRIPTION}, 9 entries"
+                f'"{path}" has more than {CIFAR_ENTRIES_MAX} entries or {_megabytes(CIFAR_UNPACKED_MAX)} '
+                f"unpacked; expected {CIFAR_DESCRIPTION}: 9 entries, 178 MB unpacked"
             )
         if member.isfile() and Path(member.name).name in CIFAR_BATCHES:
             found[Path(member.name).name] = tar.extractfile(member).read()  # type: ignore[union-attr]
@@ -284,8 +289,8 @@ def _tar_batches(tar: tarfile.TarFile, path: Path) -> dict[str, bytes]:
 
 def read_cifar10(path: Path) -> tuple[tuple, tuple, int]:
     members = _cifar_members(path)
-    train = [read_cifar_batch(members[b], f"{path}:{b}") for b in CIFAR_BATCHES[:-1]]
-    test = read_cifar_batch(members["test_batch"], f"{path}:test_batch")
+    train = [read_cifar_batch(members[b], f'"{path}": {b}') for b in CIFAR_BATCHES[:-1]]
+    test = read_cifar_batch(members["test_batch"], f'"{path}": test_batch')
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
     return (x_train, y_train), test, 10
@@ -297,7 +302,9 @@ def read_mnist_npz(path: Path) -> tuple[tuple, tuple, int]:
         with np.load(path, allow_pickle=False) as f:
             x_train, y_train, x_test, y_test = (f[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     except (OSError, KeyError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read mnist.npz ({exc})") from None
+        raise DataError(
+            f'"{path}" is not a readable mnist.npz ({exc}); expected {MNIST_DESCRIPTION}'
+        ) from None
     return (x_train[..., None], y_train), (x_test[..., None], y_test), 10
 
 
@@ -316,10 +323,13 @@ def _read_idx(file: Path, header: int) -> np.ndarray:
         with gzip.open(file, "rb") as f:
             raw = f.read(FASHION_FILE_MAX + 1)
     except (OSError, EOFError) as exc:
-        raise DataError(f"{file}: cannot read ({exc})") from None
+        raise DataError(
+            f'"{file}" is not a readable gzip file ({exc}); expected a gzip\'d IDX file'
+        ) from None
     if len(raw) > FASHION_FILE_MAX:
         raise DataError(
-            f"{file}: unpacks to more than {_megabytes(FASHION_FILE_MAX)}; expected a gzip'd IDX file"
+            f'"{file}" unpacks to more than {_megabytes(FASHION_FILE_MAX)}; expected a gzip\'d IDX file'
+            " (the largest real one unpacks to 47 MB)"
         )
     return np.frombuffer(raw, np.uint8, offset=header)
 
@@ -525,16 +535,32 @@ def _check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) ->
         raise DataError(f"{where}: labels must lie in 0..{num_classes - 1}; found {y.min()}..{y.max()}")
 
 
+def _read_archive(spec: DataSpec) -> tuple[tuple, tuple, int]:
+    """The checked arrays of the archive the spec names. Each error starts with the field that chose the
+    file: its path alone does not say whether the user's data.path or Keras' cache supplied it."""
+    found = locate(spec.source, spec.path)
+    try:
+        (x_train, y_train), (x_test, y_test), num_classes = ARCHIVES[spec.source].reader(found)
+        y_train, y_test = y_train.reshape(-1).astype(np.int32), y_test.reshape(-1).astype(np.int32)
+        _check_arrays(x_train, y_train, num_classes, f'"{found}" (train split)')
+        _check_arrays(x_test, y_test, num_classes, f'"{found}" (test split)')
+    except DataError as exc:
+        if spec.path is not None:
+            raise DataError(f"data.path: {exc}") from None
+        raise DataError(
+            f'data.source = "{spec.source}": {exc}.\n  Fix: delete it from Keras\' cache so the next run '
+            f'downloads it again, or point the spec at another copy: --set data.path="/path/to/'
+            f'{ARCHIVES[spec.source].cache_names[0]}"'
+        ) from None
+    return (x_train, y_train), (x_test, y_test), num_classes
+
+
 def load_data(spec: DataSpec, seed: int) -> Splits:
     """Load and split the data the spec names; every failure is one DataError."""
     if spec.source == "shapes":
         (x_train, y_train), (x_test, y_test), num_classes = _load_shapes(spec, seed)
     else:
-        found = locate(spec.source, spec.path)
-        (x_train, y_train), (x_test, y_test), num_classes = ARCHIVES[spec.source].reader(found)
-    y_train, y_test = y_train.reshape(-1).astype(np.int32), y_test.reshape(-1).astype(np.int32)
-    _check_arrays(x_train, y_train, num_classes, f"{spec.source} train split")
-    _check_arrays(x_test, y_test, num_classes, f"{spec.source} test split")
+        (x_train, y_train), (x_test, y_test), num_classes = _read_archive(spec)
     x_train, y_train = x_train[: spec.train_size], y_train[: spec.train_size]
     x_test, y_test = x_test[: spec.test_size], y_test[: spec.test_size]
     n_val = int(len(x_train) * spec.validation_fraction)

@@ -10,6 +10,7 @@ import http.client
 import io
 import os
 import pickle
+import re
 import tarfile
 import time
 from pathlib import Path
@@ -76,6 +77,21 @@ def make_cifar_archive(path, n: int = 4, seed: int = 0):
     train_x = np.concatenate([expected[b][0] for b in CIFAR_BATCHES[:-1]])
     train_y = np.concatenate([expected[b][1] for b in CIFAR_BATCHES[:-1]])
     return (train_x, train_y), expected["test_batch"]
+
+
+def _cifar_with_label_99(path):
+    """A CIFAR archive whose test batch has a label outside 0..9."""
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for name in CIFAR_BATCHES:
+            blob, _, _ = _cifar_batch_bytes(rng, 4)
+            if name == "test_batch":
+                batch = pickle.loads(blob)
+                batch[b"labels"] = [0, 1, 2, 99]
+                blob = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
 
 
 # ---------------------------------------------------------------- shapes
@@ -189,20 +205,9 @@ def test_broken_cifar_archives_are_data_errors(tmp_path, damage):
 
 
 def test_labels_out_of_range_are_a_data_error(tmp_path):
-    archive = tmp_path / "c.tar.gz"
-    rng = np.random.default_rng(0)
-    with tarfile.open(archive, "w:gz") as tar:
-        for name in CIFAR_BATCHES:
-            blob, _, _ = _cifar_batch_bytes(rng, 4)
-            if name == "test_batch":
-                batch = pickle.loads(blob)
-                batch[b"labels"] = [0, 1, 2, 99]
-                blob = pickle.dumps(batch, protocol=2)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
+    _cifar_with_label_99(tmp_path / "c.tar.gz")
     with pytest.raises(DataError, match=r"labels must lie in 0\.\.9"):
-        load_data(DataSpec(source="cifar10", path=str(archive), batch_size=2), seed=0)
+        load_data(DataSpec(source="cifar10", path=str(tmp_path / "c.tar.gz"), batch_size=2), seed=0)
 
 
 # ---------------------------------------------------------------- MNIST and Fashion-MNIST
@@ -487,3 +492,70 @@ def test_a_download_larger_than_the_archive_is_cut_off(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"failed \(the server sent more than 100 bytes\)"):
         load_data(DataSpec(source="mnist", batch_size=2), seed=0)
     assert list(keras_cache().iterdir()) == []
+
+
+# ---------------------------------------------------------------- messages name the field
+
+
+def _fashion_without_test_labels(folder):
+    make_fashion_folder(folder)
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+
+
+BROKEN_DATA = {  # source, name, make, what the message says after the path
+    "cifar-not-an-archive": (
+        "cifar10",
+        "cifar-10-python.tar.gz",
+        lambda path: path.write_bytes(b"hello"),
+        r" is not a readable archive \(.+\); expected cifar-10-python\.tar\.gz \(163 MB\)",
+    ),
+    "cifar-label-99": (
+        "cifar10",
+        "cifar-10-python.tar.gz",
+        _cifar_with_label_99,
+        r" \(test split\): labels must lie in 0\.\.9; found 0\.\.99",
+    ),
+    "mnist-not-an-npz": (
+        "mnist",
+        "mnist.npz",
+        lambda path: path.write_bytes(b"hello"),
+        r" is not a readable mnist\.npz \(.+\); expected mnist\.npz \(11 MB\)",
+    ),
+    "cifar-empty-folder": (
+        "cifar10",
+        "cifar",
+        lambda path: path.mkdir(),
+        r" lacks data_batch_1, .*, test_batch; expected cifar-10-python\.tar\.gz \(163 MB\) or its extracted",
+    ),
+    "fashion-missing-a-file": (
+        "fashion_mnist",
+        "fashion",
+        _fashion_without_test_labels,
+        r" does not exist; expected a gzip'd IDX file",  # the path: .../fashion/t10k-labels-idx1-ubyte.gz
+    ),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN_DATA)
+def test_a_data_path_error_starts_with_data_path(tmp_path, broken):
+    """The CLI puts the spec file in front; the field, the path, what was found and what was expected
+    follow, whichever reader or check failed."""
+    source, name, make, rest = BROKEN_DATA[broken]
+    make(tmp_path / name)
+    with pytest.raises(DataError) as info:
+        load_data(DataSpec(source=source, path=str(tmp_path / name), batch_size=2), seed=0)
+    assert re.fullmatch(
+        f'data\\.path: "{re.escape(str(tmp_path / name))}[^"]*"' + rest + ".*", str(info.value)
+    )
+
+
+@pytest.mark.parametrize("broken", [b for b in BROKEN_DATA if BROKEN_DATA[b][1].endswith(("gz", "npz"))])
+def test_a_broken_cache_entry_error_starts_with_data_source_and_says_how_to_fetch_again(broken):
+    source, name, make, rest = BROKEN_DATA[broken]
+    keras_cache().mkdir(parents=True)
+    make(keras_cache() / name)
+    with pytest.raises(DataError) as info:
+        load_data(DataSpec(source=source, batch_size=2), seed=0)
+    start = f'data.source = "{source}": "{re.escape(str(keras_cache() / name))}"'
+    assert re.match(start + rest, str(info.value))
+    assert "Fix: delete it from Keras' cache so the next run downloads it again" in str(info.value)
