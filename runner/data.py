@@ -17,6 +17,8 @@ import shutil
 import stat
 import tarfile
 import urllib.request
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +148,7 @@ CIFAR_ARCHIVE_MAX = 1_000 * MB  # the real archive: 170 MB
 CIFAR_UNPACKED_MAX = 1_000 * MB  # its entries unpack to 178 MB
 CIFAR_ENTRIES_MAX = 100  # it has 9 entries: the folder, 6 batches, batches.meta, readme.html
 CIFAR_BATCH_MAX = 200 * MB  # one batch: 31 MB
-MNIST_NPZ_MAX = 200 * MB  # 11 MB
+MNIST_NPZ_MAX = 200 * MB  # 11 MB packed, 55 MB unpacked; bounds both
 FASHION_FILE_MAX = 200 * MB  # the largest unpacks to 47 MB
 
 _SPECIAL_KINDS = (
@@ -299,9 +301,16 @@ def read_cifar10(path: Path) -> tuple[tuple, tuple, int]:
 def read_mnist_npz(path: Path) -> tuple[tuple, tuple, int]:
     _regular_file(path, MNIST_NPZ_MAX, MNIST_DESCRIPTION)
     try:
+        with zipfile.ZipFile(path) as archive:  # an npz is a zip; np.load would also take a bare .npy
+            unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > MNIST_NPZ_MAX:
+            raise DataError(
+                f'"{path}" unpacks to {_megabytes(unpacked)}; expected {MNIST_DESCRIPTION}, '
+                f"at most {_megabytes(MNIST_NPZ_MAX)} unpacked"
+            )
         with np.load(path, allow_pickle=False) as f:
             x_train, y_train, x_test, y_test = (f[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    except (OSError, KeyError, ValueError, EOFError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(
             f'"{path}" is not a readable mnist.npz ({exc}); expected {MNIST_DESCRIPTION}'
         ) from None
@@ -322,7 +331,7 @@ def _read_idx(file: Path, header: int) -> np.ndarray:
     try:
         with gzip.open(file, "rb") as f:
             raw = f.read(FASHION_FILE_MAX + 1)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a damaged stream inside a valid header
         raise DataError(
             f'"{file}" is not a readable gzip file ({exc}); expected a gzip\'d IDX file'
         ) from None
@@ -331,7 +340,21 @@ def _read_idx(file: Path, header: int) -> np.ndarray:
             f'"{file}" unpacks to more than {_megabytes(FASHION_FILE_MAX)}; expected a gzip\'d IDX file'
             " (the largest real one unpacks to 47 MB)"
         )
+    if len(raw) < header:
+        raise DataError(
+            f'"{file}" unpacks to {len(raw)} bytes; expected an IDX header of {header} bytes, then data'
+        )
     return np.frombuffer(raw, np.uint8, offset=header)
+
+
+def _idx_images(pixels: np.ndarray, labels: np.ndarray, where: Path) -> np.ndarray:
+    """(n, 28, 28, 1) images for n labels; each image is 28 × 28 bytes after the header."""
+    if pixels.size != len(labels) * 28 * 28:
+        raise DataError(
+            f'"{where}" holds {pixels.size / (28 * 28):g} images of 28 × 28 but {len(labels)} labels; '
+            "expected one label each"
+        )
+    return pixels.reshape(len(labels), 28, 28, 1)
 
 
 def read_fashion_mnist(path: Path) -> tuple[tuple, tuple, int]:
@@ -340,8 +363,8 @@ def read_fashion_mnist(path: Path) -> tuple[tuple, tuple, int]:
     arrays = {
         key: _read_idx(path / name, 16 if key.startswith("x") else 8) for key, name in FASHION_FILES.items()
     }
-    x_train = arrays["x_train"].reshape(len(arrays["y_train"]), 28, 28, 1)
-    x_test = arrays["x_test"].reshape(len(arrays["y_test"]), 28, 28, 1)
+    x_train = _idx_images(arrays["x_train"], arrays["y_train"], path / FASHION_FILES["x_train"])
+    x_test = _idx_images(arrays["x_test"], arrays["y_test"], path / FASHION_FILES["x_test"])
     return (x_train, arrays["y_train"]), (x_test, arrays["y_test"]), 10
 
 
@@ -526,13 +549,20 @@ def locate(source: str, path: str | None) -> Path:
 # ---------------------------------------------------------------- splits and pipelines
 
 
-def _check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) -> None:
+def _checked_split(
+    x: np.ndarray, y: np.ndarray, num_classes: int, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images, (n,) int32 labels) if they are what a model takes, else one DataError saying what differs."""
     if x.dtype != np.uint8 or x.ndim != 4:
         raise DataError(f"{where}: expected (n, H, W, C) uint8 images; got {x.dtype} {x.shape}")
+    if y.dtype.kind not in "iu":  # checked before the cast: text labels would not convert, floats would round
+        raise DataError(f"{where}: expected integer labels; got {y.dtype}")
+    y = y.reshape(-1)
     if len(x) != len(y):
         raise DataError(f"{where}: {len(x)} images but {len(y)} labels")
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise DataError(f"{where}: labels must lie in 0..{num_classes - 1}; found {y.min()}..{y.max()}")
+    return x, y.astype(np.int32)
 
 
 def _read_archive(spec: DataSpec) -> tuple[tuple, tuple, int]:
@@ -541,9 +571,8 @@ def _read_archive(spec: DataSpec) -> tuple[tuple, tuple, int]:
     found = locate(spec.source, spec.path)
     try:
         (x_train, y_train), (x_test, y_test), num_classes = ARCHIVES[spec.source].reader(found)
-        y_train, y_test = y_train.reshape(-1).astype(np.int32), y_test.reshape(-1).astype(np.int32)
-        _check_arrays(x_train, y_train, num_classes, f'"{found}" (train split)')
-        _check_arrays(x_test, y_test, num_classes, f'"{found}" (test split)')
+        x_train, y_train = _checked_split(x_train, y_train, num_classes, f'"{found}" (train split)')
+        x_test, y_test = _checked_split(x_test, y_test, num_classes, f'"{found}" (test split)')
     except DataError as exc:
         if spec.path is not None:
             raise DataError(f"data.path: {exc}") from None

@@ -352,14 +352,26 @@ def _fashion_unpacking_to_more_than_allowed(tmp_path, monkeypatch):
     return "fashion_mnist", tmp_path / "fashion", "unpacks to more than 1,000 bytes"
 
 
+def _mnist_unpacking_to_more_than_allowed(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MNIST_NPZ_MAX", 10_000)  # blank images pack to less, unpack to 47 kB
+    x, y = np.zeros((60, 28, 28), np.uint8), np.zeros(60, np.uint8)
+    np.savez_compressed(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    return (
+        "mnist",
+        tmp_path / "mnist.npz",
+        r"unpacks to [0-9,]+ bytes; expected mnist\.npz \(11 MB\), at most 10,000 bytes unpacked",
+    )
+
+
 @pytest.mark.parametrize(
     "make",
     [
         _cifar_with_more_entries_than_allowed,
         _cifar_unpacking_to_more_than_allowed,
         _fashion_unpacking_to_more_than_allowed,
+        _mnist_unpacking_to_more_than_allowed,
     ],
-    ids=["cifar-entries", "cifar-unpacked", "fashion-unpacked"],
+    ids=["cifar-entries", "cifar-unpacked", "fashion-unpacked", "mnist-unpacked"],
 )
 def test_unpacking_is_bounded(tmp_path, monkeypatch, make):
     """A small gzip can unpack to gigabytes: readers count what they unpack, against bounds shrunk here."""
@@ -559,3 +571,74 @@ def test_a_broken_cache_entry_error_starts_with_data_source_and_says_how_to_fetc
     start = f'data.source = "{source}": "{re.escape(str(keras_cache() / name))}"'
     assert re.match(start + rest, str(info.value))
     assert "Fix: delete it from Keras' cache so the next run downloads it again" in str(info.value)
+
+
+# ---------------------------------------------------------------- damaged files
+
+
+def _corrupt_deflate(path):
+    """Keep the gzip header, scramble the compressed stream: zlib fails mid-read."""
+    blob = path.read_bytes()
+    path.write_bytes(blob[:20] + bytes(b ^ 0x55 for b in blob[20:-8]) + blob[-8:])
+
+
+def _fashion_corrupt(folder):
+    make_fashion_folder(folder)
+    _corrupt_deflate(folder / "train-images-idx3-ubyte.gz")
+
+
+def _fashion_images_without_labels(folder):
+    make_fashion_folder(folder)
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(5 * 784))
+
+
+def _fashion_short_header(folder):
+    make_fashion_folder(folder)
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x08")
+
+
+def _cifar_corrupt(path):
+    make_cifar_archive(path)
+    _corrupt_deflate(path)
+
+
+def _mnist(path, **arrays):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), rng.integers(0, 10, 6, dtype=np.uint8)
+    np.savez(path, **{"x_train": x, "y_train": y, "x_test": x, "y_test": y, **arrays})
+
+
+def _mnist_truncated(path):
+    _mnist(path)
+    path.write_bytes(path.read_bytes()[:100])
+
+
+DAMAGED = {  # source, name, make, what the message says
+    "fashion-corrupt-gzip": ("fashion_mnist", "f", _fashion_corrupt, "is not a readable gzip file"),
+    "fashion-5-images-6-labels": (
+        "fashion_mnist",
+        "f",
+        _fashion_images_without_labels,
+        "5 images of 28 × 28 but 6 labels",
+    ),
+    "fashion-short-header": (
+        "fashion_mnist",
+        "f",
+        _fashion_short_header,
+        "expected an IDX header of 8 bytes",
+    ),
+    "cifar-corrupt-gzip": ("cifar10", "c.tar.gz", _cifar_corrupt, "is not a readable archive"),
+    "mnist-truncated": ("mnist", "mnist.npz", _mnist_truncated, "is not a readable mnist.npz"),
+    "mnist-a-bare-npy": ("mnist", "mnist.npz", lambda p: np.save(p.open("wb"), np.zeros(3)), "not a zip"),
+    "mnist-text-labels": ("mnist", "mnist.npz", lambda p: _mnist(p, y_test=np.array(list("abcdef"))), "<U1"),
+}
+
+
+@pytest.mark.parametrize("damaged", DAMAGED)
+def test_a_damaged_file_is_a_data_error_not_a_traceback(tmp_path, damaged):
+    source, name, make, message = DAMAGED[damaged]
+    make(tmp_path / name)
+    with pytest.raises(DataError, match=f"^data\\.path: .*{re.escape(message)}"):
+        load_data(DataSpec(source=source, path=str(tmp_path / name), batch_size=2), seed=0)
