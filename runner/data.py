@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import os
 import pickle
+import secrets
+import shutil
+import stat
 import tarfile
 import urllib.request
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +137,71 @@ def _load_shapes(spec: DataSpec, seed: int) -> tuple[tuple, tuple, int]:
 
 # ---------------------------------------------------------------- the real archives
 
+CIFAR_DESCRIPTION = "cifar-10-python.tar.gz (163 MB)"
+MNIST_DESCRIPTION = "mnist.npz (11 MB)"
+FASHION_DESCRIPTION = "the folder fashion-mnist/ with the four *-ubyte.gz files (30 MB)"
+
+# What a reader will touch, at most: far above the real files (a re-packed archive still passes), far below
+# what would stall a run. A bigger file is the wrong file; refusing it costs one stat, reading it minutes.
+MB = 1_000_000
+CIFAR_ARCHIVE_MAX = 1_000 * MB  # the real archive: 170 MB
+CIFAR_UNPACKED_MAX = 1_000 * MB  # its entries unpack to 178 MB
+CIFAR_ENTRIES_MAX = 100  # it has 9 entries: the folder, 6 batches, batches.meta, readme.html
+CIFAR_BATCH_MAX = 200 * MB  # one batch: 31 MB
+MNIST_NPZ_MAX = 200 * MB  # 11 MB packed, 55 MB unpacked; bounds both
+FASHION_FILE_MAX = 200 * MB  # the largest unpacks to 47 MB
+
+_SPECIAL_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _kind(mode: int) -> str:
+    """What a stat mode says a path is, in words for an error message."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for is_kind, name in _SPECIAL_KINDS if is_kind(mode)), "neither a file nor a folder")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / MB:,.0f} MB" if size >= MB else f"{size:,} bytes"
+
+
+def _stat(path: Path, expected: str) -> os.stat_result:
+    """`path`'s stat (following links). Only stat: a FIFO or a device is judged without being opened,
+    since opening a FIFO blocks until a writer comes and /dev/zero never ends."""
+    try:
+        return path.stat()
+    except OSError as exc:
+        raise DataError(f'"{path}" {_unreachable(exc)}; expected {expected}') from None
+
+
+def _unreachable(exc: OSError) -> str:
+    return "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be inspected ({exc.strerror})"
+
+
+def _regular_file(path: Path, limit: int, expected: str) -> Path:
+    """`path` if it is a regular file of at most `limit` bytes, judged before any byte is read."""
+    info = _stat(path, expected)
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f'"{path}" is {_kind(info.st_mode)}; expected {expected}')
+    if info.st_size > limit:
+        raise DataError(
+            f'"{path}" is {_megabytes(info.st_size)}; expected {expected}, at most {_megabytes(limit)}'
+        )
+    return path
+
+
+def _folder(path: Path, expected: str) -> Path:
+    mode = _stat(path, expected).st_mode
+    if not stat.S_ISDIR(mode):
+        raise DataError(f'"{path}" is {_kind(mode)}; expected {expected}')
+    return path
+
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """CIFAR's python archives are pickles: allow only what numpy arrays need, so a crafted one cannot
@@ -159,49 +230,90 @@ def read_cifar_batch(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
         labels = np.asarray(batch["labels"], dtype=np.int32)
         images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # stored channels-first
     except Exception as exc:  # noqa: BLE001 - any malformed content is the same user error
-        raise DataError(f"{where}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{where} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
     if len(images) != len(labels):
-        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+        raise DataError(f"{where} has {len(images)} images but {len(labels)} labels; expected one label each")
     return np.ascontiguousarray(images), labels
 
 
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
+def _cifar_folder(path: Path) -> Path:
+    """The folder holding the batches: `path` itself or the cifar-10-batches-py/ the archive unpacks to."""
+    return path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+
+
 def _cifar_members(path: Path) -> dict[str, bytes]:
     """The six batch files from a cifar-10-python.tar.gz or from its extracted folder."""
     if path.is_dir():
-        folder = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
-        missing = [b for b in CIFAR_BATCHES if not (folder / b).is_file()]
+        folder = _cifar_folder(path)
+        missing = [b for b in CIFAR_BATCHES if not (folder / b).exists()]
         if missing:
-            raise DataError(f"{folder}: missing CIFAR-10 batch files {', '.join(missing)}")
-        return {b: (folder / b).read_bytes() for b in CIFAR_BATCHES}
+            raise DataError(
+                f'"{folder}" lacks {", ".join(missing)}; expected {CIFAR_DESCRIPTION} or its extracted folder'
+            )
+        expected = "a CIFAR-10 python batch file (31 MB)"
+        return {b: _regular_file(folder / b, CIFAR_BATCH_MAX, expected).read_bytes() for b in CIFAR_BATCHES}
+    _regular_file(path, CIFAR_ARCHIVE_MAX, CIFAR_DESCRIPTION)
     try:
         with tarfile.open(path, "r:*") as tar:
-            found = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-            missing = [b for b in CIFAR_BATCHES if b not in found]
-            if missing:
-                raise DataError(f"{path}: archive lacks CIFAR-10 batch files {', '.join(missing)}")
-            return {b: tar.extractfile(found[b]).read() for b in CIFAR_BATCHES}  # type: ignore[union-attr]
+            found = _tar_batches(tar, path)
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: cannot read the archive ({exc}); expected cifar-10-python.tar.gz") from None
+        reason = str(exc).splitlines()[0].rstrip(":")  # Python 3.12 adds one line per method it tried
+        raise DataError(
+            f'"{path}" is not a readable archive ({reason}); expected {CIFAR_DESCRIPTION}'
+        ) from None
+    missing = [b for b in CIFAR_BATCHES if b not in found]
+    if missing:
+        raise DataError(f'"{path}" lacks {", ".join(missing)}; expected {CIFAR_DESCRIPTION}')
+    return found
+
+
+def _tar_batches(tar: tarfile.TarFile, path: Path) -> dict[str, bytes]:
+    """The batch files among the archive's entries, stopping once all six are in. A gzip stream can unpack
+    to far more than its own size, so entries and unpacked bytes are counted before each is read."""
+    found: dict[str, bytes] = {}
+    unpacked = 0
+    for count, member in enumerate(tar, start=1):
+        unpacked += member.size
+        if count > CIFAR_ENTRIES_MAX or unpacked > CIFAR_UNPACKED_MAX:
+            raise DataError(
+                f'"{path}" has more than {CIFAR_ENTRIES_MAX} entries or {_megabytes(CIFAR_UNPACKED_MAX)} '
+                f"unpacked; expected {CIFAR_DESCRIPTION}: 9 entries, 178 MB unpacked"
+            )
+        if member.isfile() and Path(member.name).name in CIFAR_BATCHES:
+            found[Path(member.name).name] = tar.extractfile(member).read()  # type: ignore[union-attr]
+        if len(found) == len(CIFAR_BATCHES):
+            break
+    return found
 
 
 def read_cifar10(path: Path) -> tuple[tuple, tuple, int]:
     members = _cifar_members(path)
-    train = [read_cifar_batch(members[b], f"{path}:{b}") for b in CIFAR_BATCHES[:-1]]
-    test = read_cifar_batch(members["test_batch"], f"{path}:test_batch")
+    train = [read_cifar_batch(members[b], f'"{path}": {b}') for b in CIFAR_BATCHES[:-1]]
+    test = read_cifar_batch(members["test_batch"], f'"{path}": test_batch')
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
     return (x_train, y_train), test, 10
 
 
 def read_mnist_npz(path: Path) -> tuple[tuple, tuple, int]:
+    _regular_file(path, MNIST_NPZ_MAX, MNIST_DESCRIPTION)
     try:
+        with zipfile.ZipFile(path) as archive:  # an npz is a zip; np.load would also take a bare .npy
+            unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > MNIST_NPZ_MAX:
+            raise DataError(
+                f'"{path}" unpacks to {_megabytes(unpacked)}; expected {MNIST_DESCRIPTION}, '
+                f"at most {_megabytes(MNIST_NPZ_MAX)} unpacked"
+            )
         with np.load(path, allow_pickle=False) as f:
             x_train, y_train, x_test, y_test = (f[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    except (OSError, KeyError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read mnist.npz ({exc})") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(
+            f'"{path}" is not a readable mnist.npz ({exc}); expected {MNIST_DESCRIPTION}'
+        ) from None
     return (x_train[..., None], y_train), (x_test[..., None], y_test), 10
 
 
@@ -213,18 +325,46 @@ FASHION_FILES = {
 }
 
 
+def _read_idx(file: Path, header: int) -> np.ndarray:
+    """One gzip'd IDX file → its uint8 payload after the `header` bytes; unpacks at most FASHION_FILE_MAX."""
+    _regular_file(file, FASHION_FILE_MAX, "a gzip'd IDX file")
+    try:
+        with gzip.open(file, "rb") as f:
+            raw = f.read(FASHION_FILE_MAX + 1)
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a damaged stream inside a valid header
+        raise DataError(
+            f'"{file}" is not a readable gzip file ({exc}); expected a gzip\'d IDX file'
+        ) from None
+    if len(raw) > FASHION_FILE_MAX:
+        raise DataError(
+            f'"{file}" unpacks to more than {_megabytes(FASHION_FILE_MAX)}; expected a gzip\'d IDX file'
+            " (the largest real one unpacks to 47 MB)"
+        )
+    if len(raw) < header:
+        raise DataError(
+            f'"{file}" unpacks to {len(raw)} bytes; expected an IDX header of {header} bytes, then data'
+        )
+    return np.frombuffer(raw, np.uint8, offset=header)
+
+
+def _idx_images(pixels: np.ndarray, labels: np.ndarray, where: Path) -> np.ndarray:
+    """(n, 28, 28, 1) images for n labels; each image is 28 × 28 bytes after the header."""
+    if pixels.size != len(labels) * 28 * 28:
+        raise DataError(
+            f'"{where}" holds {pixels.size / (28 * 28):g} images of 28 × 28 but {len(labels)} labels; '
+            "expected one label each"
+        )
+    return pixels.reshape(len(labels), 28, 28, 1)
+
+
 def read_fashion_mnist(path: Path) -> tuple[tuple, tuple, int]:
-    arrays = {}
-    for key, name in FASHION_FILES.items():
-        try:
-            with gzip.open(path / name, "rb") as f:
-                raw = f.read()
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path / name}: cannot read ({exc})") from None
-        offset = 16 if key.startswith("x") else 8  # idx header: magic, count (, rows, cols)
-        arrays[key] = np.frombuffer(raw, np.uint8, offset=offset)
-    x_train = arrays["x_train"].reshape(len(arrays["y_train"]), 28, 28, 1)
-    x_test = arrays["x_test"].reshape(len(arrays["y_test"]), 28, 28, 1)
+    _folder(path, FASHION_DESCRIPTION)
+    # idx header: magic, count (, rows, cols)
+    arrays = {
+        key: _read_idx(path / name, 16 if key.startswith("x") else 8) for key, name in FASHION_FILES.items()
+    }
+    x_train = _idx_images(arrays["x_train"], arrays["y_train"], path / FASHION_FILES["x_train"])
+    x_test = _idx_images(arrays["x_test"], arrays["y_test"], path / FASHION_FILES["x_test"])
     return (x_train, arrays["y_train"]), (x_test, arrays["y_test"]), 10
 
 
@@ -237,6 +377,7 @@ class Archive:
     url: str
     sha256: str | None
     description: str
+    max_bytes: int  # the most one downloaded file may have: a server cannot stream without end
 
 
 ARCHIVES: dict[str, Archive] = {
@@ -251,21 +392,24 @@ ARCHIVES: dict[str, Archive] = {
         ),
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
-        "cifar-10-python.tar.gz (163 MB)",
+        CIFAR_DESCRIPTION,
+        CIFAR_ARCHIVE_MAX,
     ),
     "mnist": Archive(
         read_mnist_npz,
         ("mnist.npz",),
         "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
         "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
-        "mnist.npz (11 MB)",
+        MNIST_DESCRIPTION,
+        MNIST_NPZ_MAX,
     ),
     "fashion_mnist": Archive(
         read_fashion_mnist,
         ("fashion-mnist",),
         "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
         None,
-        "the folder fashion-mnist/ with the four *-ubyte.gz files (30 MB)",
+        FASHION_DESCRIPTION,
+        FASHION_FILE_MAX,
     ),
 }
 
@@ -274,44 +418,113 @@ def keras_cache() -> Path:
     return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
 
 
-def _download(url: str, target: Path, sha256: str | None) -> None:
-    """Fetch `url` to `target` atomically, verifying its hash; raises OSError on any failure."""
+# The files a cached folder must hold, each non-empty, to count as a finished download.
+CACHED_FOLDER_FILES: dict[str, tuple[str, ...]] = {
+    "cifar10": tuple(CIFAR_BATCHES),
+    "fashion_mnist": tuple(FASHION_FILES.values()),
+}
+
+
+def _non_empty_file(path: Path) -> bool:
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size > 0
+
+
+def _complete(entry: Path, source: str) -> bool:
+    """Whether a cache entry is what a finished download leaves: a non-empty regular file, or a folder with
+    every file its reader needs. An empty folder or a zero-byte file is a download that died midway
+    (Keras and older runners wrote in place): it counts as missing, so the next run fetches it again."""
+    if not entry.is_dir():
+        return _non_empty_file(entry)
+    names = CACHED_FOLDER_FILES.get(source)
+    folder = _cifar_folder(entry) if source == "cifar10" else entry
+    return names is not None and all(_non_empty_file(folder / name) for name in names)
+
+
+def _discard(entry: Path) -> None:
+    """Remove a partial cache entry; a link is removed itself, never followed."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    elif os.path.lexists(entry):
+        entry.unlink()
+
+
+def _copy(response: Any, out: Any, limit: int) -> str:
+    """The response body into `out`, refusing more than `limit` bytes; returns its sha256."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := response.read(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            raise OSError(f"the server sent more than {_megabytes(limit)}")
+        digest.update(chunk)
+        out.write(chunk)
+    return digest.hexdigest()
+
+
+def _temporary_sibling(path: Path) -> Path:
+    """A name beside `path` no other run picks, so concurrent downloads never write into one file. Not
+    tempfile's: its 0600/0700 modes would stick to the cache entry; this one is created with the umask."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+
+
+def _download(url: str, target: Path, sha256: str | None, limit: int) -> None:
+    """Fetch `url` to `target`, verifying its hash. The bytes go to a temporary sibling that is renamed
+    into place only when complete, so a failure leaves nothing a later run would take for the archive.
+    Raises OSError or http.client.HTTPException on any failure."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    digest = hashlib.sha256()
-    with (
-        urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
-        partial.open("wb") as out,
-    ):
-        while chunk := response.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
-    if sha256 and digest.hexdigest() != sha256:
-        partial.unlink()
-        raise OSError(f"checksum mismatch for {url}")
-    partial.replace(target)
+    partial = _temporary_sibling(target)
+    try:
+        with (
+            partial.open("xb") as out,
+            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+        ):
+            digest = _copy(response, out, limit)
+        if sha256 and digest != sha256:
+            raise OSError(f"checksum mismatch for {url}")
+        os.replace(partial, target)  # also over a zero-byte file a failed download left
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _fetch_fashion_mnist(archive: Archive, folder: Path) -> None:
-    for name in FASHION_FILES.values():
-        if not (folder / name).is_file():
-            _download(archive.url + name, folder / name, None)
+    """The four files into a temporary sibling folder, renamed into place once all four are in."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = _temporary_sibling(folder)
+    partial.mkdir()
+    try:
+        for name in FASHION_FILES.values():
+            _download(archive.url + name, partial / name, None, archive.max_bytes)
+        if not _complete(folder, "fashion_mnist"):  # else a concurrent run finished first: keep its folder
+            _discard(folder)  # the partial entry locate skipped: a rename cannot replace a non-empty folder
+            os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _explicit_path(source: str, path: str) -> Path:
+    """`data.path` if it is a regular file or a folder; the reader checks which one the source needs."""
+    explicit = Path(path).expanduser()
+    expected = f'{ARCHIVES[source].description} for data.source = "{source}"'
+    try:
+        mode = explicit.stat().st_mode  # only stat: nothing is opened before the kind is known
+    except OSError as exc:
+        raise DataError(f'data.path: "{path}" {_unreachable(exc)}; expected {expected}') from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(f'data.path: "{path}" is {_kind(mode)}; expected {expected}')
+    return explicit
 
 
 def locate(source: str, path: str | None) -> Path:
     """The archive to read: `data.path`, else Keras' cache, else a download into the cache."""
     archive = ARCHIVES[source]
     if path is not None:
-        explicit = Path(path).expanduser()
-        if not explicit.exists():
-            raise DataError(
-                f'data.path: "{path}" does not exist; expected {archive.description} for data.source '
-                f'= "{source}"'
-            )
-        return explicit
+        return _explicit_path(source, path)
     cache = keras_cache()
     for name in archive.cache_names:
-        if (cache / name).exists():
+        if _complete(cache / name, source):
             return cache / name
     target = cache / archive.cache_names[0]
     try:
@@ -320,8 +533,8 @@ def locate(source: str, path: str | None) -> Path:
         if source == "fashion_mnist":
             _fetch_fashion_mnist(archive, target)
         else:
-            _download(archive.url, target, archive.sha256)
-    except OSError as exc:
+            _download(archive.url, target, archive.sha256, archive.max_bytes)
+    except (OSError, http.client.HTTPException) as exc:  # a dropped connection can be either
         reason = getattr(exc, "reason", exc)
         raise DataError(
             f'data.source = "{source}": not in Keras\' cache ({cache}) and the download from '
@@ -336,13 +549,39 @@ def locate(source: str, path: str | None) -> Path:
 # ---------------------------------------------------------------- splits and pipelines
 
 
-def _check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) -> None:
+def _checked_split(
+    x: np.ndarray, y: np.ndarray, num_classes: int, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images, (n,) int32 labels) if they are what a model takes, else one DataError saying what differs."""
     if x.dtype != np.uint8 or x.ndim != 4:
         raise DataError(f"{where}: expected (n, H, W, C) uint8 images; got {x.dtype} {x.shape}")
+    if y.dtype.kind not in "iu":  # checked before the cast: text labels would not convert, floats would round
+        raise DataError(f"{where}: expected integer labels; got {y.dtype}")
+    y = y.reshape(-1)
     if len(x) != len(y):
         raise DataError(f"{where}: {len(x)} images but {len(y)} labels")
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise DataError(f"{where}: labels must lie in 0..{num_classes - 1}; found {y.min()}..{y.max()}")
+    return x, y.astype(np.int32)
+
+
+def _read_archive(spec: DataSpec) -> tuple[tuple, tuple, int]:
+    """The checked arrays of the archive the spec names. Each error starts with the field that chose the
+    file: its path alone does not say whether the user's data.path or Keras' cache supplied it."""
+    found = locate(spec.source, spec.path)
+    try:
+        (x_train, y_train), (x_test, y_test), num_classes = ARCHIVES[spec.source].reader(found)
+        x_train, y_train = _checked_split(x_train, y_train, num_classes, f'"{found}" (train split)')
+        x_test, y_test = _checked_split(x_test, y_test, num_classes, f'"{found}" (test split)')
+    except DataError as exc:
+        if spec.path is not None:
+            raise DataError(f"data.path: {exc}") from None
+        raise DataError(
+            f'data.source = "{spec.source}": {exc}.\n  Fix: delete it from Keras\' cache so the next run '
+            f'downloads it again, or point the spec at another copy: --set data.path="/path/to/'
+            f'{ARCHIVES[spec.source].cache_names[0]}"'
+        ) from None
+    return (x_train, y_train), (x_test, y_test), num_classes
 
 
 def load_data(spec: DataSpec, seed: int) -> Splits:
@@ -350,11 +589,7 @@ def load_data(spec: DataSpec, seed: int) -> Splits:
     if spec.source == "shapes":
         (x_train, y_train), (x_test, y_test), num_classes = _load_shapes(spec, seed)
     else:
-        found = locate(spec.source, spec.path)
-        (x_train, y_train), (x_test, y_test), num_classes = ARCHIVES[spec.source].reader(found)
-    y_train, y_test = y_train.reshape(-1).astype(np.int32), y_test.reshape(-1).astype(np.int32)
-    _check_arrays(x_train, y_train, num_classes, f"{spec.source} train split")
-    _check_arrays(x_test, y_test, num_classes, f"{spec.source} test split")
+        (x_train, y_train), (x_test, y_test), num_classes = _read_archive(spec)
     x_train, y_train = x_train[: spec.train_size], y_train[: spec.train_size]
     x_test, y_test = x_test[: spec.test_size], y_test[: spec.test_size]
     n_val = int(len(x_train) * spec.validation_fraction)
