@@ -10,25 +10,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runner.spec import BadInput
+from runner.spec import BadInput, flatten_table
 
 
 class RunDirError(BadInput):
     """A directory that is not a finished run (no readable report.json)."""
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(value, dict):
-        return {prefix: value}
-    flat: dict[str, Any] = {}
-    for key, inner in value.items():
-        flat.update(_flatten(inner, f"{prefix}.{key}" if prefix else key))
-    return flat
-
-
 def differing_fields(reports: list[dict[str, Any]]) -> list[str]:
     """Dotted spec fields whose values are not the same in every run (the name aside)."""
-    flats = [_flatten(r["spec"]) for r in reports]
+    flats = [flatten_table(r["spec"]) for r in reports]
     keys = sorted(set().union(*flats) - {"name", "description"})
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
 
@@ -49,7 +40,7 @@ def _delta(value: float | None, base: float | None) -> float | None:
 
 
 def comparison_row(report: dict[str, Any], base: dict[str, Any], fields: list[str]) -> dict[str, Any]:
-    flat = _flatten(report["spec"])
+    flat = flatten_table(report["spec"])
     perf, metrics = report["performance"], report["metrics"]
     scale = report["precision"].get("loss_scale") or {}
     failed = [c["name"] for c in report["checks"] if not c["passed"] and c["severity"] == "error"]

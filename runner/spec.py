@@ -282,13 +282,14 @@ class Variant:
     group: str = ""  # the name in the spec file, which a sweep's variant names extend
 
 
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"precision": {"policy": [...]}}` and `{"precision.policy": [...]}` alike → dotted keys."""
+def flatten_table(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"precision": {"policy": [...]}}` and `{"precision.policy": [...]}` alike → dotted keys
+    (a sweep's axes, and the spec fields that runs differ in)."""
     flat: dict[str, Any] = {}
     for key, value in table.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, path + "."))
+            flat.update(flatten_table(value, path + "."))
         else:
             flat[path] = value
     return flat
@@ -305,7 +306,7 @@ def sweep_axes(sweep: Any, source: str) -> dict[str, list[Any]]:
         raise SpecError(
             f"{source}: sweep: expected a table of field paths to lists of values; got {_show(sweep)}"
         )
-    axes: dict[str, list[Any]] = json.loads(json.dumps(_flatten(sweep), default=str))  # dates → strings
+    axes: dict[str, list[Any]] = json.loads(json.dumps(flatten_table(sweep), default=str))  # dates → strings
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise SpecError(
