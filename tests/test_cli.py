@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -258,6 +259,30 @@ def test_compare_separate_runs_prints_the_same_table_as_their_sweep(write_spec, 
     assert separate.exit_code == 0
     assert "ratios against the float32 run tiny" in separate.stdout
     assert "mixed_float16" in separate.stdout and "float32" in separate.stdout
+
+
+def test_compare_runs_of_one_spec_shows_each_under_its_policy(tmp_path):
+    from tests.test_compare import fake_epochs, fake_report
+
+    # The README's first-run flow: quickstart three times, --set precision.policy=..., then compare.
+    dirs = []
+    for i, policy in enumerate(("float32", "mixed_float16", "mixed_bfloat16")):
+        run_dir = tmp_path / f"quickstart-{i}"
+        run_dir.mkdir()
+        report = fake_report("quickstart", policy, 1000.0 * (i + 1), 0.9, run_dir=str(run_dir))
+        report["metrics"]["epochs"] = fake_epochs(1.0, 1000.0 * (i + 1))
+        (run_dir / "report.json").write_text(json.dumps(report))
+        dirs.append(str(run_dir))
+    result = cli.invoke(app, ["compare", *dirs, "--output", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["float32", "mixed_float16", "mixed_bfloat16"]
+    html = (tmp_path / "cmp" / "comparison.html").read_text()
+    throughput = html[html.index('<figure id="plot-throughput">') :]
+    assert re.findall(r'<g id="(bar-\d+)"', throughput) == ["bar-0", "bar-1", "bar-2"]
+    for policy in ("float32", "mixed_float16", "mixed_bfloat16"):
+        assert f"<td>{policy}</td><td>{policy}</td>" in html  # the label, then precision.policy
+        assert f"<!-- {policy} train -->" in html
 
 
 def test_compare_rejects_a_directory_that_is_not_a_run(tmp_path):
