@@ -518,5 +518,33 @@ def spec_hash(spec: ExperimentSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
 
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"  # the draft pydantic generates
+
+
+def _sweep_defs() -> dict[str, Any]:
+    """A [sweep] as sweep_axes reads it: dotted field paths, or tables nesting them, to non-empty lists."""
+    return {
+        "Sweep": {
+            "title": "Sweep",
+            "description": "One experiment per point of the cartesian product of these lists: "
+            'e.g. "precision.policy" = ["float32", "mixed_float16"], or [sweep.precision] policy = [...]',
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": {"$ref": "#/$defs/SweepEntry"},
+        },
+        "SweepEntry": {
+            "anyOf": [
+                {"type": "array", "minItems": 1},
+                {"type": "object", "additionalProperties": {"$ref": "#/$defs/SweepEntry"}},
+            ]
+        },
+    }
+
+
 def json_schema() -> dict[str, Any]:
-    return ExperimentSpec.model_json_schema()
+    """The JSON Schema of a spec file: ExperimentSpec plus the [sweep] that `runner run` and
+    `runner validate` expand (one experiment, ExperimentSpec, has no sweep)."""
+    schema = ExperimentSpec.model_json_schema()
+    schema["properties"]["sweep"] = {"$ref": "#/$defs/Sweep"}
+    schema["$defs"].update(_sweep_defs())
+    return {"$schema": SCHEMA_DIALECT, **schema}

@@ -83,6 +83,50 @@ def test_schema_is_json_schema():
     assert schema["title"] == "ExperimentSpec" and "precision" in schema["properties"]
 
 
+def _printed_schema_validator():
+    import jsonschema
+
+    schema = json.loads(cli.invoke(app, ["schema"]).stdout)
+    validator = jsonschema.validators.validator_for(schema, default=None)  # chosen by its $schema
+    assert validator is jsonschema.Draft202012Validator
+    validator.check_schema(schema)
+    return validator(schema)
+
+
+SPEC_FILES = sorted([*ROOT.glob("specs/*.toml"), *ROOT.glob("specs/bugs/*.toml")])
+
+
+@pytest.mark.parametrize("path", SPEC_FILES, ids=[str(p.relative_to(ROOT)) for p in SPEC_FILES])
+def test_shipped_specs_validate_against_the_printed_schema(path):
+    from runner.spec import read_toml
+
+    errors = [e.message for e in _printed_schema_validator().iter_errors(read_toml(path))]
+    assert errors == [], errors
+
+
+SCHEMA_CASES = {
+    "unknown_top_level_key": ('name = "t"\ncolour = "red"\n', False),
+    "dotted_sweep": ('name = "t"\n[sweep]\n"precision.policy" = ["float32"]\n', True),
+    "nested_sweep": ('name = "t"\n[sweep.data]\nbatch_size = [32, 64]\n', True),
+    "empty_sweep": ('name = "t"\n[sweep]\n', False),
+    "sweep_of_an_empty_list": ('name = "t"\n[sweep]\n"seed" = []\n', False),
+    "sweep_of_a_value": ('name = "t"\n[sweep.data]\nbatch_size = 32\n', False),
+}
+
+
+@pytest.mark.parametrize(("text", "valid"), SCHEMA_CASES.values(), ids=SCHEMA_CASES.keys())
+def test_the_printed_schema_agrees_with_load_plan(write_spec, text, valid):
+    from runner.spec import SpecError, load_plan, read_toml
+
+    path = write_spec(text)
+    assert _printed_schema_validator().is_valid(read_toml(path)) is valid
+    if valid:
+        load_plan(path)
+    else:
+        with pytest.raises(SpecError):
+            load_plan(path)
+
+
 def test_env_reports_versions_and_mixed_precision_advice():
     result = cli.invoke(app, ["env"])
     assert result.exit_code == 0, result.output
