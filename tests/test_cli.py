@@ -23,6 +23,14 @@ def test_help_lists_the_commands():
         assert command in result.output
 
 
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"]], ids=["runner", "run"])
+def test_help_prints_sweep_in_brackets(args):
+    # Rich reads a bare "[sweep]" as a style tag; escaped wrongly, a backslash shows instead.
+    result = cli.invoke(app, args)
+    assert result.exit_code == 0
+    assert "[sweep]" in result.output and "\\[" not in result.output
+
+
 def test_validate_prints_the_resolved_spec():
     result = cli.invoke(app, ["validate", str(ROOT / "specs" / "quickstart.toml")])
     assert result.exit_code == 0, result.output
