@@ -32,6 +32,9 @@ app = typer.Typer(
     help="Declarative, test-first experiment runner for mixed-precision training with Keras.",
     no_args_is_help=True,
     add_completion=False,
+    # Help texts are rich markup on every typer version (before 0.20.1 the default did not parse it), so
+    # a literal "[" is written "\[" everywhere: rich takes a bare "[sweep]" for a style tag and drops it.
+    rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
 )
 
@@ -119,7 +122,7 @@ def run(
         bool, typer.Option("--yes", "-y", help=f"Run a plan of more than {CONFIRM_ABOVE} experiments.")
     ] = False,
 ) -> None:
-    """Validate, preflight, train, evaluate, check and report experiments (a [sweep] or several specs
+    r"""Validate, preflight, train, evaluate, check and report experiments (a \[sweep] or several specs
     run one after another and end in a comparison table).
 
     Exit codes: 0 all passed · 1 a check failed · 2 bad input · 3 run failed · 130 interrupted.

@@ -1,36 +1,77 @@
 """Side-by-side comparison of finished runs: pure functions from report.json dicts to rows.
 
 The baseline is the first completed float32 run; without one, the first run, and the comparison
-says so. Only the spec fields that differ between runs are shown.
+says so. Only the spec fields that differ between runs are shown, and each run is labelled by them:
+runs of one spec file often share a name (`--set precision.policy=...`), so a name is no identity.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from runner.spec import BadInput
+from runner.spec import BadInput, flatten_table
 
 
 class RunDirError(BadInput):
     """A directory that is not a finished run (no readable report.json)."""
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(value, dict):
-        return {prefix: value}
-    flat: dict[str, Any] = {}
-    for key, inner in value.items():
-        flat.update(_flatten(inner, f"{prefix}.{key}" if prefix else key))
-    return flat
-
-
 def differing_fields(reports: list[dict[str, Any]]) -> list[str]:
     """Dotted spec fields whose values are not the same in every run (the name aside)."""
-    flats = [_flatten(r["spec"]) for r in reports]
+    flats = [flatten_table(r["spec"]) for r in reports]
     keys = sorted(set().union(*flats) - {"name", "description"})
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+
+
+def _shown(value: Any) -> str:
+    # Strings bare (as the table prints them); anything else in JSON's spelling, TOML's too: true, [32, 64].
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _short_keys(fields: list[str]) -> dict[str, str]:
+    """`precision.policy` → `policy`, unless another differing field ends in the same word."""
+    last = {f: f.rsplit(".", 1)[-1] for f in fields}
+    ends = Counter(last.values())
+    return {f: last[f] if ends[last[f]] == 1 else f for f in fields}
+
+
+def _settings_label(report: dict[str, Any], fields: list[str], keys: dict[str, str]) -> str:
+    flat = flatten_table(report["spec"])
+    if len(fields) == 1:
+        return _shown(flat[fields[0]]) if fields[0] in flat else "—"
+    # A field this run lacks (another model kind's) is left out: kind= already says why.
+    return ", ".join(f"{keys[f]}={_shown(flat[f])}" for f in fields if f in flat) or "—"
+
+
+def _dir_name(report: dict[str, Any]) -> str:
+    return Path(report["run_dir"]).name if report.get("run_dir") else str(report["name"])
+
+
+def _distinct(labels: list[str], reports: list[dict[str, Any]]) -> list[str]:
+    """A label shared by runs that are otherwise equal gets the run directory, then the position."""
+    repeated = {label for label, n in Counter(labels).items() if n > 1}
+    labels = [
+        f"{label} ({_dir_name(r)})" if label in repeated and label != _dir_name(r) else label
+        for label, r in zip(labels, reports, strict=True)
+    ]
+    repeated = {label for label, n in Counter(labels).items() if n > 1}  # the same directory twice
+    return [f"{label} #{i + 1}" if label in repeated else label for i, label in enumerate(labels)]
+
+
+def run_labels(reports: list[dict[str, Any]], fields: list[str]) -> list[str]:
+    """One distinct label per run, by what differs between the runs: the values of the differing
+    spec fields; else the names; else the run directories."""
+    if fields:
+        keys = _short_keys(fields)
+        labels = [_settings_label(r, fields, keys) for r in reports]
+    elif len({r["name"] for r in reports}) > 1:
+        labels = [str(r["name"]) for r in reports]
+    else:
+        labels = [_dir_name(r) for r in reports]
+    return _distinct(labels, reports)
 
 
 def _baseline(reports: list[dict[str, Any]]) -> tuple[int, str]:
@@ -49,7 +90,7 @@ def _delta(value: float | None, base: float | None) -> float | None:
 
 
 def comparison_row(report: dict[str, Any], base: dict[str, Any], fields: list[str]) -> dict[str, Any]:
-    flat = _flatten(report["spec"])
+    flat = flatten_table(report["spec"])
     perf, metrics = report["performance"], report["metrics"]
     scale = report["precision"].get("loss_scale") or {}
     failed = [c["name"] for c in report["checks"] if not c["passed"] and c["severity"] == "error"]
@@ -77,15 +118,20 @@ def comparison_row(report: dict[str, Any], base: dict[str, Any], fields: list[st
 
 
 def compare(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """comparison.json's content: the baseline, the fields that differ, one row per run."""
+    """comparison.json's content: the baseline, the fields that differ, one row per run, each with the
+    label that tables and plots show for it."""
     if not reports:
         raise RunDirError("compare: expected at least one finished run; got none")
     index, note = _baseline(reports)
     fields = differing_fields(reports)
+    labels = run_labels(reports, fields)
     return {
-        "baseline": {"name": reports[index]["name"], "index": index, "note": note},
+        "baseline": {"name": reports[index]["name"], "label": labels[index], "index": index, "note": note},
         "differing_fields": fields,
-        "rows": [comparison_row(r, reports[index], fields) for r in reports],
+        "rows": [
+            {"label": label, **comparison_row(r, reports[index], fields)}
+            for label, r in zip(labels, reports, strict=True)
+        ],
     }
 
 

@@ -162,7 +162,7 @@ def comparison_sections(comparison: dict[str, Any], reports: list[dict[str, Any]
     ]
     rows = [
         [
-            r["name"],
+            r["label"],
             *(r["settings"][f] for f in fields),
             r["status"],
             r["images_per_second"],
@@ -187,12 +187,18 @@ def comparison_sections(comparison: dict[str, Any], reports: list[dict[str, Any]
 
 
 def comparison_plots(comparison: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, str]:
-    runs = {r["name"]: r["metrics"]["epochs"] for r in reports if r["metrics"]["epochs"]}
+    """Curves and bars keyed by the rows' labels, which are distinct where names need not be."""
+    rows = comparison["rows"]  # one per report, in the same order
+    runs = {
+        row["label"]: r["metrics"]["epochs"]
+        for row, r in zip(rows, reports, strict=True)
+        if r["metrics"]["epochs"]
+    }
     found: dict[str, str] = {}
     if runs:
         found["loss"] = plots.metric_curves(runs, "loss", "Loss per epoch")
         found["accuracy"] = plots.metric_curves(runs, "accuracy", "Accuracy per epoch")
-    throughput = {row["name"]: row["images_per_second"] for row in comparison["rows"]}
+    throughput = {row["label"]: row["images_per_second"] for row in rows}
     found["throughput"] = plots.throughput_bars(throughput, "Throughput", "run", per_run=True)
     return found
 

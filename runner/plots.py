@@ -56,15 +56,19 @@ def metric_curves(runs: dict[str, list[dict[str, Any]]], metric: str, title: str
     from matplotlib.ticker import MaxNLocator
 
     with _figure(title, "epoch", metric) as ax:
-        for colour, (name, records) in zip(COLOURS * 4, runs.items(), strict=False):
+        for i, (colour, (name, records)) in enumerate(zip(COLOURS * 4, runs.items(), strict=False)):
             label = f"{name} " if len(runs) > 1 else ""
-            ax.plot(*_epochs(records, metric), marker="o", color=colour, label=f"{label}train")
+            # An SVG id per curve and bar: a reader (or a test) finds each run's line in the file.
+            ax.plot(
+                *_epochs(records, metric), marker="o", color=colour, label=f"{label}train", gid=f"train-{i}"
+            )
             ax.plot(
                 *_epochs(records, f"val_{metric}"),
                 marker="o",
                 ls="--",
                 color=colour,
                 label=f"{label}validation",
+                gid=f"validation-{i}",
             )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return to_svg(ax)
@@ -94,6 +98,8 @@ def throughput_bars(values: dict[str, float | None], title: str, xlabel: str, pe
         heights = [v or 0.0 for v in values.values()]
         colours = (COLOURS * 4)[: len(labels)] if per_run else COLOURS[0]
         bars = ax.bar(range(len(labels)), heights, color=colours)
+        for i, bar in enumerate(bars):
+            bar.set_gid(f"bar-{i}")
         ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0, ha="right")
         ax.bar_label(bars, fmt="%.0f", fontsize="small")
     return to_svg(ax)

@@ -287,11 +287,27 @@ def _ratio_text(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
+def _result_text(row: dict[str, Any]) -> Text:
+    failed = row["failed_checks"]
+    if row["status"] == "completed" and not failed:
+        return Text(f"✓ {row['checks_passed']}/{row['checks_total']}", style="green")
+    return Text(row["status"] if row["status"] != "completed" else "✗ " + ", ".join(failed), style="red")
+
+
+def _scale_text(row: dict[str, Any]) -> str:
+    scale = _fmt(row["loss_scale_final"], "g")
+    if row["loss_scale_min"] not in (None, row["loss_scale_final"]):
+        scale += f" (min {row['loss_scale_min']:g})"
+    return scale
+
+
 def comparison_table(comparison: dict[str, Any]) -> Table:
-    """One row per run, narrow enough for 80 columns: the spec fields that differ (or the run's name),
-    speed and memory against the baseline, accuracy, loss scale, result. Step times and device memory
-    are in comparison.json/.md/.html."""
-    fields = comparison["differing_fields"]
+    """One row per run, narrow enough for 80 columns: the spec fields that differ (and the run's label
+    where they do not tell the runs apart), speed and memory against the baseline, accuracy, loss
+    scale, result. Step times and device memory are in comparison.json/.md/.html."""
+    fields, rows = comparison["differing_fields"], comparison["rows"]
+    settings = [tuple(str(r["settings"][f]) for f in fields) for r in rows]
+    run_column = ["run"] if not fields or len(set(settings)) < len(settings) else []
     table = Table(
         title="Comparison",
         header_style="bold",
@@ -299,30 +315,22 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    for name in fields or ["run"]:
+    for name in run_column + fields:
         table.add_column(name.split(".")[-1], no_wrap=True, min_width=7)
     for name in ("img/s", "×base", "MB", "acc", "Δacc", "scale", "skip"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("result", overflow="fold", min_width=12)
-    for r in comparison["rows"]:
-        failed = r["failed_checks"]
-        ok = r["status"] == "completed" and not failed
-        if ok:
-            result = f"✓ {r['checks_passed']}/{r['checks_total']}"
-        else:
-            result = r["status"] if r["status"] != "completed" else "✗ " + ", ".join(failed)
-        scale = _fmt(r["loss_scale_final"], "g")
-        if r["loss_scale_min"] not in (None, r["loss_scale_final"]):
-            scale += f" (min {r['loss_scale_min']:g})"
+    for r, values in zip(rows, settings, strict=True):
         table.add_row(
-            *([str(r["settings"][f]) for f in fields] or [r["name"]]),
+            *([r["label"]] if run_column else []),
+            *values,
             _fmt(r["images_per_second"], ",.0f"),
             _ratio_text(r["speed_ratio"]),
             _fmt(r["peak_host_memory_mb"], ",.0f"),
             _fmt(r["test_accuracy"], ".3f"),
             _fmt(r["accuracy_delta"], "+.3f"),
-            scale,
+            _scale_text(r),
             str(r["skipped_steps"]),
-            Text(result, style="green" if ok else "red"),
+            _result_text(r),
         )
     return table

@@ -296,13 +296,14 @@ class Variant:
     source: str = ""  # the spec file (and sweep values) it comes from, for messages
 
 
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"precision": {"policy": [...]}}` and `{"precision.policy": [...]}` alike → dotted keys."""
+def flatten_table(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"precision": {"policy": [...]}}` and `{"precision.policy": [...]}` alike → dotted keys
+    (a sweep's axes, and the spec fields that runs differ in)."""
     flat: dict[str, Any] = {}
     for key, value in table.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, path + "."))
+            flat.update(flatten_table(value, path + "."))
         else:
             flat[path] = value
     return flat
@@ -319,7 +320,7 @@ def sweep_axes(sweep: Any, source: str) -> dict[str, list[Any]]:
         raise SpecError(
             f"{source}: sweep: expected a table of field paths to lists of values; got {_show(sweep)}"
         )
-    axes: dict[str, list[Any]] = json.loads(json.dumps(_flatten(sweep), default=str))  # dates → strings
+    axes: dict[str, list[Any]] = json.loads(json.dumps(flatten_table(sweep), default=str))  # dates → strings
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise SpecError(
@@ -545,5 +546,33 @@ def spec_hash(spec: ExperimentSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
 
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"  # the draft pydantic generates
+
+
+def _sweep_defs() -> dict[str, Any]:
+    """A [sweep] as sweep_axes reads it: dotted field paths, or tables nesting them, to non-empty lists."""
+    return {
+        "Sweep": {
+            "title": "Sweep",
+            "description": "One experiment per point of the cartesian product of these lists: "
+            'e.g. "precision.policy" = ["float32", "mixed_float16"], or [sweep.precision] policy = [...]',
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": {"$ref": "#/$defs/SweepEntry"},
+        },
+        "SweepEntry": {
+            "anyOf": [
+                {"type": "array", "minItems": 1},
+                {"type": "object", "additionalProperties": {"$ref": "#/$defs/SweepEntry"}},
+            ]
+        },
+    }
+
+
 def json_schema() -> dict[str, Any]:
-    return ExperimentSpec.model_json_schema()
+    """The JSON Schema of a spec file: ExperimentSpec plus the [sweep] that `runner run` and
+    `runner validate` expand (one experiment, ExperimentSpec, has no sweep)."""
+    schema = ExperimentSpec.model_json_schema()
+    schema["properties"]["sweep"] = {"$ref": "#/$defs/Sweep"}
+    schema["$defs"].update(_sweep_defs())
+    return {"$schema": SCHEMA_DIALECT, **schema}

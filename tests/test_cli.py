@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -20,6 +21,14 @@ def test_help_lists_the_commands():
     assert result.exit_code == 0
     for command in ("run", "validate", "env", "schema"):
         assert command in result.output
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"]], ids=["runner", "run"])
+def test_help_prints_sweep_in_brackets(args):
+    # Rich reads a bare "[sweep]" as a style tag; escaped wrongly, a backslash shows instead.
+    result = cli.invoke(app, args)
+    assert result.exit_code == 0
+    assert "[sweep]" in result.output and "\\[" not in result.output
 
 
 def test_validate_prints_the_resolved_spec():
@@ -80,6 +89,50 @@ def test_schema_is_json_schema():
     assert result.exit_code == 0
     schema = json.loads(result.stdout)
     assert schema["title"] == "ExperimentSpec" and "precision" in schema["properties"]
+
+
+def _printed_schema_validator():
+    import jsonschema
+
+    schema = json.loads(cli.invoke(app, ["schema"]).stdout)
+    validator = jsonschema.validators.validator_for(schema, default=None)  # chosen by its $schema
+    assert validator is jsonschema.Draft202012Validator
+    validator.check_schema(schema)
+    return validator(schema)
+
+
+SPEC_FILES = sorted([*ROOT.glob("specs/*.toml"), *ROOT.glob("specs/bugs/*.toml")])
+
+
+@pytest.mark.parametrize("path", SPEC_FILES, ids=[str(p.relative_to(ROOT)) for p in SPEC_FILES])
+def test_shipped_specs_validate_against_the_printed_schema(path):
+    from runner.spec import read_toml
+
+    errors = [e.message for e in _printed_schema_validator().iter_errors(read_toml(path))]
+    assert errors == [], errors
+
+
+SCHEMA_CASES = {
+    "unknown_top_level_key": ('name = "t"\ncolour = "red"\n', False),
+    "dotted_sweep": ('name = "t"\n[sweep]\n"precision.policy" = ["float32"]\n', True),
+    "nested_sweep": ('name = "t"\n[sweep.data]\nbatch_size = [32, 64]\n', True),
+    "empty_sweep": ('name = "t"\n[sweep]\n', False),
+    "sweep_of_an_empty_list": ('name = "t"\n[sweep]\n"seed" = []\n', False),
+    "sweep_of_a_value": ('name = "t"\n[sweep.data]\nbatch_size = 32\n', False),
+}
+
+
+@pytest.mark.parametrize(("text", "valid"), SCHEMA_CASES.values(), ids=SCHEMA_CASES.keys())
+def test_the_printed_schema_agrees_with_load_plan(write_spec, text, valid):
+    from runner.spec import SpecError, load_plan, read_toml
+
+    path = write_spec(text)
+    assert _printed_schema_validator().is_valid(read_toml(path)) is valid
+    if valid:
+        load_plan(path)
+    else:
+        with pytest.raises(SpecError):
+            load_plan(path)
 
 
 def test_env_reports_versions_and_mixed_precision_advice():
@@ -258,6 +311,30 @@ def test_compare_separate_runs_prints_the_same_table_as_their_sweep(write_spec, 
     assert separate.exit_code == 0
     assert "ratios against the float32 run tiny" in separate.stdout
     assert "mixed_float16" in separate.stdout and "float32" in separate.stdout
+
+
+def test_compare_runs_of_one_spec_shows_each_under_its_policy(tmp_path):
+    from tests.test_compare import fake_epochs, fake_report
+
+    # The README's first-run flow: quickstart three times, --set precision.policy=..., then compare.
+    dirs = []
+    for i, policy in enumerate(("float32", "mixed_float16", "mixed_bfloat16")):
+        run_dir = tmp_path / f"quickstart-{i}"
+        run_dir.mkdir()
+        report = fake_report("quickstart", policy, 1000.0 * (i + 1), 0.9, run_dir=str(run_dir))
+        report["metrics"]["epochs"] = fake_epochs(1.0, 1000.0 * (i + 1))
+        (run_dir / "report.json").write_text(json.dumps(report))
+        dirs.append(str(run_dir))
+    result = cli.invoke(app, ["compare", *dirs, "--output", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["float32", "mixed_float16", "mixed_bfloat16"]
+    html = (tmp_path / "cmp" / "comparison.html").read_text()
+    throughput = html[html.index('<figure id="plot-throughput">') :]
+    assert re.findall(r'<g id="(bar-\d+)"', throughput) == ["bar-0", "bar-1", "bar-2"]
+    for policy in ("float32", "mixed_float16", "mixed_bfloat16"):
+        assert f"<td>{policy}</td><td>{policy}</td>" in html  # the label, then precision.policy
+        assert f"<!-- {policy} train -->" in html
 
 
 def test_compare_rejects_a_directory_that_is_not_a_run(tmp_path):

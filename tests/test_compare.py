@@ -6,10 +6,35 @@ import json
 
 import pytest
 
-from runner.compare import RunDirError, compare, differing_fields, expand_run_dirs, load_report
+from runner.compare import (
+    RunDirError,
+    compare,
+    differing_fields,
+    expand_run_dirs,
+    load_report,
+    run_labels,
+)
 
 
-def fake_report(name, policy, ips, accuracy, status="completed", lr=0.001, failed=()):
+def fake_epochs(loss, ips, epochs=2):
+    """metrics.epochs of a run whose loss halves every epoch."""
+    return [
+        {
+            "epoch": e,
+            "loss": loss / 2**e,
+            "accuracy": 1 - loss / 2**e,
+            "val_loss": loss / 2**e,
+            "val_accuracy": 1 - loss / 2**e,
+            "images_per_second": ips,
+            "seconds": 1.0,
+        }
+        for e in range(1, epochs + 1)
+    ]
+
+
+def fake_report(
+    name, policy, ips, accuracy, status="completed", lr=0.001, failed=(), run_dir=None, epochs=(), batch=32
+):
     checks = [{"name": "output_dtype", "passed": True, "severity": "error", "detail": ""}]
     checks += [{"name": n, "passed": False, "severity": "error", "detail": ""} for n in failed]
     checks += [{"name": "tensor_core_alignment", "passed": False, "severity": "hint", "detail": ""}]
@@ -18,9 +43,11 @@ def fake_report(name, policy, ips, accuracy, status="completed", lr=0.001, faile
         "name": name,
         "status": status,
         "started_at": name,
+        "run_dir": run_dir,
         "spec": {
             "name": name,
             "precision": {"policy": policy},
+            "data": {"batch_size": batch},
             "training": {"learning_rate": lr, "epochs": 3},
         },
         "precision": {
@@ -31,7 +58,7 @@ def fake_report(name, policy, ips, accuracy, status="completed", lr=0.001, faile
                 "overflow_steps": 5 * lso,
             },
         },
-        "metrics": {"epochs": [], "test_accuracy": accuracy, "test_loss": 0.3},
+        "metrics": {"epochs": list(epochs), "test_accuracy": accuracy, "test_loss": 0.3},
         "performance": {"images_per_second": ips, "step_time_ms": 10.0, "peak_host_memory_mb": 700.0},
         "checks": checks,
     }
@@ -83,6 +110,77 @@ def test_a_failed_float32_run_is_not_a_baseline():
 def test_differing_fields_ignore_names():
     reports = [fake_report("a", "float32", 1.0, 0.5, lr=0.1), fake_report("b", "float32", 1.0, 0.5, lr=0.2)]
     assert differing_fields(reports) == ["training.learning_rate"]
+
+
+def test_runs_of_one_spec_are_labelled_by_the_policy_that_differs():
+    # The README's flow: the quickstart spec three times with --set precision.policy=...
+    reports = [
+        fake_report("quickstart", p, ips, 0.9, run_dir=f"reports/quickstart-{i}")
+        for i, (p, ips) in enumerate(
+            [("float32", 2000.0), ("mixed_float16", 500.0), ("mixed_bfloat16", 3000.0)]
+        )
+    ]
+    result = compare(reports)
+    assert [r["label"] for r in result["rows"]] == ["float32", "mixed_float16", "mixed_bfloat16"]
+    assert [r["name"] for r in result["rows"]] == ["quickstart"] * 3  # comparison.json keeps its keys
+    assert [r["run_dir"] for r in result["rows"]] == [f"reports/quickstart-{i}" for i in range(3)]
+    assert result["baseline"]["label"] == "float32" and result["baseline"]["index"] == 0
+
+
+def _run(name="q", policy="float32", lr=0.001, batch=32, run_dir=None):
+    return fake_report(name, policy, 1.0, 0.5, lr=lr, batch=batch, run_dir=run_dir)
+
+
+LABELS = {
+    "one_field_its_value": (
+        [_run(policy="mixed_float16"), _run(policy="mixed_bfloat16")],
+        ["mixed_float16", "mixed_bfloat16"],
+    ),
+    "several_fields_by_their_last_word": (
+        [_run(policy="float32", batch=32), _run(policy="mixed_float16", batch=64)],
+        ["batch_size=32, policy=float32", "batch_size=64, policy=mixed_float16"],
+    ),
+    "non_strings_as_toml_spells_them": ([_run(lr=0.1), _run(lr=0.02)], ["0.1", "0.02"]),
+    "only_names_differ": ([_run(name="a"), _run(name="b")], ["a", "b"]),
+    "everything_equal_directory_names": (
+        [_run(run_dir="out/q-1"), _run(run_dir="/abs/q-2")],
+        ["q-1", "q-2"],
+    ),
+    "equal_settings_get_their_directory": (
+        [_run(run_dir="r/q-1"), _run(run_dir="r/q-2"), _run(policy="mixed_float16", run_dir="r/q-3")],
+        ["float32 (q-1)", "float32 (q-2)", "mixed_float16"],
+    ),
+    "the_same_directory_twice_its_position": (
+        [_run(run_dir="r/q-1"), _run(run_dir="r/q-1")],
+        ["q-1 #1", "q-1 #2"],
+    ),
+}
+
+
+@pytest.mark.parametrize(("reports", "labels"), LABELS.values(), ids=LABELS.keys())
+def test_labels_name_what_differs_and_are_distinct(reports, labels):
+    assert run_labels(reports, differing_fields(reports)) == labels
+
+
+def test_labels_spell_out_fields_whose_last_words_collide():
+    a, b = _run(), _run()
+    a["spec"]["model"], b["spec"]["model"] = {"kind": "seed_cnn"}, {"kind": "mlp"}
+    a["spec"]["training"]["optimizer"] = {"kind": "adam"}
+    b["spec"]["training"]["optimizer"] = {"kind": "sgd"}
+    assert run_labels([a, b], differing_fields([a, b])) == [
+        "model.kind=seed_cnn, training.optimizer.kind=adam",
+        "model.kind=mlp, training.optimizer.kind=sgd",
+    ]
+
+
+def test_a_field_one_run_lacks_is_left_out_of_its_label():
+    a, b = _run(), _run()
+    a["spec"]["model"] = {"kind": "seed_cnn", "filters": [32, 64]}
+    b["spec"]["model"] = {"kind": "mlp", "hidden_units": [16]}
+    assert run_labels([a, b], differing_fields([a, b])) == [
+        "filters=[32, 64], kind=seed_cnn",
+        "hidden_units=[16], kind=mlp",
+    ]
 
 
 def test_run_directories_and_sweep_directories(tmp_path):

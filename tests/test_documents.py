@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from runner.compare import compare
+from runner.documents import comparison_plots, comparison_sections, to_markdown
 from runner.session import run_plan
 from runner.spec import load_plan
 from tests.conftest import TINY_SPEC
+from tests.test_compare import fake_epochs, fake_report
 
 SWEEP = TINY_SPEC + '\n[sweep]\n"precision.policy" = ["float32", "mixed_float16"]\n'
 URL = re.compile(r"https?://")
@@ -74,8 +77,34 @@ def test_comparison_html_overlays_all_runs_and_has_a_throughput_bar_chart(sweep)
     html = (sweep.group_dir / "comparison.html").read_text()
     assert not URL.search(html)
     assert _figures(html) == ["loss", "accuracy", "throughput"]
-    for name in ("tiny-float32", "tiny-mixed_float16"):
-        assert html.count(f"{name} train") >= 2  # in the loss and the accuracy overlay
+    for label in ("float32", "mixed_float16"):  # the sweep's axis: what differs between the runs
+        assert html.count(f"<!-- {label} train -->") == 2  # in the loss and the accuracy overlay
+
+
+def _ids(svg: str, prefix: str) -> list[str]:
+    return re.findall(rf'<g id="({prefix}-\d+)"', svg)
+
+
+def test_runs_sharing_a_name_each_get_a_bar_and_a_curve_under_their_label():
+    # The README's flow: the quickstart spec run three times with --set precision.policy=...
+    policies = {"float32": 2000.0, "mixed_float16": 500.0, "mixed_bfloat16": 3000.0}
+    reports = [
+        fake_report("quickstart", p, ips, 0.9, run_dir=f"r/q-{p}", epochs=fake_epochs(1.0 + i, ips))
+        for i, (p, ips) in enumerate(policies.items())
+    ]
+    comparison = compare(reports)
+    found = comparison_plots(comparison, reports)
+    assert _ids(found["throughput"], "bar") == ["bar-0", "bar-1", "bar-2"]
+    for policy, ips in policies.items():
+        assert f"<!-- {policy} -->" in found["throughput"]  # the bar's tick label
+        assert f"<!-- {ips:.0f} -->" in found["throughput"]  # the height written on it
+    for metric in ("loss", "accuracy"):
+        assert _ids(found[metric], "train") == ["train-0", "train-1", "train-2"]
+        for policy in policies:
+            assert f"<!-- {policy} train -->" in found[metric] and "quickstart" not in found[metric]
+    markdown = to_markdown(comparison_sections(comparison, reports))
+    for policy in policies:
+        assert f"| {policy} | {policy} | completed |" in markdown  # label, then precision.policy
 
 
 def _scalars(folder: Path) -> dict[str, list[float]]:

@@ -128,6 +128,21 @@ def test_comparison_table_shows_differing_fields_ratios_and_failed_checks():
         assert fragment in text, fragment
 
 
+def test_comparison_table_labels_runs_the_differing_fields_cannot_tell_apart():
+    from runner.compare import compare
+    from runner.report import comparison_table
+    from tests.test_compare import fake_report
+
+    reports = [fake_report("q", "float32", 2000.0, 0.9, run_dir=f"r/q-{i}") for i in (1, 2)]
+    reports.append(fake_report("q", "mixed_float16", 500.0, 0.9, run_dir="r/q-3"))
+    three = render(comparison_table(compare(reports)))
+    assert "float32 (q-1)" in three and "float32 (q-2)" in three
+    same_spec = render(comparison_table(compare(reports[:2])))
+    assert "q-1 " in same_spec and "q-2 " in same_spec
+    policies = render(comparison_table(compare(reports[1:])))  # the policy alone tells them apart
+    assert "q-2" not in policies and "mixed_float16" in policies
+
+
 def test_audit_summary_names_layers_with_weights_off_the_policy():
     from runner.report import audit_summary
 
