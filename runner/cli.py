@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.syntax import Syntax
 
 from runner.spec import (
@@ -62,7 +63,8 @@ def _stderr() -> Console:
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    _stderr().print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    # Escaped: messages quote "[sweep …]" and "[checks]", which rich would take for markup and drop.
+    _stderr().print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -38,13 +38,16 @@ class RunDirBusy(BadInput):
 
 
 def require_writable(output: Path) -> None:
-    """Create `output` if needed and prove a run directory can be made in it (by making and removing
-    one): read-only, a file, no permission are bad input, said before any work is done."""
+    """Prove a run directory can be made under `output` (by making and removing one in it, or in the
+    nearest folder that exists, without creating any): read-only, a file, no permission are bad
+    input, said before any work is done."""
+    existing = next((p for p in (output, *output.parents) if p.exists()), Path("."))
     try:
-        output.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryDirectory(dir=output, prefix=".runner-probe-").cleanup()
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        tempfile.TemporaryDirectory(dir=existing, prefix=".runner-probe-").cleanup()
     except OSError as exc:
-        what = "is a file" if output.is_file() else (exc.strerror or type(exc).__name__).lower()
+        what = "is a file" if not existing.is_dir() else (exc.strerror or str(exc)).lower()
         raise OutputError(
             f"--output {output}: {what}; expected a folder runner can write run directories in"
         ) from None
@@ -53,6 +56,10 @@ def require_writable(output: Path) -> None:
 def create_run_dir(output: Path, name: str, spec_hash: str) -> Path:
     """`output/<name>-<UTC timestamp>-<hash>/`, created exclusively: two runs never share one."""
     require_writable(output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--output {output}: cannot create it ({exc.strerror})") from None
     base = f"{name}-{utc_stamp()}-{spec_hash}"
     for attempt in range(1, 1000):
         candidate = output / (base if attempt == 1 else f"{base}-{attempt}")

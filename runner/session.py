@@ -470,8 +470,10 @@ def run_plan(variants: list[Variant], output: Path, console: Console) -> PlanOut
         code = max(code, isolated.exit_code)
         if isolated.status == "interrupted":
             break
-    if not outcomes:
-        return PlanOutcome(outcomes, code, group_dir)
+    if not outcomes:  # the first variant was bad input: no sweep directory to keep
+        with contextlib.suppress(OSError):
+            group_dir.rmdir()
+        return PlanOutcome(outcomes, code, None)
     reports = [o.report for o in outcomes]
     comparison = compare.compare(reports)
     runs.write_json_atomic(group_dir / "comparison.json", comparison)

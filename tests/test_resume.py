@@ -105,8 +105,10 @@ def test_sigint_mid_epoch_then_resume_equals_the_uninterrupted_run(spec_file, un
     assert f"runner resume {run_dir}" in stderr.decode()
     position = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
     assert position["step"] > 0  # stopped in mid-epoch, after the step it was in
+    (run_dir / "error.txt").write_text("Traceback: an earlier attempt's crash\n")
     resumed = runner("resume", run_dir)
     assert resumed.returncode == 0, resumed.stderr
+    assert not (run_dir / "error.txt").exists()  # not this completed run's error (issue 15)
     assert model_metrics(run_dir) == model_metrics(uninterrupted)
     final, reference = report(run_dir), report(uninterrupted)
     assert final["status"] == "completed" and final["resumes"][0]["from"] == position["name"]

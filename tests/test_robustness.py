@@ -312,3 +312,18 @@ def test_fuzzed_set_and_sweep_inputs_end_as_a_plan_or_one_spec_error(tmp_path):
     for _ in range(300):
         family, data, overrides = fuzz_specs.random_input(rng)
         assert fuzz_specs.check(data, tmp_path, overrides) in {"valid", "spec_error"}
+
+
+def test_a_sweep_variant_that_cannot_be_built_names_the_real_file_and_its_sweep_values(write_spec, tmp_path):
+    """The variant runs in a child process from a temporary copy of its spec; its message still
+    names the file the user wrote and the sweep values that made the variant."""
+    path = write_spec(
+        'name = "s"\n[model]\nkind = "keras_application"\nname = "MobileNetV2"\n'
+        '[data]\ntrain_size = 64\ntest_size = 32\n[sweep]\n"model.name" = ["ResNet9000", "MobileNetV2"]\n'
+    )
+    result = runner("run", path, "--output", tmp_path / "out")
+    assert result.returncode == 2, result.stderr
+    message = " ".join(result.stderr.split())
+    assert f"{path} [sweep model.name=ResNet9000]: model.name: expected a keras.applications model" in message
+    assert "Traceback" not in result.stderr
+    assert list((tmp_path / "out").iterdir()) == []  # no empty sweep directory either
