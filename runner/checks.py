@@ -7,15 +7,13 @@ can print their results as they are.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from runner.spec import ChecksSpec, PrecisionSpec
+from runner.spec import COMPUTE_DTYPE, DEFAULT_INITIAL_SCALE, ChecksSpec, PrecisionSpec
 
 Severity = Literal["error", "warning", "hint"]
-DEFAULT_INITIAL_SCALE = 2.0**15
-COMPUTE_DTYPE = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 # Layers that hold no computation of their own: their "compute dtype" is just the input's.
 NON_COMPUTING = {"InputLayer"}
 # Activations whose small outputs underflow in float16 before the loss takes their log.
@@ -202,9 +200,9 @@ def check_output_dtype(audit: dict[str, Any], policy: str, output_dtype: str) ->
     return Finding("output_dtype", True, "model output is float32")
 
 
-def check_optimizer(audit: dict[str, Any], policy: str, loss_scale: str) -> Finding:
+def check_optimizer(audit: dict[str, Any], precision: PrecisionSpec) -> Finding:
     """Invariant 3: a LossScaleOptimizer exactly when the policy is mixed_float16 (with loss scaling)."""
-    wanted = policy == "mixed_float16" and loss_scale == "dynamic"
+    policy, loss_scale, wanted = precision.policy, precision.loss_scale, precision.uses_loss_scaling
     has = bool(audit["loss_scale_optimizer"])
     name = audit["optimizer"]
     if has == wanted:
@@ -284,7 +282,7 @@ def preflight_findings(
         check_compute_dtype(audit, policy, declared.float32_layers),
         check_variable_dtype(audit),
         check_output_dtype(audit, policy, precision.output_dtype),
-        check_optimizer(audit, policy, precision.loss_scale),
+        check_optimizer(audit, precision),
         check_loss_scale(audit["loss_scale"], "before training"),
         check_policy_in_force(audit, policy),
         check_tensor_core_alignment(audit, policy, batch_size),
@@ -377,6 +375,20 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def blocking(findings: list[Finding]) -> list[Finding]:
-    """Findings that fail a run: errors, not warnings or hints."""
-    return [f for f in findings if not f.passed and f.severity == "error"]
+def is_blocking(finding: Finding | Mapping[str, Any]) -> bool:
+    """A finding that fails a run: a failed error, not a warning or a hint. Takes a Finding or its
+    report.json form, so the run, the report and a comparison judge alike."""
+    found = finding.as_dict() if isinstance(finding, Finding) else finding
+    return not found["passed"] and found["severity"] == "error"
+
+
+def blocking(findings: Sequence[Finding]) -> list[Finding]:
+    return [f for f in findings if is_blocking(f)]
+
+
+MARKS: dict[str, str] = {"passed": "✓", "error": "✗", "warning": "!", "hint": "i"}
+
+
+def mark(finding: Mapping[str, Any]) -> str:
+    """✓ for a passed finding, else its severity's mark: the same in the terminal, md and html."""
+    return MARKS["passed"] if finding["passed"] else MARKS[finding["severity"]]

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.syntax import Syntax
 
+from runner import exits
 from runner.spec import (
     BadInput,
     ExperimentSpec,
@@ -39,8 +40,6 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 CONFIRM_ABOVE = 32  # experiments in one plan: a sweep of this many runs for hours on a CPU
 
 SpecPaths = Annotated[list[Path], typer.Argument(help="Experiment spec file(s) (TOML).", show_default=False)]
@@ -62,7 +61,7 @@ def _stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
 
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+def _fail(message: str, code: int = exits.BAD_INPUT) -> typer.Exit:
     # Escaped: messages quote "[sweep …]" and "[checks]", which rich would take for markup and drop.
     _stderr().print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     return typer.Exit(code)
@@ -146,7 +145,7 @@ def run(
     except BadInput as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:  # before training started: nothing to save
-        raise _fail("interrupted before training started", EXIT_INTERRUPTED) from None
+        raise _fail("interrupted before training started", exits.INTERRUPTED) from None
     for outcome in plan.outcomes:
         out.print(render_run(outcome.report))
         if outcome.status == "interrupted":

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from runner.checks import is_blocking
 from runner.spec import BadInput, flatten_table
 
 
@@ -93,7 +94,7 @@ def comparison_row(report: dict[str, Any], base: dict[str, Any], fields: list[st
     flat = flatten_table(report["spec"])
     perf, metrics = report["performance"], report["metrics"]
     scale = report["precision"].get("loss_scale") or {}
-    failed = [c["name"] for c in report["checks"] if not c["passed"] and c["severity"] == "error"]
+    failed = [c["name"] for c in report["checks"] if is_blocking(c)]
     invariants = [c for c in report["checks"] if c["severity"] == "error"]
     return {
         "name": report["name"],

@@ -15,7 +15,7 @@ from typing import Any
 import tomli_w
 
 from runner import plots
-from runner.checks import describe_variables
+from runner.checks import MARKS, describe_variables, mark
 from runner.runs import write_text_atomic
 
 CSS = """
@@ -46,10 +46,6 @@ def _cell(value: Any) -> str:
             return f"{value:.4g}"
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return str(value)
-
-
-def _mark(finding: dict[str, Any]) -> str:
-    return "✓" if finding["passed"] else {"error": "✗", "warning": "!", "hint": "i"}[finding["severity"]]
 
 
 # ---------------------------------------------------------------- a run
@@ -86,7 +82,7 @@ def run_sections(report: dict[str, Any]) -> list[Section]:
         Section(
             "Checks",
             headers=["", "check", "severity", "detail"],
-            rows=[[_mark(c), c["name"], c["severity"], c["detail"]] for c in report["checks"]],
+            rows=[[mark(c), c["name"], c["severity"], c["detail"]] for c in report["checks"]],
         ),
         Section(
             "Metrics per epoch",
@@ -227,11 +223,14 @@ def to_markdown(sections: list[Section], plot_dir: str = "plots") -> str:
     return "\n".join(lines)
 
 
+CSS_CLASS = {MARKS[kind]: "ok" if kind == "passed" else kind for kind in MARKS}  # ✓ → ok, ✗ → error…
+
+
 def _html_row(row: list[Any], tag: str = "td") -> str:
     cells = []
     for value in row:
         text = _cell(value)
-        css = {"✓": "ok", "✗": "error", "!": "warning", "i": "hint"}.get(text)
+        css = CSS_CLASS.get(text)
         cells.append(f"<{tag}{f' class={css}' if css else ''}>{html.escape(text)}</{tag}>")
     return "<tr>" + "".join(cells) + "</tr>"
 

@@ -14,14 +14,8 @@ from typing import Any
 import numpy as np
 
 from runner import compat
-from runner.checks import COMPUTE_DTYPE
 from runner.models import OUTPUT_ACTIVATION, OUTPUT_CAST, final_activation
-from runner.spec import PrecisionSpec
-
-
-def uses_loss_scaling(precision: PrecisionSpec) -> bool:
-    """Loss scaling exists only for float16, whose narrow exponent range underflows small gradients."""
-    return precision.policy == "mixed_float16" and precision.loss_scale == "dynamic"
+from runner.spec import COMPUTE_DTYPE, PrecisionSpec
 
 
 @contextlib.contextmanager
@@ -58,7 +52,7 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def wrap_optimizer(optimizer: Any, precision: PrecisionSpec) -> Any:
-    if not uses_loss_scaling(precision):
+    if not precision.uses_loss_scaling:
         return optimizer
     return compat.loss_scale_optimizer(optimizer, precision.initial_scale, precision.growth_interval)
 

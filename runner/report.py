@@ -15,8 +15,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from runner.checks import COMPUTE_DTYPE, NON_COMPUTING, describe_variables, exemption
-from runner.spec import spec_hash, spec_to_dict
+from runner.checks import NON_COMPUTING, describe_variables, exemption, is_blocking, mark
+from runner.spec import COMPUTE_DTYPE, spec_hash, spec_to_dict
 
 if TYPE_CHECKING:
     from runner.session import RunState
@@ -123,7 +123,7 @@ def audit_summary(audit: dict[str, Any] | None, policy: str | None = None) -> Ta
     return table
 
 
-MARKS = {"error": ("✗", "red"), "warning": ("!", "yellow"), "hint": ("i", "cyan")}
+STYLE = {"passed": "green", "error": "red", "warning": "yellow", "hint": "cyan"}
 
 
 def checks_table(findings: list[dict[str, Any]]) -> Table:
@@ -132,9 +132,9 @@ def checks_table(findings: list[dict[str, Any]]) -> Table:
     table.add_column("check")
     table.add_column("detail", overflow="fold")
     for f in findings:
-        mark = Text("✓", style="green") if f["passed"] else Text(*MARKS[f["severity"]])
-        style = "" if f["passed"] else MARKS[f["severity"]][1]
-        table.add_row(mark, Text(f["name"], style=style), Text(f["detail"]))  # details hold [brackets]
+        style = STYLE["passed" if f["passed"] else f["severity"]]
+        name_style = "" if f["passed"] else style
+        table.add_row(Text(mark(f), style=style), Text(f["name"], style=name_style), Text(f["detail"]))
     return table
 
 
@@ -216,7 +216,7 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
 
 def _headline(data: dict[str, Any]) -> Text:
     style = STATUS_STYLE.get(data["status"], "red")
-    failed = [c for c in data["checks"] if not c["passed"] and c["severity"] == "error"]
+    failed = [c for c in data["checks"] if is_blocking(c)]
     status = data["status"] + (f", {len(failed)} check(s) failed" if failed else "")
     p = data["precision"]
     text = Text.assemble(

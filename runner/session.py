@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from runner import checkpoints, checks, compare, compat, documents, precision, report, runs, train
+from runner import checkpoints, checks, compare, compat, documents, exits, precision, report, runs, train
 from runner.data import Splits, load_data, pipeline, train_pipeline
 from runner.models import build_model
 from runner.spec import (
@@ -38,10 +38,8 @@ from runner.spec import (
     spec_to_toml,
 )
 
-EXIT_BAD_INPUT = 2
 SPEC_SOURCE_VARIABLE = "RUNNER_SPEC_SOURCE"  # a sweep's child process: the spec file it stands for
 PREFLIGHT_FAILED = "preflight check failed: not training (see the failed checks)"
-EXIT = {"completed": 0, "check_failed": 1, "diverged": 3, "failed": 3, "interrupted": 130}
 
 
 @dataclass
@@ -255,10 +253,10 @@ def _post_findings(state: RunState, policy_before: str) -> list[checks.Finding]:
 
 def _exit_code(state: RunState) -> int:
     if state.status == "completed":
-        return EXIT["check_failed"] if checks.blocking(state.findings) else EXIT["completed"]
+        return exits.CHECK_FAILED if checks.blocking(state.findings) else exits.COMPLETED
     if state.status == "failed" and state.error == PREFLIGHT_FAILED:
-        return EXIT["check_failed"]
-    return EXIT[state.status]
+        return exits.CHECK_FAILED
+    return exits.BY_STATUS[state.status]
 
 
 def performance(log: train.TrainingLog, batch_size: int) -> dict[str, Any]:
@@ -464,7 +462,7 @@ def run_plan(variants: list[Variant], output: Path, console: Console) -> PlanOut
         console.print(f"[bold]{variant.spec.name}[/] {settings}")
         isolated = run_isolated(variant.spec, group_dir, variant.source)
         if isolated is None:
-            code = EXIT_BAD_INPUT
+            code = exits.BAD_INPUT
             break
         outcomes.append(isolated)
         code = max(code, isolated.exit_code)
@@ -529,5 +527,5 @@ def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcom
         if timing_steps and not checks.blocking(findings):
             timing = _time_against_float32(spec, splits, model, timing_steps)
     findings.append(checks.check_policy_restored(policy_before, compat.global_policy_name()))
-    code = EXIT["check_failed"] if checks.blocking(findings) else EXIT["completed"]
+    code = exits.CHECK_FAILED if checks.blocking(findings) else exits.COMPLETED
     return CheckOutcome(code, audit, findings, timing, environment)

@@ -63,14 +63,33 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+COMPUTE_DTYPE: dict[str, str] = {
+    "float32": "float32",
+    "mixed_float16": "float16",
+    "mixed_bfloat16": "bfloat16",
+}
+DEFAULT_INITIAL_SCALE = 2.0**15  # Keras' LossScaleOptimizer's own default
+
+
 class PrecisionSpec(StrictModel):
+    """The dtype policy and what it implies (as Keras' DTypePolicy owns its dtypes)."""
+
     policy: Policy = "mixed_float16"
     # Loss scaling only exists under mixed_float16; float32 and bfloat16 ignore it.
     loss_scale: Literal["dynamic", "none"] = "dynamic"
-    initial_scale: Annotated[float, Field(gt=0)] = 2.0**15
+    initial_scale: Annotated[float, Field(gt=0)] = DEFAULT_INITIAL_SCALE
     growth_interval: PositiveInt = 2000
     # "policy" reproduces the float16-softmax bug on purpose; the checks then flag it.
     output_dtype: Literal["float32", "policy"] = "float32"
+
+    @property
+    def compute_dtype(self) -> str:
+        return COMPUTE_DTYPE[self.policy]
+
+    @property
+    def uses_loss_scaling(self) -> bool:
+        """Loss scaling exists only for float16, whose narrow exponent range underflows small gradients."""
+        return self.policy == "mixed_float16" and self.loss_scale == "dynamic"
 
 
 class SeedCnn(StrictModel):

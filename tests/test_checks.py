@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runner import checks
-from runner.spec import ChecksSpec, PrecisionSpec
+from runner.spec import COMPUTE_DTYPE, ChecksSpec, PrecisionSpec
 
 DTYPES = ["float16", "bfloat16", "float32"]
 STATE_DTYPES = ["int64", "int32", "uint8", "bool"]  # exempt: exact in any precision
@@ -173,7 +173,7 @@ def test_float16_preprocessing_constants_are_exempt_but_not_trained_weights(trai
 
 def test_lso_under_float32_is_an_error():
     a = audit([layer("dense", "float32")], lso=True, scale=2.0, policy="float32")
-    assert not checks.check_optimizer(a, "float32", "dynamic").passed
+    assert not checks.check_optimizer(a, PrecisionSpec(policy="float32")).passed
 
 
 def test_tensor_core_hint_names_odd_widths_but_not_the_classifier():
@@ -289,7 +289,7 @@ def test_any_non_float32_variable_or_output_is_an_error(layers, output, last):
     st.sampled_from(["mixed_float16", "mixed_bfloat16", "float32"]),
 )
 def test_any_clean_audit_yields_no_finding_at_all(widths, policy):
-    dtype = checks.COMPUTE_DTYPE[policy]
+    dtype = COMPUTE_DTYPE[policy]
     layers = [layer(f"l{i}", dtype, width=w) for i, w in enumerate(widths)]
     layers.append(layer("out", "float32", "Activation", ()))
     lso = policy == "mixed_float16"

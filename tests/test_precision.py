@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from runner import checks, compat, precision
 from runner.models import build_model
-from runner.spec import ChecksSpec, Mlp, PrecisionSpec, ResNet, SeedCnn, TrainingSpec
+from runner.spec import COMPUTE_DTYPE, ChecksSpec, Mlp, PrecisionSpec, ResNet, SeedCnn, TrainingSpec
 from runner.train import compile_model, make_optimizer
 
 keras = compat.keras()
@@ -53,7 +53,7 @@ def test_built_models_satisfy_every_invariant(kind, policy):
     assert checks.blocking(findings) == [], findings
     # The audit agrees with Keras itself.
     assert audit["output_dtype"] == "float32" == model.outputs[0].dtype
-    expected = checks.COMPUTE_DTYPE[policy]
+    expected = COMPUTE_DTYPE[policy]
     dense = [x for x in audit["layers"] if x["class"] in {"Dense", "Conv2D"}]
     assert dense and all(x["compute_dtype"] == expected for x in dense)
     assert all(tf.as_dtype(v.dtype) == tf.float32 for v in model.weights)
@@ -255,5 +255,5 @@ def test_property_any_small_built_in_model_satisfies_every_invariant(model_spec,
     assert final["activation"] == "softmax" and final["compute_dtype"] == "float32"
     assert model.get_layer(final["name"]).compute_dtype == "float32"
     assert audit["loss_scale_optimizer"] == type(model.optimizer).__name__.startswith("LossScaleOptimizer")
-    expected = checks.COMPUTE_DTYPE[policy]
+    expected = COMPUTE_DTYPE[policy]
     assert {x["compute_dtype"] for x in audit["layers"] if x["weights"]} == {expected}
