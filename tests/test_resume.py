@@ -206,3 +206,19 @@ def test_four_concurrent_runs_leave_four_complete_run_directories(tmp_path):
         assert {"spec.toml", "environment.json", "metrics.jsonl", "report.json", "report.html"} <= {
             p.name for p in run_dir.iterdir()
         }
+
+
+def test_a_run_interrupted_by_the_first_layout_still_resumes(tmp_path):
+    """tests/fixtures/v1-interrupted-run was written by runner at 7cbc39e (before the restructuring of
+    issue 16): mixed_float16, interrupted by SIGINT in epoch 2 at step 27. Its checkpoint format,
+    report.json and metrics.jsonl must stay readable by every later version."""
+    import shutil
+
+    run_dir = tmp_path / "v1-interrupted-run"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "v1-interrupted-run", run_dir)
+    resumed = runner("resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    data = report(run_dir)
+    assert data["status"] == "completed" and data["resumes"][-1]["from"] == "step-00000027"
+    assert [r["epoch"] for r in runs.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
+    assert data["precision"]["loss_scale"]["steps"] == 3 * 20  # 640 images, batch 32: every step counted
