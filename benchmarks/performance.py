@@ -212,9 +212,7 @@ TELEMETRY = textwrap.dedent(
     """
     import json, sys, tempfile, time
     from pathlib import Path
-    from rich.console import Console
-    from rich.progress import Progress
-    from runner import compat, precision, train
+    from runner import callbacks as cb, compat, loop, precision, telemetry
     from runner.data import load_data, train_pipeline
     from runner.session import _build
     from runner.spec import spec_from_dict
@@ -224,7 +222,7 @@ TELEMETRY = textwrap.dedent(
                            "data": {"source": "shapes", "train_size": images, "validation_fraction": 0.0}})
     splits = load_data(spec.data, 0)
     keras = compat.keras()
-    steps = train.steps_per_epoch(len(splits.y_train), spec.data.batch_size)
+    steps = loop.steps_per_epoch(len(splits.y_train), spec.data.batch_size)
 
     class Clock(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -235,23 +233,23 @@ TELEMETRY = textwrap.dedent(
     with precision.policy_scope("float32"):
         model, _ = _build(spec, splits)
     times = {"on": [], "off": []}
-    with tempfile.TemporaryDirectory() as tmp, Progress(console=Console(file=open("/dev/null", "w"))) as bar:
-        log, epoch = train.TrainingLog(), 0
+    with tempfile.TemporaryDirectory() as tmp:
+        log, epoch = telemetry.TrainingLog(), 0
         for i in range(2 * rounds + 1):
             side = "on" if i % 2 else "off"
-            segment = train.Segment(epoch, epoch + 1)
+            segment = telemetry.Segment(epoch, epoch + 1, 0, steps)
             clock = Clock()
             callbacks = [clock]
             if side == "on":
                 callbacks = [
-                    train.make_telemetry_callback(log, 32, images, segment, Path(tmp) / "m.jsonl"),
-                    train.make_checkpoint_callback(Path(tmp), log, segment, train.StopRequest(), None),
-                    *train.make_tensorboard_callbacks(log, Path(tmp) / "tb"),
-                    train.make_progress_callback(bar, 1000, steps, 32, segment),
+                    cb.Telemetry(log, 32, images, segment, Path(tmp) / "m.jsonl"),
+                    cb.Checkpoints(Path(tmp), log, segment, telemetry.StopRequest(), None),
+                    cb.EpochSummaries(log, Path(tmp) / "tb"),
+                    cb.ProgressEvents(lambda event: None, 1000, steps, 32, segment),
                     clock,
                 ]
             ds = train_pipeline(splits.x_train, splits.y_train, 32, 0, range(epoch, epoch + 1))
-            train.fit(model, ds, None, segment, steps, callbacks)
+            loop.fit(model, ds, None, segment, steps, callbacks)
             if i:  # the first fit traces: not timed
                 times[side].append(images / (clock.end - clock.start))
             epoch += 1

@@ -6,9 +6,12 @@ TensorFlow is imported only inside the commands that train or inspect devices (`
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,6 +31,8 @@ from runner.spec import (
     spec_hash,
     spec_to_toml,
 )
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="runner",
@@ -61,6 +66,21 @@ def _stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+@contextlib.contextmanager
+def _terminal_events() -> Iterator[Any]:
+    """The sink that shows a run's events: notes on stderr, progress bars on a copy of file descriptor
+    2 made now, before a run sends fd 2 (TensorFlow's C++ logging) to its tensorflow.log."""
+    from runner.views import TerminalEvents
+
+    terminal = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="replace")
+    events = TerminalEvents(_stderr(), Console(file=terminal, force_terminal=terminal.isatty() or None))
+    try:
+        yield events
+    finally:
+        events.close()
+        terminal.close()
+
+
 def _fail(message: str, code: int = exits.BAD_INPUT) -> typer.Exit:
     # Escaped: messages quote "[sweep …]" and "[checks]", which rich would take for markup and drop.
     _stderr().print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
@@ -68,15 +88,26 @@ def _fail(message: str, code: int = exits.BAD_INPUT) -> typer.Exit:
 
 
 def _load_all(paths: list[Path], overrides: list[str] | None) -> list[ExperimentSpec]:
-    specs, errors = [], []
+    """Single experiments (no [sweep]): every file's errors at once, then exit 2."""
+    return _collect(paths, lambda path: [load_spec(path, overrides or ())])
+
+
+def _load_plans(paths: list[Path], overrides: list[str] | None) -> list[Variant]:
+    """Every experiment the files ask for, sweeps expanded: every file's errors at once, then exit 2."""
+    return _collect(paths, lambda path: load_plan(path, overrides or ()))
+
+
+def _collect(paths: list[Path], load: Callable[[Path], list[T]]) -> list[T]:
+    loaded: list[T] = []
+    errors = []
     for path in paths:
         try:
-            specs.append(load_spec(path, overrides or ()))
+            loaded += load(path)
         except SpecError as exc:
             errors.append(str(exc))
     if errors:
         raise _fail("\n".join(errors))
-    return specs
+    return loaded
 
 
 @app.command()
@@ -100,18 +131,6 @@ def schema() -> None:
     typer.echo(json.dumps(json_schema(), indent=2))
 
 
-def _load_plans(paths: list[Path], overrides: list[str] | None) -> list[Variant]:
-    variants, errors = [], []
-    for path in paths:
-        try:
-            variants += load_plan(path, overrides or ())
-        except SpecError as exc:
-            errors.append(str(exc))
-    if errors:
-        raise _fail("\n".join(errors))
-    return variants
-
-
 @app.command()
 def run(
     paths: SpecPaths,
@@ -128,8 +147,8 @@ def run(
 
     Exit codes: 0 all passed · 1 a check failed · 2 bad input · 3 run failed · 130 interrupted.
     """
-    from runner.report import comparison_table, render_run
-    from runner.session import run_plan
+    from runner.sweeps import run_plan
+    from runner.views import comparison_table, render_run
 
     variants = _load_plans(paths, overrides)
     if len(variants) > 1:
@@ -141,7 +160,8 @@ def run(
         )
     out = _stdout()
     try:
-        plan = run_plan(variants, output, _stderr())
+        with _terminal_events() as events:
+            plan = run_plan(variants, output, events)
     except BadInput as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:  # before training started: nothing to save
@@ -163,13 +183,14 @@ def resume(
     ],
 ) -> None:
     """Continue an interrupted run from its newest checkpoint. Exit codes as `run`."""
-    from runner.report import render_run
     from runner.session import resume_experiment
+    from runner.views import render_run
 
     if not (run_dir / "spec.toml").is_file():
         raise _fail(f"{run_dir}: not a run directory (no spec.toml)")
     try:
-        outcome = resume_experiment(run_dir, _stderr())
+        with _terminal_events() as events:
+            outcome = resume_experiment(run_dir, events)
     except SpecValueError as exc:
         raise _fail(f"{run_dir / 'spec.toml'}: {exc}") from None
     except BadInput as exc:
@@ -197,7 +218,7 @@ def compare(
         comparison = comparing.compare(reports)
     except BadInput as exc:
         raise _fail(str(exc)) from None
-    from runner.report import comparison_table
+    from runner.views import comparison_table
 
     _stdout().print(comparison_table(comparison))
     if output is not None:
@@ -206,6 +227,7 @@ def compare(
 
         try:
             require_writable(output)
+            output.mkdir(parents=True, exist_ok=True)
             write_json_atomic(output / "comparison.json", comparison)
             write_comparison_documents(output, comparison, reports)
         except BadInput as exc:
@@ -232,7 +254,7 @@ def report(
     if format == "json":
         typer.echo(json.dumps(data, indent=2))
     elif format == "terminal":
-        from runner.report import render_run
+        from runner.views import render_run
 
         _stdout().print(render_run(data))
     else:
@@ -253,8 +275,8 @@ def check(
 
     Exit codes: 0 no errors · 1 an invariant failed · 2 bad input.
     """
-    from runner.report import render_check
     from runner.session import check_experiment
+    from runner.views import render_check
 
     (spec,) = _load_all([path], overrides)
     try:
@@ -272,8 +294,8 @@ def check(
 def env() -> None:
     """TensorFlow, Keras and Python versions, devices, and what mixed precision will do here."""
     from runner.precision import mixed_precision_advice
-    from runner.report import render_environment
     from runner.runs import environment_info
+    from runner.views import render_environment
 
     info = environment_info()
     advice = [

@@ -51,21 +51,19 @@ def _cell(value: Any) -> str:
 # ---------------------------------------------------------------- a run
 
 
-def run_sections(report: dict[str, Any]) -> list[Section]:
+def run_summary(report: dict[str, Any]) -> list[str]:
+    """The paragraphs that open a run's document: status, dtypes, speed, memory, test metrics, loss scale."""
     p, perf, metrics = report["precision"], report["performance"], report["metrics"]
     scale = p.get("loss_scale") or {}
-    audit = report.get("audit") or {"layers": [], "output_dtype": None, "optimizer": None}
+    audit = report.get("audit") or {"output_dtype": None, "optimizer": None}
+    device_memory = perf["peak_device_memory_mb"]
     summary = [
         f"Status: {report['status']}" + (f" — {report['error']}" if report.get("error") else ""),
         f"Policy {p['policy']}: compute {p['compute_dtype']}, variables {p['variable_dtype']}, "
         f"output {audit['output_dtype']}, optimizer {audit['optimizer']}.",
         f"{_cell(perf['images_per_second'])} images/s, {_cell(perf['step_time_ms'])} ms per step, "
         f"peak host memory {_cell(perf['peak_host_memory_mb'])} MB"
-        + (
-            f", peak device memory {_cell(perf['peak_device_memory_mb'])} MB."
-            if perf["peak_device_memory_mb"]
-            else "."
-        ),
+        + (f", peak device memory {_cell(device_memory)} MB." if device_memory else "."),
         f"Test loss {_cell(metrics['test_loss'])}, test accuracy {_cell(metrics['test_accuracy'])}.",
     ]
     if scale.get("initial") is not None:
@@ -75,10 +73,20 @@ def run_sections(report: dict[str, Any]) -> list[Section]:
         )
     if (p.get("advice") or {}).get("faster") is False:
         summary.append(p["advice"]["detail"])
-    env = report["environment"]
-    epochs = metrics["epochs"]
+    return summary
+
+
+EPOCH_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "images_per_second", "seconds"]
+
+
+def run_sections(report: dict[str, Any]) -> list[Section]:
+    audit = report.get("audit") or {"layers": []}
+    layers = [
+        [x["name"], x["class"], x["compute_dtype"], describe_variables(x), x["output_dtype"]]
+        for x in audit["layers"]
+    ]
     return [
-        Section(f"{report['name']} — runner report", paragraphs=summary),
+        Section(f"{report['name']} — runner report", paragraphs=run_summary(report)),
         Section(
             "Checks",
             headers=["", "check", "severity", "detail"],
@@ -86,36 +94,14 @@ def run_sections(report: dict[str, Any]) -> list[Section]:
         ),
         Section(
             "Metrics per epoch",
-            headers=["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "images/s", "seconds"],
-            rows=[
-                [
-                    e["epoch"],
-                    e["loss"],
-                    e["accuracy"],
-                    e["val_loss"],
-                    e["val_accuracy"],
-                    e["images_per_second"],
-                    e["seconds"],
-                ]
-                for e in epochs
-            ],
+            headers=[c.replace("images_per_second", "images/s") for c in EPOCH_COLUMNS],
+            rows=[[e[c] for c in EPOCH_COLUMNS] for e in report["metrics"]["epochs"]],
         ),
         Section("Plots", plots=run_plots(report)),
         Section(
-            "Audit: every layer",
-            headers=["layer", "class", "compute", "variables", "output"],
-            rows=[
-                [
-                    x["name"],
-                    x["class"],
-                    x["compute_dtype"],
-                    describe_variables(x),
-                    x["output_dtype"],
-                ]
-                for x in audit["layers"]
-            ],
+            "Audit: every layer", headers=["layer", "class", "compute", "variables", "output"], rows=layers
         ),
-        Section("Environment", headers=["", ""], rows=[[k, v] for k, v in env.items()]),
+        Section("Environment", headers=["", ""], rows=[[k, v] for k, v in report["environment"].items()]),
         Section("Spec", paragraphs=[f"spec hash {report['spec_hash']}"], pre=tomli_w.dumps(report["spec"])),
     ]
 

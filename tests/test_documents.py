@@ -7,12 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from runner.compare import compare
 from runner.documents import comparison_plots, comparison_sections, to_markdown
-from runner.session import run_plan
 from runner.spec import load_plan
+from runner.sweeps import run_plan
 from tests.conftest import TINY_SPEC
 from tests.test_compare import fake_epochs, fake_report
 
@@ -25,8 +24,7 @@ def sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
     spec_path = folder / "sweep.toml"
     spec_path.write_text(SWEEP)
-    console = Console(file=open(folder / "console.txt", "w"))  # noqa: SIM115
-    return run_plan(load_plan(spec_path), folder / "reports", console)
+    return run_plan(load_plan(spec_path), folder / "reports")
 
 
 def test_a_sweep_leaves_one_directory_with_a_run_per_variant_and_a_comparison(sweep):

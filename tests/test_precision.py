@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runner import checks, compat, precision
+from runner.loop import compile_model, make_optimizer
 from runner.models import build_model
 from runner.spec import COMPUTE_DTYPE, ChecksSpec, Mlp, PrecisionSpec, ResNet, SeedCnn, TrainingSpec
-from runner.train import compile_model, make_optimizer
 
 keras = compat.keras()
 tf = compat.tensorflow()

@@ -5,6 +5,7 @@ involved."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import stat
@@ -327,3 +328,33 @@ def test_a_sweep_variant_that_cannot_be_built_names_the_real_file_and_its_sweep_
     assert f"{path} [sweep model.name=ResNet9000]: model.name: expected a keras.applications model" in message
     assert "Traceback" not in result.stderr
     assert list((tmp_path / "out").iterdir()) == []  # no empty sweep directory either
+
+
+def test_ctrl_c_stops_a_sweep_and_leaves_the_running_variant_resumable(tmp_path):
+    """Issue 16: the sweep waited on its variant and swallowed every Ctrl-C. Now the SIGINT (sent to
+    the sweep's process only, as a scheduler or `kill -INT` would) reaches the variant once: it
+    checkpoints and stops, the comparison is written for it, and the sweep exits 130."""
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(ENDLESS + "\n[sweep]\nseed = [0, 1]\n")
+    out = tmp_path / "out"
+    sweep = runner("run", spec, "--output", out, wait=False)
+    try:
+        wait_for(lambda: any(epochs_done(p.parent) >= 2 for p in out.glob("*/*/metrics.jsonl")))
+        sweep.send_signal(signal.SIGINT)
+        _, stderr = sweep.communicate(timeout=300)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 130, stderr
+    (group,) = [p for p in out.iterdir() if p.is_dir()]
+    (variant,) = [p.parent for p in group.glob("*/report.json")]  # the second variant never started
+    assert report(variant)["status"] == "interrupted" and variant.name.startswith("endless-0")
+    assert json.loads((group / "comparison.json").read_text())["rows"][0]["status"] == "interrupted"
+    done = epochs_done(variant)
+    resumed = runner("resume", variant, wait=False)
+    try:
+        wait_for(lambda: epochs_done(variant) > done)
+        resumed.send_signal(signal.SIGINT)
+        resumed.communicate(timeout=120)
+    finally:
+        resumed.kill()
+    assert resumed.returncode == 130

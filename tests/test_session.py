@@ -6,12 +6,11 @@ import json
 import math
 
 import pytest
-from rich.console import Console
 
 from runner import compat, models, runs
 from runner.session import run_experiment
 from runner.spec import load_spec
-from tests.conftest import TINY_SPEC
+from tests.conftest import ROOT, TINY_SPEC
 
 REPORT_KEYS = {
     "name",
@@ -30,8 +29,7 @@ RUN_FILES = {"spec.toml", "environment.json", "metrics.jsonl", "report.json"}
 
 def _run(write_spec, tmp_path, overrides=()):
     spec = load_spec(write_spec(TINY_SPEC), overrides)
-    console = Console(file=open(tmp_path / "console.txt", "w"), width=100)  # noqa: SIM115
-    return run_experiment(spec, tmp_path / "reports", console)
+    return run_experiment(spec, tmp_path / "reports")
 
 
 def test_tiny_mixed_float16_run_honours_the_report_contract(write_spec, tmp_path):
@@ -143,12 +141,12 @@ def test_float16_variables_stop_the_run(write_spec, tmp_path, monkeypatch):
 
 
 def test_a_crash_mid_run_still_writes_a_report(write_spec, tmp_path, monkeypatch):
-    from runner import train
+    from runner import loop
 
     def boom(*args, **kwargs):
         raise MemoryError("simulated out of memory")
 
-    monkeypatch.setattr(train, "fit", boom)
+    monkeypatch.setattr(loop, "fit", boom)
     outcome = _run(write_spec, tmp_path)
     assert (outcome.status, outcome.exit_code) == ("failed", 3)
     report = json.loads((outcome.run_dir / "report.json").read_text())
@@ -169,8 +167,7 @@ def test_initial_scale_2_pow_40_completes_with_overflow_reported(tmp_path):
     from tests.conftest import ROOT
 
     spec = load_spec(ROOT / "specs/bugs/overflow.toml", ["data.train_size=1600", "training.epochs=1"])
-    console = Console(file=open(tmp_path / "console.txt", "w"), width=100)  # noqa: SIM115
-    outcome = run_experiment(spec, tmp_path / "reports", console)
+    outcome = run_experiment(spec, tmp_path / "reports")
     assert (outcome.status, outcome.exit_code) == ("completed", 0)
     scale = outcome.report["precision"]["loss_scale"]
     assert scale["overflow_steps"] > 0 and scale["final"] < 2.0**40
@@ -244,3 +241,28 @@ def test_checkpoints_every_n_steps_when_keras_calls_once_per_execution(write_spe
     assert outcome.status == "completed"
     kept = sorted(p.stem for p in (outcome.run_dir / "checkpoints").glob("step-*.npz"))
     assert kept == ["step-00000021", "step-00000025"]  # the newest two of 12, 21, 25
+
+
+def test_the_quickstart_runs_through_the_library_with_plain_events(tmp_path):
+    """No terminal: the library entry point takes a spec, an output folder and an event sink (here a
+    list), as a worker process, a notebook or a cluster job would call it."""
+    from runner import events
+
+    overrides = [
+        "data.train_size=1280",
+        "data.test_size=256",
+        "training.epochs=2",
+        "checks.min_test_accuracy=0.0",
+    ]
+    spec = load_spec(ROOT / "specs" / "quickstart.toml", overrides)
+    seen: list = []
+    outcome = run_experiment(spec, tmp_path / "reports", seen.append)
+    assert isinstance(seen[0], events.RunStarted) and seen[0].run_dir == outcome.run_dir
+    assert seen[-1] == events.RunFinished(outcome.run_dir, "completed", 0) and outcome.exit_code == 0
+    assert [e.epoch for e in seen if isinstance(e, events.EpochStarted)] == [1, 2]
+    ended = [e for e in seen if isinstance(e, events.EpochEnded)]
+    assert [e.epoch for e in ended] == [1, 2]
+    assert [e.record for e in ended] == runs.read_jsonl(outcome.run_dir / "metrics.jsonl")
+    assert all(0 < e.record["loss_scale"] < float("inf") for e in ended)  # mixed_float16: its loss scale
+    progress = [e for e in seen if isinstance(e, events.StepsDone)]
+    assert progress and all(0 < e.completed <= e.steps and "loss" in e.metrics for e in progress)

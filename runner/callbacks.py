@@ -1,0 +1,263 @@
+"""The Keras callbacks that watch a run: telemetry (throughput, loss scale, divergence), checkpoints,
+TensorBoard summaries and progress events. Each does O(1) Python work per Keras call and reads
+tensors from the device at most a few times a second (the loss scale once per call under
+mixed_float16: one scalar, needed to count skipped steps faithfully).
+
+Importing this module imports Keras (the base class): the session imports it when it trains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from runner import checkpoints, compat
+from runner.events import EpochEnded, EpochStarted, EventSink, StepsDone, ignore
+from runner.telemetry import (
+    Cursor,
+    EpochRecord,
+    LossScaleTracker,
+    Segment,
+    StopRequest,
+    StopTraining,
+    TrainingLog,
+)
+
+Callback: Any = compat.keras().callbacks.Callback
+UI_INTERVAL_S = 0.2  # progress and the NaN guard: at most 5 times a second
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def append_line(path: Path, line: str) -> None:
+    """One whole line per write, flushed: a reader never sees half a record but maybe a torn tail."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Telemetry(Callback):
+    """Fills `log` (epochs, throughput, loss scale, divergence), appends each epoch to metrics.jsonl
+    and emits it. Throughput leaves out the process's first call, which traces and compiles."""
+
+    def __init__(
+        self,
+        log: TrainingLog,
+        batch_size: int,
+        train_images: int,
+        segment: Segment,
+        metrics_path: Path | None,
+        max_consecutive_skipped: int = 50,
+        emit: EventSink = ignore,
+    ):
+        super().__init__()
+        self.log, self.segment, self.metrics_path, self.emit = log, segment, metrics_path, emit
+        self.batch_size, self.train_images, self.max_skipped = (
+            batch_size,
+            train_images,
+            max_consecutive_skipped,
+        )
+
+    def _images(self, step_from: int, step_to: int) -> int:
+        cap, batch = self.train_images, self.batch_size
+        return min(step_to * batch, cap) - min(step_from * batch, cap)
+
+    def on_train_begin(self, logs=None):
+        self.cursor = Cursor(self.segment, self.log)
+        self._scaled = compat.is_loss_scale_optimizer(self.model.optimizer)
+        if self._scaled and self.log.loss_scale is None:
+            self.log.loss_scale = LossScaleTracker(float(self.model.optimizer.initial_scale))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.cursor.begin_epoch(epoch)
+        self._epoch_start = self._last_check = time.perf_counter()
+        self._mark = (self._epoch_start, self.cursor.step) if self.log.traced else None
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self.cursor.end_batch(batch)
+        if self._mark is None:
+            self._mark, self.log.traced = (now, self.cursor.step), True
+        self._train_end = now
+        tracker = self.log.loss_scale
+        if self._scaled and tracker is not None:
+            optimizer = self.model.optimizer
+            scale = compat.current_loss_scale(optimizer)
+            assert scale is not None  # a LossScaleOptimizer has one
+            tracker.observe(self.log.steps, scale, compat.applied_steps(optimizer))
+            diagnosis = tracker.collapse(self.max_skipped)
+            if diagnosis is not None:
+                self._diverge(diagnosis)
+        if now - self._last_check >= UI_INTERVAL_S:
+            self._last_check = now
+            self._guard(logs)
+
+    def _guard(self, logs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self._diverge(f"non-finite loss ({float(loss)}) at step {self.log.steps}")
+
+    def _diverge(self, diagnosis):
+        if self.log.diverged_at_step is None:
+            self.log.diverged_at_step, self.log.divergence = self.log.steps, diagnosis
+        self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._guard(logs)
+        if self.log.diverged_at_step is not None:
+            return  # a partial epoch's means would mislead: the report names the last good one
+        started_at, started_step = self._mark or (self._train_end, self.cursor.step)
+        images, seconds = self._images(started_step, self.cursor.step), self._train_end - started_at
+        if seconds > 0 and images > 0:
+            self.log.timed_images += images
+            self.log.timed_seconds += seconds
+        record = EpochRecord(
+            epoch=epoch + 1,
+            loss=_float(logs.get("loss")),
+            accuracy=_float(logs.get("accuracy")),
+            val_loss=_float(logs.get("val_loss")),
+            val_accuracy=_float(logs.get("val_accuracy")),
+            seconds=round(time.perf_counter() - self._epoch_start, 3),
+            images_per_second=round(images / seconds, 1) if seconds > 0 and images > 0 else None,
+            loss_scale=compat.current_loss_scale(self.model.optimizer),
+        )
+        self.log.epochs.append(record)
+        if self.metrics_path is not None:
+            append_line(self.metrics_path, json.dumps(record.as_dict()))
+        self.emit(EpochEnded(epoch + 1, record.as_dict()))
+
+
+class Checkpoints(Callback):
+    """Checkpoints at each epoch's end and every `every_steps` steps; on a stop request, one after the
+    current step and out of `fit`. `restore_metrics` (a resume in mid-epoch) puts back the running
+    means Keras resets when the epoch begins."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        log: TrainingLog,
+        segment: Segment,
+        stop: StopRequest,
+        every_steps: int | None,
+        restore_metrics: Any = None,
+    ):
+        super().__init__()
+        self.run_dir, self.log, self.segment, self.stop = run_dir, log, segment, stop
+        self.every_steps, self.restore_metrics = every_steps, restore_metrics
+
+    def on_train_begin(self, logs=None):
+        self.cursor = Cursor(self.segment, self.log)
+        self._saved_at = self.log.steps // self.every_steps if self.every_steps else 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.cursor.begin_epoch(epoch)
+        if self.restore_metrics is not None and epoch == self.segment.first and self.segment.skip:
+            self.restore_metrics(self.model)
+
+    def _save(self, epoch, step):
+        position = checkpoints.Position(epoch, step, self.log.steps)
+        return checkpoints.save(self.run_dir, self.model, position, self.log.to_state())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.cursor.end_batch(batch)
+        if self.stop.signal is not None:
+            name = self._save(self.cursor.epoch, self.cursor.step)
+            raise StopTraining(
+                f"{self.stop.signal} at epoch {self.cursor.epoch + 1}, step {self.cursor.step}: "
+                f"checkpoint {name}"
+            )
+        # Keras calls once per execution (steps_per_execution steps): save on crossing a multiple.
+        if self.every_steps and self.log.steps // self.every_steps > self._saved_at:
+            self._saved_at = self.log.steps // self.every_steps
+            self._save(self.cursor.epoch, self.cursor.step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.log.diverged_at_step is not None:
+            found = checkpoints.latest(self.run_dir)
+            if found is not None:
+                checkpoints.pin(self.run_dir, found[0])
+            return
+        self._save(epoch + 1, 0)
+
+
+class EpochSummaries(Callback):
+    """TensorBoard event files in Keras' layout (train/ and validation/: epoch_loss, epoch_accuracy,
+    epoch_learning_rate) plus precision/loss_scale for every step, all written at each epoch's end:
+    no per-step hook, so no per-step cost (Keras' own TensorBoard callback has one). One instance
+    serves every `fit` of a run (one event file per writer); `close` it at the end."""
+
+    def __init__(self, log: TrainingLog, log_dir: Path):
+        super().__init__()
+        self.tf, self.log = compat.tensorflow(), log
+        writer = self.tf.summary.create_file_writer
+        self._writers = {name: writer(str(log_dir / name)) for name in ("train", "validation")}
+        self._scale_writer = writer(str(log_dir / "precision"))
+        self._written = log.steps  # a resumed run wrote the steps before it
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        train_values = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        train_values["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+        values = {
+            "train": train_values,
+            "validation": {k[4:]: v for k, v in logs.items() if k.startswith("val_")},
+        }
+        for name, scalars in values.items():
+            with self._writers[name].as_default():
+                for key, value in scalars.items():
+                    self.tf.summary.scalar(f"epoch_{key}", float(value), step=epoch)
+            self._writers[name].flush()
+        self._write_loss_scale()
+
+    def _write_loss_scale(self):
+        tracker = self.log.loss_scale
+        if tracker is None:
+            return
+        with self._scale_writer.as_default():
+            for step in range(self._written + 1, tracker.steps + 1):
+                self.tf.summary.scalar("loss_scale", tracker.scale_at(step), step=step)
+        self._scale_writer.flush()
+        self._written = tracker.steps
+
+    def close(self):
+        for writer in (*self._writers.values(), self._scale_writer):
+            writer.close()
+
+
+class ProgressEvents(Callback):
+    """Emits an epoch's start and its progress (running loss and accuracy, images per second), at
+    most every UI_INTERVAL_S: the terminal's bars, a notebook's widget or a log are the sink's."""
+
+    def __init__(self, emit: EventSink, epochs: int, steps_per_epoch: int, batch_size: int, segment: Segment):
+        super().__init__()
+        self.emit, self.epochs, self.steps = emit, epochs, steps_per_epoch
+        self.batch_size, self.segment = batch_size, segment
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch + 1
+        self._base = self.segment.skip if epoch == self.segment.first else 0
+        self._start, self._last, self._done = time.perf_counter(), 0.0, 0
+        self.emit(EpochStarted(epoch + 1, self.epochs, self.steps, self._base))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._done = min(batch + 1, self.steps - self._base)  # see Segment
+        now = time.perf_counter()
+        if now - self._last >= UI_INTERVAL_S:
+            self._last = now
+            self._progress(logs, now - self._start, self._base + self._done)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._progress(logs, time.perf_counter() - self._start, self.steps)
+
+    def _progress(self, logs, elapsed, completed):
+        metrics = {k: float(v) for k, v in (logs or {}).items() if v is not None}
+        speed = self._done * self.batch_size / elapsed if elapsed > 0 else None
+        self.emit(StepsDone(self._epoch, completed, self.steps, metrics, speed))

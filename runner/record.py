@@ -1,0 +1,120 @@
+"""What a run recorded: its state while it runs (`RunState`) and the report.json it becomes, which
+`runner report`, `runner compare`, the documents and the terminal views all read. No rich here:
+how a record is shown is views.py's and documents.py's business.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner import checkpoints, runs
+from runner.checks import NON_COMPUTING, Finding, exemption
+from runner.spec import ExperimentSpec, spec_hash, spec_to_dict
+from runner.telemetry import StopRequest, TrainingLog
+
+
+@dataclass
+class RunState:
+    """What a run has learnt so far; whatever happens, it becomes report.json."""
+
+    spec: ExperimentSpec
+    run_dir: Path
+    environment: dict[str, Any]
+    data: dict[str, Any]
+    status: str = "failed"
+    audit: dict[str, Any] | None = None
+    findings: list[Finding] = field(default_factory=list)
+    log: TrainingLog = field(default_factory=TrainingLog)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    loss_scale: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    started_at: str = field(default_factory=runs.utc_now)
+    advice: dict[str, Any] = field(default_factory=dict)  # will the policy be faster here?
+    resume_from: tuple[str, dict[str, Any]] | None = None  # checkpoint (name, meta) to continue from
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    stop: StopRequest = field(default_factory=StopRequest)
+
+
+def _most_common(values: list[str]) -> str | None:
+    return Counter(values).most_common(1)[0][0] if values else None
+
+
+def precision_summary(state: RunState) -> dict[str, Any]:
+    """Dtypes as the built model really has them (not as the spec asked), and the loss scale."""
+    layers = (state.audit or {}).get("layers", [])
+    computing = [x["compute_dtype"] for x in layers if x["class"] not in NON_COMPUTING and x["weights"]]
+    variables = [w["dtype"] for x in layers for w in x["weights"] if not exemption(x, w)]
+    return {
+        "policy": state.spec.precision.policy,
+        "compute_dtype": _most_common(computing),
+        "variable_dtype": _most_common(variables),
+        "loss_scale": state.loss_scale or None,
+        "advice": state.advice,
+    }
+
+
+def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
+    env = state.environment
+    checkpoint = _latest_checkpoint(state)  # read once: the divergence names it too
+    return {
+        "name": state.spec.name,
+        "status": state.status,
+        "error": state.error,
+        "started_at": state.started_at,
+        "run_dir": str(state.run_dir),
+        "spec": spec_to_dict(state.spec),
+        "spec_hash": spec_hash(state.spec),
+        "environment": {k: env.get(k) for k in ("python", "tensorflow", "keras", "device")},
+        "data": state.data,
+        "precision": precision_summary(state),
+        "audit": state.audit,
+        "checks": [f.as_dict() for f in state.findings],
+        "metrics": {
+            "epochs": [e.as_dict() for e in state.log.epochs],
+            "test_loss": state.test_metrics.get("test_loss"),
+            "test_accuracy": state.test_metrics.get("test_accuracy"),
+        },
+        "performance": performance,
+        "divergence": _divergence(state, checkpoint),
+        "resumes": state.resumes,
+        "checkpoint": checkpoint,
+    }
+
+
+def _latest_checkpoint(state: RunState) -> str | None:
+    found = checkpoints.latest(state.run_dir)
+    return found[0] if found else None
+
+
+def _divergence(state: RunState, checkpoint: str | None) -> dict[str, Any] | None:
+    """Where a diverged run went wrong, what it had reached, and the checkpoint kept from before."""
+    if state.log.diverged_at_step is None:
+        return None
+    last_good = state.log.epochs[-1].as_dict() if state.log.epochs else None
+    return {
+        "step": state.log.diverged_at_step,
+        "diagnosis": state.log.divergence,
+        "last_good_epoch": last_good,
+        "checkpoint": checkpoint,
+    }
+
+
+def performance(log: TrainingLog, batch_size: int) -> dict[str, Any]:
+    ips = log.images_per_second
+    peak_device = None
+    from runner import compat
+
+    tf = compat.tensorflow()
+    if tf.config.list_logical_devices("GPU"):
+        peak_device = round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)
+    return {
+        "images_per_second": round(ips, 1) if ips else None,
+        "step_time_ms": round(1000 * batch_size / ips, 3) if ips else None,
+        "peak_host_memory_mb": runs.peak_host_memory_mb(),
+        "peak_device_memory_mb": peak_device,
+        "steps_per_execution": log.steps_per_execution[0] if log.steps_per_execution else None,
+        "steps_per_execution_why": log.steps_per_execution[1] if log.steps_per_execution else None,
+    }

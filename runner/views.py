@@ -1,0 +1,320 @@
+"""How a run is shown in a terminal: rich renderables of a report.json, a check, an environment and a
+comparison, and the sink that turns the core's events into progress bars. Only the CLI imports it.
+
+Renderables are built by pure functions and printed elsewhere, so tests render them into a
+fixed-width, colourless console.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from runner.checks import NON_COMPUTING, describe_variables, is_blocking, mark
+from runner.events import EpochStarted, Event, Note, RunFinished, RunStarted, StepsDone, VariantStarted
+from runner.spec import COMPUTE_DTYPE
+
+STATUS_STYLE = {"completed": "green", "failed": "red", "diverged": "red", "interrupted": "yellow"}
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def audit_summary(audit: dict[str, Any] | None, policy: str | None = None) -> Table:
+    """Layers per compute dtype, and by name the layers with weights that compute off the policy's
+    dtype (the full per-layer table is in report.md / report.html and `runner check`)."""
+    table = Table(title="Audit", show_header=True, header_style="bold", expand=False)
+    table.add_column("compute dtype")
+    table.add_column("layers", justify="right")
+    table.add_column("with weights", justify="right")
+    table.add_column("off-policy layers with weights", overflow="fold")
+    if not audit:
+        return table
+    computing = [x for x in audit["layers"] if x["class"] not in NON_COMPUTING and not x.get("container")]
+    expected = COMPUTE_DTYPE.get(policy or "")
+    for dtype in sorted({x["compute_dtype"] for x in computing}):
+        layers = [x for x in computing if x["compute_dtype"] == dtype]
+        weighted = [x["name"] for x in layers if x["weights"]]
+        off = ", ".join(weighted[:6]) + (f" (+{len(weighted) - 6})" if len(weighted) > 6 else "")
+        table.add_row(
+            dtype, str(len(layers)), str(len(weighted)), off if expected and dtype != expected else ""
+        )
+    table.caption = (
+        f"output {audit['output_dtype']} ({', '.join(audit['output_layers'])}) · "
+        f"optimizer {audit['optimizer']}"
+    )
+    return table
+
+
+STYLE = {"passed": "green", "error": "red", "warning": "yellow", "hint": "cyan"}
+
+
+def checks_table(findings: list[dict[str, Any]]) -> Table:
+    table = Table(title="Checks", show_header=True, header_style="bold")
+    table.add_column("", width=1)
+    table.add_column("check")
+    table.add_column("detail", overflow="fold")
+    for f in findings:
+        style = STYLE["passed" if f["passed"] else f["severity"]]
+        name_style = "" if f["passed"] else style
+        table.add_row(Text(mark(f), style=style), Text(f["name"], style=name_style), Text(f["detail"]))
+    return table
+
+
+def audit_table(audit: dict[str, Any]) -> Table:
+    """Every layer: class, compute dtype, variable dtypes as they really are, output dtype."""
+    table = Table(title="Audit: every layer", show_header=True, header_style="bold")
+    for column in ("layer", "class", "compute", "variables", "output"):
+        table.add_column(column, overflow="fold")
+    for x in audit["layers"]:
+        compute = Text(x["compute_dtype"], style="yellow" if x["compute_dtype"] == "float32" else "")
+        table.add_row(x["name"], x["class"], compute, describe_variables(x), x["output_dtype"] or "—")
+    table.caption = (
+        f"model output {audit['output_dtype']}{_output_note(audit)} · optimizer {audit['optimizer']}"
+    )
+    return table
+
+
+def _output_note(audit: dict[str, Any]) -> str:
+    """Where the output's float32 comes from: runner's appended activation or cast, and the layer
+    that computes it last (a cast after a float16 softmax is float32 too late)."""
+    final = audit.get("final_activation")
+    notes = []
+    if audit.get("output_activation_appended"):
+        notes.append(f"{final['activation'] if final else 'activation'} in float32 appended by runner")
+    elif audit.get("output_cast_appended"):
+        notes.append("float32 cast appended by runner")
+    if final and not audit.get("output_activation_appended"):
+        notes.append(f"final activation {final['name']} ({final['activation']}) in {final['compute_dtype']}")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def speed_statement(timing: dict[str, Any], device: str) -> str:
+    """ "mixed_float16 is 6.8× slower than float32 on this CPU" from a measured step-time ratio."""
+    where = "this GPU" if device.startswith("GPU") else "this CPU"
+    ratio, policy = timing["ratio"], timing["policy"]
+    if policy == "float32":
+        return f"float32 step: {timing['policy_step_ms']:.1f} ms on {where} (batch {timing['batch_size']})"
+    times = (
+        f"{timing['policy_step_ms']:.1f} ms vs {timing['float32_step_ms']:.1f} ms per step of "
+        f"{timing['batch_size']}, median of {timing['steps']}"
+    )
+    if ratio > 1.05:
+        return f"{policy} is {ratio:.1f}× slower than float32 on {where} ({times})"
+    if ratio < 0.95:
+        return f"{policy} is {1 / ratio:.1f}× faster than float32 on {where} ({times})"
+    return f"{policy} is about as fast as float32 on {where} ({times})"
+
+
+def render_check(
+    audit: dict[str, Any], findings: list[dict[str, Any]], timing: dict | None, device: str
+) -> Group:
+    counts = Counter(f["severity"] for f in findings if not f["passed"])
+    summary = ", ".join(f"{counts.get(k, 0)} {k}(s)" for k in ("error", "warning", "hint"))
+    style = "red" if counts.get("error") else "green"
+    parts: list[RenderableType] = [audit_table(audit), checks_table(findings)]
+    if timing is not None:
+        parts.append(Text(speed_statement(timing, device), style="bold"))
+    parts.append(Text(f"{'FAILED' if counts.get('error') else 'OK'}: {summary}", style=f"bold {style}"))
+    return Group(*parts)
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table:
+    table = Table(title="Metrics", show_header=True, header_style="bold")
+    for col in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "images/s", "seconds"):
+        table.add_column(col, justify="right")
+    for e in metrics["epochs"]:
+        table.add_row(
+            str(e["epoch"]),
+            _fmt(e["loss"]),
+            _fmt(e["accuracy"]),
+            _fmt(e["val_loss"]),
+            _fmt(e["val_accuracy"]),
+            _fmt(e["images_per_second"], ",.0f"),
+            _fmt(e["seconds"], ".1f"),
+        )
+    table.caption = f"test loss {_fmt(metrics['test_loss'])} · test accuracy {_fmt(metrics['test_accuracy'])}"
+    return table
+
+
+def _headline(data: dict[str, Any]) -> Text:
+    style = STATUS_STYLE.get(data["status"], "red")
+    failed = [c for c in data["checks"] if is_blocking(c)]
+    status = data["status"] + (f", {len(failed)} check(s) failed" if failed else "")
+    p = data["precision"]
+    text = Text.assemble(
+        (f"{data['name']}  ", "bold"),
+        (status, f"bold {style}"),
+        f"\npolicy {p['policy']} · compute {p['compute_dtype']} · variables {p['variable_dtype']}",
+    )
+    scale = p.get("loss_scale") or {}
+    if scale.get("initial") is not None:
+        text.append(
+            f"\nloss scale {scale['initial']:g} → {_fmt(scale['final'], 'g')} "
+            f"(min {_fmt(scale['min'], 'g')}, {scale['overflow_steps']} skipped step"
+            f"{'' if scale['overflow_steps'] == 1 else 's'})"
+        )
+    perf = data["performance"]
+    text.append(
+        f"\n{_fmt(perf['images_per_second'], ',.0f')} images/s · step {_fmt(perf['step_time_ms'], '.1f')} ms"
+        f" · peak host memory {_fmt(perf['peak_host_memory_mb'], ',.0f')} MB"
+    )
+    if perf.get("peak_device_memory_mb") is not None:
+        text.append(f" · peak device memory {perf['peak_device_memory_mb']:,.0f} MB")
+    if perf.get("steps_per_execution") is not None:
+        text.append(
+            f"\n{perf['steps_per_execution']} steps per execution ({perf['steps_per_execution_why']})"
+        )
+    text.append(f"\n{data['environment']['device']}")
+    advice = p.get("advice") or {}
+    if advice.get("faster") is False:
+        text.append(f"\n{advice['detail']}", style="yellow")
+    if data.get("error"):
+        text.append(f"\n{data['error']}", style=style)
+    return text
+
+
+def render_run(data: dict[str, Any]) -> RenderableType:
+    """The end-of-run report: headline, audit summary, checks, metrics, where the files are."""
+    parts: list[RenderableType] = [_headline(data), audit_summary(data["audit"], data["precision"]["policy"])]
+    parts.append(checks_table(data["checks"]))
+    if data["metrics"]["epochs"]:
+        parts.append(metrics_table(data["metrics"]))
+    parts.append(Text(f"run directory: {data['run_dir']}", style="dim"))
+    return Panel(Group(*parts), title="runner report", border_style=STATUS_STYLE.get(data["status"], "red"))
+
+
+def render_environment(env: dict[str, Any], advice: list[tuple[str, bool, str]]) -> RenderableType:
+    table = Table(title="Environment", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    for key in ("python", "tensorflow", "keras", "numpy", "runner", "platform", "device"):
+        table.add_row(key, str(env.get(key)))
+    support = env.get("supported") or {}
+    if support:
+        table.add_row("supported", Text(support["detail"], style="green" if support["ok"] else "red"))
+    facts = env.get("device_facts", {})
+    table.add_row("cpu features", ", ".join(facts.get("cpu_flags", [])) or "none of note")
+    gpu = facts.get("gpu")
+    table.add_row("gpu", f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else "none")
+    advice_table = Table(title="Mixed precision here", show_header=True, header_style="bold")
+    advice_table.add_column("policy")
+    advice_table.add_column("faster than float32?")
+    advice_table.add_column("why", overflow="fold")
+    for policy, fast, why in advice:
+        advice_table.add_row(policy, Text("yes" if fast else "no", style="green" if fast else "yellow"), why)
+    return Group(table, advice_table)
+
+
+def _ratio_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _result_text(row: dict[str, Any]) -> Text:
+    failed = row["failed_checks"]
+    if row["status"] == "completed" and not failed:
+        return Text(f"✓ {row['checks_passed']}/{row['checks_total']}", style="green")
+    return Text(row["status"] if row["status"] != "completed" else "✗ " + ", ".join(failed), style="red")
+
+
+def _scale_text(row: dict[str, Any]) -> str:
+    scale = _fmt(row["loss_scale_final"], "g")
+    if row["loss_scale_min"] not in (None, row["loss_scale_final"]):
+        scale += f" (min {row['loss_scale_min']:g})"
+    return scale
+
+
+def comparison_table(comparison: dict[str, Any]) -> Table:
+    """One row per run, narrow enough for 80 columns: the spec fields that differ (and the run's label
+    where they do not tell the runs apart), speed and memory against the baseline, accuracy, loss
+    scale, result. Step times and device memory are in comparison.json/.md/.html."""
+    fields, rows = comparison["differing_fields"], comparison["rows"]
+    settings = [tuple(str(r["settings"][f]) for f in fields) for r in rows]
+    run_column = ["run"] if not fields or len(set(settings)) < len(settings) else []
+    table = Table(
+        title="Comparison",
+        header_style="bold",
+        caption=comparison["baseline"]["note"],
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for name in run_column + fields:
+        table.add_column(name.split(".")[-1], no_wrap=True, min_width=7)
+    for name in ("img/s", "×base", "MB", "acc", "Δacc", "scale", "skip"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("result", overflow="fold", min_width=12)
+    for r, values in zip(rows, settings, strict=True):
+        table.add_row(
+            *([r["label"]] if run_column else []),
+            *values,
+            _fmt(r["images_per_second"], ",.0f"),
+            _ratio_text(r["speed_ratio"]),
+            _fmt(r["peak_host_memory_mb"], ",.0f"),
+            _fmt(r["test_accuracy"], ".3f"),
+            _fmt(r["accuracy_delta"], "+.3f"),
+            _scale_text(r),
+            str(r["skipped_steps"]),
+            _result_text(r),
+        )
+    return table
+
+
+class TerminalEvents:
+    """The core's events as a terminal shows them: the run directory and notes on `console`, one
+    progress bar per epoch on `live` (a console on the real terminal: while a run trains, file
+    descriptor 2 goes to its tensorflow.log). Call it with each event; `close` when done."""
+
+    def __init__(self, console: Console, live: Console):
+        self.console = console
+        self._task: TaskID | None = None
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=live,
+        )
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.console.print(f"[dim]run directory[/] {escape(str(event.run_dir))}", soft_wrap=True)
+            if not event.faster:
+                self.console.print(f"[yellow]note:[/] {escape(event.advice)}")
+        elif isinstance(event, Note):
+            style = "yellow" if event.level == "warning" else "dim"
+            self.console.print(f"[{style}]{event.level}:[/] {escape(event.message)}", soft_wrap=True)
+        elif isinstance(event, VariantStarted):
+            settings = ", ".join(f"{k}={v}" for k, v in event.settings.items())
+            self.console.print(f"[bold]{escape(event.name)}[/] {escape(settings)}", soft_wrap=True)
+        elif isinstance(event, EpochStarted):
+            self.progress.start()
+            description = f"epoch {event.epoch}/{event.epochs}"
+            self._task = self.progress.add_task(
+                description, total=event.steps, completed=event.completed, metrics=""
+            )
+        elif isinstance(event, StepsDone) and self._task is not None:
+            self.progress.update(self._task, completed=event.completed, metrics=progress_text(event))
+        elif isinstance(event, RunFinished):
+            self.close()
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def progress_text(event: StepsDone) -> str:
+    """ "loss 0.4321  acc 0.8765  1,234 img/s" from a progress event's running means."""
+    labels = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
+    parts = [f"{label} {event.metrics[key]:.4f}" for key, label in labels.items() if key in event.metrics]
+    if event.images_per_second:
+        parts.append(f"{event.images_per_second:,.0f} img/s")
+    return "  ".join(parts)

@@ -1,0 +1,159 @@
+"""Renderables, rendered into a fixed-width, colourless console."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from runner.views import render_environment, render_run
+
+
+def render(renderable) -> str:
+    console = Console(width=100, file=io.StringIO(), color_system=None)
+    console.print(renderable)
+    return console.file.getvalue()
+
+
+def sample_report(status="completed", passed=True):
+    layer = {
+        "name": "dense",
+        "class": "Dense",
+        "compute_dtype": "float16",
+        "variable_dtype": "float32",
+        "output_dtype": "float16",
+        "weights": [{"path": "dense/kernel", "dtype": "float32", "trainable": True}],
+    }
+    return {
+        "name": "demo",
+        "status": status,
+        "error": None,
+        "run_dir": "reports/demo-x",
+        "environment": {"device": "CPU: test"},
+        "precision": {
+            "policy": "mixed_float16",
+            "compute_dtype": "float16",
+            "variable_dtype": "float32",
+            "loss_scale": {"initial": 32768.0, "final": 4096.0, "min": 2048.0, "overflow_steps": 3},
+            "advice": {"faster": False, "detail": "mixed_float16 runs several times SLOWER here"},
+        },
+        "audit": {
+            "layers": [layer],
+            "output_layers": ["dense"],
+            "output_dtype": "float32",
+            "optimizer": "LossScaleOptimizer",
+        },
+        "checks": [
+            {
+                "name": "output_dtype",
+                "passed": passed,
+                "detail": "model output is float32",
+                "severity": "error",
+            }
+        ],
+        "metrics": {
+            "epochs": [
+                {
+                    "epoch": 1,
+                    "loss": 0.5,
+                    "accuracy": 0.8,
+                    "val_loss": 0.4,
+                    "val_accuracy": 0.85,
+                    "seconds": 3.2,
+                    "images_per_second": 1234.5,
+                }
+            ],
+            "test_loss": 0.41,
+            "test_accuracy": 0.86,
+        },
+        "performance": {
+            "images_per_second": 1234.5,
+            "step_time_ms": 25.9,
+            "peak_host_memory_mb": 700.0,
+            "peak_device_memory_mb": None,
+        },
+    }
+
+
+def test_run_report_shows_status_precision_checks_metrics_and_path():
+    text = render(render_run(sample_report()))
+    for fragment in (
+        "demo",
+        "completed",
+        "policy mixed_float16",
+        "compute float16",
+        "variables float32",
+        "loss scale 32768 → 4096",
+        "3 skipped steps",
+        "1,234 images/s",
+        "✓",
+        "output_dtype",
+        "0.8600",
+        "reports/demo-x",
+        "LossScaleOptimizer",
+        "SLOWER here",
+    ):
+        assert fragment in text, fragment
+
+
+def test_failed_check_is_marked():
+    text = render(render_run(sample_report(passed=False)))
+    assert "✗" in text and "1 check(s) failed" in text
+
+
+def test_environment_renders_advice():
+    env = {
+        "python": "3.11",
+        "tensorflow": "2.21",
+        "keras": "3.15",
+        "device": "CPU: x",
+        "device_facts": {"cpu_flags": ["avx2"], "gpu": None},
+    }
+    text = render(render_environment(env, [("mixed_float16", False, "slower here")]))
+    assert "2.21" in text and "mixed_float16" in text and "no" in text and "slower here" in text
+
+
+def test_comparison_table_shows_differing_fields_ratios_and_failed_checks():
+    from runner.compare import compare
+    from runner.views import comparison_table
+    from tests.test_compare import fake_report
+
+    reports = [
+        fake_report("cmp-float32", "float32", 2000.0, 0.90),
+        fake_report("cmp-mixed_float16", "mixed_float16", 500.0, 0.80, failed=["min_test_accuracy"]),
+    ]
+    text = render(comparison_table(compare(reports)))
+    for fragment in ("policy", "mixed_float16", "2,000", "0.25×", "1.00×", "-0.100", "✗ min_test_accuracy",
+                     "✓ 1/1", "1024 (min 512)", "ratios against the float32 run cmp-float32"):  # fmt: skip
+        assert fragment in text, fragment
+
+
+def test_comparison_table_labels_runs_the_differing_fields_cannot_tell_apart():
+    from runner.compare import compare
+    from runner.views import comparison_table
+    from tests.test_compare import fake_report
+
+    reports = [fake_report("q", "float32", 2000.0, 0.9, run_dir=f"r/q-{i}") for i in (1, 2)]
+    reports.append(fake_report("q", "mixed_float16", 500.0, 0.9, run_dir="r/q-3"))
+    three = render(comparison_table(compare(reports)))
+    assert "float32 (q-1)" in three and "float32 (q-2)" in three
+    same_spec = render(comparison_table(compare(reports[:2])))
+    assert "q-1 " in same_spec and "q-2 " in same_spec
+    policies = render(comparison_table(compare(reports[1:])))  # the policy alone tells them apart
+    assert "q-2" not in policies and "mixed_float16" in policies
+
+
+def test_audit_summary_names_layers_with_weights_off_the_policy():
+    from runner.views import audit_summary
+
+    def layer(name, dtype, weights=True):
+        return {"name": name, "class": "Dense", "compute_dtype": dtype, "weights": [{}] if weights else []}
+
+    audit = {
+        "layers": [layer("a", "float16"), layer("b", "float32"), layer("act", "float32", False)],
+        "output_layers": ["act"],
+        "output_dtype": "float32",
+        "optimizer": "LossScaleOptimizer",
+    }
+    text = render(audit_summary(audit, "mixed_float16"))
+    assert "│ float32       │      2 │            1 │ b " in text
