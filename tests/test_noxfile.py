@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import pytest
 
@@ -56,6 +57,14 @@ def test_runner_states_the_range_the_matrix_tests(noxfile):
     assert keras_3_from == compat.KERAS_3_FROM
     too_old = compat.support_status("2.0.0", "2.0.0", False)[1]
     assert f'pip install "{_tensorflow_requirement(noxfile)}"' in too_old
+
+
+def test_docs_state_pyprojects_tensorflow_range(noxfile):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    stated = re.findall(r"TensorFlow (\d+\.\d+)–(\d+\.\d+)", readme)  # "TensorFlow 2.15–2.21"
+    assert stated == [(noxfile.TENSORFLOW[0], noxfile.NEWEST)]
+    versions = (ROOT / "docs" / "supported-versions.md").read_text(encoding="utf-8")
+    assert f"`{_tensorflow_requirement(noxfile)}`" in versions
 
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites name="pytest tests">
