@@ -15,6 +15,13 @@ def render(renderable) -> str:
     return console.file.getvalue()
 
 
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of each one-line table row: `│ a │ b │` → ["a", "b"]."""
+    return [
+        [cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│")
+    ]
+
+
 def sample_report(status="completed", passed=True):
     layer = {
         "name": "dense",
@@ -109,8 +116,12 @@ def test_environment_renders_advice():
         "device": "CPU: x",
         "device_facts": {"cpu_flags": ["avx2"], "gpu": None},
     }
-    text = render(render_environment(env, [("mixed_float16", False, "slower here")]))
-    assert "2.21" in text and "mixed_float16" in text and "no" in text and "slower here" in text
+    advice = [("mixed_float16", False, "slower here"), ("mixed_bfloat16", True, "faster here")]
+    rows = table_rows(render(render_environment(env, advice)))
+    assert ["tensorflow", "2.21"] in rows and ["gpu", "none"] in rows
+    # The answer in the policy's own row ("no" was once found inside the gpu row's "none").
+    assert ["mixed_float16", "no", "slower here"] in rows
+    assert ["mixed_bfloat16", "yes", "faster here"] in rows
 
 
 def test_comparison_table_shows_differing_fields_ratios_and_failed_checks():
