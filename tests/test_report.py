@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
-from runner.report import render_environment, render_run
+from runner.report import render_environment, render_run, speed_statement
 
 
 def render(renderable) -> str:
@@ -168,3 +169,32 @@ def test_audit_summary_names_layers_with_weights_off_the_policy():
     }
     text = render(audit_summary(audit, "mixed_float16"))
     assert "│ float32       │      2 │            1 │ b " in text
+
+
+@pytest.mark.parametrize(
+    ("ratio", "device", "said"),
+    [
+        (3.4, "CPU: Intel Xeon", "mixed_float16 is 3.4× slower than float32 on this CPU (34.0 ms vs 10.0 ms"),
+        (
+            0.25,
+            "GPU: H200",
+            "mixed_float16 is 4.0× faster than float32 on this GPU (2.5 ms vs 10.0 ms",
+        ),
+        (
+            1.0,
+            "GPU: H200",
+            "mixed_float16 is about as fast as float32 on this GPU (10.0 ms vs 10.0 ms",
+        ),
+    ],
+    ids=["slower-cpu", "faster-gpu", "as-fast-gpu"],
+)
+def test_speed_statement_names_the_device_the_step_ran_on(ratio, device, said):
+    timing = {
+        "policy": "mixed_float16",
+        "ratio": ratio,
+        "policy_step_ms": 10.0 * ratio,
+        "float32_step_ms": 10.0,
+        "batch_size": 32,
+        "steps": 5,
+    }
+    assert speed_statement(timing, device) == f"{said} per step of 32, median of 5)"
