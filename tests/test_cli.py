@@ -168,6 +168,7 @@ def test_run_cifar10_without_the_archive_is_exit_2_and_says_what_to_do(tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing half-made
 
 
+@pytest.mark.slow
 def test_run_writes_a_run_directory_and_prints_the_report(write_spec, tmp_path):
     path = write_spec(TINY_SPEC)
     result = cli.invoke(
@@ -218,6 +219,7 @@ SPEED = (
 )
 
 
+@pytest.mark.slow
 def test_check_quickstart_prints_the_audit_and_the_measured_ratio():
     result = cli.invoke(app, ["check", str(ROOT / "specs/quickstart.toml"), "--steps", "2"])
     assert result.exit_code == 0, result.output
@@ -262,6 +264,7 @@ def test_the_float16_softmax_cast_is_fixed_by_returning_logits():
     assert "OK: 0 error(s), 0 warning(s)" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("application", ["mobilenetv2", "resnet50"])
 def test_check_keras_applications_in_mixed_float16(application):
     result = cli.invoke(app, ["check", str(ROOT / f"specs/{application}.toml"), "--steps", "1"])
@@ -303,6 +306,7 @@ def test_validate_lists_the_planned_variants():
     assert "3 experiment(s) planned (3 sweep variant(s))" in result.stdout
 
 
+@pytest.mark.slow
 def test_run_compare_toml_leaves_a_sweep_directory_with_a_comparison(tmp_path):
     result = cli.invoke(app, ["run", str(ROOT / "specs/compare.toml"), "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -327,6 +331,7 @@ def _table(output: str) -> str:
     return output[start:end]
 
 
+@pytest.mark.slow
 def test_compare_separate_runs_prints_the_same_table_as_their_sweep(write_spec, tmp_path):
     sweep_spec = write_spec(
         TINY_SPEC + '\n[sweep]\n"precision.policy" = ["float32", "mixed_float16"]\n', "s.toml"
@@ -383,6 +388,7 @@ def test_compare_rejects_a_directory_that_is_not_a_run(tmp_path):
     assert result.exit_code == 2 and "no report.json" in result.stderr
 
 
+@pytest.mark.slow
 def test_report_re_renders_a_finished_run(write_spec, tmp_path):
     spec = write_spec(TINY_SPEC)
     assert (

@@ -15,6 +15,8 @@ import pytest
 from runner import runs
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # every test here trains in `runner` processes
+
 DETERMINISTIC = """
 name = "det"
 seed = 5
