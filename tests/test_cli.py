@@ -154,10 +154,24 @@ def test_the_printed_schema_agrees_with_load_plan(write_spec, text, valid):
 
 
 def test_env_reports_versions_and_mixed_precision_advice():
+    """The versions of this environment, and for each policy the verdict for this machine's devices (the
+    labels alone were always printed, whatever the values)."""
+    import platform
+
+    from runner import compat, precision, runs
+    from tests.test_report import table_rows
+
     result = cli.invoke(app, ["env"])
     assert result.exit_code == 0, result.output
-    for text in ("tensorflow", "keras", "python", "mixed_float16", "mixed_bfloat16"):
-        assert text in result.stdout
+    rows = table_rows(result.stdout)
+    assert ["python", platform.python_version()] in rows
+    assert ["tensorflow", compat.tensorflow().__version__] in rows
+    assert ["keras", compat.keras_version()] in rows
+    facts = runs.device_facts()
+    for policy in ("mixed_float16", "mixed_bfloat16"):
+        fast, _ = precision.mixed_precision_advice(policy, facts)
+        (row,) = [r for r in rows if r[0] == policy]
+        assert row[1] == ("yes" if fast else "no"), row
 
 
 def test_run_cifar10_without_the_archive_is_exit_2_and_says_what_to_do(tmp_path):
