@@ -198,7 +198,7 @@ def test_run_writes_a_run_directory_and_prints_the_report(write_spec, tmp_path):
 
 def test_python_dash_m_runner():
     out = subprocess.run([sys.executable, "-m", "runner", "--help"], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0 and "validate" in out.stdout
+    assert out.returncode == 0 and sorted(_listed_commands(out.stdout)) == sorted(COMMANDS), out.stdout
 
 
 def _tf_config():
