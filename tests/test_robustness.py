@@ -70,6 +70,7 @@ def endless(tmp_path):
         child.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_a_billion_epochs_costs_nothing_up_front_and_stops_on_ctrl_c(endless):
     """Item 1: no plan in proportion to `epochs` (it was one segment per epoch: out of memory), and
     Ctrl-C stops the run with its report. Item 3: while it trains, a resume into it exits 2."""
@@ -88,6 +89,7 @@ def test_a_billion_epochs_costs_nothing_up_front_and_stops_on_ctrl_c(endless):
     assert data["performance"]["peak_host_memory_mb"] < 4096
 
 
+@pytest.mark.slow
 def test_files_respect_the_umask(endless):
     """Item 9: mkstemp makes 0600 files; a report folder served to a group must be readable."""
     child, run_dir = endless
@@ -144,6 +146,7 @@ with runs.run_lock(Path(sys.argv[1])):
 """
 
 
+@pytest.mark.slow
 def test_resume_falls_back_past_a_corrupt_newest_checkpoint(endless):
     """Item 4: a truncated newest checkpoint is skipped, named, and the one before it resumes."""
     child, run_dir = endless
@@ -220,6 +223,7 @@ def test_a_full_disk_before_the_run_is_exit_2_and_leaves_nothing(write_spec, tmp
     assert left == ["filler"]  # no empty run directory
 
 
+@pytest.mark.slow
 def test_compare_output_to_an_unwritable_place_is_exit_2(write_spec, tmp_path):
     assert _run(write_spec(TINY_SPEC.replace("epochs = 2", "epochs = 1")), tmp_path / "runs").exit_code == 0
     with mounted_tmpfs(tmp_path / "ro", "ro,size=64k") as folder:

@@ -32,6 +32,7 @@ def _run(write_spec, tmp_path, overrides=()):
     return run_experiment(spec, tmp_path / "reports")
 
 
+@pytest.mark.slow
 def test_tiny_mixed_float16_run_honours_the_report_contract(write_spec, tmp_path):
     outcome = _run(write_spec, tmp_path)
     assert (outcome.status, outcome.exit_code) == ("completed", 0)
@@ -74,6 +75,7 @@ def test_tiny_mixed_float16_run_honours_the_report_contract(write_spec, tmp_path
     assert compat.global_policy_name() == "float32"
 
 
+@pytest.mark.slow
 def test_float32_run_has_no_loss_scaling(write_spec, tmp_path):
     outcome = _run(write_spec, tmp_path, ["precision.policy=float32", "training.epochs=1"])
     report = outcome.report
@@ -84,6 +86,7 @@ def test_float32_run_has_no_loss_scaling(write_spec, tmp_path):
     assert report["precision"]["loss_scale"]["final"] is None
 
 
+@pytest.mark.slow
 def test_forced_overflow_is_counted_and_halves_the_scale(write_spec, tmp_path):
     outcome = _run(write_spec, tmp_path, ["precision.initial_scale=1e38", "training.epochs=1"])
     scale = outcome.report["precision"]["loss_scale"]
@@ -108,6 +111,7 @@ def _mlp_with(dtype_of: dict[str, str]):
     return build
 
 
+@pytest.mark.slow
 def test_a_float32_layer_in_the_middle_is_a_warning_naming_it(write_spec, tmp_path, monkeypatch):
     monkeypatch.setitem(models.MODEL_BUILDERS, "mlp", _mlp_with({"hidden": "float32"}))
     outcome = _run(write_spec, tmp_path, ["training.epochs=1"])
@@ -155,6 +159,7 @@ def test_a_crash_mid_run_still_writes_a_report(write_spec, tmp_path, monkeypatch
     assert compat.global_policy_name() == "float32"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16"])
 def test_bfloat16_run(write_spec, tmp_path, policy):
     outcome = _run(write_spec, tmp_path, [f"precision.policy={policy}", "training.epochs=1"])
@@ -163,6 +168,7 @@ def test_bfloat16_run(write_spec, tmp_path, policy):
     assert not outcome.report["audit"]["loss_scale_optimizer"]
 
 
+@pytest.mark.slow
 def test_initial_scale_2_pow_40_completes_with_overflow_reported(tmp_path):
     from tests.conftest import ROOT
 
@@ -208,6 +214,7 @@ def _nan_gradients_after(calls: int):
     return build
 
 
+@pytest.mark.slow
 def test_a_collapsed_loss_scale_ends_the_run_diverged(write_spec, tmp_path, monkeypatch):
     monkeypatch.setitem(models.MODEL_BUILDERS, "mlp", _nan_gradients_after(3))
     outcome = _run(write_spec, tmp_path, ["data.train_size=2000", "training.epochs=3"])
@@ -220,6 +227,7 @@ def test_a_collapsed_loss_scale_ends_the_run_diverged(write_spec, tmp_path, monk
     assert compat.global_policy_name() == "float32"
 
 
+@pytest.mark.slow
 def test_a_failed_declared_check_completes_with_exit_1(write_spec, tmp_path):
     outcome = _run(write_spec, tmp_path, ["training.epochs=1", "checks.min_test_accuracy=0.999"])
     assert (outcome.status, outcome.exit_code) == ("completed", 1)
@@ -227,6 +235,7 @@ def test_a_failed_declared_check_completes_with_exit_1(write_spec, tmp_path):
     assert failed["name"] == "min_test_accuracy" and "expected test accuracy >= 0.999" in failed["detail"]
 
 
+@pytest.mark.slow
 def test_checkpoints_every_n_steps_when_keras_calls_once_per_execution(write_spec, tmp_path):
     """25 steps, 3 per execution (Keras calls back at steps 3, 6, ..., 24, 25): every 10 steps means
     at the first call past each multiple of 10 (12, 21), then the epoch's end (25)."""

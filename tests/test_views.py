@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
-from runner.views import render_environment, render_run
+from runner.views import render_environment, render_run, speed_statement
 
 
 def render(renderable) -> str:
     console = Console(width=100, file=io.StringIO(), color_system=None)
     console.print(renderable)
     return console.file.getvalue()
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of each one-line table row: `│ a │ b │` → ["a", "b"]."""
+    return [
+        [cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│")
+    ]
 
 
 def sample_report(status="completed", passed=True):
@@ -109,8 +117,12 @@ def test_environment_renders_advice():
         "device": "CPU: x",
         "device_facts": {"cpu_flags": ["avx2"], "gpu": None},
     }
-    text = render(render_environment(env, [("mixed_float16", False, "slower here")]))
-    assert "2.21" in text and "mixed_float16" in text and "no" in text and "slower here" in text
+    advice = [("mixed_float16", False, "slower here"), ("mixed_bfloat16", True, "faster here")]
+    rows = table_rows(render(render_environment(env, advice)))
+    assert ["tensorflow", "2.21"] in rows and ["gpu", "none"] in rows
+    # The answer in the policy's own row ("no" was once found inside the gpu row's "none").
+    assert ["mixed_float16", "no", "slower here"] in rows
+    assert ["mixed_bfloat16", "yes", "faster here"] in rows
 
 
 def test_comparison_table_shows_differing_fields_ratios_and_failed_checks():
@@ -157,3 +169,32 @@ def test_audit_summary_names_layers_with_weights_off_the_policy():
     }
     text = render(audit_summary(audit, "mixed_float16"))
     assert "│ float32       │      2 │            1 │ b " in text
+
+
+@pytest.mark.parametrize(
+    ("ratio", "device", "said"),
+    [
+        (3.4, "CPU: Intel Xeon", "mixed_float16 is 3.4× slower than float32 on this CPU (34.0 ms vs 10.0 ms"),
+        (
+            0.25,
+            "GPU: H200",
+            "mixed_float16 is 4.0× faster than float32 on this GPU (2.5 ms vs 10.0 ms",
+        ),
+        (
+            1.0,
+            "GPU: H200",
+            "mixed_float16 is about as fast as float32 on this GPU (10.0 ms vs 10.0 ms",
+        ),
+    ],
+    ids=["slower-cpu", "faster-gpu", "as-fast-gpu"],
+)
+def test_speed_statement_names_the_device_the_step_ran_on(ratio, device, said):
+    timing = {
+        "policy": "mixed_float16",
+        "ratio": ratio,
+        "policy_step_ms": 10.0 * ratio,
+        "float32_step_ms": 10.0,
+        "batch_size": 32,
+        "steps": 5,
+    }
+    assert speed_statement(timing, device) == f"{said} per step of 32, median of 5)"
