@@ -159,7 +159,7 @@ def test_env_reports_versions_and_mixed_precision_advice():
     import platform
 
     from runner import compat, precision, runs
-    from tests.test_report import table_rows
+    from tests.test_views import table_rows
 
     result = cli.invoke(app, ["env"])
     assert result.exit_code == 0, result.output

@@ -319,6 +319,7 @@ def test_fuzzed_set_and_sweep_inputs_end_as_a_plan_or_one_spec_error(tmp_path):
         assert fuzz_specs.check(data, tmp_path, overrides) in {"valid", "spec_error"}
 
 
+@pytest.mark.slow
 def test_a_sweep_variant_that_cannot_be_built_names_the_real_file_and_its_sweep_values(write_spec, tmp_path):
     """The variant runs in a child process from a temporary copy of its spec; its message still
     names the file the user wrote and the sweep values that made the variant."""
@@ -334,6 +335,7 @@ def test_a_sweep_variant_that_cannot_be_built_names_the_real_file_and_its_sweep_
     assert list((tmp_path / "out").iterdir()) == []  # no empty sweep directory either
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_sweep_and_leaves_the_running_variant_resumable(tmp_path):
     """Issue 16: the sweep waited on its variant and swallowed every Ctrl-C. Now the SIGINT (sent to
     the sweep's process only, as a scheduler or `kill -INT` would) reaches the variant once: it

@@ -252,6 +252,7 @@ def test_checkpoints_every_n_steps_when_keras_calls_once_per_execution(write_spe
     assert kept == ["step-00000021", "step-00000025"]  # the newest two of 12, 21, 25
 
 
+@pytest.mark.slow
 def test_the_quickstart_runs_through_the_library_with_plain_events(tmp_path):
     """No terminal: the library entry point takes a spec, an output folder and an event sink (here a
     list), as a worker process, a notebook or a cluster job would call it."""
