@@ -52,7 +52,7 @@ def tensorflow() -> ModuleType:
     return tf
 
 
-TESTED_TENSORFLOW = ((2, 15), (2, 21))  # the releases the nox matrix runs (README, "Supported versions")
+TESTED_TENSORFLOW = ((2, 15), (2, 21))  # pyproject's range, which tests/test_noxfile.py holds this to
 KERAS_3_FROM = (2, 16)  # TensorFlow 2.15's tf.keras is Keras 2; from 2.16 Keras 3, or Keras 2 via tf-keras
 
 
