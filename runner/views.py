@@ -268,6 +268,9 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
     return table
 
 
+SHOWN_EPOCHS = 10  # bars on screen: the newest epochs (the report lists every epoch's metrics)
+
+
 class TerminalEvents:
     """The core's events as a terminal shows them: the run directory and notes on `console`, one
     progress bar per epoch on `live` (a console on the real terminal: while a run trains, file
@@ -298,6 +301,8 @@ class TerminalEvents:
             self.console.print(f"[bold]{escape(event.name)}[/] {escape(settings)}", soft_wrap=True)
         elif isinstance(event, EpochStarted):
             self.progress.start()
+            if len(self.progress.task_ids) >= SHOWN_EPOCHS:  # bounded: a run may have 10**9 epochs
+                self.progress.remove_task(self.progress.task_ids[0])
             description = f"epoch {event.epoch}/{event.epochs}"
             self._task = self.progress.add_task(
                 description, total=event.steps, completed=event.completed, metrics=""

@@ -198,3 +198,18 @@ def test_speed_statement_names_the_device_the_step_ran_on(ratio, device, said):
         "steps": 5,
     }
     assert speed_statement(timing, device) == f"{said} per step of 32, median of 5)"
+
+
+def test_terminal_events_keep_a_bounded_number_of_epoch_bars():
+    """A run of 10**9 epochs must not grow the progress display (and its redraw time) without bound."""
+    from runner import events
+    from runner.views import SHOWN_EPOCHS, TerminalEvents
+
+    quiet = Console(file=io.StringIO(), width=100, color_system=None)
+    sink = TerminalEvents(quiet, quiet)
+    for epoch in range(1, 3 * SHOWN_EPOCHS):
+        sink(events.EpochStarted(epoch, 10**9, 4, 0))
+        sink(events.StepsDone(epoch, 4, 4, {"loss": 0.5}, 100.0))
+    shown = [task.description for task in sink.progress.tasks]
+    sink.close()
+    assert shown == [f"epoch {e}/{10**9}" for e in range(2 * SHOWN_EPOCHS, 3 * SHOWN_EPOCHS)]
