@@ -385,10 +385,7 @@ def _time_against_float32(spec: ExperimentSpec, splits: Splits, model: Any, step
 
 def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcome:
     """Build under the policy, audit every layer, probe one step, time policy against float32."""
-    splits = load_data(spec.data, spec.seed)
-    compat.keras()
-    require_device(spec.runtime.device)
-    environment = runs.environment_info()
+    splits, environment = _prepare(spec)
     policy_before = compat.global_policy_name()
     timing = None
     with compat.native_stderr_to(os.devnull), training_scope(spec):
