@@ -142,8 +142,9 @@ def run(
         bool, typer.Option("--yes", "-y", help=f"Run a plan of more than {CONFIRM_ABOVE} experiments.")
     ] = False,
 ) -> None:
-    r"""Validate, preflight, train, evaluate, check and report experiments (a \[sweep] or several specs
-    run one after another and end in a comparison table).
+    r"""Validate, preflight, train, evaluate, check and report experiments (a \[sweep]: a comparison).
+
+    A sweep or several specs run one after another, each in its own process, and end in a comparison table.
 
     Exit codes: 0 all passed · 1 a check failed · 2 bad input · 3 run failed · 130 interrupted.
     """
