@@ -98,7 +98,11 @@ def _cluster(raw: Any) -> dict[str, list[str]]:
 
 def _first_repeat(values: list[str]) -> str:
     seen: set[str] = set()
-    return next(v for v in values if v in seen or seen.add(v))  # type: ignore[func-returns-value]
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return ""
 
 
 def _task(raw: Any, cluster: dict[str, list[str]]) -> tuple[str, int]:

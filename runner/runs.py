@@ -42,20 +42,19 @@ def require_writable(output: Path) -> None:
     nearest folder that exists, without creating any): read-only, a file, no permission are bad
     input, said before any work is done."""
     existing = next((p for p in (output, *output.parents) if p.exists()), Path("."))
+    expected = "expected a folder runner can write run directories in"
+    if not existing.is_dir():
+        what = "is a file" if existing == output else f"{existing} is a file"
+        raise OutputError(f"--output {output}: {what}; {expected}")
     try:
-        if not existing.is_dir():
-            raise NotADirectoryError(f"{existing} is a file")
         tempfile.TemporaryDirectory(dir=existing, prefix=".runner-probe-").cleanup()
     except OSError as exc:
-        what = "is a file" if not existing.is_dir() else (exc.strerror or str(exc)).lower()
-        raise OutputError(
-            f"--output {output}: {what}; expected a folder runner can write run directories in"
-        ) from None
+        raise OutputError(f"--output {output}: {(exc.strerror or str(exc)).lower()}; {expected}") from None
 
 
 def create_run_dir(output: Path, name: str, spec_hash: str) -> Path:
-    """`output/<name>-<UTC timestamp>-<hash>/`, created exclusively: two runs never share one."""
-    require_writable(output)
+    """`output/<name>-<UTC timestamp>-<hash>/`, created exclusively: two runs never share one.
+    (Callers probe `output` first with `require_writable`, before their slow work.)"""
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -72,7 +72,7 @@ DEFAULT_INITIAL_SCALE = 2.0**15  # Keras' LossScaleOptimizer's own default
 
 
 class PrecisionSpec(StrictModel):
-    """The dtype policy and what it implies (as Keras' DTypePolicy owns its dtypes)."""
+    """The dtype policy and what it implies (as Keras' DTypePolicy owns its dtypes; COMPUTE_DTYPE above)."""
 
     policy: Policy = "mixed_float16"
     # Loss scaling only exists under mixed_float16; float32 and bfloat16 ignore it.
@@ -81,10 +81,6 @@ class PrecisionSpec(StrictModel):
     growth_interval: PositiveInt = 2000
     # "policy" reproduces the float16-softmax bug on purpose; the checks then flag it.
     output_dtype: Literal["float32", "policy"] = "float32"
-
-    @property
-    def compute_dtype(self) -> str:
-        return COMPUTE_DTYPE[self.policy]
 
     @property
     def uses_loss_scaling(self) -> bool:

@@ -105,6 +105,7 @@ def run_plan(variants: list[Variant], output: Path, emit: EventSink = ignore) ->
             source = os.environ.get(SPEC_SOURCE_VARIABLE) or variants[0].source
             raise SpecValueError(f"{source}: {exc}") from None
         return PlanOutcome([outcome], outcome.exit_code)
+    runs.require_writable(output)
     groups = {v.group for v in variants}
     group_dir = runs.create_run_dir(
         output, groups.pop() if len(groups) == 1 else "comparison", spec_hash(variants[0].spec)
