@@ -235,6 +235,31 @@ class RuntimeSpec(StrictModel):
     checkpoint_every_steps: PositiveInt | None = None
 
 
+class DistributionSpec(StrictModel):
+    """Where the replicas of one training run are: this device ("none"), several devices of this machine
+    ("mirrored"), or several machines ("multi_worker", the cluster from TF_CONFIG or Slurm's variables).
+    `data.batch_size` stays the global batch; each replica computes batch_size / replicas of it."""
+
+    strategy: Literal["none", "mirrored", "multi_worker"] = "none"
+    # mirrored: the devices; None = every visible GPU. Without GPUs, N splits the CPU into N logical
+    # devices (how it is tested on a CPU; no faster than one).
+    replicas: PositiveInt | None = None
+    cluster: Literal["tf_config", "slurm"] = "tf_config"
+    # The longest any wait on a peer may take: joining the cluster, and each collective (a worker that
+    # died is noticed sooner, by its missing heartbeats).
+    peer_timeout_s: Annotated[int, Field(ge=10, le=86_400)] = 300
+
+    @model_validator(mode="after")
+    def _fields_of_the_strategy(self) -> DistributionSpec:
+        if self.replicas is not None and self.strategy != "mirrored":
+            raise ValueError(
+                f'distribution.replicas: expected only with strategy = "mirrored"; got replicas = '
+                f'{self.replicas} with strategy = "{self.strategy}" (multi_worker: one replica per device '
+                "of each worker)"
+            )
+        return self
+
+
 class ExperimentSpec(StrictModel):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
@@ -244,12 +269,19 @@ class ExperimentSpec(StrictModel):
     data: DataSpec = Field(default_factory=DataSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    distribution: DistributionSpec = Field(default_factory=DistributionSpec)
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
 
     @model_validator(mode="after")
     def _name_is_not_a_path(self) -> ExperimentSpec:
         if self.name in {".", ".."}:
             raise ValueError(f'name: expected a run name, not a path; got "{self.name}"')
+        replicas = self.distribution.replicas
+        if replicas is not None and self.data.batch_size % replicas:
+            raise ValueError(
+                f"data.batch_size: expected a multiple of distribution.replicas ({replicas}), the global "
+                f"batch split evenly; got {self.data.batch_size}"
+            )
         return self
 
 
