@@ -1,9 +1,11 @@
-"""The Keras callbacks that watch a run: telemetry (throughput, loss scale, divergence), checkpoints,
-TensorBoard summaries and progress events. Each does O(1) Python work per Keras call and reads
-tensors from the device at most a few times a second (the loss scale once per call under
-mixed_float16: one scalar, needed to count skipped steps faithfully).
+"""What watches a run as the training loop (loop.py) drives it: telemetry (throughput, loss scale,
+divergence), checkpoints, TensorBoard summaries and progress events. The loop calls them at each
+epoch's start and end and after each execution (steps_per_execution steps), with the metrics read
+across replicas and each step's loss scale: O(n) Python work per execution of n steps, and no
+tensor read from the device of their own except at an epoch's end.
 
-Importing this module imports Keras (the base class): the session imports it when it trains.
+Hooks are named as Keras' callbacks' (`on_epoch_begin`, `on_train_batch_end`, ...), whose places
+they take; they are plain objects (no Keras base class).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import checkpoints, compat
+from runner.engine import StepRecord
 from runner.events import EpochEnded, EpochStarted, EventSink, StepsDone, ignore
 from runner.telemetry import (
     Cursor,
@@ -27,8 +30,29 @@ from runner.telemetry import (
     TrainingLog,
 )
 
-Callback: Any = compat.keras().callbacks.Callback
-UI_INTERVAL_S = 0.2  # progress and the NaN guard: at most 5 times a second
+UI_INTERVAL_S = 0.2  # progress events: at most 5 times a second
+
+
+class Observer:
+    """A no-op for every hook the loop calls; subclasses override what they watch."""
+
+    model: Any = None
+
+    def set_model(self, model: Any) -> None:
+        self.model = model
+
+    def on_train_begin(self) -> None:
+        pass
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        pass
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float], steps: StepRecord | None = None) -> None:
+        """After an execution; `batch` is the index of its last step in this epoch's `fit`-like count
+        (from the resumed step in a resumed epoch), `steps` each step's loss scale."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        pass
 
 
 def _float(value: Any) -> float | None:
@@ -43,7 +67,7 @@ def append_line(path: Path, line: str) -> None:
         os.fsync(f.fileno())
 
 
-class Telemetry(Callback):
+class Telemetry(Observer):
     """Fills `log` (epochs, throughput, loss scale, divergence), appends each epoch to metrics.jsonl
     and emits it. Throughput leaves out the process's first call, which traces and compiles."""
 
@@ -57,7 +81,6 @@ class Telemetry(Callback):
         max_consecutive_skipped: int = 50,
         emit: EventSink = ignore,
     ):
-        super().__init__()
         self.log, self.segment, self.metrics_path, self.emit = log, segment, metrics_path, emit
         self.batch_size, self.train_images, self.max_skipped = (
             batch_size,
@@ -69,35 +92,34 @@ class Telemetry(Callback):
         cap, batch = self.train_images, self.batch_size
         return min(step_to * batch, cap) - min(step_from * batch, cap)
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self):
         self.cursor = Cursor(self.segment, self.log)
         self._scaled = compat.is_loss_scale_optimizer(self.model.optimizer)
         if self._scaled and self.log.loss_scale is None:
             self.log.loss_scale = LossScaleTracker(float(self.model.optimizer.initial_scale))
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch):
         self.cursor.begin_epoch(epoch)
         self._epoch_start = self._last_check = time.perf_counter()
         self._mark = (self._epoch_start, self.cursor.step) if self.log.traced else None
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch, logs, steps=None):
         now = time.perf_counter()
+        first_step = self.log.steps
         self.cursor.end_batch(batch)
         if self._mark is None:
             self._mark, self.log.traced = (now, self.cursor.step), True
         self._train_end = now
         tracker = self.log.loss_scale
-        if self._scaled and tracker is not None:
-            optimizer = self.model.optimizer
-            scale = compat.current_loss_scale(optimizer)
-            assert scale is not None  # a LossScaleOptimizer has one
-            tracker.observe(self.log.steps, scale, compat.applied_steps(optimizer))
-            diagnosis = tracker.collapse(self.max_skipped)
-            if diagnosis is not None:
-                self._diverge(diagnosis)
-        if now - self._last_check >= UI_INTERVAL_S:
-            self._last_check = now
-            self._guard(logs)
+        if self._scaled and tracker is not None and steps is not None:
+            # Every step of the execution, in order: a skipped step is placed where it happened.
+            for i, (scale, applied) in enumerate(zip(steps.scales, steps.applied, strict=True)):
+                tracker.observe(first_step + i + 1, float(scale), int(applied))
+                diagnosis = tracker.collapse(self.max_skipped)
+                if diagnosis is not None:
+                    self._diverge(diagnosis)
+                    break
+        self._guard(logs)  # every execution: each worker decides on the same numbers
 
     def _guard(self, logs):
         loss = (logs or {}).get("loss")
@@ -109,8 +131,7 @@ class Telemetry(Callback):
             self.log.diverged_at_step, self.log.divergence = self.log.steps, diagnosis
         self.model.stop_training = True
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
+    def on_epoch_end(self, epoch, logs):
         self._guard(logs)
         if self.log.diverged_at_step is not None:
             return  # a partial epoch's means would mislead: the report names the last good one
@@ -135,7 +156,7 @@ class Telemetry(Callback):
         self.emit(EpochEnded(epoch + 1, record.as_dict()))
 
 
-class Checkpoints(Callback):
+class Checkpoints(Observer):
     """Checkpoints at each epoch's end and every `every_steps` steps; on a stop request, one after the
     current step and out of `fit`. `restore_metrics` (a resume in mid-epoch) puts back the running
     means Keras resets when the epoch begins."""
@@ -148,25 +169,26 @@ class Checkpoints(Callback):
         stop: StopRequest,
         every_steps: int | None,
         restore_metrics: Any = None,
+        write: bool = True,
     ):
-        super().__init__()
         self.run_dir, self.log, self.segment, self.stop = run_dir, log, segment, stop
-        self.every_steps, self.restore_metrics = every_steps, restore_metrics
+        self.every_steps, self.restore_metrics, self.write = every_steps, restore_metrics, write
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self):
         self.cursor = Cursor(self.segment, self.log)
         self._saved_at = self.log.steps // self.every_steps if self.every_steps else 0
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch):
         self.cursor.begin_epoch(epoch)
         if self.restore_metrics is not None and epoch == self.segment.first and self.segment.skip:
             self.restore_metrics(self.model)
 
     def _save(self, epoch, step):
         position = checkpoints.Position(epoch, step, self.log.steps)
-        return checkpoints.save(self.run_dir, self.model, position, self.log.to_state())
+        state = self.log.to_state()
+        return checkpoints.save(self.run_dir, self.model, position, state, write=self.write)
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch, logs, steps=None):
         self.cursor.end_batch(batch)
         if self.stop.signal is not None:
             name = self._save(self.cursor.epoch, self.cursor.step)
@@ -174,36 +196,34 @@ class Checkpoints(Callback):
                 f"{self.stop.signal} at epoch {self.cursor.epoch + 1}, step {self.cursor.step}: "
                 f"checkpoint {name}"
             )
-        # Keras calls once per execution (steps_per_execution steps): save on crossing a multiple.
+        # The loop ends an execution on every multiple (loop.ExecutionPlan).
         if self.every_steps and self.log.steps // self.every_steps > self._saved_at:
             self._saved_at = self.log.steps // self.every_steps
             self._save(self.cursor.epoch, self.cursor.step)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch, logs):
         if self.log.diverged_at_step is not None:
             found = checkpoints.latest(self.run_dir)
-            if found is not None:
+            if found is not None and self.write:
                 checkpoints.pin(self.run_dir, found[0])
             return
         self._save(epoch + 1, 0)
 
 
-class EpochSummaries(Callback):
+class EpochSummaries(Observer):
     """TensorBoard event files in Keras' layout (train/ and validation/: epoch_loss, epoch_accuracy,
     epoch_learning_rate) plus precision/loss_scale for every step, all written at each epoch's end:
     no per-step hook, so no per-step cost (Keras' own TensorBoard callback has one). One instance
     serves every `fit` of a run (one event file per writer); `close` it at the end."""
 
     def __init__(self, log: TrainingLog, log_dir: Path):
-        super().__init__()
         self.tf, self.log = compat.tensorflow(), log
         writer = self.tf.summary.create_file_writer
         self._writers = {name: writer(str(log_dir / name)) for name in ("train", "validation")}
         self._scale_writer = writer(str(log_dir / "precision"))
         self._written = log.steps  # a resumed run wrote the steps before it
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
+    def on_epoch_end(self, epoch, logs):
         train_values = {k: v for k, v in logs.items() if not k.startswith("val_")}
         train_values["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
         values = {
@@ -232,29 +252,28 @@ class EpochSummaries(Callback):
             writer.close()
 
 
-class ProgressEvents(Callback):
+class ProgressEvents(Observer):
     """Emits an epoch's start and its progress (running loss and accuracy, images per second), at
     most every UI_INTERVAL_S: the terminal's bars, a notebook's widget or a log are the sink's."""
 
     def __init__(self, emit: EventSink, epochs: int, steps_per_epoch: int, batch_size: int, segment: Segment):
-        super().__init__()
         self.emit, self.epochs, self.steps = emit, epochs, steps_per_epoch
         self.batch_size, self.segment = batch_size, segment
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch):
         self._epoch = epoch + 1
         self._base = self.segment.skip if epoch == self.segment.first else 0
         self._start, self._last, self._done = time.perf_counter(), 0.0, 0
         self.emit(EpochStarted(epoch + 1, self.epochs, self.steps, self._base))
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch, logs, steps=None):
         self._done = min(batch + 1, self.steps - self._base)  # see Segment
         now = time.perf_counter()
         if now - self._last >= UI_INTERVAL_S:
             self._last = now
             self._progress(logs, now - self._start, self._base + self._done)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch, logs):
         self._progress(logs, time.perf_counter() - self._start, self.steps)
 
     def _progress(self, logs, elapsed, completed):

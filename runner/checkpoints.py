@@ -49,13 +49,18 @@ def _name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def save(run_dir: Path, model: Any, position: Position, state: dict[str, Any]) -> str:
-    """Write a checkpoint of `model` (and its optimizer and metrics) at `position`; returns its name."""
-    folder = run_dir / "checkpoints"
-    folder.mkdir(exist_ok=True)
+def save(run_dir: Path, model: Any, position: Position, state: dict[str, Any], write: bool = True) -> str:
+    """Write a checkpoint of `model` (and its optimizer and metrics) at `position`; returns its name.
+
+    Reading the values is a collective on several workers (metrics are summed over them): every
+    worker calls this, only the chief with `write`."""
     name = f"step-{position.global_step:08d}"
     groups = _variables(model)
     arrays = {f"{g}/{i}": np.asarray(v.numpy()) for g, vs in groups.items() for i, v in enumerate(vs)}
+    if not write:
+        return name
+    folder = run_dir / "checkpoints"
+    folder.mkdir(exist_ok=True)
     with atomic_file(folder / f"{name}.npz", "wb") as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types the kwargs too narrowly
     meta = {

@@ -392,3 +392,30 @@ MARKS: dict[str, str] = {"passed": "✓", "error": "✗", "warning": "!", "hint"
 def mark(finding: Mapping[str, Any]) -> str:
     """✓ for a passed finding, else its severity's mark: the same in the terminal, md and html."""
     return MARKS["passed"] if finding["passed"] else MARKS[finding["severity"]]
+
+
+def check_replicas_in_sync(digests: Sequence[str], differing_copies: Sequence[str]) -> Finding:
+    """Every worker ends with the same weights (`digests`, by worker rank), and on each worker every
+    device's copy is the same (`differing_copies`: the variables whose copies differ)."""
+    if differing_copies:
+        return Finding(
+            "replicas_in_sync",
+            False,
+            f"the devices of one worker hold different values of {_names_of(differing_copies)}: "
+            "mirrored variables drifted apart",
+        )
+    odd = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+    if odd:
+        return Finding(
+            "replicas_in_sync",
+            False,
+            f"expected every worker's final weights equal; worker(s) {', '.join(map(str, odd))} differ "
+            f"from worker 0 (SHA-256 {digests[odd[0]][:12]}… against {digests[0][:12]}…)",
+        )
+    where = f"{len(digests)} workers" if len(digests) > 1 else "every device"
+    return Finding("replicas_in_sync", True, f"final weights equal on {where} (SHA-256 {digests[0][:12]}…)")
+
+
+def _names_of(paths: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")

@@ -203,6 +203,32 @@ def resume(
 
 
 @app.command()
+def launch(
+    target: Annotated[
+        Path,
+        typer.Argument(help="A spec (TOML), or a multi-worker run directory to resume.", show_default=False),
+    ],
+    workers: Annotated[int, typer.Option("--workers", "-n", help="Worker processes to start.")] = 2,
+    overrides: Overrides = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where run directories go.")] = Path(
+        "reports"
+    ),
+) -> None:
+    """Train one spec on N worker processes on this machine (127.0.0.1), as a cluster would
+    (multi_worker, each with its TF_CONFIG). For trying and testing: real clusters set TF_CONFIG
+    themselves. Exit code: the chief's (as `run`)."""
+    from runner.launch import launch as launch_workers
+
+    if workers < 1:
+        raise _fail(f"--workers: expected at least 1; got {workers}")
+    try:
+        code = launch_workers(target, workers, output, overrides or [])
+    except BadInput as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+@app.command()
 def compare(
     run_dirs: Annotated[
         list[Path], typer.Argument(help="Run directories (or sweep directories).", show_default=False)

@@ -282,6 +282,16 @@ def current_loss_scale(optimizer: Any) -> float | None:
     return float(optimizer.dynamic_scale.numpy())
 
 
+def loss_scale_state(optimizer: Any) -> tuple[Any, Any] | None:
+    """The variables holding a LossScaleOptimizer's current scale and its count of applied steps, for
+    a compiled loop to read after every step; None without loss scaling. Build the optimizer first."""
+    if not is_loss_scale_optimizer(optimizer):
+        return None
+    if _keras2():
+        return optimizer._loss_scale.current_loss_scale, optimizer._runner_applied_steps
+    return optimizer.dynamic_scale, optimizer.iterations
+
+
 def loss_scale_floor() -> float:
     """The smallest scale a run of overflows halves down to: Keras 2 stops at 1, Keras 3 goes on."""
     return 1.0 if _keras2() else 0.0

@@ -6,7 +6,8 @@ TensorFlow's chief rule, and a `TF_CONFIG` per process for a cluster on one mach
 A `TF_CONFIG` that is not what MultiWorkerMirroredStrategy can use is bad input: one message saying
 what was expected and what was found, before TensorFlow starts a server and waits on peers. Parsing
 and the chief rule are plain Python (no TensorFlow), so they are checked before anything is loaded.
-Nothing trains through this module yet: issue 17's strategies are to build on it.
+The session asks it for this process's role, and (before TensorFlow joins the cluster, which has no
+bound of its own) for a bounded rendezvous of the workers.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import re
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -219,3 +221,109 @@ def local_cluster(workers: int, host: str = "127.0.0.1") -> list[ClusterConfig]:
         raise ClusterError(f"--workers: expected at least 1; got {workers}")
     addresses = [f"{host}:{port}" for port in free_ports(workers, host)]
     return [ClusterConfig({"worker": addresses}, "worker", index) for index in range(workers)]
+
+
+@dataclass(frozen=True)
+class Role:
+    """This process's part in a run: the strategy, and on several workers which one it is. Only the
+    chief writes the run directory; a single process is its own chief."""
+
+    strategy: str = "none"
+    cluster: ClusterConfig | None = None
+
+    @property
+    def is_chief(self) -> bool:
+        return self.cluster is None or self.cluster.is_chief
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.cluster is None else self.cluster.worker_rank
+
+    @property
+    def workers(self) -> int:
+        return 1 if self.cluster is None else self.cluster.num_workers
+
+    def describe(self) -> str:
+        if self.cluster is None:
+            return "this process"
+        return f"worker {self.rank} ({self.cluster.task_type}:{self.cluster.task_index})"
+
+
+def role_for(strategy: str, cluster: str, environ: Mapping[str, str] = os.environ) -> Role:
+    """The role the spec's `[distribution]` gives this process (its cluster read from the environment)."""
+    if strategy != "multi_worker":
+        return Role(strategy)
+    return Role(strategy, from_environment(cluster, environ))
+
+
+RENDEZVOUS_HELLO = b"runner-rendezvous "
+
+
+def _own_address(config: ClusterConfig) -> tuple[str, int]:
+    host, port = config.cluster[config.task_type][config.task_index].rsplit(":", 1)
+    host = host.strip("[]")
+    literal = re.fullmatch(r"[0-9.]+|[0-9A-Fa-f:]+", host) is not None
+    return (host if literal else "", int(port))  # a name: every interface (the cluster's resolves it)
+
+
+def _peers(config: ClusterConfig) -> dict[int, tuple[str, int]]:
+    ranked = [a for kind in TRAINING_TASKS for a in config.cluster.get(kind, [])]
+    peers = {}
+    for rank, address in enumerate(ranked):
+        if rank != config.worker_rank:
+            host, port = address.rsplit(":", 1)
+            peers[rank] = (host.strip("[]"), int(port))
+    return peers
+
+
+def rendezvous(config: ClusterConfig, timeout_s: float) -> None:
+    """Wait, at most `timeout_s`, until every worker of the cluster is up: each listens on its own
+    address and says hello to every other. TensorFlow's own join has no bound (a worker that never
+    starts keeps the others waiting for ever), so this bounded one comes first; a missing worker is
+    one ClusterError naming it. The listening socket is closed before TensorFlow takes the port."""
+    deadline = time.monotonic() + timeout_s
+    peers = _peers(config)
+    heard: set[int] = set()
+    reached: set[int] = set()
+    with socket.socket(socket.AF_INET6 if ":" in _own_address(config)[0] else socket.AF_INET) as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(_own_address(config))
+        server.listen(len(peers) + 4)
+        server.settimeout(0.2)
+        while heard != set(peers) or reached != set(peers):
+            if time.monotonic() > deadline:
+                missing = sorted(set(peers) - (heard & reached))
+                raise ClusterError(
+                    f"TF_CONFIG: worker {config.worker_rank} waited {timeout_s:g} s "
+                    f"(distribution.peer_timeout_s) for the cluster; worker(s) "
+                    f"{', '.join(f'{r} ({peers[r][0]}:{peers[r][1]})' for r in missing)} did not join"
+                )
+            reached |= {r for r in set(peers) - reached if _hello(peers[r], config.worker_rank)}
+            heard |= _accept_hellos(server)
+
+
+def _hello(address: tuple[str, int], rank: int) -> bool:
+    try:
+        with socket.create_connection(address, timeout=0.5) as connection:
+            connection.sendall(RENDEZVOUS_HELLO + str(rank).encode() + b"\n")
+        return True
+    except OSError:
+        return False
+
+
+def _accept_hellos(server: socket.socket) -> set[int]:
+    """The ranks that said hello (a peer's TensorFlow already probing this port is not one)."""
+    heard = set()
+    try:
+        while True:
+            connection, _ = server.accept()
+            with connection:
+                connection.settimeout(0.5)
+                try:
+                    message = connection.recv(64)
+                except OSError:
+                    continue
+                if message.startswith(RENDEZVOUS_HELLO):
+                    heard.add(int(message[len(RENDEZVOUS_HELLO) :].strip() or -1))
+    except (TimeoutError, BlockingIOError):
+        return heard

@@ -1,18 +1,20 @@
-"""The training loop's pieces: the optimizer and compile from the spec, steps per execution, the
-`fit` calls of a run (one per epoch) and timed steps. Callbacks watch it (callbacks.py); the session
-puts them together.
+"""The training loop: the optimizer and compile from the spec, how many steps each execution runs,
+the epochs of a run (a segment per epoch) driven through the engine (engine.py: runner's own
+strategy-aware step, one path for every tf.distribute strategy), and timed steps for `runner check`.
+Observers watch it (callbacks.py); the session puts them together.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from runner import compat
 from runner.checkpoints import Position
 from runner.spec import TrainingSpec
-from runner.telemetry import Segment
+from runner.telemetry import Segment, TrainingLog
 
 
 def make_optimizer(training: TrainingSpec) -> Any:
@@ -34,41 +36,61 @@ def make_optimizer(training: TrainingSpec) -> Any:
     return optimizers.RMSprop(lr, rho=opt.rho, momentum=opt.momentum, epsilon=opt.epsilon)
 
 
-def compile_model(model: Any, optimizer: Any, training: TrainingSpec, steps_per_execution: int = 1) -> None:
-    """Compile with the spec's settings; `steps_per_execution` is the resolved one (see below)."""
-    if training.steps_per_execution != "auto":
-        steps_per_execution = training.steps_per_execution
+def compile_model(model: Any, optimizer: Any, training: TrainingSpec) -> None:
+    """Compile with the spec's loss, metrics and optimizer (the engine runs the steps, not `fit`)."""
     compat.compile_model(
         model,
         optimizer,
         loss=compat.keras().losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
-        steps_per_execution=steps_per_execution,
         jit_compile=training.jit_compile,
     )
 
 
-AUTO_EXECUTION_S = 1.0  # "auto": about this much time per execution, timed on the eager probe step
+AUTO_EXECUTION_S = 1.0  # "auto": executions of about this long (responsive progress and Ctrl-C)
 AUTO_MAX_STEPS = 32  # measured: float32 gains nothing past 32 here (1.47x the tutorial at 32 and 128)
 
 
-def resolve_steps_per_execution(
-    setting: int | str, probe_seconds: float, steps_per_epoch: int
-) -> tuple[int, str]:
-    """The steps per execution to compile with, and why. "auto" fits as many steps as take about
-    AUTO_EXECUTION_S by the preflight's eager probe step (slower than a compiled one, so the real
-    execution is shorter): small models gain the fewer round trips, large ones keep a responsive
-    progress bar and Ctrl-C. It depends on a timing, so where the loss-scale history must match
-    step for step between runs, set a number (the model's numbers do not depend on it)."""
-    if setting != "auto":
-        return int(setting), "set by the spec"
-    fit = int(AUTO_EXECUTION_S / max(probe_seconds, 1e-6))
-    # A power of two: the same model on the same machine gets the same number run after run.
-    chosen = max(1, min(AUTO_MAX_STEPS, steps_per_epoch, 2 ** max(fit, 1).bit_length() // 2))
-    return chosen, (
-        f"auto: the probe step took {probe_seconds * 1000:.0f} ms, so {chosen} "
-        f"step{'s' if chosen > 1 else ''} per call (at most {AUTO_MAX_STEPS}, about {AUTO_EXECUTION_S:g} s)"
-    )
+@dataclass
+class ExecutionPlan:
+    """How many steps each execution runs. A number from the spec is used as it is. "auto" starts at
+    one step and doubles while an execution takes under half of AUTO_EXECUTION_S (halves past twice
+    it), up to AUTO_MAX_STEPS: a busy moment costs a few short executions, not a whole run at the
+    wrong setting. Executions also end at an epoch's end and at every `every_steps` multiple, so a
+    checkpoint's position never depends on the setting; nor do the numbers (the loss scale is
+    recorded at every step)."""
+
+    setting: int | str
+    every_steps: int | None = None
+    current: int = 1
+    largest: int = 1
+
+    def __post_init__(self) -> None:
+        if self.setting != "auto":
+            self.current = self.largest = int(self.setting)
+
+    def next(self, remaining: int, global_step: int) -> int:
+        steps = min(self.current, remaining)
+        if self.every_steps:
+            steps = min(steps, self.every_steps - global_step % self.every_steps)
+        return max(steps, 1)
+
+    def timed(self, steps: int, seconds: float) -> None:
+        if self.setting != "auto" or steps < self.current:  # a short execution says little
+            return
+        if seconds < AUTO_EXECUTION_S / 2:
+            self.current = min(self.current * 2, AUTO_MAX_STEPS)
+        elif seconds > AUTO_EXECUTION_S * 2:
+            self.current = max(self.current // 2, 1)
+        self.largest = max(self.largest, self.current)
+
+    def describe(self) -> tuple[int, str]:
+        if self.setting != "auto":
+            return self.current, "set by the spec"
+        return self.largest, (
+            f"auto: doubled from 1 while an execution took under {AUTO_EXECUTION_S / 2:g} s, "
+            f"up to {AUTO_MAX_STEPS}; reached {self.largest}"
+        )
 
 
 def time_steps(model: Any, x: Any, y: Any, steps: int) -> float:
@@ -87,28 +109,67 @@ def steps_per_epoch(train_images: int, batch_size: int) -> int:
     return -(-train_images // batch_size)
 
 
-def fit(
-    model: Any, train_ds: Any, val_ds: Any, segment: Segment, steps_per_epoch: int, callbacks: list
-) -> Any:
-    """One `fit` over `segment`; a resumed first epoch has only its remaining steps."""
-    return model.fit(
-        train_ds,
-        validation_data=val_ds,
-        initial_epoch=segment.first,
-        epochs=segment.stop,
-        steps_per_epoch=steps_per_epoch - segment.skip if segment.skip else steps_per_epoch,
-        callbacks=callbacks,
-        verbose=0,
-        shuffle=False,  # the pipeline shuffles, seeded by epoch
-    )
+def train_segment(
+    engine: Any,
+    data: tuple[Any, Any],
+    segment: Segment,
+    log: TrainingLog,
+    plan: ExecutionPlan,
+    observers: list[Any],
+    agree: Any,
+) -> None:
+    """Train `segment`'s epochs from `data` (its training dataset, and the validation one already
+    distributed, or None), calling the observers where Keras calls callbacks. `agree(plan)` runs at
+    each execution boundary: on several workers it makes a stop request and the next execution's
+    steps the same everywhere (peers that disagree would wait on each other in a collective)."""
+    model, (train_ds, val_ds) = engine.model, data
+    for observer in observers:
+        observer.set_model(model)
+        observer.on_train_begin()
+    model.stop_training = False
+    iterator = iter(engine.distribute(train_ds))
+    for epoch in range(segment.first, segment.stop):
+        model.reset_metrics()
+        for observer in observers:
+            observer.on_epoch_begin(epoch)
+        logs = _train_epoch(engine, iterator, segment, epoch, log, plan, observers, agree)
+        if not model.stop_training and val_ds is not None:
+            logs.update({f"val_{k}": v for k, v in engine.evaluate(val_ds).items()})
+        for observer in observers:
+            observer.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            return
+
+
+def _train_epoch(
+    engine: Any,
+    iterator: Any,
+    segment: Segment,
+    epoch: int,
+    log: TrainingLog,
+    plan: ExecutionPlan,
+    observers: list[Any],
+    agree: Any,
+) -> dict[str, float]:
+    model, steps = engine.model, segment.steps or 0
+    base = segment.skip if epoch == segment.first else 0
+    done, logs = base, {}
+    while done < steps and not model.stop_training:
+        n = plan.next(steps - done, log.steps)
+        started = time.perf_counter()
+        record = engine.train(iterator, n)
+        logs = engine.metrics()
+        plan.timed(n, time.perf_counter() - started)
+        agree(plan)  # with peers: the same stop and the same next execution on every worker
+        done += n
+        for observer in observers:
+            observer.on_train_batch_end(done - base - 1, logs, record)
+    return logs
 
 
 def segments(start: Position, epochs: int, steps: int) -> Iterator[Segment]:
-    """The `fit` calls from `start`, one per epoch (the first may be the rest of an interrupted one),
+    """The segments from `start`, one per epoch (the first may be the rest of an interrupted one),
     made one at a time: nothing is planned ahead, so `epochs = 10**9` costs nothing until it runs.
-
-    One epoch per `fit` because Keras 3, given steps_per_epoch, runs whole executions: 25 steps at
-    3 per execution would run 27, two of them from the next epoch's batches. A `fit` over one
-    epoch's batches ends where they do."""
+    Each has its own dataset (the epoch's shuffle, from the resumed step)."""
     for epoch in range(start.epoch, epochs):
         yield Segment(epoch, epoch + 1, start.step if epoch == start.epoch else 0, steps)

@@ -140,33 +140,70 @@ def first_step_probe(model: Any, x: Any, y: Any) -> dict[str, Any]:
 
     Gradients are taken twice: unscaled (are they finite at all?) and, under a LossScaleOptimizer,
     scaled by the current loss scale as training will (do they overflow float16?). Nothing is applied,
-    and variables a training-mode call updates (BatchNorm statistics) are put back.
+    and variables a training-mode call updates (BatchNorm statistics) are put back. Under a
+    distributed strategy the batch is split over the replicas and the gradients are all-reduced, as
+    in training (every worker takes part).
     """
     tf = compat.tensorflow()
-    optimizer = model.optimizer
-    scaled = compat.is_loss_scale_optimizer(optimizer)
     snapshot = [v.numpy() for v in model.variables]
-    x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
     start = time.perf_counter()
     try:
-        with tf.GradientTape(persistent=True) as tape:
-            y_pred = model(x, training=True)
-            loss = model.compute_loss(x=x, y=y, y_pred=y_pred)
-            scaled_loss = compat.scale_loss(optimizer, loss) if scaled else loss
+        if tf.distribute.has_strategy():
+            loss, grads, scaled_grads = _replicated_gradients(tf, model, x, y)
+        else:
+            loss, grads, scaled_grads = _gradients(
+                tf, model, tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+            )
         variables = model.trainable_variables
         result: dict[str, Any] = {
             "loss": float(loss),
-            "nonfinite_gradients": _nonfinite(tf, tape.gradient(loss, variables), variables),
-            "scale": compat.current_loss_scale(optimizer),
+            "nonfinite_gradients": _nonfinite(tf, grads, variables),
+            "scale": compat.current_loss_scale(model.optimizer),
+            "seconds": time.perf_counter() - start,  # an eager step: an upper bound of a compiled one
         }
-        result["seconds"] = time.perf_counter() - start  # an eager step: an upper bound of a compiled one
-        if scaled:
-            result["overflowed_gradients"] = _nonfinite(tf, tape.gradient(scaled_loss, variables), variables)
-        del tape
+        if scaled_grads is not None:
+            result["overflowed_gradients"] = _nonfinite(tf, scaled_grads, variables)
     finally:
         for variable, value in zip(model.variables, snapshot, strict=True):
             variable.assign(value)
     return result
+
+
+def _gradients(tf: Any, model: Any, x: Any, y: Any) -> tuple[Any, list, list | None]:
+    """The loss, its gradients, and (under loss scaling) the scaled loss's gradients."""
+    optimizer = model.optimizer
+    scaled = compat.is_loss_scale_optimizer(optimizer)
+    with tf.GradientTape(persistent=True) as tape:
+        y_pred = model(x, training=True)
+        loss = model.compute_loss(x=x, y=y, y_pred=y_pred)
+        scaled_loss = compat.scale_loss(optimizer, loss) if scaled else loss
+    variables = model.trainable_variables
+    grads = tape.gradient(loss, variables)
+    scaled_grads = tape.gradient(scaled_loss, variables) if scaled else None
+    del tape
+    return loss, grads, scaled_grads
+
+
+def _replicated_gradients(tf: Any, model: Any, x: Any, y: Any) -> tuple[Any, list, list | None]:
+    """`_gradients` on every replica's share of the batch, summed over the replicas (each replica's
+    loss is already divided by their number, as in a training step)."""
+    strategy = tf.distribute.get_strategy()
+    count = int(strategy.num_replicas_in_sync)
+    xs, ys = np.array_split(np.asarray(x), count), np.array_split(np.asarray(y), count)
+    shares = strategy.experimental_distribute_values_from_function(
+        lambda context: (xs[context.replica_id_in_sync_group], ys[context.replica_id_in_sync_group])
+    )
+    variables = model.trainable_variables
+
+    def replica_step(share: Any) -> Any:
+        loss, grads, scaled_grads = _gradients(tf, model, tf.convert_to_tensor(share[0]), share[1])
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)]
+        summed = tf.distribute.get_replica_context().all_reduce("SUM", [loss, *grads, *(scaled_grads or [])])
+        return summed
+
+    summed = strategy.experimental_local_results(strategy.run(tf.function(replica_step), args=(shares,)))[0]
+    n = len(variables)
+    return summed[0], summed[1 : 1 + n], (summed[1 + n :] or None)
 
 
 # CPU features with which oneDNN computes in the dtype natively (else it converts, element by element).

@@ -12,6 +12,7 @@ from typing import Any
 
 from runner import checkpoints, runs
 from runner.checks import NON_COMPUTING, Finding, exemption
+from runner.distribution import Role
 from runner.spec import ExperimentSpec, spec_hash, spec_to_dict
 from runner.telemetry import StopRequest, TrainingLog
 
@@ -36,6 +37,9 @@ class RunState:
     resume_from: tuple[str, dict[str, Any]] | None = None  # checkpoint (name, meta) to continue from
     resumes: list[dict[str, Any]] = field(default_factory=list)
     stop: StopRequest = field(default_factory=StopRequest)
+    role: Role = field(default_factory=Role)  # which worker this process is (one process: the chief)
+    distribution: dict[str, Any] = field(default_factory=dict)  # strategy, workers, replicas, batches
+    weights_sha256: str | None = None  # of the final weights, once training completed
 
 
 def _most_common(values: list[str]) -> str | None:
@@ -78,6 +82,7 @@ def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
             "test_accuracy": state.test_metrics.get("test_accuracy"),
         },
         "performance": performance,
+        "distribution": state.distribution or None,
         "divergence": _divergence(state, checkpoint),
         "resumes": state.resumes,
         "checkpoint": checkpoint,

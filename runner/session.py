@@ -10,6 +10,7 @@ import contextlib
 import gc
 import json
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -19,13 +20,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from runner import checkpoints, checks, compare, compat, documents, exits, loop, precision, runs
 from runner.data import Splits, load_data, pipeline, train_pipeline
+from runner.distribution import ClusterConfig, ClusterError, Role, role_for
 from runner.events import EventSink, Note, RunFinished, RunStarted, ignore
 from runner.models import build_model
 from runner.record import RunState, make_report, performance
 from runner.spec import (
     BadInput,
+    DistributionSpec,
     ExperimentSpec,
     PrecisionSpec,
     SpecValueError,
@@ -47,14 +52,13 @@ class RunOutcome:
 
 
 @contextlib.contextmanager
-def device_scope(device: str) -> Iterator[Any]:
-    """Place the run on the spec's device and enter a tf.distribute strategy scope.
-
-    The default strategy today; mirrored or multi-worker training becomes a spec field, not a rewrite.
-    """
+def device_scope(device: str, strategy: Any = None) -> Iterator[Any]:
+    """Enter the run's tf.distribute strategy's scope (the default strategy's, placed on the spec's
+    device, unless a distributed one is given: that one places its replicas)."""
     tf = compat.tensorflow()
-    placement = tf.device("/CPU:0") if device == "cpu" else contextlib.nullcontext()
-    strategy = tf.distribute.get_strategy()
+    one_device = strategy is None
+    placement = tf.device("/CPU:0") if device == "cpu" and one_device else contextlib.nullcontext()
+    strategy = strategy or tf.distribute.get_strategy()
     with placement, strategy.scope():
         yield strategy
 
@@ -77,18 +81,25 @@ def _build(spec: ExperimentSpec, splits: Splits) -> tuple[Any, Any]:
     return model, optimizer
 
 
-def _callbacks(
+def _observers(
     state: RunState, segment: Any, n_train: int, emit: EventSink, restore_metrics: Any
 ) -> list[Any]:
-    from runner import callbacks  # imports Keras: only when training
+    from runner import callbacks  # imports TensorFlow: only when training
 
-    spec, run_dir = state.spec, state.run_dir
+    spec, run_dir, chief = state.spec, state.run_dir, state.role.is_chief
     batch = spec.data.batch_size
     max_skipped = spec.checks.max_consecutive_skipped_steps
+    metrics_path = run_dir / "metrics.jsonl" if chief else None
     return [
-        callbacks.Telemetry(state.log, batch, n_train, segment, run_dir / "metrics.jsonl", max_skipped, emit),
+        callbacks.Telemetry(state.log, batch, n_train, segment, metrics_path, max_skipped, emit),
         callbacks.Checkpoints(
-            run_dir, state.log, segment, state.stop, spec.runtime.checkpoint_every_steps, restore_metrics
+            run_dir,
+            state.log,
+            segment,
+            state.stop,
+            spec.runtime.checkpoint_every_steps,
+            restore_metrics,
+            write=chief,
         ),
         callbacks.ProgressEvents(emit, spec.training.epochs, segment.steps, batch, segment),
     ]
@@ -97,15 +108,27 @@ def _callbacks(
 def _summaries(state: RunState) -> list[Any]:
     from runner import callbacks
 
-    return (
-        [callbacks.EpochSummaries(state.log, state.run_dir / "tensorboard")]
-        if state.spec.runtime.tensorboard
-        else []
-    )
+    wanted = state.spec.runtime.tensorboard and state.role.is_chief
+    return [callbacks.EpochSummaries(state.log, state.run_dir / "tensorboard")] if wanted else []
 
 
-def _train(state: RunState, model: Any, splits: Splits, emit: EventSink) -> None:
-    """fit from the start or from the checkpoint being resumed, then evaluate on the test split."""
+def _agreement(engine: Any, state: RunState) -> Any:
+    """What the workers settle at each execution boundary: a stop asked on any worker stops all at
+    the same step, and all run the chief's number of steps next."""
+    role = state.role
+
+    def agree(plan: loop.ExecutionPlan) -> None:
+        if role.workers == 1:
+            return
+        stop, plan.current = engine.agree(state.stop.signal is not None, plan.current, role.is_chief)
+        if stop and state.stop.signal is None:
+            state.stop.signal = "a stop request on another worker"
+
+    return agree
+
+
+def _train(state: RunState, engine: Any, splits: Splits, emit: EventSink) -> None:
+    """Train from the start or from the checkpoint being resumed, then evaluate on the test split."""
     spec = state.spec
     batch, n_train = spec.data.batch_size, len(splits.y_train)
     steps = loop.steps_per_epoch(n_train, batch)
@@ -114,8 +137,9 @@ def _train(state: RunState, model: Any, splits: Splits, emit: EventSink) -> None
         if state.resume_from
         else checkpoints.Position()
     )
-    val_ds = pipeline(splits.x_val, splits.y_val, batch) if len(splits.y_val) else None
-    summaries = _summaries(state)
+    val = engine.distribute(pipeline(splits.x_val, splits.y_val, batch)) if len(splits.y_val) else None
+    plan = loop.ExecutionPlan(spec.training.steps_per_execution, spec.runtime.checkpoint_every_steps)
+    agree, summaries = _agreement(engine, state), _summaries(state)
     try:
         for segment in loop.segments(start, spec.training.epochs, steps):
             epochs = range(segment.first, segment.stop)
@@ -123,26 +147,41 @@ def _train(state: RunState, model: Any, splits: Splits, emit: EventSink) -> None
                 splits.x_train, splits.y_train, batch, spec.data.shuffle_seed, epochs, segment.skip
             )
             restore_metrics = partial(_restore_metrics, state, splits) if segment.skip else None
-            callbacks = _callbacks(state, segment, n_train, emit, restore_metrics)
-            loop.fit(model, train_ds, val_ds, segment, steps, [*callbacks, *summaries])
+            observers = [*_observers(state, segment, n_train, emit, restore_metrics), *summaries]
+            loop.train_segment(engine, (train_ds, val), segment, state.log, plan, observers, agree)
             if state.log.diverged_at_step is not None:
                 state.status, state.error = "diverged", state.log.divergence
                 return
     finally:
+        state.log.steps_per_execution = plan.describe()
         for summary in summaries:
             summary.close()
-    results = model.evaluate(pipeline(splits.x_test, splits.y_test, batch), verbose=0, return_dict=True)
-    state.test_metrics = {"test_loss": float(results["loss"]), "test_accuracy": float(results["accuracy"])}
+    results = engine.evaluate(engine.distribute(pipeline(splits.x_test, splits.y_test, batch)))
+    state.test_metrics = {"test_loss": results["loss"], "test_accuracy": results["accuracy"]}
     state.status = "completed"
+    state.findings.append(_replicas_in_sync(engine, state))
+
+
+def _replicas_in_sync(engine: Any, state: RunState) -> checks.Finding:
+    """Every worker's final weights (a SHA-256 each, gathered over the cluster) and every device's copy."""
+    from runner.engine import all_sum, replicas_differing, weights_digest
+
+    digest = weights_digest(engine.model)
+    table = np.zeros((state.role.workers, 32))
+    table[state.role.rank] = np.frombuffer(bytes.fromhex(digest), np.uint8)
+    gathered = all_sum(engine.strategy, table, state.role.workers).round().astype(np.uint8)
+    state.weights_sha256 = digest
+    digests = [row.tobytes().hex() for row in gathered]
+    return checks.check_replicas_in_sync(digests, replicas_differing(engine.model))
 
 
 def _restore_metrics(state: RunState, splits: Splits, model: Any) -> None:
-    """Put back the running means of the epoch a resume starts in the middle of (Keras has just reset
-    them). The compiled metrics are built lazily, so one inference call on a batch builds them first."""
+    """Put back the running means of the epoch a resume starts in the middle of (the loop has just
+    reset them). Totals are summed over workers: the chief alone holds the saved ones."""
     assert state.resume_from is not None  # only a resume has metrics to put back
-    compat.build_metrics(model, splits.x_train[:1], splits.y_train[:1])
-    name, meta = state.resume_from
-    checkpoints.restore(state.run_dir, name, meta, model, groups=("metrics",))
+    if state.role.is_chief:
+        name, meta = state.resume_from
+        checkpoints.restore(state.run_dir, name, meta, model, groups=("metrics",))
 
 
 def _loss_scale_summary(state: RunState, optimizer: Any) -> dict[str, Any]:
@@ -165,11 +204,11 @@ def preflight(
 
 
 @contextlib.contextmanager
-def training_scope(spec: ExperimentSpec) -> Iterator[None]:
+def training_scope(spec: ExperimentSpec, strategy: Any = None) -> Iterator[None]:
     """Everything a model is built and trained inside, the same for run, resume and check: the device
     and strategy, the dtype policy (restored after), the seeds, and deterministic ops if asked."""
     with (
-        device_scope(spec.runtime.device),
+        device_scope(spec.runtime.device, strategy),
         precision.policy_scope(spec.precision.policy),
         precision.seeded(spec.seed),
         compat.op_determinism(spec.runtime.deterministic),
@@ -177,26 +216,33 @@ def training_scope(spec: ExperimentSpec) -> Iterator[None]:
         yield
 
 
-def _train_checked(state: RunState, splits: Splits, emit: EventSink) -> None:
+def _ready_to_train(model: Any, splits: Splits) -> None:
+    """Create the optimizer's and the metrics' variables now, under the strategy's scope (a
+    compiled step cannot create them on its replicas), and leave the metrics at zero."""
+    compat.build_optimizer(model.optimizer, model.trainable_variables)
+    compat.build_metrics(model, splits.x_train[:1], splits.y_train[:1])
+    model.reset_metrics()
+
+
+def _train_checked(state: RunState, splits: Splits, emit: EventSink, strategy: Any) -> None:
     """Build, preflight, stop on a failed invariant, else train and evaluate: inside the policy scope."""
     spec = state.spec
-    with training_scope(spec):
+    with training_scope(spec, strategy):
         model, optimizer = _build(spec, splits)
-        state.audit, state.findings, probe = preflight(model, optimizer, spec, splits)
+        state.audit, state.findings, _ = preflight(model, optimizer, spec, splits)
         if checks.blocking(state.findings):
             state.status, state.error = "failed", PREFLIGHT_FAILED
             return
-        setting = spec.training.steps_per_execution
-        if state.log.steps_per_execution is None or setting != "auto":  # a resume keeps its "auto"
-            steps = loop.steps_per_epoch(len(splits.y_train), spec.data.batch_size)
-            state.log.steps_per_execution = loop.resolve_steps_per_execution(setting, probe["seconds"], steps)
-        if setting == "auto":  # compiled with 1 until now
-            loop.compile_model(model, optimizer, spec.training, state.log.steps_per_execution[0])
+        _ready_to_train(model, splits)
         if state.resume_from is not None:
             name, meta = state.resume_from
             checkpoints.restore(state.run_dir, name, meta, model, groups=("model", "optimizer"))
+        from runner.engine import Engine  # imports TensorFlow: only when training
+
+        strategy = compat.tensorflow().distribute.get_strategy()
+        engine = Engine(model, strategy, jit_compile=spec.training.jit_compile, workers=state.role.workers)
         try:
-            _train(state, model, splits, emit)
+            _train(state, engine, splits, emit)
         finally:
             state.loss_scale = _loss_scale_summary(state, optimizer)
 
@@ -232,19 +278,57 @@ def _release_previous_run() -> None:
     runs.reset_peak_host_memory()
 
 
-def _prepare(spec: ExperimentSpec) -> tuple[Splits, dict[str, Any]]:
-    """What a run or a resume needs before touching its directory: the data (a DataError leaves
-    nothing behind), TensorFlow, the device, and the environment."""
+@dataclass
+class Setup:
+    """What a run or a resume has before it touches its directory."""
+
+    splits: Splits
+    environment: dict[str, Any]
+    role: Role
+    strategy: Any  # None: the default strategy (one device)
+
+
+def _prepare(spec: ExperimentSpec, role: Role) -> Setup:
+    """The data (a DataError leaves nothing behind), TensorFlow, the device, the strategy (several
+    workers join their cluster here), and the environment."""
     _release_previous_run()
     splits = load_data(spec.data, spec.seed)
     compat.keras()  # the slow import: after the data (a missing archive fails fast), before the bars
     require_device(spec.runtime.device)
-    return splits, runs.environment_info()
+    strategy = None
+    if spec.distribution.strategy != "none":
+        from runner.engine import make_strategy
+
+        strategy = make_strategy(spec.distribution, role, spec.runtime.device)
+        replicas = int(strategy.num_replicas_in_sync)
+        if spec.data.batch_size % replicas:
+            raise SpecValueError(
+                f"data.batch_size: expected a multiple of the {replicas} replicas (the global batch split "
+                f"evenly); got {spec.data.batch_size}"
+            )
+    return Setup(splits, runs.environment_info(), role, strategy)
 
 
-def _new_state(spec: ExperimentSpec, run_dir: Path, environment: dict[str, Any], splits: Splits) -> RunState:
+def _distribution(spec: ExperimentSpec, setup: Setup) -> dict[str, Any]:
+    replicas = int(setup.strategy.num_replicas_in_sync) if setup.strategy is not None else 1
+    return {
+        "strategy": spec.distribution.strategy,
+        "workers": setup.role.workers,
+        "replicas": replicas,
+        "global_batch": spec.data.batch_size,
+        "per_replica_batch": spec.data.batch_size // replicas,
+        "devices": [] if setup.strategy is None else list(setup.strategy.extended.worker_devices),
+    }
+
+
+def _new_state(spec: ExperimentSpec, run_dir: Path, setup: Setup) -> RunState:
+    environment = setup.environment
     fast, why = precision.mixed_precision_advice(spec.precision.policy, environment["device_facts"])
-    return RunState(spec, run_dir, environment, splits.summary(), advice={"faster": fast, "detail": why})
+    state = RunState(
+        spec, run_dir, environment, setup.splits.summary(), advice={"faster": fast, "detail": why}
+    )
+    state.role, state.distribution = setup.role, _distribution(spec, setup)
+    return state
 
 
 @contextlib.contextmanager
@@ -269,28 +353,64 @@ def _new_run_dir(spec: ExperimentSpec, output: Path, environment: dict[str, Any]
             raise
 
 
+@contextlib.contextmanager
+def _run_dir(spec: ExperimentSpec, output: Path, setup: Setup) -> Iterator[Path]:
+    """The run directory: the chief creates it; on several workers it tells the others its path,
+    and every worker must see it (shared storage) or none starts."""
+    if setup.role.is_chief:
+        with _new_run_dir(spec, output, setup.environment) as run_dir:
+            if setup.role.workers > 1:
+                _share_run_dir(setup, output, run_dir)
+            yield run_dir
+    else:
+        yield _share_run_dir(setup, output, None)
+
+
+def _share_run_dir(setup: Setup, output: Path, run_dir: Path | None) -> Path:
+    from runner.engine import all_sum, broadcast_text
+
+    role, strategy = setup.role, setup.strategy
+    path = Path(broadcast_text(strategy, None if run_dir is None else str(run_dir.resolve()), role.workers))
+    seen = np.zeros(role.workers)
+    seen[role.rank] = float(path.is_dir())
+    blind = [rank for rank, ok in enumerate(all_sum(strategy, seen, role.workers)) if ok < 0.5]
+    if blind:
+        raise ClusterError(
+            f"--output {output}: worker(s) {', '.join(map(str, blind))} cannot see the run directory "
+            f"{path} the chief created there; expected storage every worker sees (a shared filesystem)"
+        )
+    return path
+
+
+def _role(spec: ExperimentSpec) -> Role:
+    return role_for(spec.distribution.strategy, spec.distribution.cluster)
+
+
 def run_experiment(spec: ExperimentSpec, output: Path, emit: EventSink = ignore) -> RunOutcome:
     """Run one experiment; bad input raises BadInput (and leaves no run directory), everything else
-    ends in a report."""
+    ends in a report. On several workers every one calls this; the chief's outcome is the run's."""
+    role = _role(spec)  # a bad TF_CONFIG is bad input before anything loads
     runs.require_writable(output)  # before the data and TensorFlow take their seconds
-    splits, environment = _prepare(spec)
-    with _new_run_dir(spec, output, environment) as run_dir:
-        return _execute(_new_state(spec, run_dir, environment, splits), splits, emit)
+    setup = _prepare(spec, role)
+    with _run_dir(spec, output, setup) as run_dir:
+        return _execute(_new_state(spec, run_dir, setup), setup, emit)
 
 
 def resume_experiment(run_dir: Path, emit: EventSink = ignore) -> RunOutcome:
     """Continue an unfinished run from its newest checkpoint that reads back whole (from the start if
-    it has none). The run directory is locked first: a run still training in it is not joined."""
+    it has none). The run directory is locked first: a run still training in it is not joined.
+    On several workers each runs this with the same directory; the chief alone locks and writes."""
     spec = load_spec(run_dir / "spec.toml")
-    with runs.run_lock(run_dir):
+    role = _role(spec)
+    with runs.run_lock(run_dir) if role.is_chief else contextlib.nullcontext():
         previous = compare.load_report(run_dir) if (run_dir / "report.json").exists() else {}
         if previous.get("status") == "completed":
             raise BadInput(f"{run_dir}: this run completed; nothing to resume")
-        splits, environment = _prepare(spec)
+        setup = _prepare(spec, role)
         found, skipped = checkpoints.latest_restorable(run_dir)
         for reason in skipped:
             emit(Note(f"checkpoint skipped, {reason}", "warning"))
-        state = _new_state(spec, run_dir, environment, splits)
+        state = _new_state(spec, run_dir, setup)
         state.started_at = previous.get("started_at", state.started_at)
         state.resume_from = found
         state.resumes = [
@@ -299,43 +419,95 @@ def resume_experiment(run_dir: Path, emit: EventSink = ignore) -> RunOutcome:
         ]
         if found is not None:
             state.log = TrainingLog.from_state(found[1]["state"])
-        # Epochs after the checkpoint will run again: their lines (a kill can leave one) go.
-        done = found[1]["position"]["epoch"] if found else 0
-        kept = [r for r in runs.read_jsonl(run_dir / "metrics.jsonl") if r.get("epoch", 0) <= done]
-        runs.write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
-        return _execute(state, splits, emit)
+        if role.is_chief:  # epochs after the checkpoint will run again: their lines (a kill can leave one) go
+            done = found[1]["position"]["epoch"] if found else 0
+            kept = [r for r in runs.read_jsonl(run_dir / "metrics.jsonl") if r.get("epoch", 0) <= done]
+            runs.write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        return _execute(state, setup, emit)
 
 
-def _execute(state: RunState, splits: Splits, emit: EventSink) -> RunOutcome:
-    policy_before = compat.global_policy_name()
-    bad_input: BadInput | None = None
-    emit(RunStarted(state.run_dir, state.spec.name, state.advice["faster"], state.advice["detail"]))
-    with compat.native_stderr_to(state.run_dir / "tensorflow.log"), stop_on_signals(state.stop):
-        try:
-            _train_checked(state, splits, emit)
-        except StopTraining as exc:
-            state.status, state.error = "interrupted", f"interrupted by {exc}"
-        except KeyboardInterrupt:
-            state.status, state.error = (
-                "interrupted",
-                "interrupted at once (second signal): the last checkpoint stands",
-            )
-        except BadInput as exc:  # a model the spec names but that cannot be built
-            state.status, state.error, bad_input = "failed", str(exc), exc
-        except Exception as exc:  # noqa: BLE001 - a crash still writes its report
-            state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
+def _failure(exc: Exception, role: Role) -> str:
+    """A crash in words; on several workers, a peer lost in a collective is named."""
+    text = f"{type(exc).__name__}: {exc}"
+    found = re.search(r"/job:(chief|worker)/replica:\d+/task:(\d+)", str(exc))
+    if role.cluster is None or found is None or "Error" not in type(exc).__name__:
+        return text
+    lost = ClusterConfig(role.cluster.cluster, found.group(1), int(found.group(2)))
+    return (
+        f"lost worker {lost.worker_rank} ({lost.task_type}:{lost.task_index} at "
+        f"{lost.cluster[lost.task_type][lost.task_index]}): the cluster's collectives failed "
+        f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}); the last checkpoint "
+        "stands: resume with `runner resume RUN_DIR` on every worker"
+    )
+
+
+def _attempt(state: RunState, setup: Setup, emit: EventSink) -> BadInput | None:
+    """Build and train, turning every way it can end into the state's status and error."""
+    try:
+        _train_checked(state, setup.splits, emit, setup.strategy)
+    except StopTraining as exc:
+        state.status, state.error = "interrupted", f"interrupted by {exc}"
+    except KeyboardInterrupt:
+        state.status, state.error = (
+            "interrupted",
+            "interrupted at once (second signal): the last checkpoint stands",
+        )
+    except BadInput as exc:  # a model the spec names but that cannot be built
+        state.status, state.error = "failed", str(exc)
+        return exc
+    except Exception as exc:  # noqa: BLE001 - a crash still writes its report
+        state.status, state.error = "failed", _failure(exc, state.role)
+        if state.role.is_chief:
             runs.write_text_atomic(state.run_dir / "error.txt", traceback.format_exc())
-    if state.status == "completed":  # a crash an earlier attempt left is not this run's error
+    return None
+
+
+def _execute(state: RunState, setup: Setup, emit: EventSink) -> RunOutcome:
+    policy_before = compat.global_policy_name()
+    chief = state.role.is_chief
+    emit(RunStarted(state.run_dir, state.spec.name, state.advice["faster"], state.advice["detail"]))
+    native_log = compat.native_stderr_to(state.run_dir / "tensorflow.log") if chief else _nothing()
+    with native_log, stop_on_signals(state.stop):
+        bad_input = _attempt(state, setup, emit)
+    if state.status == "completed" and chief:  # a crash an earlier attempt left is not this run's error
         (state.run_dir / "error.txt").unlink(missing_ok=True)
     state.findings = state.findings + _post_findings(state, policy_before)
     data = make_report(state, performance(state.log, state.spec.data.batch_size))
-    runs.write_json_atomic(state.run_dir / "report.json", data)
-    _write_documents(state.run_dir, data, emit)
+    if state.role.workers > 1:
+        _write_worker_file(state)
+    if chief:
+        runs.write_json_atomic(state.run_dir / "report.json", data)
+        _write_documents(state.run_dir, data, emit)
     if bad_input is not None:
         raise bad_input
     outcome = RunOutcome(state.status, _exit_code(state), state.run_dir, data)
     emit(RunFinished(outcome.run_dir, outcome.status, outcome.exit_code))
     return outcome
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _write_worker_file(state: RunState) -> None:
+    """`workers/worker-<rank>.json`: what this worker ended with, for the chief's report and for you."""
+    role = state.role
+    assert role.cluster is not None
+    folder = state.run_dir / "workers"
+    folder.mkdir(exist_ok=True)
+    record = {
+        "rank": role.rank,
+        "task": {"type": role.cluster.task_type, "index": role.cluster.task_index},
+        "address": role.cluster.cluster[role.cluster.task_type][role.cluster.task_index],
+        "is_chief": role.is_chief,
+        "status": state.status,
+        "error": state.error,
+        "steps": state.log.steps,
+        "weights_sha256": state.weights_sha256,
+        "finished_at": runs.utc_now(),
+    }
+    runs.write_json_atomic(folder / f"worker-{role.rank}.json", record)
 
 
 STRICT_DOCUMENTS = (
@@ -385,7 +557,10 @@ def _time_against_float32(spec: ExperimentSpec, splits: Splits, model: Any, step
 
 def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcome:
     """Build under the policy, audit every layer, probe one step, time policy against float32."""
-    splits, environment = _prepare(spec)
+    # On one device, whatever the spec's strategy: a distributed run checks its own in its preflight.
+    spec = spec.model_copy(update={"distribution": DistributionSpec()})
+    setup = _prepare(spec, Role())
+    splits, environment = setup.splits, setup.environment
     policy_before = compat.global_policy_name()
     timing = None
     with compat.native_stderr_to(os.devnull), training_scope(spec):

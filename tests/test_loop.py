@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runner import compat, precision
-from runner.loop import make_optimizer, resolve_steps_per_execution
+from runner.loop import AUTO_EXECUTION_S, AUTO_MAX_STEPS, ExecutionPlan, make_optimizer
 from runner.spec import PrecisionSpec, TrainingSpec
 from runner.telemetry import LossScaleTracker
 
@@ -97,17 +97,33 @@ def test_tracker_thins_a_long_history_but_keeps_min_and_counts_exact():
     assert tracker.history[0] == (0, 2.0) and tracker.history[-1][0] == 1000
 
 
-@pytest.mark.parametrize(
-    ("setting", "probe_seconds", "steps_per_epoch", "chosen"),
-    [
-        (8, 0.001, 100, 8),  # the spec's number is what runs
-        ("auto", 0.010, 1563, 32),  # a small model: capped at 32
-        ("auto", 0.300, 1563, 2),  # about a second of probe steps (3), as a power of two
-        ("auto", 4.0, 1563, 1),  # a large model: one step per call, a responsive Ctrl-C
-        ("auto", 0.001, 5, 5),  # never more than an epoch
-    ],
-)
-def test_steps_per_execution_resolution(setting, probe_seconds, steps_per_epoch, chosen):
-    n, why = resolve_steps_per_execution(setting, probe_seconds, steps_per_epoch)
-    assert n == chosen
-    assert ("auto" in why) == (setting == "auto")
+def test_a_number_from_the_spec_is_what_runs_and_executions_end_at_epochs_and_checkpoints():
+    plan = ExecutionPlan(8, every_steps=20)
+    assert plan.next(remaining=100, global_step=0) == 8
+    assert plan.next(remaining=5, global_step=0) == 5  # the epoch's end
+    assert plan.next(remaining=100, global_step=16) == 4  # the checkpoint at step 20
+    plan.timed(8, 10.0)  # a number is never changed by a timing
+    assert plan.describe() == (8, "set by the spec")
+
+
+def test_auto_grows_while_executions_are_short_and_shrinks_when_long():
+    plan = ExecutionPlan("auto")
+    seen = []
+    for _ in range(8):  # a small model: 10 ms a step
+        steps = plan.next(remaining=10_000, global_step=0)
+        seen.append(steps)
+        plan.timed(steps, steps * 0.010)
+    assert seen == [1, 2, 4, 8, 16, 32, 32, 32]  # capped at AUTO_MAX_STEPS
+    plan.timed(32, 5 * AUTO_EXECUTION_S)  # the machine got busy: a shorter execution next
+    assert plan.next(remaining=10_000, global_step=0) == 16
+    plan.timed(3, 0.001)  # an epoch's short last execution says nothing of the next
+    assert plan.current == 16
+    largest, why = plan.describe()
+    assert largest == AUTO_MAX_STEPS and "auto" in why
+
+
+def test_auto_stays_at_one_step_for_a_slow_model():
+    plan = ExecutionPlan("auto")
+    for _ in range(5):
+        plan.timed(plan.next(remaining=1000, global_step=0), 3 * AUTO_EXECUTION_S)
+    assert plan.current == 1

@@ -150,7 +150,7 @@ def test_a_crash_mid_run_still_writes_a_report(write_spec, tmp_path, monkeypatch
     def boom(*args, **kwargs):
         raise MemoryError("simulated out of memory")
 
-    monkeypatch.setattr(loop, "fit", boom)
+    monkeypatch.setattr(loop, "train_segment", boom)
     outcome = _run(write_spec, tmp_path)
     assert (outcome.status, outcome.exit_code) == ("failed", 3)
     report = json.loads((outcome.run_dir / "report.json").read_text())
