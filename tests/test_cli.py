@@ -17,7 +17,7 @@ cli = CliRunner()
 
 
 # The CLI contract (DESIGN.md): every command a user may type.
-COMMANDS = {"run", "validate", "check", "compare", "report", "resume", "env", "schema"}
+COMMANDS = {"run", "validate", "check", "compare", "report", "resume", "env", "schema", "launch"}
 
 
 def _listed_commands(help_text: str) -> list[str]:
