@@ -28,7 +28,7 @@ import typer
 
 from runner import exits
 from runner.distribution import ClusterConfig, ClusterError, from_environment
-from runner.spec import BadInput, ExperimentSpec
+from runner.spec import BadInput, DistributionSpec, ExperimentSpec
 
 LOCALHOST = "127.0.0.1"
 INSTALL_HINT = "pip install -e '.[ray]'"
@@ -161,6 +161,8 @@ def foreign_addresses(cluster: ClusterConfig) -> list[str]:
 
 
 def worker_outcome(work: Work, rank: int) -> WorkerOutcome:
+    """`work` with this worker's cluster, once TF_CONFIG is checked: runner's rules, every address on
+    127.0.0.1, and this worker's task index Ray's rank (so worker 0, the chief, writes the run)."""
     try:
         cluster = from_environment("tf_config")
     except ClusterError as exc:
@@ -220,7 +222,7 @@ def run_on_workers(
             run_config=RunConfig(name=name, storage_path=storage),
         )
         try:
-            result = bounded(trainer.fit, timeout_s, f"{workers} Ray Train workers")
+            result = bounded(trainer.fit, timeout_s, f"the job on {workers} Ray Train workers")
         except ray.train.TrainingFailedError as exc:
             raise RayRunError(f"a Ray Train worker failed: {exc}") from None
         return _read_outcomes(result, workers)
@@ -236,7 +238,8 @@ def multi_worker_spec(spec: ExperimentSpec) -> ExperimentSpec:
             f'sets TF_CONFIG); got strategy = "{distribution.strategy}", cluster = "{distribution.cluster}"'
         )
     update = {"strategy": "multi_worker", "cluster": "tf_config"}
-    return spec.model_copy(update={"distribution": distribution.model_copy(update=update)})
+    checked = DistributionSpec.model_validate({**distribution.model_dump(), **update})
+    return spec.model_copy(update={"distribution": checked})
 
 
 def experiment_on_worker(spec: ExperimentSpec, output: Path, cluster: ClusterConfig) -> WorkerOutcome:
