@@ -158,9 +158,14 @@ def latest_restorable(run_dir: Path) -> tuple[tuple[str, dict[str, Any]] | None,
 
 
 def restore(
-    run_dir: Path, name: str, meta: dict[str, Any], model: Any, groups: tuple[str, ...] = GROUPS
+    run_dir: Path,
+    name: str,
+    meta: dict[str, Any],
+    model: Any,
+    groups: tuple[str, ...] = GROUPS,
 ) -> None:
-    """Assign a checkpoint's values to `model`'s variables, after checking they are the same ones."""
+    """Assign a checkpoint's values to `model`'s variables, after checking they are the same ones.
+    Every worker of a cluster calls this (the metrics' totals are sums over the replicas)."""
     compat.build_optimizer(model.optimizer, model.trainable_variables)
     with np.load(run_dir / "checkpoints" / f"{name}.npz") as arrays:
         for group in groups:
@@ -172,10 +177,14 @@ def restore(
                     f"{name}: its {group} variables ({len(saved)}) are not this model's ({len(variables)}): "
                     "was the spec or the code changed since?"
                 )
-            for i, variable in enumerate(variables):
-                value = arrays[f"{group}/{i}"]
+            values = [arrays[f"{group}/{i}"] for i in range(len(variables))]
+            for i, (variable, value) in enumerate(zip(variables, values, strict=True)):
                 if tuple(value.shape) != tuple(variable.shape):
                     raise CheckpointError(
                         f"{name}: {saved[i]} has shape {value.shape}; this model's {variable.shape}"
                     )
-                variable.assign(value)
+            if group == "metrics":
+                compat.assign_summed(variables, values)
+            else:
+                for variable, value in zip(variables, values, strict=True):
+                    variable.assign(value)

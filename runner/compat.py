@@ -372,6 +372,25 @@ def metrics_variables(model: Any) -> list[Any]:
     return list(model.metrics_variables)
 
 
+def assign_summed(variables: list[Any], values: list[Any]) -> None:
+    """Give summed variables (the metrics' totals: one copy per replica, read as their sum) these
+    sums: the cluster's first replica holds each value, every other replica zero. An assignment
+    outside the replicas would split it by the local devices only, and one worker's alone would
+    not be mirrored by the others' collectives."""
+    tf = tensorflow()
+    if not tf.distribute.has_strategy():
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(value)
+        return
+
+    def assign() -> None:
+        first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(tf.where(first, tf.constant(value), tf.zeros_like(value)))
+
+    tf.distribute.get_strategy().run(tf.function(assign))
+
+
 def build_metrics(model: Any, x: Any, y: Any) -> None:
     """Build the compiled metrics (Keras creates them on the first training step) from one batch."""
     tf = tensorflow()

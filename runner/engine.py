@@ -142,6 +142,9 @@ def replicas_differing(model: Any) -> list[str]:
 
 
 _MULTI_WORKER: dict[str, Any] = {}  # TensorFlow joins a cluster once per process
+# One MirroredStrategy per device set and process: a second one's collectives reuse the first one's
+# instance keys (measured: "Shape mismatch in the collective instance" on the next run in a process).
+_MIRRORED: dict[tuple[str, ...], Any] = {}
 
 
 def make_strategy(distribution: DistributionSpec, role: Role, device: str) -> Any:
@@ -149,7 +152,10 @@ def make_strategy(distribution: DistributionSpec, role: Role, device: str) -> An
     if distribution.strategy == "none":
         return tf.distribute.get_strategy()
     if distribution.strategy == "mirrored":
-        return tf.distribute.MirroredStrategy(_mirrored_devices(distribution.replicas, device))
+        devices = tuple(_mirrored_devices(distribution.replicas, device))
+        if devices not in _MIRRORED:
+            _MIRRORED[devices] = tf.distribute.MirroredStrategy(list(devices))
+        return _MIRRORED[devices]
     assert role.cluster is not None  # role_for reads it for multi_worker
     key = role.cluster.to_tf_config()
     if key not in _MULTI_WORKER:

@@ -177,11 +177,10 @@ def _replicas_in_sync(engine: Any, state: RunState) -> checks.Finding:
 
 def _restore_metrics(state: RunState, splits: Splits, model: Any) -> None:
     """Put back the running means of the epoch a resume starts in the middle of (the loop has just
-    reset them). Totals are summed over workers: the chief alone holds the saved ones."""
+    reset them). Every worker does (see compat.assign_summed)."""
     assert state.resume_from is not None  # only a resume has metrics to put back
-    if state.role.is_chief:
-        name, meta = state.resume_from
-        checkpoints.restore(state.run_dir, name, meta, model, groups=("metrics",))
+    name, meta = state.resume_from
+    checkpoints.restore(state.run_dir, name, meta, model, groups=("metrics",))
 
 
 def _loss_scale_summary(state: RunState, optimizer: Any) -> dict[str, Any]:
@@ -426,18 +425,34 @@ def resume_experiment(run_dir: Path, emit: EventSink = ignore) -> RunOutcome:
         return _execute(state, setup, emit)
 
 
+TASK_NAME = re.compile(r"/job:(chief|worker)/(?:replica:\d+/)?task:(\d+)")
+
+
+def _lost_task(message: str, role: Role) -> tuple[str, int] | None:
+    """The peer a TensorFlow collective error blames: the one its coordination service found
+    unhealthy, else the first task named that is not this one."""
+    unhealthy = message.find("unhealthy")
+    named = [(m.group(1), int(m.group(2))) for m in TASK_NAME.finditer(message, max(unhealthy, 0))]
+    assert role.cluster is not None
+    own = (role.cluster.task_type, role.cluster.task_index)
+    others = [task for task in named if task != own]
+    return others[0] if others else None
+
+
 def _failure(exc: Exception, role: Role) -> str:
     """A crash in words; on several workers, a peer lost in a collective is named."""
     text = f"{type(exc).__name__}: {exc}"
-    found = re.search(r"/job:(chief|worker)/replica:\d+/task:(\d+)", str(exc))
-    if role.cluster is None or found is None or "Error" not in type(exc).__name__:
+    if role.cluster is None or "Error" not in type(exc).__name__:
         return text
-    lost = ClusterConfig(role.cluster.cluster, found.group(1), int(found.group(2)))
+    lost = _lost_task(str(exc), role)
+    if lost is None:
+        return text
+    peer = ClusterConfig(role.cluster.cluster, *lost)
     return (
-        f"lost worker {lost.worker_rank} ({lost.task_type}:{lost.task_index} at "
-        f"{lost.cluster[lost.task_type][lost.task_index]}): the cluster's collectives failed "
-        f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}); the last checkpoint "
-        "stands: resume with `runner resume RUN_DIR` on every worker"
+        f"lost worker {peer.worker_rank} ({peer.task_type}:{peer.task_index} at "
+        f"{peer.cluster[peer.task_type][peer.task_index]}): the cluster's collectives failed "
+        f"({type(exc).__name__}); the last checkpoint stands: resume with `runner resume RUN_DIR` "
+        "on every worker (or `runner launch --workers N RUN_DIR`)"
     )
 
 

@@ -236,9 +236,11 @@ def test_a_failed_declared_check_completes_with_exit_1(write_spec, tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoints_every_n_steps_when_keras_calls_once_per_execution(write_spec, tmp_path):
-    """25 steps, 3 per execution (Keras calls back at steps 3, 6, ..., 24, 25): every 10 steps means
-    at the first call past each multiple of 10 (12, 21), then the epoch's end (25)."""
+def test_checkpoints_every_n_steps_at_exactly_those_steps_whatever_the_steps_per_execution(
+    write_spec, tmp_path
+):
+    """25 steps, 3 per execution: executions end at each multiple of 10 too (3, 6, 9, 10, 13, ...), so
+    the checkpoints are at 10, 20 and the epoch's end (25), not at the first execution past each."""
     overrides = [
         "data.train_size=800",
         "data.validation_fraction=0.0",
@@ -249,7 +251,7 @@ def test_checkpoints_every_n_steps_when_keras_calls_once_per_execution(write_spe
     outcome = _run(write_spec, tmp_path, overrides)
     assert outcome.status == "completed"
     kept = sorted(p.stem for p in (outcome.run_dir / "checkpoints").glob("step-*.npz"))
-    assert kept == ["step-00000021", "step-00000025"]  # the newest two of 12, 21, 25
+    assert kept == ["step-00000020", "step-00000025"]  # the newest two of 10, 20, 25
 
 
 @pytest.mark.slow
