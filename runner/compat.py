@@ -169,6 +169,16 @@ def keras() -> ModuleType:
     return _loaded()[0]
 
 
+def runtime_started() -> bool:
+    """Whether TensorFlow's runtime (its devices, its collectives) has started in this process: after
+    that, logical devices and a cluster can no longer be configured."""
+    if "tensorflow" not in sys.modules:
+        return False
+    from tensorflow.python.eager import context  # no public accessor
+
+    return context.context()._context_handle is not None
+
+
 def keras_version() -> str:
     """The driven Keras' version: "3.15.1", or "2.21.0 (tf-keras)" for Keras 2 from tf-keras."""
     legacy = _legacy_requested()

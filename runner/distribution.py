@@ -51,6 +51,10 @@ class ClusterConfig:
             return self.task_type == "chief"
         return self.task_type == "worker" and self.task_index == 0
 
+    def address_of(self, rank: int) -> str:
+        """The address of the worker of that rank (the chief's 0, then the workers in order)."""
+        return [a for kind in TRAINING_TASKS for a in self.cluster.get(kind, [])][rank]
+
     @property
     def worker_rank(self) -> int:
         """0 for the chief, then the workers in order: a name for `workers/worker-<rank>.json`."""

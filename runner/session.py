@@ -267,8 +267,10 @@ def _exit_code(state: RunState) -> int:
 
 
 def _release_previous_run() -> None:
-    """Free what an earlier run in this process held and restart the peak-memory measurements."""
-    if "keras" in sys.modules:
+    """Free what an earlier run in this process held and restart the peak-memory measurements.
+    Nothing here may start TensorFlow's runtime: a strategy made next may still need to configure it
+    (logical CPU devices, a cluster's collectives), and a host such as Ray may have imported Keras."""
+    if "keras" in sys.modules and compat.runtime_started():
         compat.keras().backend.clear_session()
         tf = compat.tensorflow()
         for device in tf.config.list_logical_devices("GPU"):
@@ -374,9 +376,11 @@ def _share_run_dir(setup: Setup, output: Path, run_dir: Path | None) -> Path:
     seen[role.rank] = float(path.is_dir())
     blind = [rank for rank, ok in enumerate(all_sum(strategy, seen, role.workers)) if ok < 0.5]
     if blind:
+        assert role.cluster is not None
+        who = ", ".join(f"worker {rank} ({role.cluster.address_of(rank)})" for rank in blind)
         raise ClusterError(
-            f"--output {output}: worker(s) {', '.join(map(str, blind))} cannot see the run directory "
-            f"{path} the chief created there; expected storage every worker sees (a shared filesystem)"
+            f"--output {output}: {who} cannot see the run directory {path} the chief created there; "
+            "expected storage every worker sees (a shared filesystem)"
         )
     return path
 

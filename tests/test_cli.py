@@ -420,3 +420,46 @@ def test_report_re_renders_a_finished_run(write_spec, tmp_path):
     assert html.exit_code == 0 and (run_dir / "report.html").exists()
     bad = cli.invoke(app, ["report", str(run_dir), "-f", "pdf"])
     assert bad.exit_code == 2 and "expected one of terminal, md, html, json" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "expected"),
+    [
+        ('{"cluster": {"worker": ["127.0.0.1:1"', "TF_CONFIG: expected JSON"),
+        (
+            '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 2}}',
+            "task.index: expected 0..1 for the 2 worker task(s) of the cluster; got 2",
+        ),
+        (None, "TF_CONFIG is not set"),
+    ],
+)
+def test_a_multi_worker_run_without_a_usable_cluster_is_exit_2_before_anything_loads(
+    write_spec, tmp_path, monkeypatch, tf_config, expected
+):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    spec = write_spec(TINY_SPEC)
+    out = tmp_path / "out"
+    result = cli.invoke(
+        app, ["run", str(spec), "-o", str(out), "--set", "distribution.strategy=multi_worker"]
+    )
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and "Traceback" not in result.output
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_launch_refuses_what_it_cannot_launch(write_spec, tmp_path):
+    sweep = write_spec(TINY_SPEC + '\n[sweep]\n"training.epochs" = [1, 2]\n', "sweep.toml")
+    result = cli.invoke(app, ["launch", "--workers", "2", str(sweep), "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "expected one experiment to launch; got a plan of 2" in result.output
+    assert cli.invoke(app, ["launch", "--workers", "0", str(sweep)]).exit_code == 2
+    single = tmp_path / "single-run"
+    single.mkdir()
+    (single / "spec.toml").write_text(TINY_SPEC)
+    result = cli.invoke(app, ["launch", "--workers", "2", str(single)])
+    assert (
+        result.exit_code == 2
+        and 'expected a multi_worker run to resume on several workers; got "none"' in (result.output)
+    )
