@@ -209,11 +209,9 @@ def test_command_line_names_a_shipped_spec_that_validates(line, monkeypatch):
 
 @pytest.mark.parametrize("line", COMMAND_LINES, ids=COMMAND_IDS)
 def test_command_line_parses(line):
-    """Options as the CLI has them: `--help` stops after the command and its options are resolved. A
-    subcommand the CLI does not have yet (`launch`, issue 17) is skipped until it lands."""
+    """Options as the CLI has them: `--help` stops after the command and its options are resolved."""
     args = _args(line)
-    if args[0] not in typer.main.get_group(app).commands:
-        pytest.skip(f"runner {args[0]} is not in the CLI yet")
+    assert args[0] in typer.main.get_group(app).commands, line
     result = cli.invoke(app, [*args, "--help"])
     assert result.exit_code == 0, result.output
 
