@@ -73,6 +73,13 @@ def run_summary(report: dict[str, Any]) -> list[str]:
         )
     if (p.get("advice") or {}).get("faster") is False:
         summary.append(p["advice"]["detail"])
+    distribution = report.get("distribution")
+    if distribution and distribution["strategy"] != "none":
+        summary.append(
+            f"Distribution {distribution['strategy']}: {distribution['workers']} worker(s), "
+            f"{distribution['replicas']} replicas, global batch {distribution['global_batch']} "
+            f"({distribution['per_replica_batch']} per replica)."
+        )
     return summary
 
 

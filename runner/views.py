@@ -175,12 +175,27 @@ def _headline(data: dict[str, Any]) -> Text:
             f"\n{perf['steps_per_execution']} steps per execution ({perf['steps_per_execution_why']})"
         )
     text.append(f"\n{data['environment']['device']}")
+    placement = distribution_line(data.get("distribution"))
+    if placement:
+        text.append(f"\n{placement}")
     advice = p.get("advice") or {}
     if advice.get("faster") is False:
         text.append(f"\n{advice['detail']}", style="yellow")
     if data.get("error"):
         text.append(f"\n{data['error']}", style=style)
     return text
+
+
+def distribution_line(distribution: dict[str, Any] | None) -> str | None:
+    """Where the replicas were, for a run that was not on one device (older reports have none)."""
+    if not distribution or distribution["strategy"] == "none":
+        return None
+    workers = distribution["workers"]
+    where = f"{workers} workers, " if workers > 1 else ""
+    return (
+        f"{distribution['strategy']}: {where}{distribution['replicas']} replicas · global batch "
+        f"{distribution['global_batch']}, {distribution['per_replica_batch']} per replica"
+    )
 
 
 def render_run(data: dict[str, Any]) -> RenderableType:

@@ -104,6 +104,26 @@ def test_run_report_shows_status_precision_checks_metrics_and_path():
         assert fragment in text, fragment
 
 
+def test_a_distributed_run_says_where_its_replicas_were_and_a_single_device_one_does_not():
+    distributed = {
+        **sample_report(),
+        "distribution": {
+            "strategy": "multi_worker",
+            "workers": 2,
+            "replicas": 4,
+            "global_batch": 64,
+            "per_replica_batch": 16,
+            "devices": [],
+        },
+    }
+    assert "multi_worker: 2 workers, 4 replicas · global batch 64, 16 per replica" in render(
+        render_run(distributed)
+    )
+    single = {**sample_report(), "distribution": {**distributed["distribution"], "strategy": "none"}}
+    assert "replicas" not in render(render_run(single))
+    assert "replicas" not in render(render_run(sample_report()))  # a report from before issue 17
+
+
 def test_failed_check_is_marked():
     text = render(render_run(sample_report(passed=False)))
     assert "✗" in text and "1 check(s) failed" in text
