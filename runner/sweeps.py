@@ -105,6 +105,13 @@ def run_plan(variants: list[Variant], output: Path, emit: EventSink = ignore) ->
             source = os.environ.get(SPEC_SOURCE_VARIABLE) or variants[0].source
             raise SpecValueError(f"{source}: {exc}") from None
         return PlanOutcome([outcome], outcome.exit_code)
+    distributed = [v for v in variants if v.spec.distribution.strategy == "multi_worker"]
+    if distributed:
+        raise SpecValueError(
+            f"{distributed[0].source}: distribution.strategy: a plan of {len(variants)} experiments runs "
+            'them one after another in processes of its own; expected "none" or "mirrored" there; got '
+            '"multi_worker" (run each variant as its own multi-worker job)'
+        )
     runs.require_writable(output)
     groups = {v.group for v in variants}
     group_dir = runs.create_run_dir(

@@ -463,3 +463,13 @@ def test_launch_refuses_what_it_cannot_launch(write_spec, tmp_path):
         result.exit_code == 2
         and 'expected a multi_worker run to resume on several workers; got "none"' in (result.output)
     )
+
+
+def test_a_sweep_of_multi_worker_runs_is_refused(write_spec, tmp_path):
+    spec = write_spec(
+        TINY_SPEC + '\n[distribution]\nstrategy = "multi_worker"\n[sweep]\n"training.epochs" = [1, 2]\n'
+    )
+    out = tmp_path / "out"
+    result = cli.invoke(app, ["run", str(spec), "-o", str(out)])
+    assert result.exit_code == 2 and 'got "multi_worker"' in result.output and str(spec) in result.output
+    assert not out.exists()

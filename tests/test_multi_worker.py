@@ -234,3 +234,31 @@ def test_two_mirrored_replicas_train_as_one_device_with_the_same_global_batch(tm
         mirrored_drift,
         single_drift,
     )
+
+
+def test_a_worker_that_cannot_see_the_run_directory_stops_every_worker_before_training(spec_file, tmp_path):
+    """Worker 1 runs in a mount namespace of its own where --output is an empty tmpfs: the storage of
+    a cluster whose machines do not share it. Every worker stops with exit 2 and one message, and
+    the chief takes its run directory back."""
+    out = tmp_path / "out"
+    out.mkdir()
+    run = [sys.executable, "-m", "runner", "run", str(spec_file), "--output", str(out)]
+    hidden = f"mount -t tmpfs -o size=1m tmpfs {out} && exec {' '.join(run)}"
+    commands = [run, ["unshare", "--mount", "--propagation", "private", "sh", "-c", hidden]]
+    children = [
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, "TF_CONFIG": config.to_tf_config()},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command, config in zip(commands, local_cluster(2), strict=True)
+    ]
+    ended = finish(children)
+    assert [code for code, _ in ended] == [2, 2], ended
+    for _, stderr in ended:
+        assert "worker 1 (127.0.0.1:" in stderr and "cannot see the run directory" in stderr, stderr
+        assert "Traceback" not in stderr
+    assert not list(out.iterdir())
