@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
 
-from runner.spec import BadInput
+from runner.spec import BadInput, SpecValueError
 
 
 @contextlib.contextmanager
@@ -211,8 +211,11 @@ def dtype_name(dtype: Any) -> str:
 
 
 def variable_path(variable: Any) -> str:
-    """A variable's path ("dense/kernel"): Keras 3's `path`, Keras 2's name without its ":0"."""
-    path = getattr(variable, "path", None)
+    """A variable's path ("dense/kernel"): Keras 3's `path`, Keras 2's name without its ":0".
+
+    Keras 2's variables have no `path`: asking one that is distributed for it reads its value (a
+    summed one's is a collective, which one worker alone would start out of step with the others)."""
+    path = None if _keras2() else getattr(variable, "path", None)
     return str(path) if path is not None else re.sub(r":\d+$", "", str(variable.name))
 
 
@@ -375,6 +378,29 @@ def model_variables(model: Any) -> list[Any]:
     return found
 
 
+def require_mirrored_state(model: Any, strategy_name: str) -> None:
+    """Refuse, before training, a model whose variables each replica keeps apart: Keras 2's
+    BatchNormalization moving statistics under a distributed strategy (synchronized on read: each
+    replica updates its own, a read is their mean). A checkpoint holds only their mean, so a resumed
+    run would not be the uninterrupted one, and the replicas' copies differ by design."""
+    tf = tensorflow()
+    if not _keras2() or not tf.distribute.has_strategy():
+        return  # Keras 3's variables are mirrored (or summed, the metrics'): none kept apart
+    apart = [
+        variable_path(v)
+        for v in model.variables
+        if getattr(v, "synchronization", None) == tf.VariableSynchronization.ON_READ
+    ]
+    if apart:
+        more = f" and {len(apart) - 1} more" if len(apart) > 1 else ""
+        raise SpecValueError(
+            f'distribution.strategy: "{strategy_name}" with Keras 2 (tf-keras) expected a model without '
+            f"BatchNormalization; got one: Keras 2 keeps each replica's own moving statistics "
+            f"({apart[0]}{more}), which runner cannot check or resume exactly. Keras 2 runs this model "
+            'with strategy = "none"'
+        )
+
+
 def metrics_variables(model: Any) -> list[Any]:
     """The running totals of the compiled metrics (and the mean loss), once they are built."""
     if _keras2():
@@ -406,8 +432,12 @@ def build_metrics(model: Any, x: Any, y: Any) -> None:
     tf = tensorflow()
     x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
     y_pred = model(x, training=False)
-    if _keras2():
-        model.compute_loss(x, y, y_pred)  # builds the mean-loss metric as well
+    if _keras2():  # build without updating: an update outside the replicas fails on a summed variable
+        if not model.compiled_loss.built:
+            model.compiled_loss.build(y_pred)
+        if not model.compiled_metrics.built:
+            model.compiled_metrics.build(y_pred, y)
+        return
     model.compute_metrics(x, y, y_pred, sample_weight=None)
 
 

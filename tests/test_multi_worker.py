@@ -4,17 +4,20 @@ each run is seconds; every wait has a timeout."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from runner import compat
 from runner.distribution import local_cluster
 from tests.conftest import ROOT
 from tests.test_resume import checkpoint_position, model_metrics, only_run, report, runner, wait_for
@@ -209,9 +212,38 @@ def relative_l2(a: dict, b: dict) -> dict[str, float]:
     return {k: float(np.linalg.norm(np.subtract(a[k], b[k])) / max(np.linalg.norm(b[k]), 1e-30)) for k in a}
 
 
+def keras_2_env() -> dict[str, str] | None:
+    """What a `runner` process needs to train on Keras 2: nothing more if this session does already,
+    TF_USE_LEGACY_KERAS=1 if tf-keras is installed for this TensorFlow, else None (not possible)."""
+    if compat.keras_version().startswith("2"):
+        return {}
+    installed: dict[str, str] = {}
+    for name in ("tensorflow", "keras", "tf-keras"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            installed[name] = metadata.version(name)
+    versions = (installed.get("tensorflow", "0"), installed.get("keras"), True, installed.get("tf-keras"))
+    return {"TF_USE_LEGACY_KERAS": "1"} if compat.support_status(*versions)[0] else None
+
+
 def test_two_mirrored_replicas_train_as_one_device_with_the_same_global_batch(tmp_path):
+    mirrored_runs(tmp_path, {})
+
+
+@pytest.mark.skipif(not keras_2_env(), reason="needs tf-keras for this TensorFlow, on a Keras 3 session")
+def test_two_mirrored_replicas_under_keras_2_from_tf_keras(tmp_path):
+    runs = mirrored_runs(tmp_path, {"TF_USE_LEGACY_KERAS": "1"})
+    assert runs["float32-none"]["report"]["environment"]["keras"].endswith("(tf-keras)")
+
+
+def mirrored_runs(tmp_path: Path, env: dict[str, str]) -> dict:
+    """MIRRORED in a process of its own (with `env`), its runs checked against each other."""
     result = subprocess.run(
-        [sys.executable, "-c", MIRRORED, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", MIRRORED, str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = json.loads(result.stdout)
@@ -221,6 +253,10 @@ def test_two_mirrored_replicas_train_as_one_device_with_the_same_global_batch(tm
     # float32: the same arithmetic split in two; measured 3e-8..2e-6 (biases, summed in another order).
     float32 = relative_l2(runs["float32-mirrored"]["weights"], runs["float32-none"]["weights"])
     assert max(float32.values()) < 1e-5, float32
+    # The metrics are read across the replicas: the same means as on one device (a sum would double).
+    epochs = [runs[f"float32-{s}"]["report"]["metrics"]["epochs"][0] for s in ("mirrored", "none")]
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert epochs[0][name] == pytest.approx(epochs[1][name], rel=1e-5), name
     # mixed_float16: float16 sums over 32 images instead of 64 round differently. Measured: kernels
     # within 1 % (biases, near zero, are relative noise). Held to a bound of its own kind: the
     # mirrored run is no further from the float32 reference than the one-device mixed run is, x2.
@@ -234,6 +270,7 @@ def test_two_mirrored_replicas_train_as_one_device_with_the_same_global_batch(tm
         mirrored_drift,
         single_drift,
     )
+    return runs
 
 
 def test_a_worker_that_cannot_see_the_run_directory_stops_every_worker_before_training(spec_file, tmp_path):
@@ -262,3 +299,29 @@ def test_a_worker_that_cannot_see_the_run_directory_stops_every_worker_before_tr
         assert "worker 1 (127.0.0.1:" in stderr and "cannot see the run directory" in stderr, stderr
         assert "Traceback" not in stderr
     assert not list(out.iterdir())
+
+
+@pytest.mark.skipif(keras_2_env() is None, reason="needs Keras 2: tf-keras for this TensorFlow")
+@pytest.mark.parametrize(
+    "command",
+    [["run", "--set", "distribution.strategy=mirrored", "--set", "distribution.replicas=2"], ["launch"]],
+    ids=["mirrored", "multi_worker"],
+)
+def test_keras_2_refuses_batch_normalization_under_a_distributed_strategy(spec_file, tmp_path, command):
+    """Keras 2 keeps each replica's own moving statistics: refused before training (exit 2; every
+    worker on its own, before a collective), nothing written."""
+    result = runner(
+        *command[:1],
+        spec_file,
+        *command[1:],
+        "--set",
+        "model.batch_norm=true",
+        "--output",
+        tmp_path,
+        env={**os.environ, **(keras_2_env() or {})},
+    )
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert "with Keras 2 (tf-keras) expected a model without BatchNormalization" in result.stderr
+    assert "(bn1/moving_mean and 3 more)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())
