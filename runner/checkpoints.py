@@ -175,7 +175,7 @@ def restore(
             if [_name(p) for p in map(compat.variable_path, variables)] != [_name(p) for p in saved]:
                 raise CheckpointError(
                     f"{name}: its {group} variables ({len(saved)}) are not this model's ({len(variables)}): "
-                    "was the spec or the code changed since?"
+                    f"was the spec, the code or the Keras (now {compat.keras_version()}) changed since?"
                 )
             values = [arrays[f"{group}/{i}"] for i in range(len(variables))]
             for i, (variable, value) in enumerate(zip(variables, values, strict=True)):
