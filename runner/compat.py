@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
 
-from runner.spec import BadInput, SpecValueError
+from runner.spec import BadInput
 
 
 @contextlib.contextmanager
@@ -378,27 +378,24 @@ def model_variables(model: Any) -> list[Any]:
     return found
 
 
-def require_mirrored_state(model: Any, strategy_name: str) -> None:
-    """Refuse, before training, a model whose variables each replica keeps apart: Keras 2's
-    BatchNormalization moving statistics under a distributed strategy (synchronized on read: each
-    replica updates its own, a read is their mean). A checkpoint holds only their mean, so a resumed
-    run would not be the uninterrupted one, and the replicas' copies differ by design."""
+def replica_local_state(model: Any) -> list[Any]:
+    """The model's variables each replica updates on its own under a distributed strategy: the
+    floating non-trainable ones written inside a step (BatchNormalization's moving statistics).
+    Keras 3 mirrors them without aggregation (each replica writes its own copy, and the copies
+    drift apart), Keras 2 keeps them per replica (synchronized on read, read as their mean). The
+    engine averages them over the replicas after every step. None on one device."""
     tf = tensorflow()
-    if not _keras2() or not tf.distribute.has_strategy():
-        return  # Keras 3's variables are mirrored (or summed, the metrics'): none kept apart
-    apart = [
-        variable_path(v)
-        for v in model.variables
-        if getattr(v, "synchronization", None) == tf.VariableSynchronization.ON_READ
-    ]
-    if apart:
-        more = f" and {len(apart) - 1} more" if len(apart) > 1 else ""
-        raise SpecValueError(
-            f'distribution.strategy: "{strategy_name}" with Keras 2 (tf-keras) expected a model without '
-            f"BatchNormalization; got one: Keras 2 keeps each replica's own moving statistics "
-            f"({apart[0]}{more}), which runner cannot check or resume exactly. Keras 2 runs this model "
-            'with strategy = "none"'
-        )
+    if not tf.distribute.has_strategy() or tf.distribute.get_strategy().num_replicas_in_sync == 1:
+        return []
+    found = []
+    for variable in model.non_trainable_variables:
+        inner = variable if _keras2() else getattr(variable, "value", variable)
+        if not tf.as_dtype(inner.dtype).is_floating:
+            continue
+        apart = getattr(inner, "synchronization", None) == tf.VariableSynchronization.ON_READ
+        if apart or getattr(inner, "aggregation", None) == tf.VariableAggregation.NONE:
+            found.append(variable)
+    return found
 
 
 def metrics_variables(model: Any) -> list[Any]:

@@ -49,7 +49,8 @@ class Engine:
         step = model.train_step
         if jit_compile:  # XLA compiles each replica's step, as Keras' `fit` does
             step = tf.function(step, jit_compile=True, reduce_retracing=True)
-        self._train = self._training(step)
+        local = compat.replica_local_state(model)
+        self._train = self._training(_averaging(step, local) if local else step)
         self._evaluate = tf.function(self._evaluation)
         self._read = tf.function(model.get_metrics_result)
 
@@ -109,6 +110,23 @@ class Engine:
         values = np.array([float(stop), float(chief_steps if is_chief else 0)])
         stop_votes, steps = all_sum(self.strategy, values, self.workers)
         return stop_votes > 0, int(round(steps))
+
+
+def _averaging(step: Any, local: list[Any]) -> Any:
+    """`step`, then each replica's own state (BatchNormalization's moving statistics) averaged over
+    every replica: the replicas keep one model, as one device would (the mean of equal per-replica
+    batch means is the global batch's mean), and a checkpoint holds all of it."""
+
+    def step_and_average(data: Any) -> Any:
+        logs = step(data)
+        with tf.control_dependencies(tf.nest.flatten(logs)):
+            values = [tf.identity(tf.convert_to_tensor(v)) for v in local]
+        averaged = tf.distribute.get_replica_context().all_reduce("MEAN", values)
+        for variable, value in zip(local, averaged, strict=True):
+            variable.assign(value)
+        return logs
+
+    return step_and_average
 
 
 def weights_digest(model: Any) -> str:

@@ -76,7 +76,6 @@ def _build(spec: ExperimentSpec, splits: Splits) -> tuple[Any, Any]:
     """Model, optimizer and compile: call inside the policy scope."""
     output_dtype = "float32" if spec.precision.output_dtype == "float32" else None
     model = build_model(spec.model, splits.input_shape, splits.num_classes, output_dtype)
-    compat.require_mirrored_state(model, spec.distribution.strategy)
     optimizer = precision.wrap_optimizer(loop.make_optimizer(spec.training), spec.precision)
     loop.compile_model(model, optimizer, spec.training)
     return model, optimizer

@@ -4,20 +4,17 @@ each run is seconds; every wait has a timeout."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from runner import compat
 from runner.distribution import local_cluster
 from tests.conftest import ROOT
 from tests.test_resume import checkpoint_position, model_metrics, only_run, report, runner, wait_for
@@ -33,6 +30,7 @@ policy = "mixed_float16"
 kind = "seed_cnn"
 filters = [8, 16]
 dense_units = 16
+batch_norm = true  # per-replica moving statistics, averaged by the engine after every step
 [data]
 source = "shapes"
 batch_size = 32
@@ -134,8 +132,15 @@ def test_sigint_to_one_worker_stops_both_at_one_step_and_resume_equals_the_unint
     assert position["name"] in interrupted["error"]
     resumed = runner("launch", "--workers", "2", run_dir)
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
-    assert model_metrics(run_dir) == model_metrics(launched)
+    # The weights are bit-identical, so is every validation figure. The training means of the epoch
+    # the stop cut are summed over the replicas in another order after a resume (the saved totals
+    # are put on the first replica): equal to float32 rounding (measured: 2e-7 relative).
     assert worker_files(run_dir)[0]["weights_sha256"] == worker_files(launched)[0]["weights_sha256"]
+    resumed_epochs, reference = model_metrics(run_dir), model_metrics(launched)
+    assert [{k: v for k, v in e.items() if k.startswith("val_")} for e in resumed_epochs] == [
+        {k: v for k, v in e.items() if k.startswith("val_")} for e in reference
+    ]
+    assert resumed_epochs == [pytest.approx(e, rel=1e-6) for e in reference]
     assert report(run_dir)["resumes"][0]["from"] == position["name"]
 
 
@@ -212,27 +217,8 @@ def relative_l2(a: dict, b: dict) -> dict[str, float]:
     return {k: float(np.linalg.norm(np.subtract(a[k], b[k])) / max(np.linalg.norm(b[k]), 1e-30)) for k in a}
 
 
-def keras_2_env() -> dict[str, str] | None:
-    """What a `runner` process needs to train on Keras 2: nothing more if this session does already,
-    TF_USE_LEGACY_KERAS=1 if tf-keras is installed for this TensorFlow, else None (not possible)."""
-    if compat.keras_version().startswith("2"):
-        return {}
-    installed: dict[str, str] = {}
-    for name in ("tensorflow", "keras", "tf-keras"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            installed[name] = metadata.version(name)
-    versions = (installed.get("tensorflow", "0"), installed.get("keras"), True, installed.get("tf-keras"))
-    return {"TF_USE_LEGACY_KERAS": "1"} if compat.support_status(*versions)[0] else None
-
-
 def test_two_mirrored_replicas_train_as_one_device_with_the_same_global_batch(tmp_path):
     mirrored_runs(tmp_path, {})
-
-
-@pytest.mark.skipif(not keras_2_env(), reason="needs tf-keras for this TensorFlow, on a Keras 3 session")
-def test_two_mirrored_replicas_under_keras_2_from_tf_keras(tmp_path):
-    runs = mirrored_runs(tmp_path, {"TF_USE_LEGACY_KERAS": "1"})
-    assert runs["float32-none"]["report"]["environment"]["keras"].endswith("(tf-keras)")
 
 
 def mirrored_runs(tmp_path: Path, env: dict[str, str]) -> dict:
@@ -301,27 +287,24 @@ def test_a_worker_that_cannot_see_the_run_directory_stops_every_worker_before_tr
     assert not list(out.iterdir())
 
 
-@pytest.mark.skipif(keras_2_env() is None, reason="needs Keras 2: tf-keras for this TensorFlow")
-@pytest.mark.parametrize(
-    "command",
-    [["run", "--set", "distribution.strategy=mirrored", "--set", "distribution.replicas=2"], ["launch"]],
-    ids=["mirrored", "multi_worker"],
-)
-def test_keras_2_refuses_batch_normalization_under_a_distributed_strategy(spec_file, tmp_path, command):
-    """Keras 2 keeps each replica's own moving statistics: refused before training (exit 2; every
-    worker on its own, before a collective), nothing written."""
+def test_batch_normalization_statistics_stay_one_model_across_mirrored_replicas(spec_file, tmp_path):
+    """Each replica updates its own BatchNormalization moving statistics (Keras 3 mirrors them without
+    aggregation, Keras 2 keeps them per replica); the engine averages them after every step, so the
+    replicas end equal (the multi-worker tests' spec has batch_norm too)."""
     result = runner(
-        *command[:1],
+        "run",
         spec_file,
-        *command[1:],
         "--set",
-        "model.batch_norm=true",
+        "distribution.strategy=mirrored",
+        "--set",
+        "distribution.replicas=2",
+        "--set",
+        "training.epochs=1",
         "--output",
         tmp_path,
-        env={**os.environ, **(keras_2_env() or {})},
     )
-    assert result.returncode == 2, result.stderr + result.stdout
-    assert "with Keras 2 (tf-keras) expected a model without BatchNormalization" in result.stderr
-    assert "(bn1/moving_mean and 3 more)" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not list(tmp_path.iterdir())
+    assert result.returncode == 0, result.stderr + result.stdout
+    data = report(only_run(tmp_path))
+    (in_sync,) = [c for c in data["checks"] if c["name"] == "replicas_in_sync"]
+    assert in_sync["passed"], in_sync
+    assert any("bn" in layer["name"] for layer in data["audit"]["layers"])
