@@ -278,3 +278,23 @@ def test_the_quickstart_runs_through_the_library_with_plain_events(tmp_path):
     assert all(0 < e.record["loss_scale"] < float("inf") for e in ended)  # mixed_float16: its loss scale
     progress = [e for e in seen if isinstance(e, events.StepsDone)]
     assert progress and all(0 < e.completed <= e.steps and "loss" in e.metrics for e in progress)
+
+
+@pytest.mark.slow
+def test_every_skipped_step_is_placed_whatever_the_steps_per_execution(write_spec, tmp_path):
+    """An initial loss scale far too high: the first steps overflow, one after another, each halving
+    the scale. Recorded after every step inside the execution, the history is the same at 1 and at
+    4 steps per call (observed once per call, 4 per call would place only every fourth halving)."""
+    histories = []
+    for steps in (1, 4):
+        overrides = [
+            "precision.initial_scale=1e12",
+            "training.epochs=1",
+            "data.validation_fraction=0.0",
+            f"training.steps_per_execution={steps}",
+        ]
+        scale = _run(write_spec, tmp_path / str(steps), overrides).report["precision"]["loss_scale"]
+        histories.append((scale["history"], scale["overflow_steps"]))
+    (history, skipped), other = histories
+    assert skipped >= 8 and other == (history, skipped)
+    assert [step for step, _ in history[1 : skipped + 1]] == list(range(1, skipped + 1))  # one per step
