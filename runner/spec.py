@@ -276,6 +276,13 @@ class ExperimentSpec(StrictModel):
     def _name_is_not_a_path(self) -> ExperimentSpec:
         if self.name in {".", ".."}:
             raise ValueError(f'name: expected a run name, not a path; got "{self.name}"')
+        strategy = self.distribution.strategy
+        if self.training.jit_compile and strategy != "none":
+            raise ValueError(
+                f'training.jit_compile: expected false with distribution.strategy = "{strategy}"; '
+                "got true (XLA compiles a one-device step here: TensorFlow cannot compile the "
+                "replicas' gradient sum into it, measured: merge_call inside the compiled step)"
+            )
         replicas = self.distribution.replicas
         if replicas is not None and self.data.batch_size % replicas:
             raise ValueError(

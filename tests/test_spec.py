@@ -329,3 +329,13 @@ def test_single_experiment_commands_refuse_a_sweep(write_spec):
     path = write_spec('name = "cmp"\n[sweep]\n"seed" = [1, 2]\n')
     with pytest.raises(SpecError, match="use `runner run` for sweeps"):
         load_spec(path)
+
+
+def test_xla_is_refused_under_a_distributed_strategy():
+    with pytest.raises(
+        SpecError, match='training.jit_compile: expected false with distribution.strategy = "mirrored"'
+    ):
+        spec_from_dict(
+            {"name": "x", "training": {"jit_compile": True}, "distribution": {"strategy": "mirrored"}}
+        )
+    assert spec_from_dict({"name": "x", "training": {"jit_compile": True}}).training.jit_compile
