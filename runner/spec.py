@@ -28,7 +28,7 @@ else:  # Python 3.10
 
 Policy = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 Activation = Literal["relu", "gelu", "swish", "tanh"]
-Source = Literal["cifar10", "mnist", "fashion_mnist", "shapes"]
+Source = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "shapes", "npz"]
 PositiveInt = Annotated[int, Field(gt=0)]
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -167,6 +167,17 @@ class DataSpec(StrictModel):
     # Held out from the training split for per-epoch validation; 0 disables validation.
     validation_fraction: Fraction = 0.1
     shuffle_seed: Annotated[int, Field(ge=0)] = 0
+    # cifar100 only: its 100 fine classes or the 20 coarse superclasses they are grouped into.
+    label_mode: Literal["fine", "coarse"] = "fine"
+
+    @model_validator(mode="after")
+    def _label_mode_is_cifar100s(self) -> DataSpec:
+        if self.label_mode != "fine" and self.source != "cifar100":
+            raise ValueError(
+                f'data.label_mode: expected only with source = "cifar100"; got label_mode = '
+                f'"{self.label_mode}" with source = "{self.source}"'
+            )
+        return self
 
 
 class Adam(StrictModel):
