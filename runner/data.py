@@ -6,6 +6,7 @@ the model scales them. TensorFlow is imported only by `pipelines`.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import http.client
@@ -58,6 +59,7 @@ class Splits:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    notes: tuple[str, ...] = ()  # what loading changed, in words (float images made uint8)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -71,7 +73,7 @@ class Splits:
             "train": len(self.y_train),
             "validation": len(self.y_val),
             "test": len(self.y_test),
-        }
+        } | ({"notes": list(self.notes)} if self.notes else {})
 
 
 # ---------------------------------------------------------------- shapes (procedural, offline)
@@ -138,6 +140,8 @@ def _load_shapes(spec: DataSpec, seed: int) -> tuple[tuple, tuple, int]:
 # ---------------------------------------------------------------- the real archives
 
 CIFAR_DESCRIPTION = "cifar-10-python.tar.gz (163 MB)"
+CIFAR100_DESCRIPTION = "cifar-100-python.tar.gz (161 MB)"
+CIFAR100_CLASSES = {"fine": 100, "coarse": 20}
 MNIST_DESCRIPTION = "mnist.npz (11 MB)"
 FASHION_DESCRIPTION = "the folder fashion-mnist/ with the four *-ubyte.gz files (30 MB)"
 
@@ -221,16 +225,19 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_cifar_batch(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 python batch → (n, 32, 32, 3) uint8 images, (n,) int32 labels."""
+def read_cifar_batch(
+    blob: bytes, where: str, labels_key: str = "labels", kind: str = "CIFAR-10 python batch"
+) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR python batch → (n, 32, 32, 3) uint8 images, (n,) int32 labels. CIFAR-10's batches
+    keep them under "labels", CIFAR-100's files under "fine_labels" and "coarse_labels"."""
     try:
         batch = _ArrayOnlyUnpickler(io.BytesIO(blob), encoding="bytes").load()
         batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
         data = np.asarray(batch["data"], dtype=np.uint8)
-        labels = np.asarray(batch["labels"], dtype=np.int32)
+        labels = np.asarray(batch[labels_key], dtype=np.int32)
         images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # stored channels-first
     except Exception as exc:  # noqa: BLE001 - any malformed content is the same user error
-        raise DataError(f"{where} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{where} is not a {kind} ({type(exc).__name__}: {exc})") from None
     if len(images) != len(labels):
         raise DataError(f"{where} has {len(images)} images but {len(labels)} labels; expected one label each")
     return np.ascontiguousarray(images), labels
@@ -239,39 +246,67 @@ def read_cifar_batch(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
-def _cifar_folder(path: Path) -> Path:
-    """The folder holding the batches: `path` itself or the cifar-10-batches-py/ the archive unpacks to."""
-    return path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+@dataclass(frozen=True)
+class CifarLayout:
+    """What one CIFAR python archive holds: the folder it unpacks to and the pickles runner reads."""
+
+    folder: str
+    members: tuple[str, ...]
+    description: str
+    member_description: str  # one pickle, in words
+    contents: str  # the real archive's entries and unpacked size, in words
 
 
-def _cifar_members(path: Path) -> dict[str, bytes]:
-    """The six batch files from a cifar-10-python.tar.gz or from its extracted folder."""
+CIFAR10_LAYOUT = CifarLayout(
+    "cifar-10-batches-py",
+    tuple(CIFAR_BATCHES),
+    CIFAR_DESCRIPTION,
+    "a CIFAR-10 python batch file (31 MB)",
+    "9 entries, 178 MB unpacked",
+)
+CIFAR100_LAYOUT = CifarLayout(
+    "cifar-100-python",
+    ("train", "test"),
+    CIFAR100_DESCRIPTION,
+    "a CIFAR-100 python file (155 MB train, 31 MB test)",
+    "5 entries, about 190 MB unpacked",
+)
+
+
+def _cifar_folder(path: Path, layout: CifarLayout = CIFAR10_LAYOUT) -> Path:
+    """The folder holding the batches: `path` itself or the folder the archive unpacks to."""
+    return path / layout.folder if (path / layout.folder).is_dir() else path
+
+
+def _cifar_members(path: Path, layout: CifarLayout = CIFAR10_LAYOUT) -> dict[str, bytes]:
+    """The pickles `layout` names, from its .tar.gz or from its extracted folder."""
     if path.is_dir():
-        folder = _cifar_folder(path)
-        missing = [b for b in CIFAR_BATCHES if not (folder / b).exists()]
+        folder = _cifar_folder(path, layout)
+        missing = [b for b in layout.members if not (folder / b).exists()]
         if missing:
             raise DataError(
-                f'"{folder}" lacks {", ".join(missing)}; expected {CIFAR_DESCRIPTION} or its extracted folder'
+                f'"{folder}" lacks {", ".join(missing)}; expected {layout.description} '
+                "or its extracted folder"
             )
-        expected = "a CIFAR-10 python batch file (31 MB)"
-        return {b: _regular_file(folder / b, CIFAR_BATCH_MAX, expected).read_bytes() for b in CIFAR_BATCHES}
-    _regular_file(path, CIFAR_ARCHIVE_MAX, CIFAR_DESCRIPTION)
+        expected = layout.member_description
+        return {b: _regular_file(folder / b, CIFAR_BATCH_MAX, expected).read_bytes() for b in layout.members}
+    _regular_file(path, CIFAR_ARCHIVE_MAX, layout.description)
     try:
         with tarfile.open(path, "r:*") as tar:
-            found = _tar_batches(tar, path)
+            found = _tar_batches(tar, path, layout)
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
         reason = str(exc).splitlines()[0].rstrip(":")  # Python 3.12 adds one line per method it tried
         raise DataError(
-            f'"{path}" is not a readable archive ({reason}); expected {CIFAR_DESCRIPTION}'
+            f'"{path}" is not a readable archive ({reason}); expected {layout.description}'
         ) from None
-    missing = [b for b in CIFAR_BATCHES if b not in found]
+    missing = [b for b in layout.members if b not in found]
     if missing:
-        raise DataError(f'"{path}" lacks {", ".join(missing)}; expected {CIFAR_DESCRIPTION}')
+        raise DataError(f'"{path}" lacks {", ".join(missing)}; expected {layout.description}')
     return found
 
 
-def _tar_batches(tar: tarfile.TarFile, path: Path) -> dict[str, bytes]:
-    """The batch files among the archive's entries, stopping once all six are in. A gzip stream can unpack
+def _tar_batches(tar: tarfile.TarFile, path: Path, layout: CifarLayout) -> dict[str, bytes]:
+    """The pickles among the archive's entries, stopping once all are in. A gzip stream can unpack
     to far more than its own size, so entries and unpacked bytes are counted before each is read."""
     found: dict[str, bytes] = {}
     unpacked = 0
@@ -280,11 +315,11 @@ def _tar_batches(tar: tarfile.TarFile, path: Path) -> dict[str, bytes]:
         if count > CIFAR_ENTRIES_MAX or unpacked > CIFAR_UNPACKED_MAX:
             raise DataError(
                 f'"{path}" has more than {CIFAR_ENTRIES_MAX} entries or {_megabytes(CIFAR_UNPACKED_MAX)} '
-                f"unpacked; expected {CIFAR_DESCRIPTION}: 9 entries, 178 MB unpacked"
+                f"unpacked; expected {layout.description}: {layout.contents}"
             )
-        if member.isfile() and Path(member.name).name in CIFAR_BATCHES:
+        if member.isfile() and Path(member.name).name in layout.members:
             found[Path(member.name).name] = tar.extractfile(member).read()  # type: ignore[union-attr]
-        if len(found) == len(CIFAR_BATCHES):
+        if len(found) == len(layout.members):
             break
     return found
 
@@ -296,6 +331,15 @@ def read_cifar10(path: Path) -> tuple[tuple, tuple, int]:
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
     return (x_train, y_train), test, 10
+
+
+def read_cifar100(path: Path, label_mode: str = "fine") -> tuple[tuple, tuple, int]:
+    """CIFAR-100: 50 000 train and 10 000 test images; 100 fine classes or 20 coarse superclasses."""
+    members = _cifar_members(path, CIFAR100_LAYOUT)
+    key, kind = f"{label_mode}_labels", "CIFAR-100 python file"
+    train = read_cifar_batch(members["train"], f'"{path}": train', key, kind)
+    test = read_cifar_batch(members["test"], f'"{path}": test', key, kind)
+    return train, test, CIFAR100_CLASSES[label_mode]
 
 
 def read_mnist_npz(path: Path) -> tuple[tuple, tuple, int]:
@@ -315,6 +359,141 @@ def read_mnist_npz(path: Path) -> tuple[tuple, tuple, int]:
             f'"{path}" is not a readable mnist.npz ({exc}); expected {MNIST_DESCRIPTION}'
         ) from None
     return (x_train[..., None], y_train), (x_test[..., None], y_test), 10
+
+
+# ---------------------------------------------------------------- npz: the user's own arrays
+
+NPZ_DESCRIPTION = "an .npz file with x_train, y_train (and optionally x_test, y_test)"
+NPZ_MAX = 4_000 * MB  # packed and unpacked: the arrays are held in memory, like CIFAR's
+NPZ_TEST_FRACTION = 0.1  # held out of x_train as the test split when the file has no x_test
+NPZ_MAX_CLASSES = 10_000  # a label above this is a mistake, not a class: the output layer would be huge
+NPZ_IMAGES = "(n, H, W) or (n, H, W, C) images, uint8 or floats in [0, 1]"
+
+
+def _npz_arrays(path: Path) -> dict[str, Any]:
+    """x_train, y_train and, if present, x_test, y_test of a bounded npz; no pickle is ever loaded."""
+    _regular_file(path, NPZ_MAX, NPZ_DESCRIPTION)
+    try:
+        with zipfile.ZipFile(path) as archive:  # an npz is a zip; np.load would also take a bare .npy
+            unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > NPZ_MAX:
+            raise DataError(
+                f'"{path}" unpacks to {_megabytes(unpacked)}; expected {NPZ_DESCRIPTION}, '
+                f"at most {_megabytes(NPZ_MAX)} unpacked"
+            )
+        with np.load(path, allow_pickle=False) as f:
+            names = [k for k in ("x_train", "y_train", "x_test", "y_test") if k in f.files]
+            return {key: _npz_array(f, key, path) for key in names} | {"files": f.files}
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, ValueError) as exc:
+        raise DataError(f'"{path}" is not a readable .npz ({exc}); expected {NPZ_DESCRIPTION}') from None
+
+
+def _npz_array(f: Any, key: str, path: Path) -> Any:
+    try:
+        return f[key]
+    except ValueError as exc:  # allow_pickle=False refusing an object array, or a damaged header
+        raise DataError(
+            f'"{path}": {key}: expected a numeric array saved without pickle; got one numpy cannot load '
+            f"that way ({exc})"
+        ) from None
+
+
+def _npz_images(x: Any, where: str) -> tuple[np.ndarray, str | None]:
+    """(n, H, W, C) uint8 images, and a note when floats in [0, 1] were made uint8."""
+    if not isinstance(x, np.ndarray):  # a zip member that is not a .npy comes back as bytes
+        raise DataError(f"{where}: expected {NPZ_IMAGES}; got {type(x).__name__}, not a .npy array")
+    if x.ndim not in (3, 4) or 0 in x.shape:
+        raise DataError(f"{where}: expected {NPZ_IMAGES}; got shape {x.shape}")
+    note = None
+    if x.dtype.kind == "f":
+        if not np.isfinite(x).all():
+            raise DataError(f"{where}: expected {NPZ_IMAGES}; got {x.dtype} with NaN or infinite values")
+        low, high = float(x.min()), float(x.max())
+        if low < 0 or high > 1:
+            raise DataError(f"{where}: expected {NPZ_IMAGES}; got {x.dtype} values in {low:g}..{high:g}")
+        note = f"{where}: {x.dtype} images in [0, 1] converted to uint8 (x × 255, rounded)"
+        x = np.rint(x.astype(np.float32) * 255).astype(np.uint8)
+    elif x.dtype != np.uint8:
+        raise DataError(f"{where}: expected {NPZ_IMAGES}; got {x.dtype}")
+    return (x[..., None] if x.ndim == 3 else x), note
+
+
+def _npz_labels(y: Any, n: int, where: str) -> np.ndarray:
+    """(n,) int32 labels ((n, 1) accepted, as Keras' datasets store them) in 0..NPZ_MAX_CLASSES - 1."""
+    expected = f"{n} integer labels, shape ({n},) or ({n}, 1), one per image"
+    if not isinstance(y, np.ndarray) or y.dtype.kind not in "iu":
+        found = y.dtype if isinstance(y, np.ndarray) else f"{type(y).__name__}, not a .npy array"
+        raise DataError(f"{where}: expected {expected}; got {found}")
+    if y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] != 1) or len(y) != n:
+        raise DataError(f"{where}: expected {expected}; got shape {y.shape}")
+    y = y.reshape(-1)
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= NPZ_MAX_CLASSES:
+        raise DataError(
+            f"{where}: expected labels in 0..{NPZ_MAX_CLASSES - 1} (class numbers); found {low}..{high}"
+        )
+    return y.astype(np.int32)
+
+
+def read_npz(path: Path) -> tuple[tuple, tuple | None, int, tuple[str, ...]]:
+    """The train split, the test split (None: the file has none), the classes (train's largest label + 1),
+    and notes on what was converted."""
+    arrays = _npz_arrays(path)
+    missing = [k for k in ("x_train", "y_train") if k not in arrays]
+    if missing or ("x_test" in arrays) != ("y_test" in arrays):
+        missing = missing or [k for k in ("x_test", "y_test") if k not in arrays]
+        raise DataError(
+            f'"{path}": {", ".join(missing)}: missing; expected {NPZ_DESCRIPTION} '
+            f"(x_test and y_test together); found {', '.join(arrays['files']) or 'no arrays'}"
+        )
+    splits, notes = [], []
+    for split in ("train", "test") if "x_test" in arrays else ("train",):
+        x, note = _npz_images(arrays[f"x_{split}"], f'"{path}": x_{split}')
+        y = _npz_labels(arrays[f"y_{split}"], len(x), f'"{path}": y_{split}')
+        splits.append((x, y))
+        notes += [note] if note else []
+    num_classes = int(splits[0][1].max()) + 1
+    if num_classes < 2:
+        raise DataError(f'"{path}": y_train: expected at least two classes; found only label 0')
+    test = splits[1] if len(splits) > 1 else None
+    if test is not None and test[1].max() >= num_classes:
+        raise DataError(
+            f'"{path}": y_test: expected labels in 0..{num_classes - 1}, the classes of y_train; '
+            f"found {test[1].max()}"
+        )
+    return splits[0], test, num_classes, tuple(notes)
+
+
+def _held_out_test(train: tuple, spec: DataSpec, seed: int, where: str) -> tuple[tuple, tuple]:
+    """An npz without x_test: `test_size` images (else NPZ_TEST_FRACTION of x_train) drawn at random
+    with the experiment's seed become the test split; the rest stay in file order for training."""
+    x, y = train
+    n_test = spec.test_size or max(1, round(len(y) * NPZ_TEST_FRACTION))
+    if n_test >= len(y):
+        raise DataError(
+            f"{where}: x_train has {len(y)} images and no x_test; expected more than the {n_test} held out "
+            "as the test split (data.test_size)"
+        )
+    test = np.zeros(len(y), dtype=bool)
+    test[np.random.default_rng(seed).choice(len(y), n_test, replace=False)] = True
+    return (x[~test], y[~test]), (x[test], y[test])
+
+
+def _load_npz(spec: DataSpec, seed: int) -> tuple[tuple, tuple, int, tuple[str, ...]]:
+    """`data.path`'s arrays; every error starts with data.path, the field that named the file."""
+    if spec.path is None:
+        raise DataError(
+            f'data.path: required with data.source = "npz"; expected the path to {NPZ_DESCRIPTION}'
+        )
+    path = Path(spec.path).expanduser()
+    try:
+        train, test, num_classes, notes = read_npz(path)
+        if test is None:
+            train, test = _held_out_test(train, spec, seed, f'"{path}"')
+            notes += (f'"{path}" has no x_test: {len(test[1])} images of x_train held out as the test split',)
+    except DataError as exc:
+        raise DataError(f"data.path: {exc}") from None
+    return train, test, num_classes, notes
 
 
 FASHION_FILES = {
@@ -395,6 +574,19 @@ ARCHIVES: dict[str, Archive] = {
         CIFAR_DESCRIPTION,
         CIFAR_ARCHIVE_MAX,
     ),
+    "cifar100": Archive(
+        read_cifar100,  # fine labels; _reader hands it the spec's label_mode
+        (
+            "cifar-100-python.tar.gz",
+            "cifar-100-python-target_archive",  # Keras >= 3.6 get_file layout
+            "cifar-100-python-target/cifar-100-python",
+            "cifar-100-python",  # older Keras layouts
+        ),
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
+        CIFAR100_DESCRIPTION,
+        CIFAR_ARCHIVE_MAX,
+    ),
     "mnist": Archive(
         read_mnist_npz,
         ("mnist.npz",),
@@ -421,6 +613,7 @@ def keras_cache() -> Path:
 # The files a cached folder must hold, each non-empty, to count as a finished download.
 CACHED_FOLDER_FILES: dict[str, tuple[str, ...]] = {
     "cifar10": tuple(CIFAR_BATCHES),
+    "cifar100": CIFAR100_LAYOUT.members,
     "fashion_mnist": tuple(FASHION_FILES.values()),
 }
 
@@ -440,7 +633,8 @@ def _complete(entry: Path, source: str) -> bool:
     if not entry.is_dir():
         return _non_empty_file(entry)
     names = CACHED_FOLDER_FILES.get(source)
-    folder = _cifar_folder(entry) if source == "cifar10" else entry
+    layouts = {"cifar10": CIFAR10_LAYOUT, "cifar100": CIFAR100_LAYOUT}
+    folder = _cifar_folder(entry, layouts[source]) if source in layouts else entry
     return names is not None and all(_non_empty_file(folder / name) for name in names)
 
 
@@ -569,8 +763,11 @@ def _read_archive(spec: DataSpec) -> tuple[tuple, tuple, int]:
     """The checked arrays of the archive the spec names. Each error starts with the field that chose the
     file: its path alone does not say whether the user's data.path or Keras' cache supplied it."""
     found = locate(spec.source, spec.path)
+    reader = ARCHIVES[spec.source].reader
+    if spec.source == "cifar100":
+        reader = functools.partial(read_cifar100, label_mode=spec.label_mode)
     try:
-        (x_train, y_train), (x_test, y_test), num_classes = ARCHIVES[spec.source].reader(found)
+        (x_train, y_train), (x_test, y_test), num_classes = reader(found)
         x_train, y_train = _checked_split(x_train, y_train, num_classes, f'"{found}" (train split)')
         x_test, y_test = _checked_split(x_test, y_test, num_classes, f'"{found}" (test split)')
     except DataError as exc:
@@ -586,8 +783,11 @@ def _read_archive(spec: DataSpec) -> tuple[tuple, tuple, int]:
 
 def load_data(spec: DataSpec, seed: int) -> Splits:
     """Load and split the data the spec names; every failure is one DataError."""
+    notes: tuple[str, ...] = ()
     if spec.source == "shapes":
         (x_train, y_train), (x_test, y_test), num_classes = _load_shapes(spec, seed)
+    elif spec.source == "npz":
+        (x_train, y_train), (x_test, y_test), num_classes, notes = _load_npz(spec, seed)
     else:
         (x_train, y_train), (x_test, y_test), num_classes = _read_archive(spec)
     x_train, y_train = x_train[: spec.train_size], y_train[: spec.train_size]
@@ -608,6 +808,7 @@ def load_data(spec: DataSpec, seed: int) -> Splits:
         x_test,
         y_test,
         num_classes,
+        notes,
     )
 
 
