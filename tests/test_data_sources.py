@@ -3,6 +3,8 @@ here in its original format). Every bad array is one DataError naming the file a
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import os
 import pickle
@@ -20,6 +22,7 @@ from runner.data import DataError, keras_cache, load_data
 from runner.session import run_experiment
 from runner.spec import DataSpec, SpecError, load_spec, spec_from_dict
 from tests.conftest import TINY_SPEC
+from tests.test_data import DROPPED_CONNECTIONS, _fake_urlopen
 
 cli = CliRunner()
 RNG = np.random.default_rng(0)
@@ -261,6 +264,33 @@ def test_cifar100_missing_or_broken_is_a_data_error(tmp_path):
             tar.addfile(info, io.BytesIO(blob))
     with pytest.raises(DataError, match="train is not a CIFAR-100 python file.*fine_labels"):
         load_data(DataSpec(source="cifar100", path=str(cifar10_like)), 0)
+
+
+@pytest.mark.parametrize("dropped", DROPPED_CONNECTIONS)
+def test_cifar100_download_is_atomic_and_checked(tmp_path, monkeypatch, dropped):
+    """The cifar10 download path, offline: a server (faked) that drops the connection leaves nothing in
+    the cache; a whole archive with the registry's hash lands under Keras' name; a wrong hash is refused."""
+    monkeypatch.delenv("RUNNER_OFFLINE")
+    made = tmp_path / "cifar-100-python.tar.gz"
+    make_cifar100_archive(made, n_train=40, n_test=10)
+    files = {made.name: made.read_bytes()}
+    spec = DataSpec(source="cifar100", validation_fraction=0)
+    monkeypatch.setattr(
+        data.urllib.request, "urlopen", _fake_urlopen(files, made.name, DROPPED_CONNECTIONS[dropped])
+    )
+    with pytest.raises(DataError, match="cifar-100-python.tar.gz failed"):
+        load_data(spec, seed=0)
+    assert list(keras_cache().iterdir()) == []
+    monkeypatch.setattr(data.urllib.request, "urlopen", _fake_urlopen(files))
+    with pytest.raises(DataError, match="checksum mismatch"):  # the real archive's hash, not this one's
+        load_data(spec, seed=0)
+    assert list(keras_cache().iterdir()) == []
+    digest = hashlib.sha256(files[made.name]).hexdigest()
+    monkeypatch.setitem(
+        data.ARCHIVES, "cifar100", dataclasses.replace(data.ARCHIVES["cifar100"], sha256=digest)
+    )
+    assert len(load_data(spec, seed=0).y_test) == 10
+    assert [p.name for p in keras_cache().iterdir()] == ["cifar-100-python.tar.gz"]
 
 
 def test_label_mode_coarse_is_cifar100s_alone():
