@@ -177,6 +177,8 @@ class DataSpec(StrictModel):
                 f'data.label_mode: expected only with source = "cifar100"; got label_mode = '
                 f'"{self.label_mode}" with source = "{self.source}"'
             )
+        if self.source == "npz" and self.path is None:
+            raise ValueError('data.path: expected the .npz file for source = "npz"; got none')
         return self
 
 

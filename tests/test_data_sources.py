@@ -21,7 +21,7 @@ from runner.cli import app
 from runner.data import DataError, keras_cache, load_data
 from runner.session import run_experiment
 from runner.spec import DataSpec, SpecError, load_spec, spec_from_dict
-from tests.conftest import TINY_SPEC
+from tests.conftest import ROOT, TINY_SPEC
 from tests.test_data import DROPPED_CONNECTIONS, _fake_urlopen
 
 cli = CliRunner()
@@ -172,7 +172,7 @@ def test_a_bad_npz_is_one_data_error_naming_the_file_and_the_array(tmp_path, bad
 
 def test_npz_without_data_path_or_at_a_fifo_or_over_the_bound(tmp_path, monkeypatch):
     with pytest.raises(DataError, match='data.path: required with data.source = "npz"'):
-        load_data(DataSpec(source="npz"), seed=0)
+        load_data(DataSpec.model_construct(source="npz"), seed=0)  # past the spec's own check
     fifo = tmp_path / "fifo.npz"
     os.mkfifo(fifo)
     with pytest.raises(DataError, match="is a FIFO"):  # judged by stat: opening it would hang
@@ -346,3 +346,11 @@ def test_a_tiny_run_on_a_cifar100_archive_completes(write_spec, tmp_path):
     outcome = run_experiment(spec, tmp_path / "reports")
     assert (outcome.status, outcome.exit_code) == ("completed", 0)
     assert outcome.report["data"]["num_classes"] == 20
+
+
+def test_an_npz_source_without_a_path_is_refused_by_validate():
+    result = cli.invoke(
+        app, ["validate", str(ROOT / "specs" / "quickstart.toml"), "--set", "data.source=npz"]
+    )
+    assert result.exit_code == 2
+    assert 'data.path: expected the .npz file for source = "npz"; got none' in result.output
