@@ -308,3 +308,31 @@ def test_batch_normalization_statistics_stay_one_model_across_mirrored_replicas(
     (in_sync,) = [c for c in data["checks"] if c["name"] == "replicas_in_sync"]
     assert in_sync["passed"], in_sync
     assert any("bn" in layer["name"] for layer in data["audit"]["layers"])
+
+
+def test_ctrl_c_to_runner_launch_stops_every_worker_with_a_checkpoint(spec_file, tmp_path):
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "launch",
+            "--workers",
+            "2",
+            str(spec_file),
+            "--output",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: checkpoint_position(tmp_path).get("global_step", 0) >= 20)
+    launcher.send_signal(signal.SIGINT)
+    _, stderr = launcher.communicate(timeout=EXIT_BOUND_S)
+    assert launcher.returncode == 130, stderr
+    run_dir = only_run(tmp_path)
+    assert report(run_dir)["status"] == "interrupted"
+    assert [w["status"] for w in worker_files(run_dir)] == ["interrupted", "interrupted"]
+    assert "runner resume" in stderr
