@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.spec import DataSpec, SpecValueError
+from runner.spec import AugmentationSpec, DataSpec, SpecValueError
 
 SHAPE_CLASSES = (
     "disk",
@@ -832,13 +832,20 @@ def pipeline(x: np.ndarray, y: np.ndarray, batch_size: int) -> Any:
 
 
 def train_pipeline(
-    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int, epochs: range, skip: int = 0
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    shuffle_seed: int,
+    epochs: range,
+    skip: int = 0,
+    augmentation: AugmentationSpec | None = None,
 ) -> Any:
     """Training batches for `epochs`, each epoch in its own order, then the next one's.
 
     The order of epoch e is a stateless shuffle seeded by (shuffle_seed, e): a pure function of the
     spec, so a run resumed at epoch e, step s (`skip` = s batches of epoch e already done) sees the
-    very batches the uninterrupted run saw. Batches never straddle two epochs.
+    very batches the uninterrupted run saw. Batches never straddle two epochs. `augmentation`'s
+    draws are keyed by (shuffle_seed, epoch, batch), so resumed batches are augmented alike.
     """
     from runner import compat
 
@@ -849,7 +856,17 @@ def train_pipeline(
         order = tf.random.experimental.stateless_shuffle(
             tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(shuffle_seed, tf.int64), epoch])
         )
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
+        return batches.map(lambda i, idx: (idx, tf.stack([tf.constant(shuffle_seed, tf.int64), epoch, i])))
 
-    indices = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches).skip(skip)
-    return _gathered(tf, indices, x, y)
+    keyed = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches).skip(skip)
+    if augmentation is None or not augmentation.describe():
+        return _gathered(tf, keyed.map(lambda idx, key: idx), x, y)
+    from runner.augment import augment
+
+    images, labels = tf.constant(x), tf.constant(y)
+    batches = keyed.map(
+        lambda idx, key: (augment(tf.gather(images, idx), key, augmentation), tf.gather(labels, idx)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return batches.prefetch(tf.data.AUTOTUNE)

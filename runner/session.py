@@ -144,7 +144,13 @@ def _train(state: RunState, engine: Any, splits: Splits, emit: EventSink) -> Non
         for segment in loop.segments(start, spec.training.epochs, steps):
             epochs = range(segment.first, segment.stop)
             train_ds = train_pipeline(
-                splits.x_train, splits.y_train, batch, spec.data.shuffle_seed, epochs, segment.skip
+                splits.x_train,
+                splits.y_train,
+                batch,
+                spec.data.shuffle_seed,
+                epochs,
+                segment.skip,
+                spec.data.augmentation,
             )
             restore_metrics = partial(_restore_metrics, state, splits) if segment.skip else None
             observers = [*_observers(state, segment, n_train, emit, restore_metrics), *summaries]
@@ -325,9 +331,8 @@ def _distribution(spec: ExperimentSpec, setup: Setup) -> dict[str, Any]:
 def _new_state(spec: ExperimentSpec, run_dir: Path, setup: Setup) -> RunState:
     environment = setup.environment
     fast, why = precision.mixed_precision_advice(spec.precision.policy, environment["device_facts"])
-    state = RunState(
-        spec, run_dir, environment, setup.splits.summary(), advice={"faster": fast, "detail": why}
-    )
+    data = {**setup.splits.summary(), "augmentation": spec.data.augmentation.describe()}
+    state = RunState(spec, run_dir, environment, data, advice={"faster": fast, "detail": why})
     state.role, state.distribution = setup.role, _distribution(spec, setup)
     return state
 

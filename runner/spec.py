@@ -157,6 +157,31 @@ ModelSpec = Annotated[
 ]
 
 
+class AugmentationSpec(StrictModel):
+    """Random changes to each training image, in the input pipeline (the model and its audit never
+    see them), drawn by stateless ops keyed by (data.shuffle_seed, epoch, batch): a resumed run sees
+    the very images the uninterrupted one did. None by default; never on validation or test data."""
+
+    horizontal_flip: bool = False
+    # Zero-pad by this many pixels on each side, then crop back at a random offset (CIFAR's 4).
+    pad_crop: Annotated[int, Field(ge=0, le=64)] = 0
+    # Shift by up to this fraction of the height and width, zeros filling in (Keras' RandomTranslation).
+    translate: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.0
+    # Add up to ± this fraction of the full range (255) to every pixel of an image.
+    brightness: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    # Scale each image's deviation from its mean by a factor in [1 - contrast, 1 + contrast].
+    contrast: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+    def describe(self) -> list[str]:
+        """What runs, in words, for the report ([] when nothing does)."""
+        said = ["horizontal flip"] if self.horizontal_flip else []
+        said += [f"pad {self.pad_crop} and random crop"] if self.pad_crop else []
+        said += [f"translate up to {self.translate:g} of the size"] if self.translate else []
+        said += [f"brightness ± {self.brightness:g}"] if self.brightness else []
+        said += [f"contrast × [{1 - self.contrast:g}, {1 + self.contrast:g}]"] if self.contrast else []
+        return said
+
+
 class DataSpec(StrictModel):
     source: Source = "shapes"
     # An explicit archive (cifar-10-python.tar.gz, mnist.npz, a fashion-mnist folder); else Keras' cache.
@@ -167,6 +192,7 @@ class DataSpec(StrictModel):
     # Held out from the training split for per-epoch validation; 0 disables validation.
     validation_fraction: Fraction = 0.1
     shuffle_seed: Annotated[int, Field(ge=0)] = 0
+    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
     # cifar100 only: its 100 fine classes or the 20 coarse superclasses they are grouped into.
     label_mode: Literal["fine", "coarse"] = "fine"
 

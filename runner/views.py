@@ -175,6 +175,9 @@ def _headline(data: dict[str, Any]) -> Text:
             f"\n{perf['steps_per_execution']} steps per execution ({perf['steps_per_execution_why']})"
         )
     text.append(f"\n{data['environment']['device']}")
+    augmentation = (data.get("data") or {}).get("augmentation")
+    if augmentation:
+        text.append(f"\naugmentation: {', '.join(augmentation)}")
     placement = distribution_line(data.get("distribution"))
     if placement:
         text.append(f"\n{placement}")

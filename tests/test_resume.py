@@ -33,6 +33,10 @@ source = "shapes"
 batch_size = 32
 train_size = 6000
 test_size = 400
+[data.augmentation]  # stateless draws: a resumed epoch is augmented as the uninterrupted one was
+horizontal_flip = true
+pad_crop = 2
+brightness = 0.1
 [training]
 epochs = 3
 learning_rate = 0.003

@@ -298,3 +298,20 @@ def test_every_skipped_step_is_placed_whatever_the_steps_per_execution(write_spe
     (history, skipped), other = histories
     assert skipped >= 8 and other == (history, skipped)
     assert [step for step, _ in history[1 : skipped + 1]] == list(range(1, skipped + 1))  # one per step
+
+
+@pytest.mark.slow
+def test_the_report_says_what_augmentation_ran(write_spec, tmp_path):
+    overrides = [
+        "training.epochs=1",
+        "data.augmentation.horizontal_flip=true",
+        "data.augmentation.pad_crop=4",
+    ]
+    outcome = _run(write_spec, tmp_path, overrides)
+    assert outcome.status == "completed"
+    assert outcome.report["data"]["augmentation"] == ["horizontal flip", "pad 4 and random crop"]
+    assert all(
+        layer["class"] not in {"RandomFlip", "RandomCrop"} for layer in outcome.report["audit"]["layers"]
+    )
+    plain = _run(write_spec, tmp_path / "plain", ["training.epochs=1"])
+    assert plain.report["data"]["augmentation"] == []
