@@ -63,6 +63,31 @@ class Splits:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.x_train.shape[1:])
 
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(images, labels) of "train", "validation" or "test"."""
+        return {
+            "train": (self.x_train, self.y_train),
+            "validation": (self.x_val, self.y_val),
+            "test": (self.x_test, self.y_test),
+        }[split]
+
+    def count(self, split: str) -> int:
+        return len(self.arrays(split)[1])
+
+    def first_batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first `n` training images and labels: the probe's and the metrics' batch."""
+        return self.x_train[:n], self.y_train[:n]
+
+    def train_dataset(self, batch_size: int, shuffle_seed: int, epochs: range, skip: int = 0) -> Any:
+        return train_pipeline(self.x_train, self.y_train, batch_size, shuffle_seed, epochs, skip)
+
+    def eval_dataset(self, split: str, batch_size: int) -> Any:
+        return pipeline(*self.arrays(split), batch_size)
+
+    def explain(self, exc: Exception) -> str | None:
+        """What a crash says about the data (arrays in memory: nothing)."""
+        return None
+
     def summary(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -642,7 +667,12 @@ def train_pipeline(
     from runner import compat
 
     tf = compat.tensorflow()
-    n = len(x)
+    return _gathered(tf, epoch_indices(tf, len(x), batch_size, shuffle_seed, epochs, skip), x, y)
+
+
+def epoch_indices(tf: Any, n: int, batch_size: int, shuffle_seed: int, epochs: range, skip: int = 0) -> Any:
+    """Batches of int64 indices into a split of `n` for `epochs`, `skip` batches of the first left out:
+    the order of epoch e is the stateless shuffle seeded by (shuffle_seed, e), whatever the source."""
 
     def epoch_batches(epoch: Any) -> Any:
         order = tf.random.experimental.stateless_shuffle(
@@ -650,5 +680,4 @@ def train_pipeline(
         )
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
-    indices = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches).skip(skip)
-    return _gathered(tf, indices, x, y)
+    return tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches).skip(skip)

@@ -11,14 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from runner.data import DataError, _folder, _kind, _unreachable
+import numpy as np
+
+from runner.data import DataError, Splits, _folder, _kind, _unreachable, epoch_indices, load_data
+from runner.spec import DataSpec
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # Keras' ALLOWLIST_FORMATS
+KERAS_IMAGE_SIZE = (256, 256)  # image_dataset_from_directory's default
+TEST_FRACTION = 0.2  # held out when the spec names no test folder
+SPLITS = ("train", "validation", "test")
+# The first bytes of what tf.io.decode_image reads: anything else is refused by name before it is decoded.
+MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")
+UNDECODABLE = "image_folder: not a BMP, GIF, JPEG or PNG image:"
 EXPECTED_LAYOUT = (
     "a folder with one subfolder per class (at least 2), each holding .bmp/.gif/.jpeg/.jpg/.png images"
 )
@@ -141,3 +152,160 @@ def scan_test_folder(root: Path, class_names: tuple[str, ...]) -> FolderIndex:
             f"{sorted(class_names)}"
         )
     return scan_folder(root, "data.test_path", list(class_names))
+
+
+# ---------------------------------------------------------------- splits and the file pipeline
+
+
+@dataclass(frozen=True)
+class FolderSplits:
+    """The files of each split (absolute paths) and their labels; images are decoded batch by batch."""
+
+    source: str
+    files: dict[str, tuple[str, ...]]
+    labels: dict[str, np.ndarray]  # (n,) int32 per split
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int]  # (height, width, channels)
+    fingerprints: dict[str, str]  # "path" (and "test_path"): FolderIndex.fingerprint
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def count(self, split: str) -> int:
+        return len(self.labels[split])
+
+    def summary(self) -> dict[str, Any]:
+        counts = {
+            split: {name: int((self.labels[split] == i).sum()) for i, name in enumerate(self.class_names)}
+            for split in SPLITS
+        }
+        sizes = {split: self.count(split) for split in SPLITS}
+        return {
+            "source": self.source,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            **sizes,
+            "class_names": list(self.class_names),
+            "counts": counts,
+            "fingerprint": self.fingerprints,
+        }
+
+    def train_dataset(self, batch_size: int, shuffle_seed: int, epochs: range, skip: int = 0) -> Any:
+        """As `data.train_pipeline`: the same index order per epoch, so a resume sees the same batches."""
+        from runner import compat
+
+        tf = compat.tensorflow()
+        indices = epoch_indices(tf, self.count("train"), batch_size, shuffle_seed, epochs, skip)
+        return self._decoded(tf, indices, "train")
+
+    def eval_dataset(self, split: str, batch_size: int) -> Any:
+        from runner import compat
+
+        tf = compat.tensorflow()
+        return self._decoded(tf, tf.data.Dataset.range(self.count(split)).batch(batch_size), split)
+
+    def first_batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y = next(iter(self.eval_dataset("train", n)))
+        return x.numpy(), y.numpy()
+
+    def _decoded(self, tf: Any, indices: Any, split: str) -> Any:
+        """Batches of indices → (uint8 images, int32 labels); files are read in the parallel map, so
+        no more than a few batches are ever in memory."""
+        paths, labels = tf.constant(list(self.files[split])), tf.constant(self.labels[split])
+        signature = tf.TensorSpec(self.input_shape, tf.uint8)
+
+        def batch(idx: Any) -> tuple[Any, Any]:
+            decode = partial_decoder(tf, self.input_shape)
+            images = tf.map_fn(decode, tf.gather(paths, idx), fn_output_signature=signature)
+            return images, tf.gather(labels, idx)
+
+        return indices.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def explain(self, exc: Exception) -> str | None:
+        """The file a decoding error came from, in words; None for any other crash."""
+        named = re.search(re.escape(UNDECODABLE) + r"\] \[(.*?)\]", str(exc))
+        if named:
+            return f'data: cannot decode "{named.group(1)}"; expected a BMP, GIF, JPEG or PNG image'
+        if type(exc).__name__ != "InvalidArgumentError":
+            return None
+        bad = self.first_undecodable()
+        return None if bad is None else f'data: cannot decode "{bad[0]}" ({bad[1]}); expected a whole image'
+
+    def first_undecodable(self) -> tuple[str, str] | None:
+        """The first file of any split that does not decode (a damaged image behind a valid header)."""
+        from runner import compat
+
+        tf = compat.tensorflow()
+        decode = partial_decoder(tf, self.input_shape)
+        for split in SPLITS:
+            for path in self.files[split]:
+                try:
+                    decode(tf.constant(path))
+                except tf.errors.OpError as exc:
+                    return path, _op_message(exc.message)
+        return None
+
+
+def _op_message(message: str) -> str:
+    """TensorFlow's error text without its function-node and op decorations."""
+    return re.sub(r"\{\{.*?\}\}\s*", "", message).split(" [Op:")[0].strip()
+
+
+def partial_decoder(tf: Any, shape: tuple[int, int, int]) -> Any:
+    """path → (height, width, channels) uint8: decoded (channels converted), resized bilinearly without
+    cropping (Keras' defaults), rounded back to uint8 as the array sources give them."""
+    height, width, channels = shape
+
+    def decode(path: Any) -> Any:
+        raw = tf.io.read_file(path)
+        head = tf.strings.substr(raw, 0, 4)
+        known = tf.reduce_any([tf.strings.substr(head, 0, len(m)) == m for m in MAGIC])
+        with tf.control_dependencies([tf.debugging.Assert(known, [UNDECODABLE, path])]):
+            image = tf.io.decode_image(raw, channels=channels, expand_animations=False)
+        resized = tf.image.resize(image, (height, width), method="bilinear")
+        return tf.ensure_shape(tf.saturate_cast(tf.round(resized), tf.uint8), shape)
+
+    return decode
+
+
+def _split_indices(n: int, spec: DataSpec, seed: int, held_out: bool) -> dict[str, np.ndarray]:
+    """Indices of train, validation and (unless a test folder is given) test, drawn with the seed."""
+    order = np.random.default_rng(seed).permutation(n)
+    fraction = TEST_FRACTION if spec.test_fraction is None else spec.test_fraction
+    n_test = int(n * fraction) if held_out else 0
+    test, rest = order[:n_test][: spec.test_size], order[n_test:][: spec.train_size]
+    cut = len(rest) - int(len(rest) * spec.validation_fraction)
+    return {"train": np.sort(rest[:cut]), "validation": np.sort(rest[cut:]), "test": np.sort(test)}
+
+
+def load_folder(spec: DataSpec, seed: int) -> FolderSplits:
+    """Scan data.path (and data.test_path), then split; every failure is one DataError."""
+    assert spec.path is not None  # the spec requires it for image_folder
+    index = scan_folder(Path(spec.path), "data.path", spec.class_names)
+    test = scan_test_folder(Path(spec.test_path), index.class_names) if spec.test_path else None
+    chosen = _split_indices(len(index.files), spec, seed, held_out=test is None)
+    if len(chosen["train"]) < spec.batch_size:
+        raise DataError(
+            f"data: {len(chosen['train'])} training images after the validation and test splits; expected "
+            f"at least one batch (batch_size = {spec.batch_size})"
+        )
+    paths = np.array([str(index.root / f) for f in index.files])
+    files = {split: tuple(paths[chosen[split]]) for split in SPLITS}
+    labels = {split: np.array(index.labels, np.int32)[chosen[split]] for split in SPLITS}
+    fingerprints = {"path": index.fingerprint()}
+    if test is not None:
+        files["test"] = tuple(str(test.root / f) for f in test.files)[: spec.test_size]
+        labels["test"] = np.array(test.labels, np.int32)[: spec.test_size]
+        fingerprints["test_path"] = test.fingerprint()
+    height, width = spec.image_size or KERAS_IMAGE_SIZE
+    shape = (height, width, spec.channels or 3)
+    return FolderSplits("image_folder", files, labels, index.class_names, shape, fingerprints)
+
+
+AnySplits = Splits | FolderSplits
+
+
+def load_splits(spec: DataSpec, seed: int) -> AnySplits:
+    """The data the spec names: a folder of images streamed from disk, or arrays (data.load_data)."""
+    return load_folder(spec, seed) if spec.source == "image_folder" else load_data(spec, seed)

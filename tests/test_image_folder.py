@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
-from runner.data import DataError
-from runner.folders import FolderIndex, scan_folder, scan_test_folder
-from runner.spec import SpecError, load_spec
+from runner.cli import app
+from runner.data import DataError, train_pipeline
+from runner.folders import FolderIndex, load_folder, scan_folder, scan_test_folder
+from runner.spec import DataSpec, SpecError, load_spec
 
 COLOURS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
 
@@ -162,3 +164,107 @@ def test_the_test_folder_must_hold_the_same_classes(tmp_path):
 def test_bad_image_folder_fields_are_spec_errors(write_spec, data, expected):
     with pytest.raises(SpecError, match=expected.replace("[", r"\[")):
         load_spec(write_spec(f'name = "x"\n[data]\n{data}\n'))
+
+
+# ---------------------------------------------------------------- `runner run`: bad data is exit 2
+
+cli = CliRunner()
+
+SPEC = """
+name = "folder"
+seed = 1
+[precision]
+policy = "float32"
+[model]
+kind = "seed_cnn"
+filters = [8, 16]
+dense_units = 16
+[data]
+source = "image_folder"
+path = "{path}"
+image_size = [32, 32]
+batch_size = 16
+{extra}
+[training]
+epochs = 2
+learning_rate = 0.003
+steps_per_execution = 1
+[runtime]
+tensorboard = false
+"""
+
+
+def folder_spec(write_spec, path: Path, extra: str = "") -> Path:
+    return write_spec(SPEC.format(path=path, extra=extra))
+
+
+@pytest.mark.parametrize(
+    ("per_class", "extra", "expected"),
+    [
+        pytest.param({}, "", "has 0 class subfolders", id="empty"),
+        pytest.param({"red": 3, "blue": 0}, "", 'blue" holds no images', id="class-without-images"),
+        pytest.param({"red": 3}, "", "has 1 class subfolder (red)", id="one-class"),
+        pytest.param({"red": 3, "blue": 3}, 'class_names = ["blue", "pink"]', "data.class_names", id="names"),
+        pytest.param(
+            {"red": 10, "blue": 10}, "", "training images after the validation and test", id="too-few"
+        ),
+    ],
+)
+def test_runner_run_on_bad_data_exits_2_with_one_message_and_no_run_dir(
+    tmp_path, write_spec, per_class, extra, expected
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, count in per_class.items():
+        (data / name).mkdir()
+        make_folder(data, per_class=count, classes={name: None})
+    out = tmp_path / "out"
+    result = cli.invoke(app, ["run", str(folder_spec(write_spec, data, extra)), "--output", str(out)])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and "Traceback" not in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+# ---------------------------------------------------------------- the file pipeline
+
+
+def folder_data(path: Path, **fields) -> DataSpec:
+    return DataSpec(**{"source": "image_folder", "path": str(path), "batch_size": 8, **fields})
+
+
+def test_decoded_images_are_the_files_pixels_as_uint8(tmp_path):
+    make_folder(tmp_path, per_class=4)
+    splits = load_folder(folder_data(tmp_path, image_size=[32, 32], test_fraction=0.5, batch_size=4), seed=0)
+    x, y = next(iter(splits.eval_dataset("test", 64)))
+    assert x.dtype.name == "uint8" and x.shape == (6, 32, 32, 3) and list(y.numpy()) == sorted(y.numpy())
+    for image, file in zip(x.numpy(), splits.files["test"], strict=True):
+        assert np.array_equal(image, np.asarray(Image.open(file)))  # same size: the resize changes nothing
+    grey = load_folder(folder_data(tmp_path, image_size=[16, 8], channels=1, batch_size=4), seed=0)
+    images, _ = grey.first_batch(3)
+    assert images.shape == (3, 16, 8, 1) and grey.input_shape == (16, 8, 1)
+
+
+def test_each_epoch_sees_the_array_sources_order_so_a_resume_sees_the_same_batches(tmp_path):
+    """The same stateless shuffle over the index as data.train_pipeline, `skip` included."""
+    make_folder(tmp_path, per_class=12)
+    splits = load_folder(folder_data(tmp_path, image_size=[32, 32]), seed=3)
+    x, y = splits.first_batch(splits.count("train"))
+    from_files = list(splits.train_dataset(8, 5, range(1, 3), skip=2))
+    from_arrays = list(train_pipeline(x, y, 8, 5, range(1, 3), skip=2))
+    assert len(from_files) == len(from_arrays) > 0
+    for (xf, yf), (xa, ya) in zip(from_files, from_arrays, strict=True):
+        assert np.array_equal(xf.numpy(), xa.numpy()) and np.array_equal(yf.numpy(), ya.numpy())
+
+
+def test_splits_are_drawn_with_the_seed_and_the_summary_counts_them(tmp_path):
+    make_folder(tmp_path, per_class=10)
+    splits = load_folder(folder_data(tmp_path, test_fraction=0.3, validation_fraction=0.25), seed=1)
+    again = load_folder(folder_data(tmp_path, test_fraction=0.3, validation_fraction=0.25), seed=1)
+    other = load_folder(folder_data(tmp_path, test_fraction=0.3, validation_fraction=0.25), seed=2)
+    assert splits.files == again.files and splits.files["test"] != other.files["test"]
+    summary = splits.summary()
+    assert (summary["train"], summary["validation"], summary["test"]) == (16, 5, 9)
+    assert sum(summary["counts"]["test"].values()) == 9 and summary["input_shape"] == [256, 256, 3]
+    assert set().union(*map(set, splits.files.values())) == {
+        str(tmp_path / f) for f in scan_folder(tmp_path, "p").files
+    }
