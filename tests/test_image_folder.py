@@ -3,7 +3,10 @@ the tf.data file pipeline, and real runs on a folder of PNGs made here."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +271,90 @@ def test_splits_are_drawn_with_the_seed_and_the_summary_counts_them(tmp_path):
     assert set().union(*map(set, splits.files.values())) == {
         str(tmp_path / f) for f in scan_folder(tmp_path, "p").files
     }
+
+
+# ---------------------------------------------------------------- real runs (slow)
+
+
+def run_report(out: Path) -> dict:
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    return json.loads((run_dir / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("colours"), per_class=100)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("extra", "class_names"),
+    [
+        pytest.param("", ["blue", "green", "red"], id="sorted"),
+        pytest.param('class_names = ["red", "blue", "green"]', ["red", "blue", "green"], id="given"),
+    ],
+)
+def test_a_run_on_a_folder_learns_and_records_its_classes(colours, tmp_path, write_spec, extra, class_names):
+    out = tmp_path / "out"
+    result = cli.invoke(app, ["run", str(folder_spec(write_spec, colours, extra)), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    report = run_report(out)
+    assert report["status"] == "completed" and report["metrics"]["test_accuracy"] >= 0.9
+    data = report["data"]
+    assert data["class_names"] == class_names and data["input_shape"] == [32, 32, 3]
+    assert (data["train"], data["validation"], data["test"]) == (216, 24, 60)
+    assert sum(sum(c.values()) for c in data["counts"].values()) == 300
+    assert data["fingerprint"]["path"] == scan_folder(colours, "data.path").fingerprint()
+
+
+@pytest.mark.slow
+def test_a_file_that_cannot_be_decoded_fails_the_run_naming_it(colours, tmp_path, write_spec):
+    """Two kinds: not an image at all (caught inside tf.data) and a PNG cut short (found afterwards)."""
+    data = tmp_path / "data"
+    shutil.copytree(colours, data)
+    (data / "red" / "050.png").write_bytes(b"not an image")
+    truncated = (data / "green" / "070.png").read_bytes()[:200]
+    for bad, expected in (("red/050.png", "expected a BMP"), ("green/070.png", "Invalid PNG data")):
+        out = tmp_path / f"out-{bad[:3]}"
+        result = cli.invoke(app, ["run", str(folder_spec(write_spec, data)), "--output", str(out)])
+        assert result.exit_code == 3, result.output
+        report = run_report(out)
+        assert report["status"] == "failed"
+        assert f'data: cannot decode "{data / bad}"' in report["error"] and expected in report["error"]
+        (data / "red" / "050.png").write_bytes((colours / "red" / "050.png").read_bytes())
+        (data / "green" / "070.png").write_bytes(truncated)
+
+
+RESUMABLE = (
+    SPEC.replace("epochs = 2", "epochs = 3")
+    .replace("tensorboard = false", "tensorboard = false\ndeterministic = true\ncheckpoint_every_steps = 3")
+    .replace("batch_size = 16", "batch_size = 8")
+    .replace("image_size = [32, 32]", "image_size = [64, 64]")
+)
+
+
+@pytest.mark.slow
+def test_interrupted_mid_epoch_then_resumed_equals_the_uninterrupted_run(colours, tmp_path):
+    from tests.test_resume import checkpoint_position, in_mid_epoch, model_metrics, only_run, runner, wait_for
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(RESUMABLE.format(path=colours, extra="").replace("[8, 16]", "[16, 32]"))
+    whole = runner("run", spec, "--output", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    child = runner("run", spec, "--output", tmp_path / "cut", wait=False)
+    wait_for(lambda: in_mid_epoch(checkpoint_position(tmp_path / "cut"), 1))
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    run_dir = only_run(tmp_path / "cut")
+    position = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
+    assert position["epoch"] == 1 and position["step"] > 0  # resumes inside an epoch: `skip` batches
+    resumed = runner("resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    reference = only_run(tmp_path / "whole")
+    assert model_metrics(run_dir) == model_metrics(reference)
+    final, uninterrupted = run_report(tmp_path / "cut")["metrics"], run_report(tmp_path / "whole")["metrics"]
+    assert (final["test_loss"], final["test_accuracy"]) == (
+        uninterrupted["test_loss"],
+        uninterrupted["test_accuracy"],
+    )
