@@ -27,6 +27,7 @@ IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # Keras' ALLOWLIST
 KERAS_IMAGE_SIZE = (256, 256)  # image_dataset_from_directory's default
 TEST_FRACTION = 0.2  # held out when the spec names no test folder
 SPLITS = ("train", "validation", "test")
+SKIPPED_LISTED = 20  # report.json names this many skipped files, and counts them all
 # The first bytes of what tf.io.decode_image reads: anything else is refused by name before it is decoded.
 MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")
 UNDECODABLE = "image_folder: not a BMP, GIF, JPEG or PNG image:"
@@ -167,6 +168,7 @@ class FolderSplits:
     class_names: tuple[str, ...]
     input_shape: tuple[int, int, int]  # (height, width, channels)
     fingerprints: dict[str, str]  # "path" (and "test_path"): FolderIndex.fingerprint
+    skipped: tuple[str, ...] = ()  # files left out by data.skip_bad_files
 
     @property
     def num_classes(self) -> int:
@@ -189,6 +191,7 @@ class FolderSplits:
             "class_names": list(self.class_names),
             "counts": counts,
             "fingerprint": self.fingerprints,
+            "skipped_files": {"count": len(self.skipped), "first": list(self.skipped[:SKIPPED_LISTED])},
         }
 
     def train_dataset(self, batch_size: int, shuffle_seed: int, epochs: range, skip: int = 0) -> Any:
@@ -282,8 +285,25 @@ def _split_indices(n: int, spec: DataSpec, seed: int, held_out: bool) -> dict[st
 def load_folder(spec: DataSpec, seed: int) -> FolderSplits:
     """Scan data.path (and data.test_path), then split; every failure is one DataError."""
     assert spec.path is not None  # the spec requires it for image_folder
+    height, width = spec.image_size or KERAS_IMAGE_SIZE
+    shape = (height, width, spec.channels or 3)
     index = scan_folder(Path(spec.path), "data.path", spec.class_names)
     test = scan_test_folder(Path(spec.test_path), index.class_names) if spec.test_path else None
+    fingerprints = {"path": index.fingerprint()}  # of what is on disk, skipped files included
+    if test is not None:
+        fingerprints["test_path"] = test.fingerprint()
+    skipped: list[str] = []
+    if spec.skip_bad_files:
+        index = _without_undecodable(index, shape, skipped)
+        test = None if test is None else _without_undecodable(test, shape, skipped)
+    files, labels = _split_files(index, test, spec, seed)
+    return FolderSplits("image_folder", files, labels, index.class_names, shape, fingerprints, tuple(skipped))
+
+
+def _split_files(
+    index: FolderIndex, test: FolderIndex | None, spec: DataSpec, seed: int
+) -> tuple[dict[str, tuple[str, ...]], dict[str, np.ndarray]]:
+    """Each split's absolute paths and labels: test from data.test_path or held out of data.path."""
     chosen = _split_indices(len(index.files), spec, seed, held_out=test is None)
     if len(chosen["train"]) < spec.batch_size:
         raise DataError(
@@ -293,14 +313,33 @@ def load_folder(spec: DataSpec, seed: int) -> FolderSplits:
     paths = np.array([str(index.root / f) for f in index.files])
     files = {split: tuple(paths[chosen[split]]) for split in SPLITS}
     labels = {split: np.array(index.labels, np.int32)[chosen[split]] for split in SPLITS}
-    fingerprints = {"path": index.fingerprint()}
     if test is not None:
         files["test"] = tuple(str(test.root / f) for f in test.files)[: spec.test_size]
         labels["test"] = np.array(test.labels, np.int32)[: spec.test_size]
-        fingerprints["test_path"] = test.fingerprint()
-    height, width = spec.image_size or KERAS_IMAGE_SIZE
-    shape = (height, width, spec.channels or 3)
-    return FolderSplits("image_folder", files, labels, index.class_names, shape, fingerprints)
+    return files, labels
+
+
+def _without_undecodable(index: FolderIndex, shape: tuple[int, int, int], skipped: list[str]) -> FolderIndex:
+    """`index` less the files that do not decode (their paths appended to `skipped`): each file is decoded
+    once, before training, so which ones are left out never changes between a run and its resume."""
+    from runner import compat
+
+    tf = compat.tensorflow()
+    decode = partial_decoder(tf, shape)
+    keep = []
+    for i, file in enumerate(index.files):
+        try:
+            decode(tf.constant(str(index.root / file)))
+            keep.append(i)
+        except tf.errors.OpError:
+            skipped.append(str(index.root / file))
+    return FolderIndex(
+        index.root,
+        index.class_names,
+        tuple(index.files[i] for i in keep),
+        tuple(index.sizes[i] for i in keep),
+        tuple(index.labels[i] for i in keep),
+    )
 
 
 AnySplits = Splits | FolderSplits

@@ -175,6 +175,9 @@ class DataSpec(StrictModel):
     channels: Literal[1, 3] | None = None  # grayscale or RGB, converted on decode; None: 3
     test_path: str | None = None  # a second folder of the same classes; else test_fraction is held out
     test_fraction: Fraction | None = None  # None: 0.2 without test_path
+    # Files that do not decode are left out (counted and listed in report.json) instead of failing the
+    # run: every file is decoded once before training, so the batches stay the same on a resume.
+    skip_bad_files: bool | None = None
 
     @model_validator(mode="after")
     def _image_folder_fields(self) -> DataSpec:
@@ -199,7 +202,14 @@ class DataSpec(StrictModel):
         return self
 
 
-IMAGE_FOLDER_FIELDS = ("class_names", "image_size", "channels", "test_path", "test_fraction")
+IMAGE_FOLDER_FIELDS = (
+    "class_names",
+    "image_size",
+    "channels",
+    "test_path",
+    "test_fraction",
+    "skip_bad_files",
+)
 
 
 class Adam(StrictModel):

@@ -273,6 +273,24 @@ def test_splits_are_drawn_with_the_seed_and_the_summary_counts_them(tmp_path):
     }
 
 
+def test_skip_bad_files_leaves_out_what_does_not_decode_and_lists_it(tmp_path):
+    make_folder(tmp_path / "train", per_class=6)
+    make_folder(tmp_path / "test", per_class=2)
+    (tmp_path / "train" / "red" / "002.png").write_bytes(b"not an image")
+    cut = (tmp_path / "train" / "blue" / "004.png").read_bytes()[:100]
+    (tmp_path / "train" / "blue" / "004.png").write_bytes(cut)  # a valid header, then nothing
+    (tmp_path / "test" / "green" / "000.png").write_bytes(b"")
+    spec = folder_data(tmp_path / "train", test_path=str(tmp_path / "test"), batch_size=4)
+    skipping = load_folder(spec.model_copy(update={"skip_bad_files": True}), seed=0)
+    bad = [tmp_path / "train/blue/004.png", tmp_path / "train/red/002.png", tmp_path / "test/green/000.png"]
+    assert skipping.skipped == tuple(map(str, bad))
+    assert skipping.summary()["skipped_files"] == {"count": 3, "first": list(map(str, bad))}
+    assert skipping.count("train") + skipping.count("validation") == 16 and skipping.count("test") == 5
+    assert not set(map(str, bad)) & set().union(*map(set, skipping.files.values()))
+    assert skipping.fingerprints == load_folder(spec, seed=0).fingerprints  # what is on disk
+    assert load_folder(spec, seed=0).count("test") == 6  # without the flag nothing is decoded before the run
+
+
 # ---------------------------------------------------------------- real runs (slow)
 
 
