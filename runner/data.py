@@ -65,6 +65,40 @@ class Splits:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.x_train.shape[1:])
 
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(images, labels) of "train", "validation" or "test"."""
+        return {
+            "train": (self.x_train, self.y_train),
+            "validation": (self.x_val, self.y_val),
+            "test": (self.x_test, self.y_test),
+        }[split]
+
+    def count(self, split: str) -> int:
+        return len(self.arrays(split)[1])
+
+    def first_batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first `n` training images and labels: the probe's and the metrics' batch."""
+        return self.x_train[:n], self.y_train[:n]
+
+    def train_dataset(
+        self,
+        batch_size: int,
+        shuffle_seed: int,
+        epochs: range,
+        skip: int = 0,
+        augmentation: AugmentationSpec | None = None,
+    ) -> Any:
+        return train_pipeline(
+            self.x_train, self.y_train, batch_size, shuffle_seed, epochs, skip, augmentation
+        )
+
+    def eval_dataset(self, split: str, batch_size: int) -> Any:
+        return pipeline(*self.arrays(split), batch_size)
+
+    def explain(self, exc: Exception) -> str | None:
+        """What a crash says about the data (arrays in memory: nothing)."""
+        return None
+
     def summary(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -850,7 +884,15 @@ def train_pipeline(
     from runner import compat
 
     tf = compat.tensorflow()
-    n = len(x)
+    images, labels = tf.constant(x), tf.constant(y)
+    keyed = epoch_indices(tf, len(x), batch_size, shuffle_seed, epochs, skip)
+    return loaded(tf, keyed, lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)), augmentation)
+
+
+def epoch_indices(tf: Any, n: int, batch_size: int, shuffle_seed: int, epochs: range, skip: int = 0) -> Any:
+    """Batches of int64 indices into a split of `n` for `epochs`, `skip` batches of the first left out,
+    each with its key (shuffle_seed, epoch, batch): the order of epoch e is the stateless shuffle
+    seeded by (shuffle_seed, e), whatever the source."""
 
     def epoch_batches(epoch: Any) -> Any:
         order = tf.random.experimental.stateless_shuffle(
@@ -859,14 +901,19 @@ def train_pipeline(
         batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
         return batches.map(lambda i, idx: (idx, tf.stack([tf.constant(shuffle_seed, tf.int64), epoch, i])))
 
-    keyed = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches).skip(skip)
+    return tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches).skip(skip)
+
+
+def loaded(tf: Any, keyed: Any, load: Any, augmentation: AugmentationSpec | None) -> Any:
+    """(indices, key) batches → (uint8 images, labels) batches by `load(indices)`, in a parallel map,
+    augmented by draws keyed by `key` when `augmentation` asks for anything."""
     if augmentation is None or not augmentation.describe():
-        return _gathered(tf, keyed.map(lambda idx, key: idx), x, y)
+        batches = keyed.map(lambda idx, key: load(idx), num_parallel_calls=tf.data.AUTOTUNE)
+        return batches.prefetch(tf.data.AUTOTUNE)
     from runner.augment import augment
 
-    images, labels = tf.constant(x), tf.constant(y)
-    batches = keyed.map(
-        lambda idx, key: (augment(tf.gather(images, idx), key, augmentation), tf.gather(labels, idx)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    return batches.prefetch(tf.data.AUTOTUNE)
+    def batch(idx: Any, key: Any) -> Any:
+        images, labels = load(idx)
+        return augment(images, key, augmentation), labels
+
+    return keyed.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from runner import checkpoints, checks, compare, compat, documents, exits, loop, precision, runs
-from runner.data import Splits, load_data, pipeline, train_pipeline
 from runner.distribution import ClusterConfig, ClusterError, Role, role_for
 from runner.events import EventSink, Note, RunFinished, RunStarted, ignore
+from runner.folders import AnySplits, load_splits
 from runner.models import build_model
 from runner.record import RunState, make_report, performance
 from runner.spec import (
@@ -72,7 +72,7 @@ def require_device(device: str) -> None:
         )
 
 
-def _build(spec: ExperimentSpec, splits: Splits) -> tuple[Any, Any]:
+def _build(spec: ExperimentSpec, splits: AnySplits) -> tuple[Any, Any]:
     """Model, optimizer and compile: call inside the policy scope."""
     output_dtype = "float32" if spec.precision.output_dtype == "float32" else None
     model = build_model(spec.model, splits.input_shape, splits.num_classes, output_dtype)
@@ -127,30 +127,24 @@ def _agreement(engine: Any, state: RunState) -> Any:
     return agree
 
 
-def _train(state: RunState, engine: Any, splits: Splits, emit: EventSink) -> None:
+def _train(state: RunState, engine: Any, splits: AnySplits, emit: EventSink) -> None:
     """Train from the start or from the checkpoint being resumed, then evaluate on the test split."""
     spec = state.spec
-    batch, n_train = spec.data.batch_size, len(splits.y_train)
+    batch, n_train = spec.data.batch_size, splits.count("train")
     steps = loop.steps_per_epoch(n_train, batch)
     start = (
         checkpoints.Position(**state.resume_from[1]["position"])
         if state.resume_from
         else checkpoints.Position()
     )
-    val = engine.distribute(pipeline(splits.x_val, splits.y_val, batch)) if len(splits.y_val) else None
+    val = engine.distribute(splits.eval_dataset("validation", batch)) if splits.count("validation") else None
     plan = loop.ExecutionPlan(spec.training.steps_per_execution, spec.runtime.checkpoint_every_steps)
     agree, summaries = _agreement(engine, state), _summaries(state)
     try:
         for segment in loop.segments(start, spec.training.epochs, steps):
             epochs = range(segment.first, segment.stop)
-            train_ds = train_pipeline(
-                splits.x_train,
-                splits.y_train,
-                batch,
-                spec.data.shuffle_seed,
-                epochs,
-                segment.skip,
-                spec.data.augmentation,
+            train_ds = splits.train_dataset(
+                batch, spec.data.shuffle_seed, epochs, segment.skip, spec.data.augmentation
             )
             restore_metrics = partial(_restore_metrics, state, splits) if segment.skip else None
             observers = [*_observers(state, segment, n_train, emit, restore_metrics), *summaries]
@@ -162,7 +156,7 @@ def _train(state: RunState, engine: Any, splits: Splits, emit: EventSink) -> Non
         state.log.steps_per_execution = plan.describe()
         for summary in summaries:
             summary.close()
-    results = engine.evaluate(engine.distribute(pipeline(splits.x_test, splits.y_test, batch)))
+    results = engine.evaluate(engine.distribute(splits.eval_dataset("test", batch)))
     state.test_metrics = {"test_loss": results["loss"], "test_accuracy": results["accuracy"]}
     state.status = "completed"
     state.findings.append(_replicas_in_sync(engine, state))
@@ -181,7 +175,7 @@ def _replicas_in_sync(engine: Any, state: RunState) -> checks.Finding:
     return checks.check_replicas_in_sync(digests, replicas_differing(engine.model))
 
 
-def _restore_metrics(state: RunState, splits: Splits, model: Any) -> None:
+def _restore_metrics(state: RunState, splits: AnySplits, model: Any) -> None:
     """Put back the running means of the epoch a resume starts in the middle of (the loop has just
     reset them). Every worker does (see compat.assign_summed)."""
     assert state.resume_from is not None  # only a resume has metrics to put back
@@ -197,14 +191,14 @@ def _loss_scale_summary(state: RunState, optimizer: Any) -> dict[str, Any]:
 
 
 def preflight(
-    model: Any, optimizer: Any, spec: ExperimentSpec, splits: Splits
+    model: Any, optimizer: Any, spec: ExperimentSpec, splits: AnySplits
 ) -> tuple[dict, list, dict[str, Any]]:
     """Audit the built model and probe one training step on a real batch: the run's gate.
     Returns the audit, the findings, and the probe (loss, gradients, its time)."""
     audit = precision.audit_model(model, optimizer)
     found = checks.preflight_findings(audit, spec.precision, spec.checks, spec.data.batch_size)
     batch = spec.data.batch_size
-    probe = precision.first_step_probe(model, splits.x_train[:batch], splits.y_train[:batch])
+    probe = precision.first_step_probe(model, *splits.first_batch(batch))
     return audit, found + checks.first_step_findings(probe), probe
 
 
@@ -221,15 +215,15 @@ def training_scope(spec: ExperimentSpec, strategy: Any = None) -> Iterator[None]
         yield
 
 
-def _ready_to_train(model: Any, splits: Splits) -> None:
+def _ready_to_train(model: Any, splits: AnySplits) -> None:
     """Create the optimizer's and the metrics' variables now, under the strategy's scope (a
     compiled step cannot create them on its replicas), and leave the metrics at zero."""
     compat.build_optimizer(model.optimizer, model.trainable_variables)
-    compat.build_metrics(model, splits.x_train[:1], splits.y_train[:1])
+    compat.build_metrics(model, *splits.first_batch(1))
     model.reset_metrics()
 
 
-def _train_checked(state: RunState, splits: Splits, emit: EventSink, strategy: Any) -> None:
+def _train_checked(state: RunState, splits: AnySplits, emit: EventSink, strategy: Any) -> None:
     """Build, preflight, stop on a failed invariant, else train and evaluate: inside the policy scope."""
     spec = state.spec
     with training_scope(spec, strategy):
@@ -289,7 +283,7 @@ def _release_previous_run() -> None:
 class Setup:
     """What a run or a resume has before it touches its directory."""
 
-    splits: Splits
+    splits: AnySplits
     environment: dict[str, Any]
     role: Role
     strategy: Any  # None: the default strategy (one device)
@@ -299,7 +293,7 @@ def _prepare(spec: ExperimentSpec, role: Role) -> Setup:
     """The data (a DataError leaves nothing behind), TensorFlow, the device, the strategy (several
     workers join their cluster here), and the environment."""
     _release_previous_run()
-    splits = load_data(spec.data, spec.seed)
+    splits = load_splits(spec.data, spec.seed)
     compat.keras()  # the slow import: after the data (a missing archive fails fast), before the bars
     require_device(spec.runtime.device)
     strategy = None
@@ -480,7 +474,7 @@ def _attempt(state: RunState, setup: Setup, emit: EventSink) -> BadInput | None:
         state.status, state.error = "failed", str(exc)
         return exc
     except Exception as exc:  # noqa: BLE001 - a crash still writes its report
-        state.status, state.error = "failed", _failure(exc, state.role)
+        state.status, state.error = "failed", setup.splits.explain(exc) or _failure(exc, state.role)
         if state.role.is_chief:
             runs.write_text_atomic(state.run_dir / "error.txt", traceback.format_exc())
     return None
@@ -559,9 +553,9 @@ class CheckOutcome:
     environment: dict[str, Any]
 
 
-def _time_against_float32(spec: ExperimentSpec, splits: Splits, model: Any, steps: int) -> dict[str, Any]:
+def _time_against_float32(spec: ExperimentSpec, splits: AnySplits, model: Any, steps: int) -> dict[str, Any]:
     """Median step time of the spec's model and of the same model in float32, on one real batch."""
-    x, y = splits.x_train[: spec.data.batch_size], splits.y_train[: spec.data.batch_size]
+    x, y = splits.first_batch(spec.data.batch_size)
     policy_s = loop.time_steps(model, x, y, steps)
     float32_s = policy_s
     if spec.precision.policy != "float32":

@@ -28,7 +28,7 @@ else:  # Python 3.10
 
 Policy = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 Activation = Literal["relu", "gelu", "swish", "tanh"]
-Source = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "shapes", "npz"]
+Source = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "shapes", "npz", "image_folder"]
 PositiveInt = Annotated[int, Field(gt=0)]
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -206,6 +206,50 @@ class DataSpec(StrictModel):
         if self.source == "npz" and self.path is None:
             raise ValueError('data.path: expected the .npz file for source = "npz"; got none')
         return self
+
+    # source = "image_folder" (path: one subfolder per class, streamed from disk; see docs/spec.md).
+    # Labels: the subfolders sorted (Keras' image_dataset_from_directory rule), or this order (all of them).
+    class_names: Annotated[list[str], Field(min_length=2)] | None = None
+    # Every image resized to [height, width] (bilinear, no crop: Keras' defaults); None: 256 × 256 as Keras.
+    image_size: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] | None = None
+    channels: Literal[1, 3] | None = None  # grayscale or RGB, converted on decode; None: 3
+    test_path: str | None = None  # a second folder of the same classes; else test_fraction is held out
+    test_fraction: Fraction | None = None  # None: 0.2 without test_path
+    # Files that do not decode are left out (counted and listed in report.json) instead of failing the
+    # run: every file is decoded once before training, so the batches stay the same on a resume.
+    skip_bad_files: bool | None = None
+
+    @model_validator(mode="after")
+    def _image_folder_fields(self) -> DataSpec:
+        if self.source != "image_folder":
+            given = [f for f in IMAGE_FOLDER_FIELDS if getattr(self, f) is not None]
+            if given:
+                raise ValueError(
+                    f'data.{given[0]}: expected only with source = "image_folder"; got it with '
+                    f'source = "{self.source}"'
+                )
+            return self
+        if self.path is None:
+            raise ValueError(
+                'data.path: expected a folder with one subfolder per class for source = "image_folder"; '
+                "got none"
+            )
+        if self.test_path is not None and self.test_fraction is not None:
+            raise ValueError(
+                f"data.test_fraction: expected either test_path or test_fraction; got both "
+                f'(test_path = "{self.test_path}", test_fraction = {self.test_fraction})'
+            )
+        return self
+
+
+IMAGE_FOLDER_FIELDS = (
+    "class_names",
+    "image_size",
+    "channels",
+    "test_path",
+    "test_fraction",
+    "skip_bad_files",
+)
 
 
 class Adam(StrictModel):

@@ -1,0 +1,362 @@
+"""`source = "image_folder"`: one subfolder per class, images streamed from disk through tf.data.
+
+The scan is plain Python (no TensorFlow) and follows Keras' `image_dataset_from_directory`: classes are
+the subfolders sorted as Python sorts strings, dot-folders left out; each class's files are found by a
+walk that does not follow linked folders (so a link loop cannot trap it), sorted by folder then name,
+kept when their name ends, in any case, in one of Keras' image extensions. Every file is stat'ed, never
+opened, during the scan: a FIFO or a device named `x.png` is refused before tf.data would block on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner.data import DataError, Splits, _folder, _kind, _unreachable, epoch_indices, load_data, loaded
+from runner.spec import AugmentationSpec, DataSpec
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # Keras' ALLOWLIST_FORMATS
+KERAS_IMAGE_SIZE = (256, 256)  # image_dataset_from_directory's default
+TEST_FRACTION = 0.2  # held out when the spec names no test folder
+SPLITS = ("train", "validation", "test")
+SKIPPED_LISTED = 20  # report.json names this many skipped files, and counts them all
+# The first bytes of what tf.io.decode_image reads: anything else is refused by name before it is decoded.
+MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")
+UNDECODABLE = "image_folder: not a BMP, GIF, JPEG or PNG image:"
+EXPECTED_LAYOUT = (
+    "a folder with one subfolder per class (at least 2), each holding .bmp/.gif/.jpeg/.jpg/.png images"
+)
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """The images of one folder: paths relative to `root` ("class/…/name.png"), sizes, labels."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    files: tuple[str, ...]
+    sizes: tuple[int, ...]
+    labels: tuple[int, ...]
+
+    def counts(self) -> dict[str, int]:
+        return {name: self.labels.count(label) for label, name in enumerate(self.class_names)}
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the sorted relative file list with sizes: equal for two runs that saw the same files."""
+        lines = sorted(f"{file}\t{size}\n" for file, size in zip(self.files, self.sizes, strict=True))
+        return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def class_folders(root: Path, field: str) -> list[str]:
+    """The class subfolders of `root`, sorted (Keras' rule: Python's string order, dot-folders left out)."""
+    _in_field(field, lambda: _folder(root, EXPECTED_LAYOUT))
+    try:
+        names = sorted(os.listdir(root))
+    except OSError as exc:
+        raise DataError(f'{field}: "{root}" {_unreachable(exc)}; expected {EXPECTED_LAYOUT}') from None
+    found = [n for n in names if not n.startswith(".") and (root / n).is_dir()]
+    if len(found) < 2:
+        listed = f" ({', '.join(found)})" if found else ""
+        raise DataError(
+            f'{field}: "{root}" has {len(found)} class subfolder{"" if len(found) == 1 else "s"}{listed}; '
+            f"expected {EXPECTED_LAYOUT}"
+        )
+    return found
+
+
+def _in_field(field: str, check: Callable[[], object]) -> None:
+    try:
+        check()
+    except DataError as exc:
+        raise DataError(f"{field}: {exc}") from None
+
+
+def _image_file(path: Path, field: str) -> int:
+    """The size of `path` if it (or what its link points to) is a regular file; judged by stat alone."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise DataError(f'{field}: "{path}" {_unreachable(exc)}; expected an image file') from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f'{field}: "{path}" is {_kind(info.st_mode)}; expected an image file')
+    return info.st_size
+
+
+def class_files(root: Path, name: str, field: str) -> list[tuple[str, int]]:
+    """(path relative to root, size) of every image under root/name, in Keras' order."""
+    found: list[tuple[str, int]] = []
+    others = 0
+    walk = sorted(os.walk(root / name, followlinks=False), key=lambda entry: entry[0])
+    for folder, _, files in walk:
+        for file in sorted(files):
+            path = Path(folder) / file
+            if not file.lower().endswith(IMAGE_EXTENSIONS):
+                others += 1
+                continue
+            found.append((path.relative_to(root).as_posix(), _image_file(path, field)))
+    if not found:
+        raise DataError(
+            f'{field}: "{root / name}" holds no images ({others} other files); expected '
+            ".bmp, .gif, .jpeg, .jpg or .png files in every class subfolder"
+        )
+    return found
+
+
+def _named_classes(found: list[str], given: list[str] | None, root: Path) -> list[str]:
+    """The label order: the sorted subfolders, or `data.class_names` if it names exactly those."""
+    if given is None:
+        return found
+    if sorted(given) != found:
+        missing, extra = sorted(set(found) - set(given)), sorted(set(given) - set(found))
+        duplicated = sorted({n for n in given if given.count(n) > 1})
+        detail = "; ".join(
+            f"{what}: {', '.join(names)}"
+            for what, names in (("not given", missing), ("no such subfolder", extra), ("twice", duplicated))
+            if names
+        )
+        raise DataError(
+            f'data.class_names: expected the subfolders of "{root}", each once: {found}; '
+            f"got {given} ({detail})"
+        )
+    return given
+
+
+def scan_folder(root: Path, field: str, class_names: list[str] | None = None) -> FolderIndex:
+    """Every image under `root`, labelled by its class subfolder; each failure is one DataError."""
+    root = Path(root).expanduser()
+    names = _named_classes(class_folders(root, field), class_names, root)
+    files: list[str] = []
+    sizes: list[int] = []
+    labels: list[int] = []
+    for label, name in enumerate(names):
+        for file, size in class_files(root, name, field):
+            files.append(file)
+            sizes.append(size)
+            labels.append(label)
+    return FolderIndex(root, tuple(names), tuple(files), tuple(sizes), tuple(labels))
+
+
+def scan_test_folder(root: Path, class_names: tuple[str, ...]) -> FolderIndex:
+    """data.test_path: the same layout and the same classes as data.path, labelled in their order."""
+    found = class_folders(Path(root).expanduser(), "data.test_path")
+    if sorted(found) != sorted(class_names):
+        raise DataError(
+            f'data.test_path: "{root}" has the classes {found}; expected those of data.path: '
+            f"{sorted(class_names)}"
+        )
+    return scan_folder(root, "data.test_path", list(class_names))
+
+
+# ---------------------------------------------------------------- splits and the file pipeline
+
+
+@dataclass(frozen=True)
+class FolderSplits:
+    """The files of each split (absolute paths) and their labels; images are decoded batch by batch."""
+
+    source: str
+    files: dict[str, tuple[str, ...]]
+    labels: dict[str, np.ndarray]  # (n,) int32 per split
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int]  # (height, width, channels)
+    fingerprints: dict[str, str]  # "path" (and "test_path"): FolderIndex.fingerprint
+    skipped: tuple[str, ...] = ()  # files left out by data.skip_bad_files
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def count(self, split: str) -> int:
+        return len(self.labels[split])
+
+    def summary(self) -> dict[str, Any]:
+        counts = {
+            split: {name: int((self.labels[split] == i).sum()) for i, name in enumerate(self.class_names)}
+            for split in SPLITS
+        }
+        sizes = {split: self.count(split) for split in SPLITS}
+        return {
+            "source": self.source,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            **sizes,
+            "class_names": list(self.class_names),
+            "counts": counts,
+            "fingerprint": self.fingerprints,
+            "skipped_files": {"count": len(self.skipped), "first": list(self.skipped[:SKIPPED_LISTED])},
+        }
+
+    def train_dataset(
+        self,
+        batch_size: int,
+        shuffle_seed: int,
+        epochs: range,
+        skip: int = 0,
+        augmentation: AugmentationSpec | None = None,
+    ) -> Any:
+        """As `data.train_pipeline`: the same index order per epoch (and the same augmentation keys),
+        so a resume sees the same batches."""
+        from runner import compat
+
+        tf = compat.tensorflow()
+        keyed = epoch_indices(tf, self.count("train"), batch_size, shuffle_seed, epochs, skip)
+        return loaded(tf, keyed, self._loader(tf, "train"), augmentation)
+
+    def eval_dataset(self, split: str, batch_size: int) -> Any:
+        from runner import compat
+
+        tf = compat.tensorflow()
+        return self._decoded(tf, tf.data.Dataset.range(self.count(split)).batch(batch_size), split)
+
+    def first_batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y = next(iter(self.eval_dataset("train", n)))
+        return x.numpy(), y.numpy()
+
+    def _loader(self, tf: Any, split: str) -> Any:
+        """Indices → (uint8 images, int32 labels): the files read and decoded in the pipeline's
+        parallel map, so no more than a few batches are ever in memory."""
+        paths, labels = tf.constant(list(self.files[split])), tf.constant(self.labels[split])
+        signature = tf.TensorSpec(self.input_shape, tf.uint8)
+
+        def batch(idx: Any) -> tuple[Any, Any]:
+            decode = partial_decoder(tf, self.input_shape)
+            images = tf.map_fn(decode, tf.gather(paths, idx), fn_output_signature=signature)
+            return images, tf.gather(labels, idx)
+
+        return batch
+
+    def _decoded(self, tf: Any, indices: Any, split: str) -> Any:
+        batches = indices.map(self._loader(tf, split), num_parallel_calls=tf.data.AUTOTUNE)
+        return batches.prefetch(tf.data.AUTOTUNE)
+
+    def explain(self, exc: Exception) -> str | None:
+        """The file a decoding error came from, in words; None for any other crash."""
+        named = re.search(re.escape(UNDECODABLE) + r"\] \[(.*?)\]", str(exc))
+        if named:
+            return f'data: cannot decode "{named.group(1)}"; expected a BMP, GIF, JPEG or PNG image'
+        if type(exc).__name__ != "InvalidArgumentError":
+            return None
+        bad = self.first_undecodable()
+        return None if bad is None else f'data: cannot decode "{bad[0]}" ({bad[1]}); expected a whole image'
+
+    def first_undecodable(self) -> tuple[str, str] | None:
+        """The first file of any split that does not decode (a damaged image behind a valid header)."""
+        from runner import compat
+
+        tf = compat.tensorflow()
+        decode = partial_decoder(tf, self.input_shape)
+        for split in SPLITS:
+            for path in self.files[split]:
+                try:
+                    decode(tf.constant(path))
+                except tf.errors.OpError as exc:
+                    return path, _op_message(exc.message)
+        return None
+
+
+def _op_message(message: str) -> str:
+    """TensorFlow's error text without its function-node and op decorations."""
+    return re.sub(r"\{\{.*?\}\}\s*", "", message).split(" [Op:")[0].strip()
+
+
+def partial_decoder(tf: Any, shape: tuple[int, int, int]) -> Any:
+    """path → (height, width, channels) uint8: decoded (channels converted), resized bilinearly without
+    cropping (Keras' defaults), rounded back to uint8 as the array sources give them."""
+    height, width, channels = shape
+
+    def decode(path: Any) -> Any:
+        raw = tf.io.read_file(path)
+        head = tf.strings.substr(raw, 0, 4)
+        known = tf.reduce_any([tf.strings.substr(head, 0, len(m)) == m for m in MAGIC])
+        with tf.control_dependencies([tf.debugging.Assert(known, [UNDECODABLE, path])]):
+            image = tf.io.decode_image(raw, channels=channels, expand_animations=False)
+        resized = tf.image.resize(image, (height, width), method="bilinear")
+        return tf.ensure_shape(tf.saturate_cast(tf.round(resized), tf.uint8), shape)
+
+    return decode
+
+
+def _split_indices(n: int, spec: DataSpec, seed: int, held_out: bool) -> dict[str, np.ndarray]:
+    """Indices of train, validation and (unless a test folder is given) test, drawn with the seed."""
+    order = np.random.default_rng(seed).permutation(n)
+    fraction = TEST_FRACTION if spec.test_fraction is None else spec.test_fraction
+    n_test = int(n * fraction) if held_out else 0
+    test, rest = order[:n_test][: spec.test_size], order[n_test:][: spec.train_size]
+    cut = len(rest) - int(len(rest) * spec.validation_fraction)
+    return {"train": np.sort(rest[:cut]), "validation": np.sort(rest[cut:]), "test": np.sort(test)}
+
+
+def load_folder(spec: DataSpec, seed: int) -> FolderSplits:
+    """Scan data.path (and data.test_path), then split; every failure is one DataError."""
+    assert spec.path is not None  # the spec requires it for image_folder
+    height, width = spec.image_size or KERAS_IMAGE_SIZE
+    shape = (height, width, spec.channels or 3)
+    index = scan_folder(Path(spec.path), "data.path", spec.class_names)
+    test = scan_test_folder(Path(spec.test_path), index.class_names) if spec.test_path else None
+    fingerprints = {"path": index.fingerprint()}  # of what is on disk, skipped files included
+    if test is not None:
+        fingerprints["test_path"] = test.fingerprint()
+    skipped: list[str] = []
+    if spec.skip_bad_files:
+        index = _without_undecodable(index, shape, skipped)
+        test = None if test is None else _without_undecodable(test, shape, skipped)
+    files, labels = _split_files(index, test, spec, seed)
+    return FolderSplits("image_folder", files, labels, index.class_names, shape, fingerprints, tuple(skipped))
+
+
+def _split_files(
+    index: FolderIndex, test: FolderIndex | None, spec: DataSpec, seed: int
+) -> tuple[dict[str, tuple[str, ...]], dict[str, np.ndarray]]:
+    """Each split's absolute paths and labels: test from data.test_path or held out of data.path."""
+    chosen = _split_indices(len(index.files), spec, seed, held_out=test is None)
+    if len(chosen["train"]) < spec.batch_size:
+        raise DataError(
+            f"data: {len(chosen['train'])} training images after the validation and test splits; expected "
+            f"at least one batch (batch_size = {spec.batch_size})"
+        )
+    paths = np.array([str(index.root / f) for f in index.files])
+    files = {split: tuple(paths[chosen[split]]) for split in SPLITS}
+    labels = {split: np.array(index.labels, np.int32)[chosen[split]] for split in SPLITS}
+    if test is not None:
+        files["test"] = tuple(str(test.root / f) for f in test.files)[: spec.test_size]
+        labels["test"] = np.array(test.labels, np.int32)[: spec.test_size]
+    return files, labels
+
+
+def _without_undecodable(index: FolderIndex, shape: tuple[int, int, int], skipped: list[str]) -> FolderIndex:
+    """`index` less the files that do not decode (their paths appended to `skipped`): each file is decoded
+    once, before training, so which ones are left out never changes between a run and its resume."""
+    from runner import compat
+
+    tf = compat.tensorflow()
+    decode = partial_decoder(tf, shape)
+    keep = []
+    for i, file in enumerate(index.files):
+        try:
+            decode(tf.constant(str(index.root / file)))
+            keep.append(i)
+        except tf.errors.OpError:
+            skipped.append(str(index.root / file))
+    return FolderIndex(
+        index.root,
+        index.class_names,
+        tuple(index.files[i] for i in keep),
+        tuple(index.sizes[i] for i in keep),
+        tuple(index.labels[i] for i in keep),
+    )
+
+
+AnySplits = Splits | FolderSplits
+
+
+def load_splits(spec: DataSpec, seed: int) -> AnySplits:
+    """The data the spec names: a folder of images streamed from disk, or arrays (data.load_data)."""
+    return load_folder(spec, seed) if spec.source == "image_folder" else load_data(spec, seed)
