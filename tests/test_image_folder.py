@@ -355,10 +355,12 @@ RESUMABLE = (
 
 @pytest.mark.slow
 def test_interrupted_mid_epoch_then_resumed_equals_the_uninterrupted_run(colours, tmp_path):
+    """Files streamed from disk, augmented in the pipeline: a resume sees the same images."""
     from tests.test_resume import checkpoint_position, in_mid_epoch, model_metrics, only_run, runner, wait_for
 
     spec = tmp_path / "spec.toml"
-    spec.write_text(RESUMABLE.format(path=colours, extra="").replace("[8, 16]", "[16, 32]"))
+    augmentation = "[data.augmentation]\nhorizontal_flip = true\npad_crop = 4\nbrightness = 0.1"
+    spec.write_text(RESUMABLE.format(path=colours, extra=augmentation).replace("[8, 16]", "[16, 32]"))
     whole = runner("run", spec, "--output", tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
     child = runner("run", spec, "--output", tmp_path / "cut", wait=False)
