@@ -111,8 +111,18 @@ def _collect(paths: list[Path], load: Callable[[Path], list[T]]) -> list[T]:
 
 
 @app.command()
-def validate(paths: SpecPaths, overrides: Overrides = None) -> None:
-    """Check spec files against the schema; print resolved specs and sweep variants (no TensorFlow)."""
+def validate(
+    paths: SpecPaths,
+    overrides: Overrides = None,
+    data: Annotated[
+        bool,
+        typer.Option(
+            "--data", help="Also read the data each spec names and decode every image (no training)."
+        ),
+    ] = False,
+) -> None:
+    """Check spec files against the schema; print resolved specs and sweep variants (no TensorFlow
+    unless --data: then each spec's data is read, and every file that does not decode is named)."""
     out = _stdout()
     variants = _load_plans(paths, overrides)
     for variant in variants:
@@ -123,6 +133,31 @@ def validate(paths: SpecPaths, overrides: Overrides = None) -> None:
     swept = sum(1 for v in variants if v.settings)
     planned = f" ({swept} sweep variant(s))" if swept else ""
     out.print(f"[green]✓[/] {len(paths)} spec file(s) valid: {len(variants)} experiment(s) planned{planned}")
+    if data:
+        _validate_data(variants)
+
+
+def _validate_data(variants: list[Variant]) -> None:
+    """Each distinct [data] of the plan read as a run would; every undecodable file named, exit 2."""
+    from runner.folders import scan_data
+
+    out, seen, bad_files = _stdout(), set(), []
+    for variant in variants:
+        key = (json.dumps(variant.spec.data.model_dump(), sort_keys=True), variant.spec.seed)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            summary, bad = scan_data(variant.spec.data, variant.spec.seed)
+        except BadInput as exc:
+            raise _fail(f"{variant.source}: {exc}") from None
+        counts = ", ".join(f"{summary[s]} {s}" for s in ("train", "validation", "test"))
+        out.print(f"[green]✓[/] data {summary['source']}: {summary['num_classes']} classes, {counts}")
+        bad_files += bad
+    for path, reason in bad_files:
+        _stderr().print(f"error: data: cannot decode {escape(path)}: {escape(reason)}", soft_wrap=True)
+    if bad_files:
+        raise _fail(f"data: {len(bad_files)} file(s) cannot be decoded (listed above)")
 
 
 @app.command()

@@ -13,7 +13,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,6 +249,10 @@ class FolderSplits:
 
     def first_undecodable(self) -> tuple[str, str] | None:
         """The first file of any split that does not decode (a damaged image behind a valid header)."""
+        return next(self.undecodable(), None)
+
+    def undecodable(self) -> Iterator[tuple[str, str]]:
+        """Every file of every split that does not decode, with TensorFlow's reason, in order."""
         from runner import compat
 
         tf = compat.tensorflow()
@@ -258,8 +262,7 @@ class FolderSplits:
                 try:
                     decode(tf.constant(path))
                 except tf.errors.OpError as exc:
-                    return path, _op_message(exc.message)
-        return None
+                    yield path, _op_message(exc.message)
 
 
 def _op_message(message: str) -> str:
@@ -355,6 +358,15 @@ def _without_undecodable(index: FolderIndex, shape: tuple[int, int, int], skippe
 
 
 AnySplits = Splits | FolderSplits
+
+
+def scan_data(spec: DataSpec, seed: int) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """What `runner validate --data` reports: the data's summary (classes, counts, fingerprint) and
+    every file that does not decode. Arrays are checked whole as they load (a DataError); a folder's
+    files are each decoded once, as a run would, without building a model."""
+    splits = load_splits(spec, seed)
+    bad = list(splits.undecodable()) if isinstance(splits, FolderSplits) else []
+    return splits.summary(), bad
 
 
 def load_splits(spec: DataSpec, seed: int) -> AnySplits:

@@ -380,3 +380,24 @@ def test_interrupted_mid_epoch_then_resumed_equals_the_uninterrupted_run(colours
         uninterrupted["test_loss"],
         uninterrupted["test_accuracy"],
     )
+
+
+def test_validate_data_names_every_file_that_does_not_decode(tmp_path, write_spec):
+    """`runner validate --data`: the data read as a run would, each image decoded once, no model built."""
+    folder = make_folder(tmp_path / "images", per_class=10)
+    spec = folder_spec(write_spec, folder)
+    good = cli.invoke(app, ["validate", str(spec), "--data"])
+    assert good.exit_code == 0, good.output
+    assert "data image_folder: 3 classes, 22 train, 2 validation, 6 test" in good.output
+    (folder / "red" / "002.png").write_bytes(b"not an image")
+    cut = folder / "blue" / "004.png"
+    cut.write_bytes(cut.read_bytes()[:100])  # a valid header, then nothing
+    bad = cli.invoke(app, ["validate", str(spec), "--data"])
+    assert bad.exit_code == 2
+    assert f"cannot decode {folder / 'red' / '002.png'}" in bad.output
+    assert f"cannot decode {folder / 'blue' / '004.png'}" in bad.output
+    assert "2 file(s) cannot be decoded" in bad.output and "Traceback" not in bad.output
+    shutil.rmtree(folder / "green")
+    (folder / "green").mkdir()
+    empty = cli.invoke(app, ["validate", str(spec), "--data"])
+    assert empty.exit_code == 2 and str(spec) in empty.output and "green" in empty.output
