@@ -376,16 +376,22 @@ def read_cifar100(path: Path, label_mode: str = "fine") -> tuple[tuple, tuple, i
     return train, test, CIFAR100_CLASSES[label_mode]
 
 
+def _check_unpacked(path: Path, limit: int, description: str) -> None:
+    """An npz (a zip; np.load would also take a bare .npy) whose members unpack to at most `limit`
+    bytes; zipfile's own errors are the caller's to word."""
+    with zipfile.ZipFile(path) as archive:
+        unpacked = sum(info.file_size for info in archive.infolist())
+    if unpacked > limit:
+        raise DataError(
+            f'"{path}" unpacks to {_megabytes(unpacked)}; expected {description}, '
+            f"at most {_megabytes(limit)} unpacked"
+        )
+
+
 def read_mnist_npz(path: Path) -> tuple[tuple, tuple, int]:
     _regular_file(path, MNIST_NPZ_MAX, MNIST_DESCRIPTION)
     try:
-        with zipfile.ZipFile(path) as archive:  # an npz is a zip; np.load would also take a bare .npy
-            unpacked = sum(info.file_size for info in archive.infolist())
-        if unpacked > MNIST_NPZ_MAX:
-            raise DataError(
-                f'"{path}" unpacks to {_megabytes(unpacked)}; expected {MNIST_DESCRIPTION}, '
-                f"at most {_megabytes(MNIST_NPZ_MAX)} unpacked"
-            )
+        _check_unpacked(path, MNIST_NPZ_MAX, MNIST_DESCRIPTION)
         with np.load(path, allow_pickle=False) as f:
             x_train, y_train, x_test, y_test = (f[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
@@ -408,13 +414,7 @@ def _npz_arrays(path: Path) -> dict[str, Any]:
     """x_train, y_train and, if present, x_test, y_test of a bounded npz; no pickle is ever loaded."""
     _regular_file(path, NPZ_MAX, NPZ_DESCRIPTION)
     try:
-        with zipfile.ZipFile(path) as archive:  # an npz is a zip; np.load would also take a bare .npy
-            unpacked = sum(info.file_size for info in archive.infolist())
-        if unpacked > NPZ_MAX:
-            raise DataError(
-                f'"{path}" unpacks to {_megabytes(unpacked)}; expected {NPZ_DESCRIPTION}, '
-                f"at most {_megabytes(NPZ_MAX)} unpacked"
-            )
+        _check_unpacked(path, NPZ_MAX, NPZ_DESCRIPTION)
         with np.load(path, allow_pickle=False) as f:
             names = [k for k in ("x_train", "y_train", "x_test", "y_test") if k in f.files]
             return {key: _npz_array(f, key, path) for key in names} | {"files": f.files}

@@ -19,11 +19,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from runner import exits
 from runner.distribution import local_cluster
 from runner.spec import BadInput, load_plan, load_spec
+from runner.sweeps import sigterm_as_interrupt
 
 PEER_EXIT_GRACE_S = 60.0
 POLL_S = 0.2  # how often the workers' exits are looked at (Popen.wait with a timeout: no busy loop)
@@ -80,7 +80,7 @@ def _start(command: list[str], tf_config: str, logs: Path, rank: int) -> subproc
 def _wait(children: list[subprocess.Popen[bytes]]) -> int:
     chief = children[0]
     deadline: float | None = None
-    with _signals_as_interrupt():
+    with sigterm_as_interrupt():
         while True:
             try:
                 if chief.poll() is not None:
@@ -116,21 +116,3 @@ def _report_failed_peers(children: list[subprocess.Popen[bytes]], logs: Path) ->
         print(
             f"worker {rank} exited with {child.returncode}; the end of its output:\n{tail}", file=sys.stderr
         )
-
-
-@contextlib.contextmanager
-def _signals_as_interrupt() -> Any:
-    """SIGTERM (a scheduler's stop) is handled like Ctrl-C while the launcher waits."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -37,7 +37,7 @@ class PlanOutcome:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a scheduler's stop) is handled like Ctrl-C while a sweep waits for a variant."""
 
     def handler(signum: int, frame: Any) -> None:
@@ -60,7 +60,7 @@ def _wait(child: subprocess.Popen[bytes]) -> tuple[int, bool]:
     makes it checkpoint and stop after its step; a second stops it at once), and never wait unbounded
     once it has been asked."""
     stopping = False
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         while True:
             try:
                 return child.wait(timeout=CHILD_STOP_TIMEOUT_S if stopping else None), stopping
