@@ -324,11 +324,6 @@ def apply_scaled_gradients(optimizer: Any, gradients: list[Any], variables: list
         optimizer.apply(gradients, variables)
 
 
-def applied_steps(optimizer: Any) -> int:
-    """Steps whose gradients were applied: a LossScaleOptimizer skips steps with non-finite ones."""
-    return int(getattr(optimizer, "_runner_applied_steps", optimizer.iterations).numpy())
-
-
 def build_optimizer(optimizer: Any, variables: list[Any]) -> None:
     """Create the optimizer's slot variables for `variables` now, if fit has not yet."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)

@@ -58,7 +58,8 @@ def test_property_loss_scale_follows_the_rule_and_telemetry_matches(finite_steps
         assert compat.current_loss_scale(optimizer) == want
         changed = not np.array_equal(variable.numpy(), before)
         assert changed == finite  # skipped steps leave the variables untouched
-        tracker.observe(step, compat.current_loss_scale(optimizer), compat.applied_steps(optimizer))
+        applied = compat.loss_scale_state(optimizer)[1]  # what the engine reads after every step
+        tracker.observe(step, compat.current_loss_scale(optimizer), int(applied.numpy()))
     assert tracker.skipped == finite_steps.count(False)
     assert tracker.min == min([initial, *expected])
     assert tracker.current == expected[-1]
