@@ -139,7 +139,7 @@ def validate(
 
 def _validate_data(variants: list[Variant]) -> None:
     """Each distinct [data] of the plan read as a run would; every undecodable file named, exit 2."""
-    from runner.folders import scan_data
+    from runner.folders import UndecodableFiles, scan_data
 
     out, seen, bad_files = _stdout(), set(), []
     for variant in variants:
@@ -154,10 +154,8 @@ def _validate_data(variants: list[Variant]) -> None:
         counts = ", ".join(f"{summary[s]} {s}" for s in ("train", "validation", "test"))
         out.print(f"[green]✓[/] data {summary['source']}: {summary['num_classes']} classes, {counts}")
         bad_files += bad
-    for path, reason in bad_files:
-        _stderr().print(f"error: data: cannot decode {escape(path)}: {escape(reason)}", soft_wrap=True)
     if bad_files:
-        raise _fail(f"data: {len(bad_files)} file(s) cannot be decoded (listed above)")
+        raise _fail(str(UndecodableFiles(bad_files)))
 
 
 @app.command()

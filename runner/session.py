@@ -25,7 +25,7 @@ import numpy as np
 from runner import checkpoints, checks, compare, compat, documents, exits, loop, precision, runs
 from runner.distribution import ClusterConfig, ClusterError, Role, role_for
 from runner.events import EventSink, Note, RunFinished, RunStarted, ignore
-from runner.folders import AnySplits, load_splits
+from runner.folders import AnySplits, UndecodableFiles, bad_files, load_splits
 from runner.models import build_model
 from runner.record import RunState, make_report, performance
 from runner.spec import (
@@ -579,6 +579,10 @@ def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcom
     spec = spec.model_copy(update={"distribution": DistributionSpec()})
     setup = _prepare(spec, Role())
     splits, environment = setup.splits, setup.environment
+    # Every image decoded once, as the run will: each bad one named (skip_bad_files has left them out).
+    undecodable = [] if spec.data.skip_bad_files else bad_files(splits)
+    if undecodable:
+        raise UndecodableFiles(undecodable)
     policy_before = compat.global_policy_name()
     timing = None
     with compat.native_stderr_to(os.devnull), training_scope(spec):

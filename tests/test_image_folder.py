@@ -247,6 +247,26 @@ def test_decoded_images_are_the_files_pixels_as_uint8(tmp_path):
     assert images.shape == (3, 16, 8, 1) and grey.input_shape == (16, 8, 1)
 
 
+@pytest.mark.parametrize("size, channels", [((20, 12), 3), ((48, 40), 1)], ids=["shrunk-rgb", "grown-grey"])
+def test_resized_pixels_are_keras_image_dataset_from_directory_rounded_to_uint8(tmp_path, size, channels):
+    """The same bilinear resize (no crop, no antialias) and channel conversion as Keras' loader; its float
+    pixels rounded half to even are ours, so a model sees what it would have seen through Keras."""
+    import keras
+
+    make_folder(tmp_path, per_class=2)
+    spec = folder_data(tmp_path, image_size=list(size), channels=channels, test_fraction=0.5, batch_size=2)
+    ours = load_folder(spec, seed=0)
+    mode = "rgb" if channels == 3 else "grayscale"
+    theirs = keras.utils.image_dataset_from_directory(
+        tmp_path, image_size=size, color_mode=mode, shuffle=False, batch_size=None, verbose=False
+    )
+    keras_pixels = {f: x.numpy() for f, (x, _) in zip(theirs.file_paths, theirs, strict=True)}
+    x, _ = next(iter(ours.eval_dataset("test", 8)))
+    for image, file in zip(x.numpy(), ours.files["test"], strict=True):
+        assert image.shape == (*size, channels)
+        assert np.array_equal(image, np.round(keras_pixels[file]).astype(np.uint8)), file
+
+
 def test_each_epoch_sees_the_array_sources_order_so_a_resume_sees_the_same_batches(tmp_path):
     """The same stateless shuffle over the index as data.train_pipeline, `skip` included, and the same
     augmentation keys."""
@@ -382,8 +402,9 @@ def test_interrupted_mid_epoch_then_resumed_equals_the_uninterrupted_run(colours
     )
 
 
-def test_validate_data_names_every_file_that_does_not_decode(tmp_path, write_spec):
-    """`runner validate --data`: the data read as a run would, each image decoded once, no model built."""
+def test_validate_data_and_check_name_every_file_that_does_not_decode(tmp_path, write_spec):
+    """`runner validate --data` (no model built) and `runner check`: each image decoded once, as a run
+    would, and every file that does not decode named with the reason."""
     folder = make_folder(tmp_path / "images", per_class=10)
     spec = folder_spec(write_spec, folder)
     good = cli.invoke(app, ["validate", str(spec), "--data"])
@@ -392,11 +413,12 @@ def test_validate_data_names_every_file_that_does_not_decode(tmp_path, write_spe
     (folder / "red" / "002.png").write_bytes(b"not an image")
     cut = folder / "blue" / "004.png"
     cut.write_bytes(cut.read_bytes()[:100])  # a valid header, then nothing
-    bad = cli.invoke(app, ["validate", str(spec), "--data"])
-    assert bad.exit_code == 2
-    assert f"cannot decode {folder / 'red' / '002.png'}" in bad.output
-    assert f"cannot decode {folder / 'blue' / '004.png'}" in bad.output
-    assert "2 file(s) cannot be decoded" in bad.output and "Traceback" not in bad.output
+    for command in (["validate", str(spec), "--data"], ["check", str(spec), "--steps", "0"]):
+        bad = cli.invoke(app, command)
+        assert bad.exit_code == 2, bad.output
+        assert f"cannot decode {folder / 'red' / '002.png'}" in bad.output
+        assert f"cannot decode {folder / 'blue' / '004.png'}" in bad.output
+        assert "2 file(s) cannot be decoded" in bad.output and "Traceback" not in bad.output
     shutil.rmtree(folder / "green")
     (folder / "green").mkdir()
     empty = cli.invoke(app, ["validate", str(spec), "--data"])
