@@ -20,6 +20,7 @@ from typing import Any
 from runner import checkpoints, compat
 from runner.engine import StepRecord
 from runner.events import EpochEnded, EpochStarted, EventSink, StepsDone, ignore
+from runner.spec import ReduceOnPlateau, TrainingSpec
 from runner.telemetry import (
     Cursor,
     EpochRecord,
@@ -101,6 +102,7 @@ class Telemetry(Observer):
     def on_epoch_begin(self, epoch):
         self.cursor.begin_epoch(epoch)
         self._epoch_start = self._last_check = time.perf_counter()
+        self._rate: float | None = None
         self._mark = (self._epoch_start, self.cursor.step) if self.log.traced else None
 
     def on_train_batch_end(self, batch, logs, steps=None):
@@ -110,6 +112,8 @@ class Telemetry(Observer):
         if self._mark is None:
             self._mark, self.log.traced = (now, self.cursor.step), True
         self._train_end = now
+        if steps is not None and len(steps):
+            self._rate = float(steps.rates[-1])
         tracker = self.log.loss_scale
         if self._scaled and tracker is not None and steps is not None:
             # Every step of the execution, in order: a skipped step is placed where it happened.
@@ -149,11 +153,34 @@ class Telemetry(Observer):
             seconds=round(time.perf_counter() - self._epoch_start, 3),
             images_per_second=round(images / seconds, 1) if seconds > 0 and images > 0 else None,
             loss_scale=compat.current_loss_scale(self.model.optimizer),
+            learning_rate=self._rate,
         )
         self.log.epochs.append(record)
         if self.metrics_path is not None:
             append_line(self.metrics_path, json.dumps(record.as_dict()))
         self.emit(EpochEnded(epoch + 1, record.as_dict()))
+
+
+class EpochWatch(Observer):
+    """At each epoch's end, before its checkpoint: a plateau schedule and early stopping take the
+    epoch's monitored value (their state is in the log, so the checkpoint carries it); early
+    stopping ends training after this epoch."""
+
+    def __init__(self, log: TrainingLog, training: TrainingSpec):
+        self.log, self.training = log, training
+
+    def on_epoch_end(self, epoch, logs):
+        if self.log.diverged_at_step is not None:
+            return
+        schedule, stopping = self.training.schedule, self.training.early_stopping
+        if isinstance(schedule, ReduceOnPlateau):
+            self.log.plateau.observe(
+                _float(logs.get(schedule.monitor)), schedule, self.training.learning_rate
+            )
+        if stopping is not None and self.log.early_stopping.observe(
+            epoch + 1, _float(logs.get(stopping.monitor)), stopping
+        ):
+            self.model.stop_training = True
 
 
 class Checkpoints(Observer):
@@ -207,7 +234,9 @@ class Checkpoints(Observer):
             if found is not None and self.write:
                 checkpoints.pin(self.run_dir, found[0])
             return
-        self._save(epoch + 1, 0)
+        name = self._save(epoch + 1, 0)
+        if self.log.early_stopping.best_epoch == epoch + 1 and self.write:
+            checkpoints.mark_best(self.run_dir, name)
 
 
 class EpochSummaries(Observer):
@@ -225,7 +254,9 @@ class EpochSummaries(Observer):
 
     def on_epoch_end(self, epoch, logs):
         train_values = {k: v for k, v in logs.items() if not k.startswith("val_")}
-        train_values["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+        rate = self.log.epochs[-1].learning_rate if self.log.epochs else None  # Telemetry's record
+        if rate is not None:
+            train_values["learning_rate"] = rate
         values = {
             "train": train_values,
             "validation": {k[4:]: v for k, v in logs.items() if k.startswith("val_")},

@@ -70,8 +70,34 @@ def save(run_dir: Path, model: Any, position: Position, state: dict[str, Any], w
     }
     write_json_atomic(folder / f"{name}.json", meta)
     write_json_atomic(folder / "latest.json", {"name": name, **meta["position"]})
-    _prune(folder, keep={name, *_pinned(folder)})
+    _prune(folder, keep={name, *_pinned(folder), *_best(folder)})
     return name
+
+
+def mark_best(run_dir: Path, name: str) -> None:
+    """`best.json` points at checkpoint `name` (the best epoch early stopping has seen so far); it is
+    kept whatever comes after, until a better one replaces it."""
+    folder = run_dir / "checkpoints"
+    meta = json.loads((folder / f"{name}.json").read_text())
+    write_json_atomic(folder / "best.json", {"name": name, **meta["position"]})
+
+
+def _best(folder: Path) -> set[str]:
+    try:
+        return {json.loads((folder / "best.json").read_text())["name"]}
+    except (OSError, ValueError, KeyError):
+        return set()
+
+
+def best(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
+    """The checkpoint best.json points at, with its metadata; None if there is none."""
+    folder = run_dir / "checkpoints"
+    for name in _best(folder):
+        try:
+            return name, json.loads((folder / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 def _complete(folder: Path) -> list[str]:

@@ -371,6 +371,34 @@ def check_finite_metrics(metrics: dict[str, Any]) -> Finding:
     return Finding("finite_metrics", True, "test loss and accuracy are finite")
 
 
+RATE_TOLERANCE = 1e-5  # relative: the optimizer holds its rate in float32 (eps 1.2e-7)
+
+
+def check_learning_rates(recorded: Sequence[float | None], expected: Sequence[float]) -> Finding:
+    """Each epoch's rate as the optimizer reported it (its last step's) against the schedule's own
+    value: a scheduler that never reaches the optimizer (the silent-scheduler bug) fails here."""
+    pairs = [(i + 1, r, e) for i, (r, e) in enumerate(zip(recorded, expected, strict=True)) if r is not None]
+    wrong = [(epoch, r, e) for epoch, r, e in pairs if abs(r - e) > RATE_TOLERANCE * max(abs(e), 1e-12)]
+    if wrong:
+        epoch, r, e = wrong[0]
+        frozen = len({r for _, r, _ in pairs}) == 1 and len({round(e, 12) for _, _, e in pairs}) > 1
+        said = " and never changed" if frozen else ""
+        return Finding(
+            "learning_rate_schedule",
+            False,
+            f"expected the schedule's rate at each epoch's end; epoch {epoch}: the optimizer used {r:.6g}, "
+            f"the schedule says {e:.6g} ({len(wrong)} of {len(pairs)} epochs differ{said})",
+        )
+    if not pairs:
+        return Finding("learning_rate_schedule", True, "no epoch recorded a rate", "hint")
+    return Finding(
+        "learning_rate_schedule",
+        True,
+        f"the optimizer used the schedule's rate at every epoch's end "
+        f"({pairs[0][1]:.6g} → {pairs[-1][1]:.6g})",
+    )
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 

@@ -7,6 +7,7 @@ Importing TensorFlow takes seconds, so nothing here runs at module import time: 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -322,6 +323,48 @@ def apply_scaled_gradients(optimizer: Any, gradients: list[Any], variables: list
         optimizer.apply_gradients(zip(optimizer.get_unscaled_gradients(gradients), variables, strict=True))
     else:
         optimizer.apply(gradients, variables)
+
+
+def smoothed_sparse_crossentropy(label_smoothing: float) -> Any:
+    """A Keras loss: integer labels, probabilities, targets smoothed as CategoricalCrossentropy's
+    `label_smoothing` smooths one-hot ones (1 - s on the label, s / classes spread over all)."""
+    return _smoothed_loss_class()(label_smoothing=label_smoothing)
+
+
+@functools.cache
+def _smoothed_loss_class() -> type:
+    losses, tf = keras().losses, tensorflow()
+
+    class SmoothedSparseCrossentropy(losses.Loss):  # type: ignore[name-defined]
+        def __init__(
+            self, label_smoothing: float = 0.0, name: str = "smoothed_sparse_crossentropy", **kw: Any
+        ):
+            super().__init__(name=name, **kw)
+            self.label_smoothing = label_smoothing
+
+        def call(self, y_true: Any, y_pred: Any) -> Any:
+            labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])  # (batch,)
+            targets = tf.one_hot(labels, tf.shape(y_pred)[-1], dtype=y_pred.dtype)
+            return losses.categorical_crossentropy(targets, y_pred, label_smoothing=self.label_smoothing)
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+    return SmoothedSparseCrossentropy
+
+
+def learning_rate_variable(optimizer: Any) -> Any:
+    """The variable holding the rate the (inner) optimizer's update reads, for the loop to set each
+    step. Both Kerases keep it in `_learning_rate` when the rate is a number (runner never gives
+    them a schedule object: the schedule is runner's, see schedules.py)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return inner._learning_rate
+
+
+def learning_rate(optimizer: Any) -> Any:
+    """The rate the optimizer reports for its next update (its public property; a LossScaleOptimizer
+    answers with its inner optimizer's)."""
+    return optimizer.learning_rate
 
 
 def build_optimizer(optimizer: Any, variables: list[Any]) -> None:

@@ -30,14 +30,16 @@ tf: Any = compat.tensorflow()
 
 @dataclass(frozen=True)
 class StepRecord:
-    """After each step of one execution: the loss scale and the number of steps applied so far
-    (a LossScaleOptimizer skips a step with non-finite gradients). Empty without loss scaling."""
+    """After each step of one execution: the learning rate the optimizer reported using, and (empty
+    without loss scaling) the loss scale and the number of steps applied so far (a
+    LossScaleOptimizer skips a step with non-finite gradients)."""
 
+    rates: np.ndarray
     scales: np.ndarray
     applied: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.scales)
+        return len(self.rates)
 
 
 class Engine:
@@ -66,25 +68,33 @@ class Engine:
         return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
 
     def _training(self, step: Any) -> Any:
-        strategy, state = self.strategy, self._scale_state
+        strategy, state, optimizer = self.strategy, self._scale_state, self.model.optimizer
+        rate = compat.learning_rate_variable(optimizer)
 
-        @tf.function
-        def execution(iterator: Any, n: Any) -> Any:
+        @tf.function(reduce_retracing=True)
+        def execution(iterator: Any, rates: Any) -> Any:
+            n = tf.shape(rates)[0]
+            used = tf.TensorArray(tf.float32, size=n, element_shape=())
             scales = tf.TensorArray(tf.float32, size=n if state else 0, element_shape=())
             applied = tf.TensorArray(tf.int64, size=n if state else 0, element_shape=())
             for i in tf.range(n):
+                rate.assign(rates[i])
                 strategy.run(step, args=(next(iterator),))
+                # What the optimizer says it used (its public rate), not what was assigned: a rate
+                # its update does not read (a schedule object of its own) shows up as a difference.
+                used = used.write(i, tf.cast(compat.learning_rate(optimizer), tf.float32))
                 if state:
                     scales = scales.write(i, tf.cast(state[0], tf.float32))
                     applied = applied.write(i, tf.cast(state[1], tf.int64))
-            return scales.stack(), applied.stack()
+            return used.stack(), scales.stack(), applied.stack()
 
         return execution
 
-    def train(self, iterator: Any, steps: int) -> StepRecord:
-        """Run `steps` training steps from `iterator` (a distributed dataset's) in one execution."""
-        scales, applied = self._train(iterator, tf.constant(steps, tf.int32))
-        return StepRecord(scales.numpy(), applied.numpy())
+    def train(self, iterator: Any, rates: np.ndarray) -> StepRecord:
+        """Run len(rates) training steps from `iterator` (a distributed dataset's) in one execution,
+        step i with the learning rate rates[i]."""
+        used, scales, applied = self._train(iterator, tf.constant(rates, tf.float32))
+        return StepRecord(used.numpy(), scales.numpy(), applied.numpy())
 
     def metrics(self) -> dict[str, float]:
         """The compiled metrics' running values, reduced over every replica and worker."""

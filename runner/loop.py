@@ -18,11 +18,22 @@ from runner.telemetry import Segment, TrainingLog
 
 
 def make_optimizer(training: TrainingSpec) -> Any:
+    """The spec's optimizer, clipping included. Wrapped in a LossScaleOptimizer (precision.py), it
+    receives unscaled gradients and clips those: clipping the scaled ones would clip at scale × norm."""
     optimizers = compat.keras().optimizers
     opt = training.optimizer
-    lr = training.learning_rate
+    lr = training.learning_rate  # the loop sets each step's rate from the schedule (schedules.py)
+    clip = {
+        key: value
+        for key, value in (
+            ("clipnorm", training.clip_norm),
+            ("global_clipnorm", training.clip_global_norm),
+            ("clipvalue", training.clip_value),
+        )
+        if value is not None
+    }
     if opt.kind == "adam":
-        return optimizers.Adam(lr, beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon)
+        return optimizers.Adam(lr, beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon, **clip)
     if opt.kind == "adamw":
         return optimizers.AdamW(
             lr,
@@ -30,10 +41,20 @@ def make_optimizer(training: TrainingSpec) -> Any:
             beta_1=opt.beta_1,
             beta_2=opt.beta_2,
             epsilon=opt.epsilon,
+            **clip,
         )
     if opt.kind == "sgd":
-        return optimizers.SGD(lr, momentum=opt.momentum, nesterov=opt.nesterov)
-    return optimizers.RMSprop(lr, rho=opt.rho, momentum=opt.momentum, epsilon=opt.epsilon)
+        return optimizers.SGD(lr, momentum=opt.momentum, nesterov=opt.nesterov, **clip)
+    return optimizers.RMSprop(lr, rho=opt.rho, momentum=opt.momentum, epsilon=opt.epsilon, **clip)
+
+
+def make_loss(training: TrainingSpec) -> Any:
+    """Sparse categorical cross-entropy on the model's probabilities; with label smoothing, the
+    same on smoothed one-hot targets (Keras' sparse loss has no smoothing of its own)."""
+    keras = compat.keras()
+    if not training.label_smoothing:
+        return keras.losses.SparseCategoricalCrossentropy()
+    return compat.smoothed_sparse_crossentropy(training.label_smoothing)
 
 
 def compile_model(model: Any, optimizer: Any, training: TrainingSpec) -> None:
@@ -41,7 +62,7 @@ def compile_model(model: Any, optimizer: Any, training: TrainingSpec) -> None:
     compat.compile_model(
         model,
         optimizer,
-        loss=compat.keras().losses.SparseCategoricalCrossentropy(),
+        loss=make_loss(training),
         metrics=["accuracy"],
         jit_compile=training.jit_compile,
     )
@@ -117,11 +138,13 @@ def train_segment(
     plan: ExecutionPlan,
     observers: list[Any],
     agree: Any,
+    rates_for: Any,
 ) -> None:
     """Train `segment`'s epochs from `data` (its training dataset, and the validation one already
     distributed, or None), calling the observers where Keras calls callbacks. `agree(plan)` runs at
     each execution boundary: on several workers it makes a stop request and the next execution's
-    steps the same everywhere (peers that disagree would wait on each other in a collective)."""
+    steps the same everywhere (peers that disagree would wait on each other in a collective).
+    `rates_for(first_step, n)`: the learning rates of the next n steps (schedules.rates)."""
     model, (train_ds, val_ds) = engine.model, data
     for observer in observers:
         observer.set_model(model)
@@ -132,7 +155,7 @@ def train_segment(
         model.reset_metrics()
         for observer in observers:
             observer.on_epoch_begin(epoch)
-        logs = _train_epoch(engine, iterator, segment, epoch, log, plan, observers, agree)
+        logs = _train_epoch(engine, iterator, segment, epoch, log, plan, observers, (agree, rates_for))
         if not model.stop_training and val_ds is not None:
             logs.update({f"val_{k}": v for k, v in engine.evaluate(val_ds).items()})
         for observer in observers:
@@ -149,15 +172,15 @@ def _train_epoch(
     log: TrainingLog,
     plan: ExecutionPlan,
     observers: list[Any],
-    agree: Any,
+    hooks: tuple[Any, Any],
 ) -> dict[str, float]:
-    model, steps = engine.model, segment.steps or 0
+    (agree, rates_for), model, steps = hooks, engine.model, segment.steps or 0
     base = segment.skip if epoch == segment.first else 0
     done, logs = base, {}
     while done < steps and not model.stop_training:
         n = plan.next(steps - done, log.steps)
         started = time.perf_counter()
-        record = engine.train(iterator, n)
+        record = engine.train(iterator, rates_for(log.steps, n))
         logs = engine.metrics()
         plan.timed(n, time.perf_counter() - started)
         agree(plan)  # with peers: the same stop and the same next execution on every worker

@@ -13,6 +13,7 @@ from typing import Any
 from runner import checkpoints, runs
 from runner.checks import NON_COMPUTING, Finding, exemption
 from runner.distribution import Role
+from runner.schedules import mode_of
 from runner.spec import ExperimentSpec, spec_hash, spec_to_dict
 from runner.telemetry import StopRequest, TrainingLog
 
@@ -40,6 +41,7 @@ class RunState:
     role: Role = field(default_factory=Role)  # which worker this process is (one process: the chief)
     distribution: dict[str, Any] = field(default_factory=dict)  # strategy, workers, replicas, batches
     weights_sha256: str | None = None  # of the final weights, once training completed
+    restored_epoch: int | None = None  # early stopping's best epoch, when its weights were restored
 
 
 def _most_common(values: list[str]) -> str | None:
@@ -83,9 +85,38 @@ def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
         },
         "performance": performance,
         "distribution": state.distribution or None,
+        "learning_rate": _learning_rate(state),
+        "early_stopping": _early_stopping(state),
         "divergence": _divergence(state, checkpoint),
         "resumes": state.resumes,
         "checkpoint": checkpoint,
+        "weights_sha256": state.weights_sha256,  # of the weights the test metrics are of
+    }
+
+
+def _learning_rate(state: RunState) -> dict[str, Any]:
+    """The schedule as the spec gave it and what it did (each epoch's rate is in metrics.epochs)."""
+    training = state.spec.training
+    summary: dict[str, Any] = {"base": training.learning_rate, "schedule": training.schedule.model_dump()}
+    if training.schedule.kind == "reduce_on_plateau":
+        summary["plateau"] = state.log.plateau.to_state()
+    return summary
+
+
+def _early_stopping(state: RunState) -> dict[str, Any] | None:
+    """Where early stopping stopped the run, its best epoch, and the values it watched."""
+    stopping = state.spec.training.early_stopping
+    if stopping is None:
+        return None
+    watched = state.log.early_stopping
+    return {
+        **stopping.model_dump(),
+        "mode": mode_of(stopping.monitor),
+        "stopped_at_epoch": watched.stopped_at_epoch,
+        "best_epoch": watched.best_epoch,
+        "best_value": watched.best,
+        "values": [getattr(e, stopping.monitor) for e in state.log.epochs],
+        "restored_epoch": state.restored_epoch,
     }
 
 

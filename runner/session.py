@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from runner import checkpoints, checks, compare, compat, documents, exits, loop, precision, runs
+from runner import checkpoints, checks, compare, compat, documents, exits, loop, precision, runs, schedules
 from runner.distribution import ClusterConfig, ClusterError, Role, role_for
 from runner.events import EventSink, Note, RunFinished, RunStarted, ignore
 from runner.folders import AnySplits, UndecodableFiles, bad_files, load_splits
@@ -92,6 +92,7 @@ def _observers(
     metrics_path = run_dir / "metrics.jsonl" if chief else None
     return [
         callbacks.Telemetry(state.log, batch, n_train, segment, metrics_path, max_skipped, emit),
+        callbacks.EpochWatch(state.log, spec.training),  # before the epoch's checkpoint: it saves the state
         callbacks.Checkpoints(
             run_dir,
             state.log,
@@ -140,6 +141,13 @@ def _train(state: RunState, engine: Any, splits: AnySplits, emit: EventSink) -> 
     val = engine.distribute(splits.eval_dataset("validation", batch)) if splits.count("validation") else None
     plan = loop.ExecutionPlan(spec.training.steps_per_execution, spec.runtime.checkpoint_every_steps)
     agree, summaries = _agreement(engine, state), _summaries(state)
+    timing = schedules.Timing(steps, spec.training.epochs)
+    training = spec.training
+
+    def rates_for(first: int, n: int) -> np.ndarray:
+        scale = state.log.plateau.scale
+        return schedules.rates(training.schedule, training.learning_rate, first, n, timing, scale)
+
     try:
         for segment in loop.segments(start, spec.training.epochs, steps):
             epochs = range(segment.first, segment.stop)
@@ -148,18 +156,33 @@ def _train(state: RunState, engine: Any, splits: AnySplits, emit: EventSink) -> 
             )
             restore_metrics = partial(_restore_metrics, state, splits) if segment.skip else None
             observers = [*_observers(state, segment, n_train, emit, restore_metrics), *summaries]
-            loop.train_segment(engine, (train_ds, val), segment, state.log, plan, observers, agree)
+            loop.train_segment(engine, (train_ds, val), segment, state.log, plan, observers, agree, rates_for)
             if state.log.diverged_at_step is not None:
                 state.status, state.error = "diverged", state.log.divergence
                 return
+            if state.log.early_stopping.stopped_at_epoch is not None:
+                break
     finally:
         state.log.steps_per_execution = plan.describe()
         for summary in summaries:
             summary.close()
+    _restore_best(state, engine.model)
     results = engine.evaluate(engine.distribute(splits.eval_dataset("test", batch)))
     state.test_metrics = {"test_loss": results["loss"], "test_accuracy": results["accuracy"]}
     state.status = "completed"
     state.findings.append(_replicas_in_sync(engine, state))
+
+
+def _restore_best(state: RunState, model: Any) -> None:
+    """With early stopping's restore_best: the best epoch's weights (its checkpoint, which every
+    worker reads) unless the run ended on it; the test metrics are then of these weights."""
+    stopping = state.spec.training.early_stopping
+    best = checkpoints.best(state.run_dir)
+    last = state.log.epochs[-1].epoch if state.log.epochs else None
+    if stopping is None or not stopping.restore_best or best is None or best[1]["position"]["epoch"] == last:
+        return
+    checkpoints.restore(state.run_dir, *best, model, groups=("model",))
+    state.restored_epoch = best[1]["position"]["epoch"]
 
 
 def _replicas_in_sync(engine: Any, state: RunState) -> checks.Finding:
@@ -251,11 +274,23 @@ def _post_findings(state: RunState, policy_before: str) -> list[checks.Finding]:
     final_scale = state.loss_scale.get("final")
     if final_scale is not None:
         found.append(checks.check_loss_scale(final_scale, "after training", "final_loss_scale"))
+    if state.log.epochs:
+        found.append(_schedule_followed(state))
     if state.status == "completed":
         found.append(checks.check_finite_metrics(state.test_metrics))
         skipped, steps = state.loss_scale.get("overflow_steps", 0), state.log.steps
         found += checks.declared_findings(state.spec.checks, state.test_metrics, skipped, steps)
     return found
+
+
+def _schedule_followed(state: RunState) -> checks.Finding:
+    """The rates the optimizer reported, epoch by epoch, against the schedule replayed from scratch."""
+    spec, records = state.spec, [e.as_dict() for e in state.log.epochs]
+    steps = loop.steps_per_epoch(state.data["train"], spec.data.batch_size)
+    timing = schedules.Timing(steps, spec.training.epochs)
+    base = spec.training.learning_rate
+    expected = schedules.expected_epoch_rates(spec.training.schedule, base, timing, records)
+    return checks.check_learning_rates([r["learning_rate"] for r in records], expected)
 
 
 def _exit_code(state: RunState) -> int:

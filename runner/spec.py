@@ -284,15 +284,141 @@ OptimizerKind = Literal["adam", "adamw", "sgd", "rmsprop"]
 OptimizerSpec = Annotated[Union[Adam, AdamW, Sgd, RmsProp], Field(discriminator="kind")]  # noqa: UP007
 
 
+# What a schedule or early stopping may watch: the epoch's training means or its validation ones.
+Monitor = Literal["loss", "accuracy", "val_loss", "val_accuracy"]
+NonNegative = Annotated[float, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Constant(StrictModel):
+    """training.learning_rate throughout (after the warmup, if any)."""
+
+    kind: Literal["constant"] = "constant"
+    warmup_epochs: NonNegative = 0.0  # linear from learning_rate / warmup steps up to learning_rate
+
+
+class Cosine(StrictModel):
+    """Half a cosine from learning_rate down to alpha × learning_rate at the last step (Model Garden's
+    `cosine`, Keras' CosineDecay), after the warmup."""
+
+    kind: Literal["cosine"] = "cosine"
+    alpha: Fraction = 0.0
+    warmup_epochs: NonNegative = 0.0
+
+
+class Step(StrictModel):
+    """learning_rate × factors[i] from epoch boundaries_epochs[i] on (Model Garden's `stepwise`)."""
+
+    kind: Literal["step"] = "step"
+    boundaries_epochs: Annotated[list[PositiveInt], Field(min_length=1)]
+    factors: Annotated[list[PositiveFloat], Field(min_length=1)]
+    warmup_epochs: NonNegative = 0.0
+
+    @model_validator(mode="after")
+    def _one_factor_per_boundary(self) -> Step:
+        if self.boundaries_epochs != sorted(set(self.boundaries_epochs)):
+            raise ValueError(
+                f"training.schedule.boundaries_epochs: expected strictly increasing epochs; got "
+                f"{self.boundaries_epochs}"
+            )
+        if len(self.factors) != len(self.boundaries_epochs):
+            raise ValueError(
+                f"training.schedule.factors: expected one factor per boundary "
+                f"({len(self.boundaries_epochs)}); got {len(self.factors)}"
+            )
+        return self
+
+
+class Exponential(StrictModel):
+    """learning_rate × decay_rate^(epochs since the warmup / decay_epochs), continuous unless staircase
+    (Model Garden's `exponential`, Keras' ExponentialDecay)."""
+
+    kind: Literal["exponential"] = "exponential"
+    decay_rate: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    decay_epochs: PositiveFloat = 1.0
+    staircase: bool = False
+    warmup_epochs: NonNegative = 0.0
+
+
+class ReduceOnPlateau(StrictModel):
+    """learning_rate, multiplied by `factor` when `monitor` has not improved by min_delta for
+    `patience` epochs, never below min_lr (Keras' ReduceLROnPlateau). Its state is checkpointed."""
+
+    kind: Literal["reduce_on_plateau"] = "reduce_on_plateau"
+    monitor: Monitor = "val_loss"
+    factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    patience: Annotated[int, Field(ge=0)] = 10
+    min_delta: NonNegative = 1e-4
+    cooldown: Annotated[int, Field(ge=0)] = 0
+    min_lr: NonNegative = 0.0
+    warmup_epochs: NonNegative = 0.0
+
+
+ScheduleKind = Literal["constant", "cosine", "step", "exponential", "reduce_on_plateau"]
+ScheduleSpec = Annotated[
+    Union[Constant, Cosine, Step, Exponential, ReduceOnPlateau],  # noqa: UP007
+    Field(discriminator="kind"),
+]
+
+
+class EarlyStoppingSpec(StrictModel):
+    """Stop when `monitor` has not improved by min_delta for `patience` epochs; the best epoch's
+    checkpoint is kept, and with restore_best the run ends (and is tested) with its weights."""
+
+    monitor: Monitor = "val_loss"
+    patience: Annotated[int, Field(ge=0)] = 5
+    min_delta: NonNegative = 0.0
+    restore_best: bool = True
+
+
 class TrainingSpec(StrictModel):
     optimizer: OptimizerSpec = Field(default_factory=Adam)
     learning_rate: Annotated[float, Field(gt=0, le=10)] = 1e-3
+    schedule: ScheduleSpec = Field(default_factory=Constant)
+    early_stopping: EarlyStoppingSpec | None = None
+    # Gradient clipping (one of them), on the unscaled gradients: a LossScaleOptimizer unscales first.
+    clip_norm: PositiveFloat | None = None  # each variable's gradient to this L2 norm
+    clip_global_norm: PositiveFloat | None = None  # all gradients together to this L2 norm
+    clip_value: PositiveFloat | None = None  # each element to [-clip_value, clip_value]
+    # Targets (1 - s) on the label and s / classes spread over all (the loss the probe measures too).
+    label_smoothing: Fraction = 0.0
     epochs: PositiveInt = 10
     # Steps per tf.function call: fewer Python round trips per image (float32 on 2 CPU cores: 1.16x
     # the tutorial at 1, 1.47x at 32). Keras calls back once per execution, so progress, checkpoints
     # and a stop request act at those boundaries. "auto": as many as fit in about a second, up to 32.
     steps_per_execution: IntOrAuto = "auto"
     jit_compile: bool = False
+
+    @model_validator(mode="after")
+    def _schedule_fits_the_epochs(self) -> TrainingSpec:
+        clips = [f for f in ("clip_norm", "clip_global_norm", "clip_value") if getattr(self, f) is not None]
+        if len(clips) > 1:
+            raise ValueError(
+                f"training.{clips[1]}: expected one gradient clipping setting; got {' and '.join(clips)}"
+            )
+        schedule, epochs = self.schedule, self.epochs
+        if schedule.warmup_epochs and schedule.warmup_epochs >= epochs:
+            raise ValueError(
+                f"training.schedule.warmup_epochs: expected fewer than training.epochs ({epochs}); got "
+                f"{schedule.warmup_epochs:g}"
+            )
+        if isinstance(schedule, Step) and schedule.boundaries_epochs[-1] >= epochs:
+            # A boundary the run never reaches is a schedule that silently never changes the rate.
+            raise ValueError(
+                f"training.schedule.boundaries_epochs: expected epochs before training.epochs ({epochs}); "
+                f"got {schedule.boundaries_epochs}"
+            )
+        return self
+
+    @property
+    def monitors(self) -> list[tuple[str, str]]:
+        """(field, metric) of what the schedule and early stopping watch."""
+        found: list[tuple[str, str]] = []
+        if self.early_stopping:
+            found.append(("training.early_stopping.monitor", self.early_stopping.monitor))
+        if isinstance(self.schedule, ReduceOnPlateau):
+            found.append(("training.schedule.monitor", self.schedule.monitor))
+        return found
 
 
 class ChecksSpec(StrictModel):
@@ -365,6 +491,19 @@ class ExperimentSpec(StrictModel):
                 f'training.jit_compile: expected false with distribution.strategy = "{strategy}"; '
                 "got true (XLA compiles a one-device step here: TensorFlow cannot compile the "
                 "replicas' gradient sum into it, measured: merge_call inside the compiled step)"
+            )
+        for field, metric in self.training.monitors:
+            if metric.startswith("val_") and self.data.validation_fraction == 0:
+                raise ValueError(
+                    f'{field}: expected a metric the run computes; got "{metric}" with '
+                    "data.validation_fraction = 0 (no validation split: set a fraction, or monitor "
+                    f'"{metric[4:]}")'
+                )
+        clipped = [f for f in ("clip_norm", "clip_global_norm", "clip_value") if getattr(self.training, f)]
+        if clipped and strategy != "none":
+            raise ValueError(
+                f'training.{clipped[0]}: expected distribution.strategy = "none"; got "{strategy}" (Keras '
+                "clips each replica's gradient before the all-reduce, not the global batch's)"
             )
         replicas = self.distribution.replicas
         if replicas is not None and self.data.batch_size % replicas:

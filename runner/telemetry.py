@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.schedules import EarlyStoppingState, PlateauState
+
 
 @dataclass
 class EpochRecord:
@@ -25,6 +27,7 @@ class EpochRecord:
     seconds: float = 0.0
     images_per_second: float | None = None
     loss_scale: float | None = None
+    learning_rate: float | None = None  # the optimizer's rate at the epoch's last step
 
     def as_dict(self) -> dict[str, Any]:
         return {k: _finite_or_none(v) for k, v in self.__dict__.items()}
@@ -125,6 +128,9 @@ class TrainingLog:
     traced: bool = False
     # What training compiled with, and why: a resume keeps it, so Keras calls back at the same steps.
     steps_per_execution: tuple[int, str] | None = None
+    # What watches the epochs (schedules.py): checkpointed, so a resume rates and stops the same.
+    plateau: PlateauState = field(default_factory=PlateauState)
+    early_stopping: EarlyStoppingState = field(default_factory=EarlyStoppingState)
 
     @property
     def images_per_second(self) -> float | None:
@@ -139,6 +145,8 @@ class TrainingLog:
             "timed_seconds": self.timed_seconds,
             "steps_per_execution": self.steps_per_execution,
             "loss_scale": None if tracker is None else {**tracker.__dict__, "history": tracker.history},
+            "plateau": self.plateau.to_state(),
+            "early_stopping": self.early_stopping.to_state(),
         }
 
     @classmethod
@@ -151,6 +159,8 @@ class TrainingLog:
             steps_per_execution=tuple(state["steps_per_execution"])
             if state.get("steps_per_execution")
             else None,
+            plateau=PlateauState(**state.get("plateau", {})),
+            early_stopping=EarlyStoppingState(**state.get("early_stopping", {})),
         )
         if state.get("loss_scale"):
             saved = state["loss_scale"]

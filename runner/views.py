@@ -130,7 +130,10 @@ def render_check(
 
 def metrics_table(metrics: dict[str, Any]) -> Table:
     table = Table(title="Metrics", show_header=True, header_style="bold")
-    for col in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "images/s", "seconds"):
+    # The rate column only when it moved: a constant rate is in the spec already.
+    moving = len({e.get("learning_rate") for e in metrics["epochs"]}) > 1
+    columns = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", *(("lr",) if moving else ()))
+    for col in (*columns, "images/s", "seconds"):
         table.add_column(col, justify="right")
     for e in metrics["epochs"]:
         table.add_row(
@@ -139,6 +142,7 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
             _fmt(e["accuracy"]),
             _fmt(e["val_loss"]),
             _fmt(e["val_accuracy"]),
+            *((_fmt(e.get("learning_rate"), ".3g"),) if moving else ()),
             _fmt(e["images_per_second"], ",.0f"),
             _fmt(e["seconds"], ".1f"),
         )
@@ -181,12 +185,33 @@ def _headline(data: dict[str, Any]) -> Text:
     placement = distribution_line(data.get("distribution"))
     if placement:
         text.append(f"\n{placement}")
+    stopping = early_stopping_line(data.get("early_stopping"))
+    if stopping:
+        text.append(f"\n{stopping}")
     advice = p.get("advice") or {}
     if advice.get("faster") is False:
         text.append(f"\n{advice['detail']}", style="yellow")
     if data.get("error"):
         text.append(f"\n{data['error']}", style=style)
     return text
+
+
+def early_stopping_line(stopping: dict[str, Any] | None) -> str | None:
+    """Where early stopping ended the run and which weights it ended with (None without it)."""
+    if not stopping or stopping.get("best_epoch") is None:
+        return None
+    where = (
+        f"stopped after epoch {stopping['stopped_at_epoch']}"
+        if stopping["stopped_at_epoch"]
+        else "ran every epoch"
+    )
+    best = f"best epoch {stopping['best_epoch']} ({stopping['monitor']} {stopping['best_value']:.4g})"
+    weights = (
+        "its weights restored for the test"
+        if stopping.get("restored_epoch")
+        else "the last epoch's weights kept"
+    )
+    return f"early stopping: {where}, {best}, {weights}"
 
 
 def distribution_line(distribution: dict[str, Any] | None) -> str | None:

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runner import compat, precision
-from runner.loop import AUTO_EXECUTION_S, AUTO_MAX_STEPS, ExecutionPlan, make_optimizer
+from runner.loop import AUTO_EXECUTION_S, AUTO_MAX_STEPS, ExecutionPlan, compile_model, make_optimizer
 from runner.spec import PrecisionSpec, TrainingSpec
 from runner.telemetry import LossScaleTracker
 
@@ -127,3 +130,100 @@ def test_auto_stays_at_one_step_for_a_slow_model():
     for _ in range(5):
         plan.timed(plan.next(remaining=1000, global_step=0), 3 * AUTO_EXECUTION_S)
     assert plan.current == 1
+
+
+# ------------------------------------------------------- clipping under loss scaling; label smoothing
+
+CLIPS = {"clip_norm": "clipnorm", "clip_global_norm": "global_clipnorm", "clip_value": "clipvalue"}
+
+
+def _batch() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8), rng.integers(0, 3, 16).astype(np.int32)
+
+
+def _model(policy: str, weights: list[np.ndarray] | None, training: TrainingSpec, scale: float):
+    """runner's model, optimizer and loss under `policy`, with `weights` (float32 variables both ways)."""
+    from runner.models import build_model
+    from runner.spec import Mlp
+
+    with precision.policy_scope(policy):
+        model = build_model(Mlp(hidden_units=[16]), (8, 8, 1), 3, "float32")
+        optimizer = precision.wrap_optimizer(
+            make_optimizer(training), PrecisionSpec(policy=policy, initial_scale=scale)
+        )
+        compile_model(model, optimizer, training)
+    if weights is not None:
+        model.set_weights(weights)
+    return model
+
+
+def _update(model, x, y) -> np.ndarray:
+    before = np.concatenate([w.ravel() for w in model.get_weights()])
+    model.train_on_batch(x, y)
+    return np.concatenate([w.ravel() for w in model.get_weights()]) - before
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@functools.cache
+def _float32_updates(kind: str, clip: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The float32 reference: initial weights, the clipped update and the unclipped one (built once
+    per setting: each model traces its own step)."""
+    x, y = _batch()
+    reference = _model(
+        "float32", None, TrainingSpec(optimizer={"kind": "sgd"}, learning_rate=1.0, **{kind: clip}), 1
+    )
+    weights = reference.get_weights()
+    clipped = _update(reference, x, y)
+    unclipped = _update(
+        _model("float32", weights, TrainingSpec(optimizer={"kind": "sgd"}, learning_rate=1.0), 1), x, y
+    )
+    return weights, clipped, unclipped
+
+
+@settings(max_examples=5, deadline=None)
+@given(kind=st.sampled_from(sorted(CLIPS)), exponent=st.integers(0, 12), clip=st.sampled_from([0.01, 0.05]))
+def test_property_clipping_acts_on_unscaled_gradients_whatever_the_loss_scale(kind, exponent, clip):
+    """SGD with rate 1, so the update is minus the clipped gradient: under mixed_float16 with a loss
+    scale of 2**exponent it equals the float32 update within float16's precision (1 %); and the
+    clipping is active (the clipped float32 update is not the unclipped one)."""
+    weights, expected, unclipped = _float32_updates(kind, clip)
+    assert _relative(expected, unclipped) > 0.05
+    training = TrainingSpec(optimizer={"kind": "sgd"}, learning_rate=1.0, **{kind: clip})
+    mixed = _model("mixed_float16", weights, training, 2.0**exponent)
+    assert _relative(_update(mixed, *_batch()), expected) < 0.01
+
+
+def test_clipping_the_scaled_gradients_instead_is_what_the_property_catches():
+    """The negative control: the same step with the clip applied before unscaling (the bug) moves the
+    weights by clip / scale, far from the float32 update the property compares with."""
+    x, y = _batch()
+    weights, expected, _ = _float32_updates("clip_global_norm", 0.05)
+    plain = TrainingSpec(optimizer={"kind": "sgd"}, learning_rate=1.0)
+    mixed = _model("mixed_float16", weights, plain, 2.0**10)
+    optimizer = mixed.optimizer
+    with tf.GradientTape() as tape:
+        loss = mixed.compute_loss(x=x, y=y, y_pred=mixed(x, training=True))
+        scaled = compat.scale_loss(optimizer, loss)
+    grads = tape.gradient(scaled, mixed.trainable_variables)
+    clipped, _ = tf.clip_by_global_norm(grads, 0.05)  # on the scaled gradients: the bug
+    before = np.concatenate([w.ravel() for w in mixed.get_weights()])
+    compat.apply_scaled_gradients(optimizer, clipped, mixed.trainable_variables)
+    buggy = np.concatenate([w.ravel() for w in mixed.get_weights()]) - before
+    assert _relative(buggy, expected) > 0.9
+
+
+def test_label_smoothing_is_keras_categorical_smoothing_and_the_probe_measures_it():
+    keras = compat.keras()
+    x, y = _batch()
+    smooth = TrainingSpec(label_smoothing=0.2)
+    model = _model("float32", None, smooth, 1.0)
+    probabilities = model(x)
+    expected = keras.losses.CategoricalCrossentropy(label_smoothing=0.2)(np.eye(3)[y], probabilities)
+    probe = precision.first_step_probe(model, x, y)
+    assert probe["loss"] == pytest.approx(float(expected), rel=1e-5)
+    plain = _model("float32", model.get_weights(), TrainingSpec(), 1.0)
+    assert precision.first_step_probe(plain, x, y)["loss"] != pytest.approx(probe["loss"], rel=1e-3)
