@@ -206,7 +206,7 @@ def test_clipping_the_scaled_gradients_instead_is_what_the_property_catches():
     mixed = _model("mixed_float16", weights, plain, 2.0**10)
     optimizer = mixed.optimizer
     with tf.GradientTape() as tape:
-        loss = mixed.compute_loss(x=x, y=y, y_pred=mixed(x, training=True))
+        loss = mixed.compute_loss(x=x, y=tf.constant(y), y_pred=mixed(x, training=True))
         scaled = compat.scale_loss(optimizer, loss)
     grads = tape.gradient(scaled, mixed.trainable_variables)
     clipped, _ = tf.clip_by_global_norm(grads, 0.05)  # on the scaled gradients: the bug
