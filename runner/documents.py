@@ -83,7 +83,16 @@ def run_summary(report: dict[str, Any]) -> list[str]:
     return summary
 
 
-EPOCH_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "images_per_second", "seconds"]
+EPOCH_COLUMNS = [
+    "epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "images_per_second",
+    "seconds",
+]
 
 
 def run_sections(report: dict[str, Any]) -> list[Section]:
@@ -102,7 +111,7 @@ def run_sections(report: dict[str, Any]) -> list[Section]:
         Section(
             "Metrics per epoch",
             headers=[c.replace("images_per_second", "images/s") for c in EPOCH_COLUMNS],
-            rows=[[e[c] for c in EPOCH_COLUMNS] for e in report["metrics"]["epochs"]],
+            rows=[[e.get(c) for c in EPOCH_COLUMNS] for e in report["metrics"]["epochs"]],  # older: no rate
         ),
         Section("Plots", plots=run_plots(report)),
         Section(
@@ -122,6 +131,8 @@ def run_plots(report: dict[str, Any]) -> dict[str, str]:
         found["accuracy"] = plots.metric_curves(runs, "accuracy", "Accuracy per epoch")
         per_epoch = {str(r["epoch"]): r["images_per_second"] for r in records}
         found["throughput"] = plots.throughput_bars(per_epoch, "Throughput per epoch", "epoch")
+        if len({r.get("learning_rate") for r in records}) > 1:  # a schedule that moved the rate
+            found["learning_rate"] = plots.learning_rate_curve(records)
     scale = report["precision"].get("loss_scale") or {}
     if scale.get("history"):
         found["loss_scale"] = plots.loss_scale_plot(scale["history"], scale.get("steps") or 0)

@@ -74,6 +74,16 @@ def metric_curves(runs: dict[str, list[dict[str, Any]]], metric: str, title: str
     return to_svg(ax)
 
 
+def learning_rate_curve(records: list[dict[str, Any]]) -> str:
+    """The rate the optimizer used at each epoch's last step (what metrics.jsonl records)."""
+    from matplotlib.ticker import MaxNLocator
+
+    with _figure("Learning rate (each epoch's last step)", "epoch", "learning rate") as ax:
+        ax.plot(*_epochs(records, "learning_rate"), marker="o", color=COLOURS[0], gid="learning-rate")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return to_svg(ax)
+
+
 def loss_scale_plot(history: list[list[float]], steps: int) -> str:
     """The loss scale over steps (log scale), from its change points; skipped steps marked."""
     with _figure("Loss scale", "step", "loss scale (log)") as ax:

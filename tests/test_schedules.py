@@ -302,6 +302,8 @@ def test_a_cosine_warmup_run_records_the_formulas_rate_and_a_plateau_its_reducti
         0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (8 * e - 1 - 8) / span))) for e in (2, 3, 4)
     ]
     assert [e["learning_rate"] for e in epochs] == pytest.approx(expected, rel=1e-6)
+    plot = (run_dir_of(tmp_path / "cosine") / "plots" / "learning_rate.svg").read_text()
+    assert 'id="learning-rate"' in plot
     plateau = start(
         tmp_path,
         "plateau",
