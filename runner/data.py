@@ -819,20 +819,34 @@ def load_data(spec: DataSpec, seed: int) -> Splits:
     """Load and split the data the spec names; every failure is one DataError."""
     notes: tuple[str, ...] = ()
     if spec.source == "shapes":
-        (x_train, y_train), (x_test, y_test), num_classes = _load_shapes(spec, seed)
+        train, test, num_classes = _load_shapes(spec, seed)
     elif spec.source == "npz":
-        (x_train, y_train), (x_test, y_test), num_classes, notes = _load_npz(spec, seed)
+        train, test, num_classes, notes = _load_npz(spec, seed)
     else:
-        (x_train, y_train), (x_test, y_test), num_classes = _read_archive(spec)
-    x_train, y_train = x_train[: spec.train_size], y_train[: spec.train_size]
-    x_test, y_test = x_test[: spec.test_size], y_test[: spec.test_size]
-    n_val = int(len(x_train) * spec.validation_fraction)
-    if len(x_train) - n_val < spec.batch_size:
+        train, test, num_classes = _read_archive(spec)
+    return split_arrays(spec, train, test, num_classes, notes)
+
+
+def enough_to_train(n: int, spec: DataSpec) -> int:
+    """The training images left of `n` once validation_fraction is taken, if they make one batch."""
+    n_val = int(n * spec.validation_fraction)
+    if n - n_val < spec.batch_size:
         raise DataError(
-            f"data: {len(x_train) - n_val} training images after the validation split; expected at "
+            f"data: {n - n_val} training images after the validation split; expected at "
             f"least one batch (batch_size = {spec.batch_size})"
         )
-    cut = len(x_train) - n_val
+    return n - n_val
+
+
+def split_arrays(
+    spec: DataSpec, train: tuple, test: tuple, num_classes: int, notes: tuple[str, ...] = ()
+) -> Splits:
+    """(images, labels) of train and test → Splits: train_size and test_size applied, then
+    validation_fraction taken from the end of the training images."""
+    (x_train, y_train), (x_test, y_test) = train, test
+    x_train, y_train = x_train[: spec.train_size], y_train[: spec.train_size]
+    x_test, y_test = x_test[: spec.test_size], y_test[: spec.test_size]
+    cut = enough_to_train(len(x_train), spec)
     return Splits(
         spec.source,
         x_train[:cut],

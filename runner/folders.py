@@ -22,6 +22,7 @@ import numpy as np
 
 from runner.data import DataError, Splits, _folder, _kind, _unreachable, epoch_indices, load_data, loaded
 from runner.spec import AugmentationSpec, DataSpec
+from runner.tfds_source import TfdsSplits, load_tfds
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # Keras' ALLOWLIST_FORMATS
 KERAS_IMAGE_SIZE = (256, 256)  # image_dataset_from_directory's default
@@ -382,7 +383,7 @@ def _without_undecodable(index: FolderIndex, shape: tuple[int, int, int], skippe
     )
 
 
-AnySplits = Splits | FolderSplits
+AnySplits = Splits | FolderSplits | TfdsSplits
 
 
 def scan_data(spec: DataSpec, seed: int) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -399,5 +400,8 @@ def bad_files(splits: AnySplits) -> list[tuple[str, str]]:
 
 
 def load_splits(spec: DataSpec, seed: int) -> AnySplits:
-    """The data the spec names: a folder of images streamed from disk, or arrays (data.load_data)."""
+    """The data the spec names: a folder of images streamed from disk, a TFDS dataset read into arrays
+    at first use (tfds_source), or arrays (data.load_data)."""
+    if spec.source == "tfds":
+        return load_tfds(spec)
     return load_folder(spec, seed) if spec.source == "image_folder" else load_data(spec, seed)

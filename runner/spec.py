@@ -28,11 +28,14 @@ else:  # Python 3.10
 
 Policy = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 Activation = Literal["relu", "gelu", "swish", "tanh"]
-Source = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "shapes", "npz", "image_folder"]
+Source = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "shapes", "npz", "image_folder", "tfds"]
 PositiveInt = Annotated[int, Field(gt=0)]
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 APPLICATION_PATTERN = r"^[A-Z][A-Za-z0-9_]*$"
+# A TFDS dataset: name[/config][:version], without a namespace ("huggingface:…" would fetch code and data).
+TFDS_NAME_PATTERN = r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.-]+)?(:[0-9*]+\.[0-9*]+\.[0-9*]+)?$"
+TfdsSplit = Annotated[str, Field(min_length=1, max_length=200)]  # "train", "train[:90%]", "train+test"
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
@@ -210,7 +213,8 @@ class DataSpec(StrictModel):
     # source = "image_folder" (path: one subfolder per class, streamed from disk; see docs/spec.md).
     # Labels: the subfolders sorted (Keras' image_dataset_from_directory rule), or this order (all of them).
     class_names: Annotated[list[str], Field(min_length=2)] | None = None
-    # Every image resized to [height, width] (bilinear, no crop: Keras' defaults); None: 256 × 256 as Keras.
+    # Every image resized to [height, width] (bilinear, no crop: Keras' defaults). image_folder: None is
+    # 256 × 256 as Keras; tfds: None keeps the dataset's own size, which must then be fixed.
     image_size: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] | None = None
     channels: Literal[1, 3] | None = None  # grayscale or RGB, converted on decode; None: 3
     test_path: str | None = None  # a second folder of the same classes; else test_fraction is held out
@@ -219,16 +223,30 @@ class DataSpec(StrictModel):
     # run: every file is decoded once before training, so the batches stay the same on a resume.
     skip_bad_files: bool | None = None
 
+    # source = "tfds": a TensorFlow Datasets dataset prepared in data_dir (an optional extra; docs/spec.md).
+    name: Annotated[str, Field(pattern=TFDS_NAME_PATTERN)] | None = None  # "mnist", "name/config:1.0.0"
+    data_dir: str | None = None  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets (TFDS' own default)
+    train_split: TfdsSplit | None = None  # None: "train"; TFDS slicing such as "train[:90%]" works
+    test_split: TfdsSplit | None = None  # None: "test"
+    download: bool | None = None  # None: false; true lets TFDS download and prepare it into data_dir
+    image_key: str | None = None  # the image and label features; None: the dataset's supervised_keys
+    label_key: str | None = None
+
     @model_validator(mode="after")
-    def _image_folder_fields(self) -> DataSpec:
-        if self.source != "image_folder":
-            given = [f for f in IMAGE_FOLDER_FIELDS if getattr(self, f) is not None]
-            if given:
+    def _fields_of_the_source(self) -> DataSpec:
+        for field, sources in SOURCE_FIELDS.items():
+            if getattr(self, field) is not None and self.source not in sources:
+                named = " or ".join(f'"{s}"' for s in sources)
                 raise ValueError(
-                    f'data.{given[0]}: expected only with source = "image_folder"; got it with '
-                    f'source = "{self.source}"'
+                    f'data.{field}: expected only with source = {named}; got it with source = "{self.source}"'
                 )
-            return self
+        if self.source == "image_folder":
+            self._check_image_folder()
+        if self.source == "tfds":
+            self._check_tfds()
+        return self
+
+    def _check_image_folder(self) -> None:
         if self.path is None:
             raise ValueError(
                 'data.path: expected a folder with one subfolder per class for source = "image_folder"; '
@@ -239,17 +257,31 @@ class DataSpec(StrictModel):
                 f"data.test_fraction: expected either test_path or test_fraction; got both "
                 f'(test_path = "{self.test_path}", test_fraction = {self.test_fraction})'
             )
-        return self
+
+    def _check_tfds(self) -> None:
+        if self.name is None:
+            raise ValueError('data.name: expected the TFDS dataset name for source = "tfds"; got none')
+        if self.path is not None:
+            raise ValueError(
+                f"data.path: expected data.data_dir (the folder TFDS prepared the dataset in) with source = "
+                f'"tfds"; got path = "{self.path}"'
+            )
+        if (self.image_key is None) != (self.label_key is None):
+            given = "image_key" if self.label_key is None else "label_key"
+            raise ValueError(
+                f"data.{given}: expected image_key and label_key together (or neither: the dataset's "
+                f"supervised_keys); got only {given}"
+            )
 
 
-IMAGE_FOLDER_FIELDS = (
-    "class_names",
-    "image_size",
-    "channels",
-    "test_path",
-    "test_fraction",
-    "skip_bad_files",
-)
+IMAGE_FOLDER_FIELDS = ("class_names", "channels", "test_path", "test_fraction", "skip_bad_files")
+TFDS_FIELDS = ("name", "data_dir", "train_split", "test_split", "download", "image_key", "label_key")
+# Each source-specific field (None when not given) and the sources it means something to.
+SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(IMAGE_FOLDER_FIELDS, ("image_folder",)),
+    **dict.fromkeys(TFDS_FIELDS, ("tfds",)),
+    "image_size": ("image_folder", "tfds"),
+}
 
 
 class Adam(StrictModel):
@@ -720,6 +752,7 @@ PATTERN_TEXT = {
     NAME_PATTERN: "letters, digits, '.', '_' or '-' (1 to 64 of them; no paths)",
     FACTORY_PATTERN: '"package.module:function"',
     APPLICATION_PATTERN: "a keras.applications constructor name such as MobileNetV2",
+    TFDS_NAME_PATTERN: 'a TFDS dataset name, with config and version if any: "mnist", "name/config:1.0.0"',
 }
 _BOUNDS = {
     "greater_than": ">",

@@ -51,8 +51,9 @@ def _policy():
 
 @pytest.fixture(autouse=True)
 def isolated_keras_cache(tmp_path_factory, monkeypatch):
-    """No test reads the user's Keras cache or downloads anything."""
+    """No test reads the user's Keras cache or TFDS data_dir, or downloads anything."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path_factory.mktemp("tensorflow_datasets")))
     monkeypatch.setenv("RUNNER_OFFLINE", "1")
     # A bug in report.md/report.html fails the test, instead of becoming a run's warning.
     monkeypatch.setenv("RUNNER_STRICT_DOCUMENTS", "1")
