@@ -40,6 +40,7 @@ class RunState:
     role: Role = field(default_factory=Role)  # which worker this process is (one process: the chief)
     distribution: dict[str, Any] = field(default_factory=dict)  # strategy, workers, replicas, batches
     weights_sha256: str | None = None  # of the final weights, once training completed
+    export: dict[str, Any] | None = None  # the files a completed run exported and their round trip
 
 
 def _most_common(values: list[str]) -> str | None:
@@ -86,6 +87,7 @@ def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
         "divergence": _divergence(state, checkpoint),
         "resumes": state.resumes,
         "checkpoint": checkpoint,
+        "export": state.export,
     }
 
 
