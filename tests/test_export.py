@@ -216,6 +216,7 @@ def test_both_formats_reload_in_a_fresh_process_without_runner(exported_run, tmp
         assert got[name]["dtype"] == "float32"
         np.testing.assert_allclose(got[name]["p"], expected, atol=export.SAME_PRECISION_ATOL, rtol=0)
     assert got["model.keras"]["policies"] == ["mixed_float16"]
+    assert got["model-float32.keras"]["policies"] == ["float32"]
     finding = next(c for c in _report(exported_run)["checks"] if c["name"] == "export_roundtrip")
     assert finding["passed"], finding["detail"]
 
@@ -311,3 +312,9 @@ def test_runner_export_from_the_latest_checkpoint_of_an_interrupted_run(tmp_path
         "model-float32.keras",
     ]
     assert all(f["passed"] for f in record["files"])
+    from runner import compat  # the exported weights are the checkpoint's, not a fresh model's
+
+    exported = compat.keras().models.load_model(str(run_dir / "model.keras")).get_weights()
+    with np.load(run_dir / "checkpoints" / "step-00000027.npz") as saved:
+        for i, weight in enumerate(exported):
+            np.testing.assert_array_equal(weight, saved[f"model/{i}"])
