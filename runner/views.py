@@ -207,6 +207,9 @@ def render_run(data: dict[str, Any]) -> RenderableType:
     parts.append(checks_table(data["checks"]))
     if data["metrics"]["epochs"]:
         parts.append(metrics_table(data["metrics"]))
+    exported = [line["path"] for line in (data.get("export") or {}).get("files", [])]
+    if exported:
+        parts.append(Text(f"exported: {', '.join(exported)} · runner predict RUN_DIR IMAGES...", style="dim"))
     parts.append(Text(f"run directory: {data['run_dir']}", style="dim"))
     return Panel(Group(*parts), title="runner report", border_style=STATUS_STYLE.get(data["status"], "red"))
 
