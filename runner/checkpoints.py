@@ -152,6 +152,27 @@ def latest(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
+def best(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
+    """The checkpoint `checkpoints/best.json` points at (early stopping's best epoch; the same
+    {"name", "epoch", "step", "global_step"} as latest.json), None without one. A pointer whose
+    checkpoint is gone or unreadable is a CheckpointError naming it."""
+    folder = run_dir / "checkpoints"
+    pointer = folder / "best.json"
+    if not pointer.is_file():
+        return None
+    try:
+        name = json.loads(pointer.read_text())["name"]
+        meta = json.loads((folder / f"{name}.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{pointer}: expected a pointer to a checkpoint; {type(exc).__name__}: {exc}"
+        ) from None
+    reason = _unreadable(folder / f"{name}.npz")
+    if reason is not None:
+        raise CheckpointError(f"{folder / name}.npz: unreadable ({reason})")
+    return name, meta
+
+
 def _unreadable(path: Path) -> str | None:
     """Why the arrays at `path` cannot be read back (every array, so each one's CRC is checked)."""
     try:

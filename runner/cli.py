@@ -350,6 +350,76 @@ def check(
     raise typer.Exit(outcome.exit_code)
 
 
+EXPORT_FORMATS = ("keras", "saved_model")  # spec.ExportFormat's values (tests hold them equal)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A finished or interrupted run directory.", show_default=False)
+    ],
+    formats: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="keras or saved_model (repeatable); default: the spec's [export].",
+            show_default=False,
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        str, typer.Option(help="latest, or best (early stopping's best epoch).")
+    ] = "latest",
+) -> None:
+    """Export a run's model (model.keras, saved_model/) from a checkpoint, reloaded and checked in a
+    fresh process. Exit codes: 0 exported and checked · 1 the round trip failed · 2 bad input."""
+    from runner.session import export_experiment
+
+    for given in formats or []:
+        if given not in EXPORT_FORMATS:
+            raise _fail(f'--format: expected one of {", ".join(EXPORT_FORMATS)}; got "{given}"')
+    if checkpoint not in {"latest", "best"}:
+        raise _fail(f'--checkpoint: expected latest or best; got "{checkpoint}"')
+    if not (run_dir / "spec.toml").is_file():
+        raise _fail(f"{run_dir}: not a run directory (no spec.toml)")
+    try:
+        outcome = export_experiment(run_dir, list(dict.fromkeys(formats or [])), checkpoint)
+    except SpecValueError as exc:
+        raise _fail(f"{run_dir / 'spec.toml'}: {exc}") from None
+    except BadInput as exc:
+        raise _fail(str(exc)) from None
+    from runner.views import render_export
+
+    _stdout().print(render_export(run_dir, outcome.finding.as_dict(), outcome.record))
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory with an exported model.keras.", show_default=False)
+    ],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files, or folders of them.", show_default=False)
+    ],
+    top: Annotated[int, typer.Option(help="Classes shown per image, most probable first.", min=1)] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Class names and probabilities for images, from the run's exported model and its preprocessing."""
+    from runner.predict import predict_files
+
+    try:
+        found = predict_files(run_dir, images, top)
+    except BadInput as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    from runner.views import predictions_table
+
+    _stdout().print(predictions_table(found))
+
+
 @app.command()
 def env() -> None:
     """TensorFlow, Keras and Python versions, devices, and what mixed precision will do here."""

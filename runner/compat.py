@@ -491,3 +491,18 @@ def op_determinism(enabled: bool) -> Iterator[None]:
     finally:
         if not was_enabled:
             tf_config.disable_op_determinism()
+
+
+def save_keras_file(model: Any, path: Path) -> None:
+    """`model` as a `.keras` file (a zip of its config and weights) that keras.saving.load_model
+    reads back: both Kerases write the format (tf-keras from 2.13)."""
+    model.save(str(path))
+
+
+def export_saved_model(model: Any, path: Path) -> None:
+    """`model` as a TensorFlow SavedModel whose `serve` endpoint takes the model's inputs, for
+    tf.saved_model.load and TF Serving: Keras 3 `export(format=...)`, tf-keras `export(path)`."""
+    if _keras2():
+        model.export(str(path))
+    else:
+        model.export(str(path), format="tf_saved_model", verbose=False)

@@ -42,6 +42,7 @@ class RunState:
     distribution: dict[str, Any] = field(default_factory=dict)  # strategy, workers, replicas, batches
     weights_sha256: str | None = None  # of the final weights, once training completed
     restored_epoch: int | None = None  # early stopping's best epoch, when its weights were restored
+    export: dict[str, Any] | None = None  # the files a completed run exported and their round trip
 
 
 def _most_common(values: list[str]) -> str | None:
@@ -91,6 +92,7 @@ def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
         "resumes": state.resumes,
         "checkpoint": checkpoint,
         "weights_sha256": state.weights_sha256,  # of the weights the test metrics are of
+        "export": state.export,
     }
 
 

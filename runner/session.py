@@ -267,6 +267,23 @@ def _train_checked(state: RunState, splits: AnySplits, emit: EventSink, strategy
             _train(state, engine, splits, emit)
         finally:
             state.loss_scale = _loss_scale_summary(state, optimizer)
+    if state.status == "completed" and state.role.is_chief:
+        _export(state, model, splits)  # outside the strategy: the chief alone builds the float32 copy
+
+
+def _export(state: RunState, model: Any, splits: AnySplits) -> None:
+    """[export]: the files, reloaded in a fresh process (the `export_roundtrip` check)."""
+    from runner import export
+
+    formats = list(state.spec.export.formats)
+    if export.skipped_by_environment():
+        state.export = {"formats": [], "skipped": f"{export.SKIP_ENV} is set"}
+        return
+    if formats:
+        finding, state.export = export.export_model(
+            state.run_dir, model, state.spec, export.fixed_batch(splits), formats
+        )
+        state.findings.append(finding)
 
 
 def _post_findings(state: RunState, policy_before: str) -> list[checks.Finding]:
@@ -628,3 +645,55 @@ def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcom
     findings.append(checks.check_policy_restored(policy_before, compat.global_policy_name()))
     code = exits.CHECK_FAILED if checks.blocking(findings) else exits.COMPLETED
     return CheckOutcome(code, audit, findings, timing, environment)
+
+
+@dataclass
+class ExportOutcome:
+    exit_code: int
+    finding: checks.Finding
+    record: dict[str, Any]
+
+
+def _checkpoint_to_export(run_dir: Path, which: str) -> tuple[str, dict[str, Any]]:
+    if which == "best":
+        try:
+            found = checkpoints.best(run_dir)
+        except checkpoints.CheckpointError as exc:
+            raise BadInput(str(exc)) from None
+        if found is None:
+            raise BadInput(
+                f"{run_dir}: no best checkpoint (checkpoints/best.json): the run had no "
+                "[training.early_stopping]; use --checkpoint latest"
+            )
+        return found
+    latest, skipped = checkpoints.latest_restorable(run_dir)
+    if latest is None:
+        why = f" ({'; '.join(skipped)})" if skipped else ""
+        raise BadInput(
+            f"{run_dir}: no checkpoint to export{why}; expected checkpoints/step-*.npz from training"
+        )
+    return latest
+
+
+def export_experiment(run_dir: Path, formats: list[str] | None, which: str = "latest") -> ExportOutcome:
+    """`runner export`: rebuild the run's model from its spec.toml, restore a checkpoint's model
+    variables, export it and check the round trip; for any finished or interrupted run."""
+    from runner import export
+
+    spec = load_spec(run_dir / "spec.toml")
+    spec = spec.model_copy(update={"distribution": DistributionSpec()})  # one device: a model to save
+    chosen = formats or list(spec.export.formats) or ["keras"]
+    with runs.run_lock(run_dir):
+        name, meta = _checkpoint_to_export(run_dir, which)
+        setup = _prepare(spec, Role())
+        with compat.native_stderr_to(run_dir / "tensorflow.log"):
+            with training_scope(spec):
+                model, _ = _build(spec, setup.splits)
+                try:
+                    checkpoints.restore(run_dir, name, meta, model, groups=("model",))
+                except checkpoints.CheckpointError as exc:
+                    raise BadInput(f"{run_dir}: {exc}") from None
+            batch = export.fixed_batch(setup.splits)
+            finding, record = export.export_model(run_dir, model, spec, batch, chosen, checkpoint=name)
+    code = exits.CHECK_FAILED if checks.is_blocking(finding) else exits.COMPLETED
+    return ExportOutcome(code, finding, record)

@@ -501,6 +501,31 @@ class DistributionSpec(StrictModel):
         return self
 
 
+ExportFormat = Literal["keras", "saved_model"]
+
+
+class ExportSpec(StrictModel):
+    """What a completed run leaves to deploy, each file reloaded in a fresh process and checked
+    (`export_roundtrip`): `model.keras` (keras.saving.load_model) and/or `saved_model/`
+    (tf.saved_model.load). Both take the uint8 images the run trained on and return float32
+    probabilities. `formats = []` exports nothing (`runner export` can still do it later)."""
+
+    formats: list[ExportFormat] = ["keras"]
+    # Under a mixed policy also a float32 copy (model-float32.keras, saved_model-float32/): the same
+    # weights in the model built under float32, for hardware without fast float16 (keras#16129).
+    float32: bool = True
+
+    @model_validator(mode="after")
+    def _formats_once_each(self) -> ExportSpec:
+        twice = sorted({f for f in self.formats if self.formats.count(f) > 1})
+        if twice:
+            raise ValueError(
+                f"export.formats: expected each format once (keras, saved_model); got {list(self.formats)} "
+                f"({', '.join(twice)} twice)"
+            )
+        return self
+
+
 class ExperimentSpec(StrictModel):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
@@ -512,6 +537,7 @@ class ExperimentSpec(StrictModel):
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     distribution: DistributionSpec = Field(default_factory=DistributionSpec)
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
 
     @model_validator(mode="after")
     def _name_is_not_a_path(self) -> ExperimentSpec:

@@ -232,6 +232,9 @@ def render_run(data: dict[str, Any]) -> RenderableType:
     parts.append(checks_table(data["checks"]))
     if data["metrics"]["epochs"]:
         parts.append(metrics_table(data["metrics"]))
+    exported = [line["path"] for line in (data.get("export") or {}).get("files", [])]
+    if exported:
+        parts.append(Text(f"exported: {', '.join(exported)} · runner predict RUN_DIR IMAGES...", style="dim"))
     parts.append(Text(f"run directory: {data['run_dir']}", style="dim"))
     return Panel(Group(*parts), title="runner report", border_style=STATUS_STYLE.get(data["status"], "red"))
 
@@ -366,3 +369,49 @@ def progress_text(event: StepsDone) -> str:
     if event.images_per_second:
         parts.append(f"{event.images_per_second:,.0f} img/s")
     return "  ".join(parts)
+
+
+def _megabytes(size: int | None) -> str:
+    return "—" if size is None else f"{size / 2**20:.2f} MB"
+
+
+def export_table(record: dict[str, Any]) -> Table:
+    """Each exported file: format, precision, size, and how far its reload is from what it must equal."""
+    table = Table(title="Exported", show_header=True, header_style="bold")
+    for column in ("file", "format", "precision", "size", "max |Δ| reloaded", "max |Δ| from run's model"):
+        table.add_column(column)
+    for line in record.get("files", []):
+        off = line.get("max_abs_diff_from_run_model")
+        table.add_row(
+            line["path"],
+            line["format"],
+            line["precision"],
+            _megabytes(line.get("bytes")),
+            _fmt(line.get("max_abs_diff"), ".2g"),
+            "—" if off is None else f"{off:.2g} (≤ {line['tolerance_from_run_model']:g})",
+        )
+    return table
+
+
+def render_export(run_dir: Any, finding: dict[str, Any], record: dict[str, Any]) -> RenderableType:
+    """`runner export`: the files written, the round-trip check, where they are."""
+    checkpoint = record.get("checkpoint")
+    parts: list[RenderableType] = [export_table(record), checks_table([finding])]
+    parts.append(Text(f"from checkpoint {checkpoint} · written to {run_dir}", style="dim"))
+    return Group(*parts)
+
+
+def predictions_table(found: list[dict[str, Any]]) -> Table:
+    """`runner predict`: each image's most probable classes."""
+    table = Table(title="Predictions", show_header=True, header_style="bold")
+    table.add_column("image", overflow="fold")
+    table.add_column("class")
+    table.add_column("probability", justify="right")
+    table.add_column("next", overflow="fold")
+    for item in found:
+        first, *rest = item["top"]
+        others = ", ".join(f"{x['class']} {x['probability']:.3f}" for x in rest)
+        table.add_row(
+            escape(item["file"]), escape(first["class"]), f"{first['probability']:.3f}", escape(others)
+        )
+    return table

@@ -57,6 +57,9 @@ def isolated_keras_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("RUNNER_OFFLINE", "1")
     # A bug in report.md/report.html fails the test, instead of becoming a run's warning.
     monkeypatch.setenv("RUNNER_STRICT_DOCUMENTS", "1")
+    # The suite's many runs do not test export: its fresh-process reload (a TensorFlow import, seconds
+    # per run) is paid by tests/test_export.py and the quickstart test, which unset this.
+    monkeypatch.setenv("RUNNER_SKIP_EXPORT", "1")
 
 
 @pytest.fixture

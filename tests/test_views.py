@@ -233,3 +233,10 @@ def test_terminal_events_keep_a_bounded_number_of_epoch_bars():
     shown = [task.description for task in sink.progress.tasks]
     sink.close()
     assert shown == [f"epoch {e}/{10**9}" for e in range(2 * SHOWN_EPOCHS, 3 * SHOWN_EPOCHS)]
+
+
+def test_a_run_that_exported_names_its_files_and_one_that_did_not_says_nothing():
+    exported = {**sample_report(), "export": {"files": [{"path": "model.keras"}, {"path": "saved_model"}]}}
+    assert "exported: model.keras, saved_model · runner predict" in render(render_run(exported))
+    assert "exported" not in render(render_run({**sample_report(), "export": None}))
+    assert "exported" not in render(render_run(sample_report()))  # a report from before issue 19

@@ -1,0 +1,111 @@
+"""`runner predict`: class probabilities for image files, from a run's exported model.
+
+The images go through the run's own preprocessing: decoded as the image_folder source decodes them
+(runner/folders.py partial_decoder: channels converted, bilinear resize to the model's input size,
+rounded to uint8); the model scales them itself, as in training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner import compat
+from runner.folders import IMAGE_EXTENSIONS, _op_message, partial_decoder
+from runner.spec import BadInput
+
+MODEL_FILE = "model.keras"
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The files given, a folder standing for its images (sorted); each missing path is bad input."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            images = sorted(
+                p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            if not images:
+                raise BadInput(
+                    f"{path}: holds no .bmp, .gif, .jpeg, .jpg or .png images; expected images to classify"
+                )
+            found += images
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise BadInput(f"{path}: no such file or folder; expected an image or a folder of images")
+    return found
+
+
+def class_names(run_dir: Path, count: int) -> list[str]:
+    """report.json's data.class_names (an image folder's subfolders), else the class indices."""
+    try:
+        names = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))["data"]["class_names"]
+    except (OSError, ValueError, KeyError, TypeError):
+        names = None
+    if isinstance(names, list) and len(names) == count:
+        return [str(n) for n in names]
+    return [str(i) for i in range(count)]
+
+
+def load_exported(run_dir: Path) -> Any:
+    """model.keras, loaded with Keras; a missing or damaged file is bad input naming it."""
+    path = run_dir / MODEL_FILE
+    if not path.is_file():
+        raise BadInput(
+            f"{path}: not found; expected the run's exported model: run `runner export {run_dir}` first"
+        )
+    try:
+        return compat.keras().models.load_model(str(path))
+    except Exception as exc:  # noqa: BLE001 - a truncated zip, bad weights, a foreign file: all the same to the user
+        raise BadInput(
+            f"{path}: cannot be loaded ({type(exc).__name__}: {str(exc)[:200]}); expected a Keras model "
+            f"written by runner: export it again with `runner export {run_dir}`"
+        ) from None
+
+
+def decode(files: list[Path], shape: tuple[int, int, int]) -> np.ndarray:
+    """(n, H, W, C) uint8, as training decoded its images; a file that does not decode is bad input."""
+    tf = compat.tensorflow()
+    decoder = partial_decoder(tf, shape)
+    images = []
+    for path in files:
+        try:
+            images.append(decoder(tf.constant(str(path))).numpy())
+        except tf.errors.OpError as exc:
+            reason = _op_message(exc.message)[:200]
+            raise BadInput(
+                f"{path}: cannot be decoded ({reason}); expected a BMP, GIF, JPEG or PNG image"
+            ) from None
+    return np.stack(images)
+
+
+def predict_files(run_dir: Path, paths: list[Path], top: int) -> list[dict[str, Any]]:
+    """Each image's `top` classes, most probable first: [{file, top: [{class, index, probability}]}]."""
+    if not (run_dir / "spec.toml").is_file():
+        raise BadInput(f"{run_dir}: not a run directory (no spec.toml)")
+    files = image_files(paths)
+    with compat.native_stderr_to(os.devnull):  # TensorFlow's C++ notices, not the user's output
+        return _predict(run_dir, files, top)
+
+
+def _predict(run_dir: Path, files: list[Path], top: int) -> list[dict[str, Any]]:
+    model = load_exported(run_dir)
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    if len(shape) != 3:
+        raise BadInput(
+            f"{run_dir / MODEL_FILE}: expected a model of (height, width, channels) images; got {shape}"
+        )
+    batch = decode(files, (shape[0], shape[1], shape[2]))
+    probabilities = np.asarray(model.predict(batch, verbose=0), dtype=np.float64)
+    names = class_names(run_dir, probabilities.shape[1])
+    found = []
+    for path, row in zip(files, probabilities, strict=True):
+        best = np.argsort(-row, kind="stable")[:top]
+        ranked = [{"class": names[i], "index": int(i), "probability": float(row[i])} for i in best]
+        found.append({"file": str(path), "top": ranked})
+    return found
