@@ -89,17 +89,6 @@ def _best(folder: Path) -> set[str]:
         return set()
 
 
-def best(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
-    """The checkpoint best.json points at, with its metadata; None if there is none."""
-    folder = run_dir / "checkpoints"
-    for name in _best(folder):
-        try:
-            return name, json.loads((folder / f"{name}.json").read_text())
-        except (OSError, ValueError):
-            return None
-    return None
-
-
 def _complete(folder: Path) -> list[str]:
     """Names with both files present, oldest first."""
     names = sorted(p.stem for p in folder.glob("step-*.json"))
