@@ -110,6 +110,17 @@ def _collect(paths: list[Path], load: Callable[[Path], list[T]]) -> list[T]:
     return loaded
 
 
+FailFast = Annotated[
+    bool, typer.Option("--fail-fast", help="A sweep: stop at the first variant that does not pass.")
+]
+Parallel = Annotated[
+    int,
+    typer.Option(
+        "--parallel", min=1, help="A sweep: run N variants at once (one GPU each, or a share of the cores)."
+    ),
+]
+
+
 @app.command()
 def validate(
     paths: SpecPaths,
@@ -174,32 +185,43 @@ def run(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help=f"Run a plan of more than {CONFIRM_ABOVE} experiments.")
     ] = False,
+    fail_fast: FailFast = False,
+    parallel: Parallel = 1,
 ) -> None:
     r"""Validate, preflight, train, evaluate, check and report experiments (a \[sweep]: a comparison).
 
-    A sweep or several specs run one after another, each in its own process, and end in a comparison table.
+    A sweep or several specs run each in its own process (one after another, or --parallel N at once)
+    and end in a comparison table; a failed variant does not stop the others (--fail-fast does).
 
-    Exit codes: 0 all passed · 1 a check failed · 2 bad input · 3 run failed · 130 interrupted.
+    Exit codes: 0 all passed · 1 a check failed · 2 bad input · 3 run failed · 130 interrupted
+    (a sweep: the worst of its variants').
     """
     from runner.sweeps import run_plan
-    from runner.views import comparison_table, render_run
 
     variants = _load_plans(paths, overrides)
     if len(variants) > 1:
-        _stderr().print(f"{len(variants)} experiments planned, run one after another")
+        how = f"{parallel} at a time" if parallel > 1 else "one after another"
+        _stderr().print(f"{len(variants)} experiments planned, run {how}")
     if len(variants) > CONFIRM_ABOVE and not yes:
         raise _fail(
             f"{len(variants)} experiments planned (more than {CONFIRM_ABOVE}): check the [sweep] lists, "
             "then run them with --yes"
         )
-    out = _stdout()
     try:
         with _terminal_events() as events:
-            plan = run_plan(variants, output, events)
+            plan = run_plan(variants, output, events, fail_fast=fail_fast, parallel=parallel)
     except BadInput as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:  # before training started: nothing to save
         raise _fail("interrupted before training started", exits.INTERRUPTED) from None
+    _print_plan(plan)
+
+
+def _print_plan(plan: Any) -> None:
+    """Every run's report, then a sweep's comparison and where it is; exit with the plan's code."""
+    from runner.views import comparison_table, render_run
+
+    out = _stdout()
     for outcome in plan.outcomes:
         out.print(render_run(outcome.report))
         if outcome.status == "interrupted":
@@ -207,21 +229,42 @@ def run(
     if plan.comparison is not None:
         out.print(comparison_table(plan.comparison))
         out.print(f"[dim]sweep directory[/] {plan.group_dir}", soft_wrap=True)
+        if plan.exit_code == exits.INTERRUPTED:
+            _stderr().print(f"resume the sweep with: [bold]runner resume {plan.group_dir}[/]", soft_wrap=True)
     raise typer.Exit(plan.exit_code)
 
 
 @app.command()
 def resume(
     run_dir: Annotated[
-        Path, typer.Argument(help="An interrupted (or killed) run directory.", show_default=False)
+        Path,
+        typer.Argument(
+            help="An interrupted (or killed) run directory, or a sweep directory.", show_default=False
+        ),
     ],
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="A sweep: resume its failed and diverged variants too.")
+    ] = False,
+    fail_fast: FailFast = False,
+    parallel: Parallel = 1,
 ) -> None:
-    """Continue an interrupted run from its newest checkpoint. Exit codes as `run`."""
+    """Continue an interrupted run from its newest checkpoint; or a sweep: its completed variants
+    kept, the interrupted one resumed, the rest run. Exit codes as `run`."""
     from runner.session import resume_experiment
+    from runner.sweeps import SWEEP_FILE, resume_plan
     from runner.views import render_run
 
+    if (run_dir / SWEEP_FILE).is_file():
+        try:
+            with _terminal_events() as events:
+                plan = resume_plan(
+                    run_dir, events, retry_failed=retry_failed, fail_fast=fail_fast, parallel=parallel
+                )
+        except BadInput as exc:
+            raise _fail(str(exc)) from None
+        _print_plan(plan)
     if not (run_dir / "spec.toml").is_file():
-        raise _fail(f"{run_dir}: not a run directory (no spec.toml)")
+        raise _fail(f"{run_dir}: not a run directory (no spec.toml) nor a sweep directory (no {SWEEP_FILE})")
     try:
         with _terminal_events() as events:
             outcome = resume_experiment(run_dir, events)

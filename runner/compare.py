@@ -95,6 +95,7 @@ def comparison_row(report: dict[str, Any], base: dict[str, Any], fields: list[st
     perf, metrics = report["performance"], report["metrics"]
     scale = report["precision"].get("loss_scale") or {}
     failed = [c["name"] for c in report["checks"] if is_blocking(c)]
+    last = metrics["epochs"][-1] if metrics.get("epochs") else {}
     invariants = [c for c in report["checks"] if c["severity"] == "error"]
     return {
         "name": report["name"],
@@ -107,7 +108,11 @@ def comparison_row(report: dict[str, Any], base: dict[str, Any], fields: list[st
         "step_time_ms": perf.get("step_time_ms"),
         "peak_host_memory_mb": perf.get("peak_host_memory_mb"),
         "peak_device_memory_mb": perf.get("peak_device_memory_mb"),
+        "error": report.get("error"),  # why a failed, diverged or interrupted variant ended
         "test_accuracy": metrics.get("test_accuracy"),
+        "test_loss": metrics.get("test_loss"),
+        "val_accuracy": last.get("val_accuracy"),
+        "val_loss": last.get("val_loss"),
         "accuracy_delta": _delta(metrics.get("test_accuracy"), base["metrics"].get("test_accuracy")),
         "loss_scale_final": scale.get("final"),
         "loss_scale_min": scale.get("min"),
@@ -118,22 +123,59 @@ def comparison_row(report: dict[str, Any], base: dict[str, Any], fields: list[st
     }
 
 
-def compare(reports: list[dict[str, Any]]) -> dict[str, Any]:
+def compare(reports: list[dict[str, Any]], objective: tuple[str, str] | None = None) -> dict[str, Any]:
     """comparison.json's content: the baseline, the fields that differ, one row per run, each with the
-    label that tables and plots show for it."""
+    label that tables and plots show for it, and (with an objective) each run's rank and the best."""
     if not reports:
         raise RunDirError("compare: expected at least one finished run; got none")
     index, note = _baseline(reports)
     fields = differing_fields(reports)
     labels = run_labels(reports, fields)
+    rows = [
+        {"label": label, **comparison_row(r, reports[index], fields)}
+        for label, r in zip(labels, reports, strict=True)
+    ]
     return {
         "baseline": {"name": reports[index]["name"], "label": labels[index], "index": index, "note": note},
         "differing_fields": fields,
-        "rows": [
-            {"label": label, **comparison_row(r, reports[index], fields)}
-            for label, r in zip(labels, reports, strict=True)
-        ],
+        "objective": rank(rows, objective),
+        "rows": rows,
     }
+
+
+def rank(rows: list[dict[str, Any]], objective: tuple[str, str] | None) -> dict[str, Any] | None:
+    """Number the completed rows by the objective (1 = best; ties share a rank; rows without the
+    metric, or that did not complete, get none) and name the best; None without an objective."""
+    if objective is None:
+        return None
+    metric, mode = objective
+    ranked = [r for r in rows if r["status"] == "completed" and isinstance(r.get(metric), int | float)]
+    ranked.sort(key=lambda r: -r[metric] if mode == "max" else r[metric])
+    for row in rows:
+        row["rank"] = None
+    for row in ranked:
+        row["rank"] = 1 + sum(
+            1
+            for other in ranked
+            if (other[metric] > row[metric] if mode == "max" else other[metric] < row[metric])
+        )
+    best = ranked[0] if ranked else None
+    return {
+        "metric": metric,
+        "mode": mode,
+        "best": None
+        if best is None
+        else {"label": best["label"], "name": best["name"], "value": best[metric]},
+    }
+
+
+def objective_note(objective: dict[str, Any] | None) -> str:
+    """' · best by test_accuracy (max): <label> 0.93' for a sweep with an objective."""
+    if not objective:
+        return ""
+    best = objective["best"]
+    found = f"{best['label']} ({best['value']:.4g})" if best else "no completed variant has it"
+    return f" · # ranks by {objective['metric']} ({objective['mode']}), best: {found}"
 
 
 def load_report(run_dir: Path) -> dict[str, Any]:

@@ -353,6 +353,17 @@ def _smoothed_loss_class() -> type:
     return SmoothedSparseCrossentropy
 
 
+def set_threads(threads: int) -> bool:
+    """TensorFlow's intra- and inter-op thread pools to `threads` each; False once its runtime has
+    started (they cannot change then)."""
+    tf = tensorflow()
+    if runtime_started():
+        return False
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return True
+
+
 def learning_rate_variable(optimizer: Any) -> Any:
     """The variable holding the rate the (inner) optimizer's update reads, for the loop to set each
     step. Both Kerases keep it in `_learning_rate` when the rate is a number (runner never gives

@@ -16,6 +16,7 @@ import tomli_w
 
 from runner import plots
 from runner.checks import MARKS, describe_variables, mark
+from runner.compare import objective_note
 from runner.runs import write_text_atomic
 
 CSS = """
@@ -144,7 +145,9 @@ def run_plots(report: dict[str, Any]) -> dict[str, str]:
 
 def comparison_sections(comparison: dict[str, Any], reports: list[dict[str, Any]]) -> list[Section]:
     fields = comparison["differing_fields"]
+    objective = comparison.get("objective")
     headers = [
+        *(["rank"] if objective else []),
         "run",
         *fields,
         "status",
@@ -162,9 +165,10 @@ def comparison_sections(comparison: dict[str, Any], reports: list[dict[str, Any]
     ]
     rows = [
         [
+            *([r.get("rank")] if objective else []),
             r["label"],
             *(r["settings"][f] for f in fields),
-            r["status"],
+            r["status"] + (f": {r['error']}" if r.get("error") and r["status"] != "completed" else ""),
             r["images_per_second"],
             r["speed_ratio"],
             r["step_time_ms"],
@@ -181,7 +185,12 @@ def comparison_sections(comparison: dict[str, Any], reports: list[dict[str, Any]
         for r in comparison["rows"]
     ]
     return [
-        Section("Comparison", paragraphs=[comparison["baseline"]["note"]], headers=headers, rows=rows),
+        Section(
+            "Comparison",
+            paragraphs=[comparison["baseline"]["note"] + objective_note(objective)],
+            headers=headers,
+            rows=rows,
+        ),
         Section("Plots", plots=comparison_plots(comparison, reports)),
     ]
 

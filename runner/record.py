@@ -74,7 +74,7 @@ def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
         "run_dir": str(state.run_dir),
         "spec": spec_to_dict(state.spec),
         "spec_hash": spec_hash(state.spec),
-        "environment": {k: env.get(k) for k in ("python", "tensorflow", "keras", "device")},
+        "environment": {k: env.get(k) for k in ("python", "tensorflow", "keras", "device", "threads")},
         "data": state.data,
         "precision": precision_summary(state),
         "audit": state.audit,

@@ -345,6 +345,7 @@ def _prepare(spec: ExperimentSpec, role: Role) -> Setup:
     """The data (a DataError leaves nothing behind), TensorFlow, the device, the strategy (several
     workers join their cluster here), and the environment."""
     _release_previous_run()
+    threads = _thread_share()  # before anything starts TensorFlow's runtime (a folder's scan may)
     splits = load_splits(spec.data, spec.seed)
     compat.keras()  # the slow import: after the data (a missing archive fails fast), before the bars
     require_device(spec.runtime.device)
@@ -359,7 +360,26 @@ def _prepare(spec: ExperimentSpec, role: Role) -> Setup:
                 f"data.batch_size: expected a multiple of the {replicas} replicas (the global batch split "
                 f"evenly); got {spec.data.batch_size}"
             )
-    return Setup(splits, runs.environment_info(), role, strategy)
+    return Setup(splits, {**runs.environment_info(), "threads": threads}, role, strategy)
+
+
+THREADS_VARIABLE = "RUNNER_CPU_THREADS"  # set by a parallel sweep for each variant (sweeps.core_shares)
+
+
+def _thread_share() -> dict[str, Any]:
+    """TensorFlow's thread pools as this process was given them: a parallel sweep's share of the
+    cores (THREADS_VARIABLE), or TensorFlow's defaults (every core)."""
+    given = os.environ.get(THREADS_VARIABLE, "")
+    if not given.isdigit() or int(given) < 1:
+        return {"intra_op": None, "inter_op": None, "why": f"TensorFlow's defaults ({os.cpu_count()} cores)"}
+    threads = int(given)
+    if not compat.set_threads(threads):
+        return {"intra_op": None, "inter_op": None, "why": "TensorFlow already running: its defaults"}
+    return {
+        "intra_op": threads,
+        "inter_op": threads,
+        "why": f"a parallel sweep's share: {threads} of {os.cpu_count()} cores ({THREADS_VARIABLE})",
+    }
 
 
 def _distribution(spec: ExperimentSpec, setup: Setup) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import itertools
 import json
 import math
 import re
@@ -628,6 +627,7 @@ class Variant:
     settings: dict[str, Any]
     group: str = ""  # the name in the spec file, which a sweep's variant names extend
     source: str = ""  # the spec file (and sweep values) it comes from, for messages
+    objective: tuple[str, str] | None = None  # [sweep] objective and mode: the comparison ranks by it
 
 
 def flatten_table(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -644,49 +644,45 @@ def flatten_table(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _slug(value: Any) -> str:
+    shown = f"{value:.3g}" if isinstance(value, float) else value  # a drawn 0.000123456789 → 0.000123
     return re.sub(
-        r"[^A-Za-z0-9._-]+", "_", json.dumps(value) if isinstance(value, list | dict) else str(value)
+        r"[^A-Za-z0-9._-]+", "_", json.dumps(shown) if isinstance(shown, list | dict) else str(shown)
     )
 
 
-def sweep_axes(sweep: Any, source: str) -> dict[str, list[Any]]:
-    if not isinstance(sweep, dict) or not sweep:
-        raise SpecError(
-            f"{source}: sweep: expected a table of field paths to lists of values; got {_show(sweep)}"
-        )
-    axes: dict[str, list[Any]] = json.loads(json.dumps(flatten_table(sweep), default=str))  # dates → strings
-    for key, values in axes.items():
-        if not isinstance(values, list) or not values:
-            raise SpecError(
-                f'{source}: sweep."{key}": expected a non-empty list of values; got {_show(values)}'
-            )
-    return axes
-
-
 def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> list[Variant]:
-    """The experiments a spec file asks for: itself, or one per point of its [sweep]'s cartesian product.
+    """The experiments a spec file asks for: itself, or one per point of its [sweep] (the grid of its
+    lists, or `samples` random draws: search.py).
 
     `--set` overrides apply to the base; the sweep's values are applied on top, per variant.
     """
+    from runner import search
+
     raw = read_toml(path)
     if "sweep" not in raw:
         spec = spec_from_dict(raw, source=str(path), overrides=overrides)
         return [Variant(spec, {}, spec.name, str(path))]
-    axes = sweep_axes(raw.pop("sweep"), str(path))
-    _refuse_overridden_axes(axes, overrides, str(path))
-    base = apply_overrides(raw, overrides, str(path))
+    base = apply_overrides({k: v for k, v in raw.items() if k != "sweep"}, overrides, str(path))
+    seed = base.get("seed", 0) if type(base.get("seed", 0)) is int else 0  # a bad seed fails validation below
+    try:
+        options, axes = search.read_sweep(raw["sweep"], str(path))
+        _refuse_overridden_axes(axes, overrides, str(path))
+        points = search.points(options, axes, seed, str(path))
+    except search.SweepError as exc:
+        raise SpecError(str(exc)) from None
     variants, errors = [], []
-    for combo in itertools.product(*axes.values()):
-        settings = dict(zip(axes, combo, strict=True))
+    for index, settings in enumerate(points, 1):
         data = json.loads(json.dumps(base))
         for key, value in settings.items():
             _set_path(data, key.split("."), value, str(path), f"sweep.{key}")
-        suffix = "-".join(_slug(v) for v in combo)
+        suffix = "-".join(_slug(v) for v in settings.values())
+        if options.method == "random":  # numbered: two draws may print alike
+            suffix = f"{index:02d}-{suffix}"
         data["name"] = f"{str(data.get('name', 'run'))[: 63 - len(suffix)]}-{suffix}"[:64]
         where = f"{path} [sweep {', '.join(f'{k}={v}' for k, v in settings.items())}]"
         try:
             spec = spec_from_dict(data, source=where)
-            variants.append(Variant(spec, settings, str(base.get("name")), where))
+            variants.append(Variant(spec, settings, str(base.get("name")), where, options.objective))
         except SpecError as exc:
             errors.append(str(exc))
     if errors:
@@ -885,19 +881,50 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"  # the draft pyd
 
 
 def _sweep_defs() -> dict[str, Any]:
-    """A [sweep] as sweep_axes reads it: dotted field paths, or tables nesting them, to non-empty lists."""
+    """A [sweep] as search.read_sweep reads it: its options, and dotted field paths (or tables nesting
+    them) to non-empty lists or (method = "random") distribution tables."""
+    bounds = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number"}}
     return {
         "Sweep": {
             "title": "Sweep",
-            "description": "One experiment per point of the cartesian product of these lists: "
-            'e.g. "precision.policy" = ["float32", "mixed_float16"], or [sweep.precision] policy = [...]',
+            "description": "One experiment per point of the cartesian product of these lists (method = "
+            '"grid"), or `samples` random draws (method = "random"): e.g. "precision.policy" = ["float32", '
+            '"mixed_float16"], "training.learning_rate" = { log_uniform = [1e-4, 1e-2] }',
             "type": "object",
             "minProperties": 1,
+            "properties": {
+                "method": {"enum": ["grid", "random"], "default": "grid"},
+                "samples": {"type": "integer", "minimum": 1},
+                "objective": {
+                    "enum": [
+                        "test_accuracy",
+                        "test_loss",
+                        "val_accuracy",
+                        "val_loss",
+                        "images_per_second",
+                        "step_time_ms",
+                        "peak_host_memory_mb",
+                    ]
+                },
+                "mode": {"enum": ["max", "min"]},
+            },
             "additionalProperties": {"$ref": "#/$defs/SweepEntry"},
         },
         "SweepEntry": {
             "anyOf": [
                 {"type": "array", "minItems": 1},
+                {
+                    "type": "object",
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                    "properties": {
+                        "log_uniform": bounds,
+                        "uniform": bounds,
+                        "int_uniform": {**bounds, "items": {"type": "integer"}},
+                        "choice": {"type": "array", "minItems": 1},
+                    },
+                    "additionalProperties": False,
+                },
                 {"type": "object", "additionalProperties": {"$ref": "#/$defs/SweepEntry"}},
             ]
         },

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.checks import NON_COMPUTING, describe_variables, is_blocking, mark
+from runner.compare import objective_note
 from runner.events import EpochStarted, Event, Note, RunFinished, RunStarted, StepsDone, VariantStarted
 from runner.spec import COMPUTE_DTYPE
 
@@ -269,7 +270,10 @@ def _result_text(row: dict[str, Any]) -> Text:
     failed = row["failed_checks"]
     if row["status"] == "completed" and not failed:
         return Text(f"✓ {row['checks_passed']}/{row['checks_total']}", style="green")
-    return Text(row["status"] if row["status"] != "completed" else "✗ " + ", ".join(failed), style="red")
+    if row["status"] == "completed":
+        return Text("✗ " + ", ".join(failed), style="red")
+    reason = row.get("error")  # why it failed, diverged or was interrupted
+    return Text(row["status"] + (f": {reason}" if reason else ""), style="red")
 
 
 def _scale_text(row: dict[str, Any]) -> str:
@@ -286,20 +290,23 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
     fields, rows = comparison["differing_fields"], comparison["rows"]
     settings = [tuple(str(r["settings"][f]) for f in fields) for r in rows]
     run_column = ["run"] if not fields or len(set(settings)) < len(settings) else []
+    objective = comparison.get("objective")  # older comparisons have none
     table = Table(
         title="Comparison",
         header_style="bold",
-        caption=comparison["baseline"]["note"],
+        caption=comparison["baseline"]["note"] + objective_note(objective),
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    for name in run_column + fields:
-        table.add_column(name.split(".")[-1], no_wrap=True, min_width=7)
+    ranked = ["#"] if objective else []
+    for name in ranked + run_column + fields:
+        table.add_column(name.split(".")[-1], no_wrap=True, min_width=1 if name == "#" else 7)
     for name in ("img/s", "×base", "MB", "acc", "Δacc", "scale", "skip"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("result", overflow="fold", min_width=12)
     for r, values in zip(rows, settings, strict=True):
         table.add_row(
+            *([_fmt(r.get("rank"), "d")] if ranked else []),
             *([r["label"]] if run_column else []),
             *values,
             _fmt(r["images_per_second"], ",.0f"),
