@@ -348,6 +348,10 @@ def test_early_stopping_stops_restores_the_best_epoch_and_resumes_to_the_same_st
     best = json.loads((run_dir_of(tmp_path / "whole") / "checkpoints" / "best.json").read_text())
     assert best["epoch"] == 1
     assert reference["weights_sha256"] == sha256_of_checkpoint(run_dir_of(tmp_path / "whole"), best["name"])
+    exported = runner("export", run_dir_of(tmp_path / "whole"), "--checkpoint", "best", "--format", "keras")
+    assert exported.returncode == 0, exported.stderr  # the model a user ships: the best epoch's
+    record = json.loads((run_dir_of(tmp_path / "whole") / "export" / "export.json").read_text())
+    assert record["checkpoint"] == best["name"]
 
     child = start(tmp_path, "cut", training, runtime, wait=False, train_size=6000)
     wait_for(lambda: in_mid_epoch(checkpoint_position(tmp_path / "cut"), 1))
