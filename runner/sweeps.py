@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner import compare, documents, exits, runs
+from runner import compare, documents, exits, runs, tracking
 from runner.events import EventSink, VariantStarted, ignore
 from runner.session import RunOutcome, run_experiment
 from runner.spec import ExperimentSpec, SpecValueError, Variant, spec_hash, spec_to_toml
@@ -112,13 +112,18 @@ def run_plan(variants: list[Variant], output: Path, emit: EventSink = ignore) ->
             'them one after another in processes of its own; expected "none" or "mirrored" there; got '
             '"multi_worker" (run each variant as its own multi-worker job)'
         )
+    if any(v.spec.tracking.mlflow for v in variants):
+        tracking.require_mlflow()
     runs.require_writable(output)
     groups = {v.group for v in variants}
     group_dir = runs.create_run_dir(
         output, groups.pop() if len(groups) == 1 else "comparison", spec_hash(variants[0].spec)
     )
+    # [tracking] mlflow: a parent run, named in the sweep directory's tracking.json, the variants nest under
+    tracking.open_sweep(variants[0].spec, group_dir, emit)
     outcomes, code = _run_variants(variants, group_dir, emit)
     if not outcomes:  # the first variant was bad input or stopped early: no sweep directory to keep
+        tracking.close_sweep(group_dir, emit)
         with contextlib.suppress(OSError):
             group_dir.rmdir()
         return PlanOutcome(outcomes, code, None)
@@ -126,6 +131,7 @@ def run_plan(variants: list[Variant], output: Path, emit: EventSink = ignore) ->
     comparison = compare.compare(reports)
     runs.write_json_atomic(group_dir / "comparison.json", comparison)
     documents.write_comparison_documents(group_dir, comparison, reports)
+    tracking.close_sweep(group_dir, emit)
     return PlanOutcome(outcomes, code, group_dir, comparison)
 
 

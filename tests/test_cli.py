@@ -17,7 +17,18 @@ cli = CliRunner()
 
 
 # The CLI contract (DESIGN.md): every command a user may type.
-COMMANDS = {"run", "validate", "check", "compare", "report", "resume", "env", "schema", "launch"}
+COMMANDS = {
+    "run",
+    "validate",
+    "check",
+    "compare",
+    "report",
+    "resume",
+    "env",
+    "schema",
+    "launch",
+    "mlflow-sync",
+}
 
 
 def _listed_commands(help_text: str) -> list[str]:
