@@ -147,6 +147,14 @@ def test_tracking_is_not_part_of_the_spec_hash_and_names_its_field():
         spec_from_dict({"name": "h", "tracking": {"mlfow": True}})
 
 
+def test_a_comparison_does_not_tell_runs_apart_by_where_they_were_logged():
+    from runner.compare import differing_fields
+
+    plain = spec_to_dict(spec_from_dict({"name": "a"}))
+    tracked = spec_to_dict(spec_from_dict({"name": "b", "tracking": {"mlflow": True, "experiment": "e"}}))
+    assert differing_fields([{"spec": plain}, {"spec": tracked}]) == []
+
+
 # ---------------------------------------------------------------- without the extra
 
 
