@@ -107,7 +107,7 @@ def _tests(
     versions: dict[str, Any] = {}
     try:
         session.install(f"tensorflow=={tensorflow}.*")
-        session.install("-e", ".[dev,ray]")
+        session.install("-e", ".[dev,ray,mlflow]")
         versions = _installed_versions(session)
         session.run("python", "-m", "runner", "env", env=env)  # the versions found, and whether supported
         session.run("python", "-m", "pytest", f"--junitxml={junit}", *pytest_args, *session.posargs, env=env)

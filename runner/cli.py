@@ -187,6 +187,10 @@ def run(
     ] = False,
     fail_fast: FailFast = False,
     parallel: Parallel = 1,
+    mlflow: Annotated[
+        bool,
+        typer.Option("--mlflow", help="Log each run to MLflow when it ends (as \\[tracking] mlflow = true)."),
+    ] = False,
 ) -> None:
     r"""Validate, preflight, train, evaluate, check and report experiments (a \[sweep]: a comparison).
 
@@ -198,7 +202,7 @@ def run(
     """
     from runner.sweeps import run_plan
 
-    variants = _load_plans(paths, overrides)
+    variants = _load_plans(paths, [*(overrides or []), *(["tracking.mlflow=true"] if mlflow else [])])
     if len(variants) > 1:
         how = f"{parallel} at a time" if parallel > 1 else "one after another"
         _stderr().print(f"{len(variants)} experiments planned, run {how}")
@@ -247,6 +251,7 @@ def resume(
     ] = False,
     fail_fast: FailFast = False,
     parallel: Parallel = 1,
+    mlflow: Annotated[bool, typer.Option("--mlflow", help="Log the run to MLflow when it ends.")] = False,
 ) -> None:
     """Continue an interrupted run from its newest checkpoint; or a sweep: its completed variants
     kept, the interrupted one resumed, the rest run. Exit codes as `run`."""
@@ -267,7 +272,7 @@ def resume(
         raise _fail(f"{run_dir}: not a run directory (no spec.toml) nor a sweep directory (no {SWEEP_FILE})")
     try:
         with _terminal_events() as events:
-            outcome = resume_experiment(run_dir, events)
+            outcome = resume_experiment(run_dir, events, mlflow)
     except SpecValueError as exc:
         raise _fail(f"{run_dir / 'spec.toml'}: {exc}") from None
     except BadInput as exc:
@@ -366,6 +371,32 @@ def report(
         write_run_documents(run_dir, data)
         path = run_dir / f"report.{format}"
         typer.echo(path.read_text(encoding="utf-8") if format == "md" else str(path))
+
+
+@app.command("mlflow-sync")
+def mlflow_sync(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Finished run directories (or sweep directories).", show_default=False),
+    ],
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="Default: the run's \\[tracking], MLFLOW_TRACKING_URI, sqlite beside the runs."),
+    ] = None,
+    experiment: Annotated[str | None, typer.Option(help="Default: the run's \\[tracking], its name.")] = None,
+) -> None:
+    """Log finished runs to MLflow from their files (a sweep: a parent run, its variants nested); a
+    run already logged there is not logged twice. Exit codes: 0 · 2 (not a run, MLflow unavailable)."""
+    from runner.tracking import sync
+
+    try:
+        logged = sync(run_dirs, tracking_uri, experiment)
+    except BadInput as exc:
+        raise _fail(str(exc)) from None
+    out = _stdout()
+    for item in logged:
+        what = "logged" if item.new else "already logged, not again"
+        out.print(f"{what}: {item.path} → {item.uri} (experiment {item.experiment_id}, run {item.run_id})")
 
 
 @app.command()

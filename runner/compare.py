@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.checks import is_blocking
-from runner.spec import BadInput, flatten_table
+from runner.spec import BadInput, experiment_fields, flatten_table
 
 
 class RunDirError(BadInput):
@@ -21,8 +21,8 @@ class RunDirError(BadInput):
 
 
 def differing_fields(reports: list[dict[str, Any]]) -> list[str]:
-    """Dotted spec fields whose values are not the same in every run (the name aside)."""
-    flats = [flatten_table(r["spec"]) for r in reports]
+    """Dotted spec fields whose values are not the same in every run (the name and [tracking] aside)."""
+    flats = [flatten_table(experiment_fields(r["spec"])) for r in reports]
     keys = sorted(set().union(*flats) - {"name", "description"})
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
 

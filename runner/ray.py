@@ -28,6 +28,7 @@ import typer
 
 from runner import exits
 from runner.distribution import ClusterConfig, ClusterError, from_environment
+from runner.runs import environment_set
 from runner.spec import BadInput, DistributionSpec, ExperimentSpec
 
 LOCALHOST = "127.0.0.1"
@@ -62,21 +63,6 @@ class WorkerOutcome:
 
 
 Work = Callable[[ClusterConfig], WorkerOutcome]
-
-
-@contextlib.contextmanager
-def environment(variables: dict[str, str]) -> Iterator[None]:
-    """`variables` set in os.environ (which the processes Ray starts inherit), restored on leaving."""
-    previous = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def import_ray() -> Any:
@@ -135,7 +121,7 @@ def deadline(timeout_s: float, what: str) -> Iterator[None]:
 @contextlib.contextmanager
 def local_ray(cpus: int, start_timeout_s: float = RAY_START_TIMEOUT_S) -> Iterator[Any]:
     """A Ray cluster of this machine alone, bound to 127.0.0.1, with `cpus` CPUs; shut down on leaving."""
-    with environment(RAY_ENVIRONMENT):
+    with environment_set(RAY_ENVIRONMENT):  # the processes Ray starts inherit it
         ray = import_ray()
         if ray.is_initialized():
             raise RayRunError("Ray is already running in this process: runner starts its own local cluster")

@@ -126,6 +126,21 @@ def _umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def environment_set(variables: dict[str, str]) -> Iterator[None]:
+    """`variables` set in os.environ for the block (child processes inherit them), restored after."""
+    previous = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_file(path) as f:
         f.write(text)

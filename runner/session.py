@@ -22,7 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from runner import checkpoints, checks, compare, compat, documents, exits, loop, precision, runs, schedules
+from runner import (
+    checkpoints,
+    checks,
+    compare,
+    compat,
+    documents,
+    exits,
+    loop,
+    precision,
+    runs,
+    schedules,
+    tracking,
+)
 from runner.distribution import ClusterConfig, ClusterError, Role, role_for
 from runner.events import EventSink, Note, RunFinished, RunStarted, ignore
 from runner.folders import AnySplits, UndecodableFiles, bad_files, load_splits
@@ -464,17 +476,24 @@ def run_experiment(spec: ExperimentSpec, output: Path, emit: EventSink = ignore)
     """Run one experiment; bad input raises BadInput (and leaves no run directory), everything else
     ends in a report. On several workers every one calls this; the chief's outcome is the run's."""
     role = _role(spec)  # a bad TF_CONFIG is bad input before anything loads
+    if spec.tracking.mlflow:
+        tracking.require_mlflow()
     runs.require_writable(output)  # before the data and TensorFlow take their seconds
     setup = _prepare(spec, role)
     with _run_dir(spec, output, setup) as run_dir:
         return _execute(_new_state(spec, run_dir, setup), setup, emit)
 
 
-def resume_experiment(run_dir: Path, emit: EventSink = ignore) -> RunOutcome:
+def resume_experiment(run_dir: Path, emit: EventSink = ignore, mlflow: bool = False) -> RunOutcome:
     """Continue an unfinished run from its newest checkpoint that reads back whole (from the start if
     it has none). The run directory is locked first: a run still training in it is not joined.
-    On several workers each runs this with the same directory; the chief alone locks and writes."""
+    On several workers each runs this with the same directory; the chief alone locks and writes.
+    `mlflow`: log it to MLflow at its end, whatever its [tracking] says."""
     spec = load_spec(run_dir / "spec.toml")
+    if mlflow:
+        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"mlflow": True})})
+    if spec.tracking.mlflow:
+        tracking.require_mlflow()
     role = _role(spec)
     with runs.run_lock(run_dir) if role.is_chief else contextlib.nullcontext():
         previous = compare.load_report(run_dir) if (run_dir / "report.json").exists() else {}
@@ -568,6 +587,9 @@ def _execute(state: RunState, setup: Setup, emit: EventSink) -> RunOutcome:
     if chief:
         runs.write_json_atomic(state.run_dir / "report.json", data)
         _write_documents(state.run_dir, data, emit)
+    if chief and state.spec.tracking.mlflow and bad_input is None:  # last: from the files above; never fails
+        data["tracking"] = tracking.track_run(state.run_dir, emit)
+        runs.write_json_atomic(state.run_dir / "report.json", data)
     if bad_input is not None:
         raise bad_input
     outcome = RunOutcome(state.status, _exit_code(state), state.run_dir, data)

@@ -525,6 +525,18 @@ class ExportSpec(StrictModel):
         return self
 
 
+class TrackingSpec(StrictModel):
+    """Where a finished run is also logged (docs/tracking.md). Not part of the spec's hash, nor of the
+    parameters logged: where a run is recorded is not what it is (as with --output)."""
+
+    # Log the run to MLflow from its files once it has ended (needs the extra: pip install -e '.[mlflow]').
+    mlflow: bool = False
+    # None: MLFLOW_TRACKING_URI when set, else sqlite:///<output>/mlflow.db beside the run directories.
+    tracking_uri: Annotated[str, Field(min_length=1)] | None = None
+    # None: the spec's name (a sweep's variants: the name in its file, without the swept values).
+    experiment: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+
+
 class ExperimentSpec(StrictModel):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
@@ -537,6 +549,8 @@ class ExperimentSpec(StrictModel):
     distribution: DistributionSpec = Field(default_factory=DistributionSpec)
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
+
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")
     def _name_is_not_a_path(self) -> ExperimentSpec:
@@ -865,6 +879,11 @@ def spec_to_dict(spec: ExperimentSpec) -> dict[str, Any]:
     return spec.model_dump(mode="json", exclude_none=True)
 
 
+def experiment_fields(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec's dict without [tracking]: what the run is, not where it is logged."""
+    return {key: value for key, value in spec.items() if key != "tracking"}
+
+
 def spec_to_toml(spec: ExperimentSpec) -> str:
     import tomli_w
 
@@ -872,8 +891,9 @@ def spec_to_toml(spec: ExperimentSpec) -> str:
 
 
 def spec_hash(spec: ExperimentSpec) -> str:
-    """Short, stable hash of the resolved spec: equal specs give equal run-directory suffixes."""
-    canonical = json.dumps(spec_to_dict(spec), sort_keys=True, separators=(",", ":"))
+    """Short, stable hash of the resolved spec: equal specs give equal run-directory suffixes. [tracking]
+    is left out: logging a run to MLflow or not makes the same experiment."""
+    canonical = json.dumps(experiment_fields(spec_to_dict(spec)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
 

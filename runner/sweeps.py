@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner import compare, documents, exits, runs
+from runner import compare, documents, exits, runs, tracking
 from runner.compare import RunDirError
 from runner.events import EventSink, VariantStarted, ignore
 from runner.session import THREADS_VARIABLE, RunOutcome, run_experiment
@@ -175,14 +175,19 @@ def run_plan(
             'them in processes of their own; expected "none" or "mirrored" there; got '
             '"multi_worker" (run each variant as its own multi-worker job)'
         )
+    if any(v.spec.tracking.mlflow for v in variants):
+        tracking.require_mlflow()
     runs.require_writable(output)
     groups = {v.group for v in variants}
     group_dir = runs.create_run_dir(
         output, groups.pop() if len(groups) == 1 else "comparison", spec_hash(variants[0].spec)
     )
     write_plan(group_dir, variants)
+    # [tracking] mlflow: a parent run, named in the sweep directory's tracking.json, the variants nest under
+    tracking.open_sweep(variants[0].spec, group_dir, emit)
     planned = _execute(group_dir, variants, emit, retry_failed=False, fail_fast=fail_fast, parallel=parallel)
     if not planned.outcomes and planned.exit_code == exits.BAD_INPUT:  # nothing ran: no sweep to keep
+        tracking.close_sweep(group_dir, emit)
         with contextlib.suppress(OSError):
             (group_dir / SWEEP_FILE).unlink()
             group_dir.rmdir()
@@ -247,6 +252,9 @@ def resume_plan(
     resumes from its checkpoint, the ones not started start; failed and diverged ones are kept
     unless `retry_failed` (then they resume too). Nothing is overwritten."""
     variants = read_plan(group_dir)
+    if any(v.spec.tracking.mlflow for v in variants):
+        tracking.require_mlflow()
+    tracking.open_sweep(variants[0].spec, group_dir, emit)  # the parent run again, if it had one
     return _execute(
         group_dir, variants, emit, retry_failed=retry_failed, fail_fast=fail_fast, parallel=parallel
     )
@@ -298,6 +306,7 @@ def _execute(
     comparison = compare.compare(reports, variants[0].objective)
     runs.write_json_atomic(group_dir / "comparison.json", comparison)
     documents.write_comparison_documents(group_dir, comparison, reports)
+    tracking.close_sweep(group_dir, emit)
     return PlanOutcome(outcomes, code, group_dir, comparison)
 
 

@@ -29,6 +29,7 @@ COMMANDS = {
     "launch",
     "export",
     "predict",
+    "mlflow-sync",
 }
 
 
