@@ -223,7 +223,9 @@ class FolderSplits:
     def _loader(self, tf: Any, split: str) -> Any:
         """Indices → (uint8 images, int32 labels): the files read and decoded in the pipeline's
         parallel map, so no more than a few batches are ever in memory."""
-        paths, labels = tf.constant(list(self.files[split])), tf.constant(self.labels[split])
+        # dtypes given: an empty split (test_fraction = 0) would otherwise be float32 and fail in ReadFile
+        paths = tf.constant(list(self.files[split]), tf.string)
+        labels = tf.constant(self.labels[split], tf.int32)
         signature = tf.TensorSpec(self.input_shape, tf.uint8)
 
         def batch(idx: Any) -> tuple[Any, Any]:

@@ -247,6 +247,16 @@ def test_decoded_images_are_the_files_pixels_as_uint8(tmp_path):
     assert images.shape == (3, 16, 8, 1) and grey.input_shape == (16, 8, 1)
 
 
+def test_an_empty_split_is_an_empty_dataset(tmp_path):
+    """test_fraction = 0, no validation: an empty file list (its paths were float32: ReadFile failed)."""
+    make_folder(tmp_path, per_class=4)
+    splits = load_folder(
+        folder_data(tmp_path, image_size=[8, 8], test_fraction=0.0, validation_fraction=0.0), 0
+    )
+    assert splits.count("test") == splits.count("validation") == 0
+    assert list(splits.eval_dataset("test", 4)) == list(splits.eval_dataset("validation", 4)) == []
+
+
 def test_each_epoch_sees_the_array_sources_order_so_a_resume_sees_the_same_batches(tmp_path):
     """The same stateless shuffle over the index as data.train_pipeline, `skip` included, and the same
     augmentation keys."""
