@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
 from runner.cli import app
 from runner.data import DataError, train_pipeline
-from runner.folders import FolderIndex, load_folder, scan_folder, scan_test_folder
+from runner.folders import MAGIC, FolderIndex, known_format, load_folder, scan_folder, scan_test_folder
 from runner.spec import AugmentationSpec, DataSpec, SpecError, load_spec
 
 COLOURS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
@@ -245,6 +247,24 @@ def test_decoded_images_are_the_files_pixels_as_uint8(tmp_path):
     grey = load_folder(folder_data(tmp_path, image_size=[16, 8], channels=1, batch_size=4), seed=0)
     images, _ = grey.first_batch(3)
     assert images.shape == (3, 16, 8, 1) and grey.input_shape == (16, 8, 1)
+
+
+# Bytes near the magic numbers: each magic, cut short, followed by anything, or anything at all.
+heads = st.one_of(
+    st.binary(max_size=6),
+    st.builds(
+        lambda m, cut, tail: m[:cut] + tail, st.sampled_from(MAGIC), st.integers(0, 4), st.binary(max_size=3)
+    ),
+)
+
+
+@given(heads)
+def test_the_format_check_is_a_prefix_test_on_the_magic_numbers(raw):
+    """The integer check on the first 4 bytes says what bytes.startswith says, short files included."""
+    from runner import compat
+
+    tf = compat.tensorflow()
+    assert bool(known_format(tf, tf.constant(raw))) == raw.startswith(MAGIC)
 
 
 def test_an_empty_split_is_an_empty_dataset(tmp_path):
