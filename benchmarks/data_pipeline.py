@@ -1,6 +1,6 @@
 """runner's image_folder pipeline against Keras' and against the machine, in one invocation.
 
-    python benchmarks/data_pipeline.py [--images 20000] [--size 32] [--batch 32] [--repeats 9]
+    python benchmarks/data_pipeline.py [--images 20000] [--size 32] [--batch 32] [--repeats 15]
                                        [--p8-repeats 3] [--workdir /tmp/runner-bench-data]
     python benchmarks/data_pipeline.py --skip P8     # P7 only (P7, P8)
 
@@ -11,7 +11,8 @@ P7 input speed  images/s of the tf.data dataset `FolderSplits.train_dataset` ret
                 decode-only loop (read_file + decode_jpeg, parallel map, batch: nothing else), one file
                 per map call and, as runner reads them, a batch of files per call. One process: every
                 side iterates one epoch untimed (tracing, page cache), then the sides alternate epoch
-                by epoch; medians of images/s and of images per second of this process's CPU time.
+                by epoch, each round led by the next side; medians of images/s and of images per
+                second of this process's CPU time (which other work on the machine moves less).
 P8 memory       peak RSS of a whole `runner run` (image_folder, default splits: every file is read,
                 as training, validation or test data; 1 epoch, a small seed_cnn) on 10 000 and on
                 40 000 generated images, each in its own process, the two alternating; the kernel's
@@ -123,7 +124,7 @@ def keras_epochs(folder: Path, size: int, batch: int) -> Callable[[int], Any]:
     from runner import compat
 
     dataset = compat.keras().utils.image_dataset_from_directory(
-        str(folder), image_size=(size, size), batch_size=batch, seed=0, verbose=False
+        str(folder), image_size=(size, size), batch_size=batch, seed=0
     )
     return lambda epoch: dataset
 
@@ -184,9 +185,10 @@ def p7(folder: Path, size: int, batch: int, repeats: int) -> dict:
     """Each side's median rates over `repeats` epochs, alternating, after one untimed epoch each."""
     sides = p7_sides(folder, size, batch)
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+    names = list(sides)
     for epoch in range(repeats + 1):
-        for name, epochs in sides.items():
-            rate = epoch_rates(epochs(epoch))
+        for name in names[epoch % len(names) :] + names[: epoch % len(names)]:  # each leads in turn
+            rate = epoch_rates(sides[name](epoch))
             if epoch:  # the first epoch traces and fills the page cache: not timed
                 rates[name].append(rate)
     wall = {name: median([w for w, _ in r]) for name, r in rates.items()}
@@ -271,7 +273,7 @@ def main() -> int:
     parser.add_argument("--p8-images", default="10000,40000", help="P8's two folders")
     parser.add_argument("--size", type=int, default=32, help="files and image_size, square")
     parser.add_argument("--batch", type=int, default=32, help="runner's and Keras' default")
-    parser.add_argument("--repeats", type=int, default=9, help="P7: timed epochs per side")
+    parser.add_argument("--repeats", type=int, default=15, help="P7: timed epochs per side")
     parser.add_argument("--p8-repeats", type=int, default=3, help="P8: runs per folder")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "runner-bench-data")
     parser.add_argument("--skip", default="", help="comma-separated: P7,P8")
