@@ -32,7 +32,7 @@ SKIPPED_LISTED = 20  # report.json names this many skipped files, and counts the
 MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")
 # Each magic as (mask, value) on a file's first 4 bytes read as one little-endian int32 (zero-padded when
 # shorter): the file starts with it iff head & mask == value. No magic holds a zero byte, so the padding
-# never matches. Four integer ops per file instead of nine string ones (P7, docs/performance.md).
+# never matches. Four ops per file instead of eleven on strings (P7, docs/performance.md).
 MAGIC_MASKS = np.array(
     [int.from_bytes(b"\xff" * len(m) + bytes(4 - len(m)), "little") for m in MAGIC], np.uint32
 )
