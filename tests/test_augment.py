@@ -49,6 +49,17 @@ def test_pad_and_crop_is_a_shift_with_zeros_filling_in():
     assert len(shifts) > 5  # offsets are drawn per image
 
 
+def test_flip_then_pad_and_crop_is_a_window_of_the_padded_image_or_of_its_mirror():
+    """The two moves are one gather of pixels: each output is what flipping, then padding and
+    cropping, would give, with the flip drawn as for a flip alone."""
+    out = run(AugmentationSpec(horizontal_flip=True, pad_crop=2))
+    flipped = run(AugmentationSpec(horizontal_flip=True))  # the same flip draws (stream 0)
+    for o, f in zip(out, flipped, strict=True):
+        p = np.pad(f, [(2, 2), (2, 2), (0, 0)])
+        assert any(np.array_equal(o, p[dy : dy + 6, dx : dx + 5]) for dy in range(5) for dx in range(5))
+    assert len({o.tobytes() for o in out}) > 32
+
+
 def test_brightness_and_contrast_stay_uint8_and_change_the_images():
     out = run(AugmentationSpec(brightness=0.5, contrast=0.5))
     assert out.dtype == np.uint8 and out.shape == IMAGES.shape

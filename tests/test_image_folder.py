@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
 from runner.cli import app
 from runner.data import DataError, train_pipeline
-from runner.folders import FolderIndex, load_folder, scan_folder, scan_test_folder
+from runner.folders import MAGIC, FolderIndex, known_format, load_folder, scan_folder, scan_test_folder
 from runner.spec import AugmentationSpec, DataSpec, SpecError, load_spec
 
 COLOURS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
@@ -265,6 +267,34 @@ def test_resized_pixels_are_keras_image_dataset_from_directory_rounded_to_uint8(
     for image, file in zip(x.numpy(), ours.files["test"], strict=True):
         assert image.shape == (*size, channels)
         assert np.array_equal(image, np.round(keras_pixels[file]).astype(np.uint8)), file
+
+
+# Bytes near the magic numbers: each magic, cut short, followed by anything, or anything at all.
+heads = st.one_of(
+    st.binary(max_size=6),
+    st.builds(
+        lambda m, cut, tail: m[:cut] + tail, st.sampled_from(MAGIC), st.integers(0, 4), st.binary(max_size=3)
+    ),
+)
+
+
+@given(heads)
+def test_the_format_check_is_a_prefix_test_on_the_magic_numbers(raw):
+    """The integer check on the first 4 bytes says what bytes.startswith says, short files included."""
+    from runner import compat
+
+    tf = compat.tensorflow()
+    assert bool(known_format(tf, tf.constant(raw))) == raw.startswith(MAGIC)
+
+
+def test_an_empty_split_is_an_empty_dataset(tmp_path):
+    """test_fraction = 0, no validation: an empty file list (its paths were float32: ReadFile failed)."""
+    make_folder(tmp_path, per_class=4)
+    splits = load_folder(
+        folder_data(tmp_path, image_size=[8, 8], test_fraction=0.0, validation_fraction=0.0), 0
+    )
+    assert splits.count("test") == splits.count("validation") == 0
+    assert list(splits.eval_dataset("test", 4)) == list(splits.eval_dataset("validation", 4)) == []
 
 
 def test_each_epoch_sees_the_array_sources_order_so_a_resume_sees_the_same_batches(tmp_path):
