@@ -294,7 +294,7 @@ def test_the_float16_softmax_cast_is_fixed_by_returning_logits():
 @pytest.mark.slow
 @pytest.mark.parametrize("application", ["mobilenetv2", "resnet50"])
 def test_check_keras_applications_in_mixed_float16(application):
-    result = cli.invoke(app, ["check", str(ROOT / f"specs/{application}.toml"), "--steps", "1"])
+    result = cli.invoke(app, ["check", str(ROOT / f"specs/{application}.toml"), "--steps", "0"])
     assert result.exit_code == 0, result.output
     assert "softmax in float32 appended by runner" in result.stdout
     assert "0 error(s)" in result.stdout
