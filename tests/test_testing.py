@@ -144,7 +144,7 @@ def test_the_testing_modules_import_no_tensorflow():
     import subprocess
 
     code = (
-        "import sys, runner.testing, runner.testing.strategies; "
+        "import sys, runner.testing, runner.testing.strategies, runner.pytest_plugin; "
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
