@@ -32,11 +32,14 @@ def project(pytester):
     (pytester.path / "specs" / "more").mkdir(parents=True)
     (pytester.path / "specs" / "two.toml").write_text(SPEC.format(name="two"))
     (pytester.path / "specs" / "more" / "three.toml").write_text(SPEC.format(name="three"))
+    (pytester.path / "specs" / "more" / "pyproject.toml").write_text(SPEC.format(name="not-a-spec-file"))
     return pytester
 
 
 def collected(pytester, *args: str) -> list[str]:
+    """The items a run would have; a collection error (a TOML taken for a spec that is not) fails."""
     result = pytester.runpytest_inprocess("--collect-only", "-q", *QUIET, *args)
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED), result.outlines
     return sorted(line for line in result.outlines if "::" in line)
 
 
@@ -56,12 +59,18 @@ def test_named_files_and_directories_collect_specs_and_never_pyproject(project):
         "tests/test_plain.py::test_plain",
     ]
     assert collected(project, "specs") == ["specs/two.toml::two"]
-    assert collected(project, "specs/more/three.toml") == ["specs/more/three.toml::three"]
+    assert collected(project, "one.toml") == ["one.toml::one"]
     named = project.runpytest_inprocess("--collect-only", "pyproject.toml", *QUIET)
     assert named.ret == pytest.ExitCode.USAGE_ERROR and "not found" in named.stderr.str()  # not an item
 
 
 def test_runner_specs_collects_a_whole_tree_beside_the_usual_tests(project):
+    """Beside `testpaths`, or the paths named: the tree is added to what pytest collects."""
+    project.makefile(".toml", pyproject='[tool.pytest.ini_options]\ntestpaths = ["tests"]\n')
+    assert collected(project, "tests", "--runner-specs", "specs/more") == [
+        "specs/more/three.toml::three",
+        "tests/test_plain.py::test_plain",
+    ]
     assert collected(project, "--runner-specs", "specs") == [
         "specs/more/three.toml::three",
         "specs/two.toml::two",
