@@ -234,7 +234,7 @@ def _gate(session: nox.Session, *commands: tuple[str, ...]) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff")
-    paths = ("runner", "tests", "benchmarks", "noxfile.py")
+    paths = ("runner", "tests", "benchmarks", "noxfile.py", "examples")
     _gate(session, ("ruff", "check", *paths), ("ruff", "format", "--check", *paths))
 
 

@@ -217,7 +217,7 @@ class Checkpoints(Observer):
 
     def on_train_batch_end(self, batch, logs, steps=None):
         self.cursor.end_batch(batch)
-        if self.stop.signal is not None:
+        if self.stop.due(self.log.steps):
             name = self._save(self.cursor.epoch, self.cursor.step)
             raise StopTraining(
                 f"{self.stop.signal} at epoch {self.cursor.epoch + 1}, step {self.cursor.step}: "

@@ -414,6 +414,19 @@ def blocking(findings: Sequence[Finding]) -> list[Finding]:
     return [f for f in findings if is_blocking(f)]
 
 
+def fails_a_test(finding: Finding) -> bool:
+    """What fails a test (runner.testing's assertions, a spec under pytest): an error or a warning,
+    stricter than a run, which a warning does not stop; a hint never fails."""
+    return not finding.passed and finding.severity != "hint"
+
+
+def describe_failures(findings: Sequence[Finding], what: str) -> str:
+    """The failed findings of `what`, one per line with its mark, as an assertion message."""
+    failed = [f for f in findings if fails_a_test(f)]
+    lines = [f"{what}: {len(failed)} of {len(findings)} checks failed"]
+    return "\n".join([*lines, *(f"  {mark(f.as_dict())} {f.name}: {f.detail}" for f in failed)])
+
+
 MARKS: dict[str, str] = {"passed": "✓", "error": "✗", "warning": "!", "hint": "i"}
 
 

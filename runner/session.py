@@ -50,7 +50,7 @@ from runner.spec import (
     spec_hash,
     spec_to_toml,
 )
-from runner.telemetry import StopTraining, TrainingLog, stop_on_signals
+from runner.telemetry import StopRequest, StopTraining, TrainingLog, stop_on_signals
 
 PREFLIGHT_FAILED = "preflight check failed: not training (see the failed checks)"
 
@@ -472,16 +472,21 @@ def _role(spec: ExperimentSpec) -> Role:
     return role_for(spec.distribution.strategy, spec.distribution.cluster)
 
 
-def run_experiment(spec: ExperimentSpec, output: Path, emit: EventSink = ignore) -> RunOutcome:
+def run_experiment(
+    spec: ExperimentSpec, output: Path, emit: EventSink = ignore, stop: StopRequest | None = None
+) -> RunOutcome:
     """Run one experiment; bad input raises BadInput (and leaves no run directory), everything else
-    ends in a report. On several workers every one calls this; the chief's outcome is the run's."""
+    ends in a report. On several workers every one calls this; the chief's outcome is the run's.
+    `stop`: a request the caller holds (a planned stop: runner.testing's resume check)."""
     role = _role(spec)  # a bad TF_CONFIG is bad input before anything loads
     if spec.tracking.mlflow:
         tracking.require_mlflow()
     runs.require_writable(output)  # before the data and TensorFlow take their seconds
     setup = _prepare(spec, role)
     with _run_dir(spec, output, setup) as run_dir:
-        return _execute(_new_state(spec, run_dir, setup), setup, emit)
+        state = _new_state(spec, run_dir, setup)
+        state.stop = stop or state.stop
+        return _execute(state, setup, emit)
 
 
 def resume_experiment(run_dir: Path, emit: EventSink = ignore, mlflow: bool = False) -> RunOutcome:

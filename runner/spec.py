@@ -463,6 +463,9 @@ class ChecksSpec(StrictModel):
     float32_layers: list[str] = Field(default_factory=list)
     # The loss scale has no lower bound: this many skipped steps in a row means it has collapsed.
     max_consecutive_skipped_steps: PositiveInt = 50
+    # Under pytest (runner's plugin, docs/testing.md): train and assert these checks, not only the
+    # preflight; `pytest --runner-train` does it for every spec.
+    run_in_tests: bool = False
 
 
 class RuntimeSpec(StrictModel):

@@ -176,9 +176,17 @@ class StopTraining(Exception):
 
 @dataclass
 class StopRequest:
-    """Set by a signal handler; the checkpoint callback acts on it after the current step."""
+    """Set by a signal handler, or planned `after_steps` (runner.testing's resume check); the
+    checkpoint callback acts on it after the current step (an execution's last)."""
 
     signal: str | None = None
+    after_steps: int | None = None
+
+    def due(self, steps: int) -> bool:
+        """Whether training stops now, `steps` steps in: a planned stop becomes a request here."""
+        if self.signal is None and self.after_steps is not None and steps >= self.after_steps:
+            self.signal = f"a stop planned after {self.after_steps} steps"
+        return self.signal is not None
 
 
 @dataclass(frozen=True)

@@ -95,3 +95,20 @@ test_size = 64
 epochs = 2
 learning_rate = 0.01
 """
+
+
+@pytest.fixture(scope="module")
+def inprocess_pytest():
+    """What an in-process pytest run (pytester) loads, loaded before it: pytester removes every module
+    a run imported once the run ends, and TensorFlow, Keras and runner's own modules must stay the
+    ones this process already holds (TensorFlow cannot be imported twice)."""
+    import importlib
+    import pkgutil
+
+    import runner
+    from runner import compat
+
+    compat.keras()
+    for module in pkgutil.walk_packages(runner.__path__, "runner."):
+        if module.name not in {"runner.ray", "runner.__main__"}:  # ray: an optional extra
+            importlib.import_module(module.name)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from runner import checks
 from runner.spec import COMPUTE_DTYPE, ChecksSpec, PrecisionSpec
+from runner.testing.strategies import policies
 
 DTYPES = ["float16", "bfloat16", "float32"]
 STATE_DTYPES = ["int64", "int32", "uint8", "bool"]  # exempt: exact in any precision
@@ -286,7 +287,7 @@ def test_any_non_float32_variable_or_output_is_an_error(layers, output, last):
 
 @given(
     st.lists(st.integers(1, 64).map(lambda n: n * 8), min_size=1, max_size=8),
-    st.sampled_from(["mixed_float16", "mixed_bfloat16", "float32"]),
+    policies(),
 )
 def test_any_clean_audit_yields_no_finding_at_all(widths, policy):
     dtype = COMPUTE_DTYPE[policy]

@@ -12,7 +12,17 @@ from hypothesis import strategies as st
 from runner import checks, compat, precision
 from runner.loop import compile_model, make_optimizer
 from runner.models import build_model
-from runner.spec import COMPUTE_DTYPE, ChecksSpec, Mlp, PrecisionSpec, ResNet, SeedCnn, TrainingSpec
+from runner.spec import (
+    COMPUTE_DTYPE,
+    ChecksSpec,
+    Mlp,
+    PrecisionSpec,
+    ResNet,
+    SeedCnn,
+    TrainingSpec,
+    spec_from_dict,
+)
+from runner.testing.strategies import policies, small_models
 
 keras = compat.keras()
 tf = compat.tensorflow()
@@ -207,32 +217,10 @@ def test_current_loss_scale_is_finite_after_a_step():
 
 # ---------------------------------------------------------------- property group 1
 
-activations = st.sampled_from(["relu", "gelu", "swish", "tanh"])
-fractions = st.sampled_from([0.0, 0.25])
-small_models = st.one_of(
-    st.builds(
-        SeedCnn,
-        filters=st.lists(st.integers(1, 12), min_size=1, max_size=4),
-        kernel_size=st.integers(1, 3),
-        dense_units=st.integers(1, 12),
-        activation=activations,
-        pooling=st.sampled_from(["max", "average"]),
-        batch_norm=st.booleans(),
-        dropout=fractions,
-    ),
-    st.builds(
-        Mlp,
-        hidden_units=st.lists(st.integers(1, 12), min_size=1, max_size=3),
-        activation=activations,
-        batch_norm=st.booleans(),
-        dropout=fractions,
-    ),
-    st.builds(ResNet, depth=st.sampled_from([8, 14]), width=st.integers(1, 6), activation=activations),
-)
 
-
-@given(small_models, st.sampled_from(POLICIES), st.sampled_from([(32, 32, 3), (28, 28, 1)]))
-def test_property_any_small_built_in_model_satisfies_every_invariant(model_spec, policy, shape):
+@given(small_models(), policies(), st.sampled_from([(32, 32, 3), (28, 28, 1)]))
+def test_property_any_small_built_in_model_satisfies_every_invariant(model_table, policy, shape):
+    model_spec = spec_from_dict({"name": "drawn", "model": model_table}).model
     p = PrecisionSpec(policy=policy)
     with precision.policy_scope(policy):
         model = build_model(model_spec, shape, 10, "float32")

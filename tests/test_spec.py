@@ -25,6 +25,7 @@ from runner.spec import (
     spec_to_toml,
     tomllib,
 )
+from runner.testing.strategies import loss_scale_settings, model_tables, policies
 
 BASE = {"name": "t"}
 
@@ -220,31 +221,7 @@ def test_spec_module_does_not_import_tensorflow():
 
 names = st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True).filter(lambda s: s not in {".", ".."})
 fractions = st.floats(0, 0.99, allow_nan=False)
-models = st.one_of(
-    st.builds(
-        dict,
-        kind=st.just("seed_cnn"),
-        filters=st.lists(st.integers(1, 512), min_size=1, max_size=6),
-        dense_units=st.integers(1, 1024),
-        activation=st.sampled_from(["relu", "gelu", "swish", "tanh"]),
-        pooling=st.sampled_from(["max", "average"]),
-        batch_norm=st.booleans(),
-        dropout=fractions,
-    ),
-    st.builds(
-        dict,
-        kind=st.just("mlp"),
-        hidden_units=st.lists(st.integers(1, 512), min_size=1, max_size=8),
-        batch_norm=st.booleans(),
-        dropout=fractions,
-    ),
-    st.builds(
-        dict,
-        kind=st.just("resnet"),
-        depth=st.sampled_from([8, 14, 20, 32, 44, 56, 110]),
-        width=st.integers(1, 64),
-    ),
-)
+models = model_tables(max_units=512, max_layers=8, max_depth=110)
 optimizers = st.one_of(
     st.builds(dict, kind=st.just("adam"), beta_1=fractions, epsilon=st.floats(1e-10, 1.0)),
     st.builds(dict, kind=st.just("sgd"), momentum=fractions, nesterov=st.booleans()),
@@ -257,11 +234,7 @@ specs = st.builds(
     seed=st.integers(0, 2**32 - 1),
     description=st.text(max_size=40),
     precision=st.builds(
-        dict,
-        policy=st.sampled_from(["float32", "mixed_float16", "mixed_bfloat16"]),
-        loss_scale=st.sampled_from(["dynamic", "none"]),
-        initial_scale=st.floats(1.0, 2.0**40),
-        growth_interval=st.integers(1, 10_000),
+        lambda policy, scaling: {"policy": policy, **scaling}, policies(), loss_scale_settings()
     ),
     model=models,
     data=st.builds(

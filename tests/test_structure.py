@@ -12,7 +12,15 @@ import pytest
 from tests.conftest import ROOT
 
 PACKAGE = ROOT / "runner"
-MODULES = {path.stem: ast.parse(path.read_text(encoding="utf-8")) for path in PACKAGE.glob("*.py")}
+
+
+def module_name(path) -> str:
+    """runner/session.py → "session", runner/testing/__init__.py → "testing", and so on."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): ast.parse(path.read_text(encoding="utf-8")) for path in PACKAGE.rglob("*.py")}
 MAX_FUNCTION_LINES = 60
 # What a worker process, a notebook or a cluster job calls: it must run without a terminal.
 CORE = ("session", "sweeps", "record", "events", "loop", "telemetry", "callbacks", "checks", "precision")
@@ -24,10 +32,16 @@ def runner_imports(tree: ast.Module) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "runner":
             parts = node.module.split(".")
-            found |= {parts[1]} if len(parts) > 1 else {alias.name for alias in node.names}
+            found |= {_known(parts[1:])} if len(parts) > 1 else {alias.name for alias in node.names}
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("runner.")}
+            found |= {_known(a.name.split(".")[1:]) for a in node.names if a.name.startswith("runner.")}
     return found & set(MODULES)
+
+
+def _known(parts: list[str]) -> str:
+    """The module of MODULES an import names: testing.strategies itself, else its package."""
+    dotted = ".".join(parts)
+    return dotted if dotted in MODULES else parts[0]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -100,12 +114,12 @@ def test_long_functions_are_found():
 
 
 def test_tensorflow_and_keras_are_imported_only_by_compat():
-    for path in PACKAGE.glob("*.py"):
+    for name, tree in MODULES.items():
         # fresh_reload.py is a user's process, run as a script with runner unimportable: it loads
         # exports with plain Keras, so it cannot go through compat (it never imports runner).
-        if path.stem in {"compat", "fresh_reload"}:
+        if name in {"compat", "fresh_reload"}:
             continue
-        for node in ast.walk(MODULES[path.stem]):
+        for node in ast.walk(tree):
             names = (
                 [a.name for a in node.names]
                 if isinstance(node, ast.Import)
@@ -113,7 +127,7 @@ def test_tensorflow_and_keras_are_imported_only_by_compat():
                 if isinstance(node, ast.ImportFrom)
                 else []
             )
-            assert not any(n.split(".")[0] in {"tensorflow", "keras", "tf_keras"} for n in names), path
+            assert not any(n.split(".")[0] in {"tensorflow", "keras", "tf_keras"} for n in names), name
 
 
 def test_the_reload_script_imports_no_runner():
