@@ -75,16 +75,19 @@ def test_readme_has_exactly_one_install_command():
     assert len(installs) == 1, installs
 
 
+SUITE = "python -m pytest -n 2 --dist loadfile"  # the whole suite, as CI runs it
+
+
 def test_readme_shows_the_offline_first_run_and_the_test_commands():
     lines = _bash_lines(_readme())
     assert "runner run specs/quickstart.toml" in lines
-    assert "python -m pytest" in lines
+    assert SUITE in lines
     assert 'python -m pytest -m "not slow"' in lines
 
 
 def test_ci_runs_the_readmes_test_command():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
-    assert "python -m pytest" in _bash_lines(_readme()) and "python -m pytest" in ci
+    assert SUITE in _bash_lines(_readme()) and SUITE in ci
 
 
 def test_readme_has_runner_command_lines():
