@@ -30,7 +30,7 @@ class RunState:
     audit: dict[str, Any] | None = None
     findings: list[Finding] = field(default_factory=list)
     log: TrainingLog = field(default_factory=TrainingLog)
-    test_metrics: dict[str, float] = field(default_factory=dict)
+    test_metrics: dict[str, float | None] = field(default_factory=dict)  # None: no test split
     loss_scale: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     started_at: str = field(default_factory=runs.utc_now)

@@ -179,8 +179,11 @@ def _train(state: RunState, engine: Any, splits: AnySplits, emit: EventSink) -> 
         for summary in summaries:
             summary.close()
     _restore_best(state, engine.model)
-    results = engine.evaluate(engine.distribute(splits.eval_dataset("test", batch)))
-    state.test_metrics = {"test_loss": results["loss"], "test_accuracy": results["accuracy"]}
+    if splits.count("test"):
+        results = engine.evaluate(engine.distribute(splits.eval_dataset("test", batch)))
+        state.test_metrics = {"test_loss": results["loss"], "test_accuracy": results["accuracy"]}
+    else:  # a mean over no images is not 0: there are no test metrics (data.test_fraction = 0)
+        state.test_metrics = {"test_loss": None, "test_accuracy": None}
     state.status = "completed"
     state.findings.append(_replicas_in_sync(engine, state))
 
@@ -305,7 +308,11 @@ def _post_findings(state: RunState, policy_before: str) -> list[checks.Finding]:
         found.append(checks.check_loss_scale(final_scale, "after training", "final_loss_scale"))
     if state.log.epochs:
         found.append(_schedule_followed(state))
-    if state.status == "completed":
+    if state.status == "completed" and not state.data.get("test"):
+        found.append(
+            checks.Finding("finite_metrics", True, "no test split: no test metrics to check", "hint")
+        )
+    elif state.status == "completed":
         found.append(checks.check_finite_metrics(state.test_metrics))
         skipped, steps = state.loss_scale.get("overflow_steps", 0), state.log.steps
         found += checks.declared_findings(state.spec.checks, state.test_metrics, skipped, steps)

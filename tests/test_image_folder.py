@@ -378,6 +378,23 @@ def test_a_run_on_a_folder_learns_and_records_its_classes(colours, tmp_path, wri
 
 
 @pytest.mark.slow
+def test_a_run_without_a_test_split_reports_no_test_metrics_rather_than_zeros(tmp_path, write_spec):
+    """test_fraction = 0: the mean over no test images is not an accuracy of 0; there is none."""
+    folder = make_folder(tmp_path / "images", per_class=6)
+    spec = (
+        folder_spec(write_spec, folder, "test_fraction = 0.0").read_text().replace("epochs = 2", "epochs = 1")
+    )
+    path = write_spec(spec.replace("batch_size = 16", "batch_size = 4"), "no-test.toml")
+    result = cli.invoke(app, ["run", str(path), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    report = run_report(tmp_path / "out")
+    assert report["data"]["test"] == 0
+    assert (report["metrics"]["test_loss"], report["metrics"]["test_accuracy"]) == (None, None)
+    (finding,) = [c for c in report["checks"] if c["name"] == "finite_metrics"]
+    assert finding["passed"] and finding["detail"] == "no test split: no test metrics to check"
+
+
+@pytest.mark.slow
 def test_a_file_that_cannot_be_decoded_fails_the_run_naming_it(colours, tmp_path, write_spec):
     """Two kinds: not an image at all (caught inside tf.data) and a PNG cut short (found afterwards)."""
     data = tmp_path / "data"
