@@ -41,6 +41,10 @@ brightness = 0.1
 epochs = 3
 learning_rate = 0.003
 steps_per_execution = 4  # a number, not "auto" (timed): the loss-scale history is sampled per call
+[training.schedule]  # a rate that changes every step: a resume must pick it up at the right one
+kind = "cosine"
+warmup_epochs = 0.5
+alpha = 0.1
 [runtime]
 deterministic = true
 checkpoint_every_steps = 40  # mid-epoch checkpoints: the event an interruption test waits for
