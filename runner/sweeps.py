@@ -287,12 +287,15 @@ def _execute(
     fail_fast: bool,
     parallel: int,
 ) -> PlanOutcome:
+    """Run what is left of the plan, then compare every variant that has a report, in plan order
+    (those kept from before included): the exit code is the worst of theirs and of what stopped it."""
     tasks, done = _tasks(group_dir, variants, retry_failed)
     codes, stop = _run_tasks(tasks, group_dir, len(variants), emit, fail_fast, parallel)
-    finished = {
-        **done,
-        **{i: d for i, d in ((t.index, find_run_dir(group_dir, t.variant.spec)) for t in tasks) if d},
-    }
+    finished = dict(done)
+    for task in tasks:
+        run_dir = find_run_dir(group_dir, task.variant.spec)
+        if run_dir is not None:
+            finished[task.index] = run_dir
     outcomes = []
     for index in sorted(finished):
         with contextlib.suppress(RunDirError):
