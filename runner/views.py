@@ -137,12 +137,15 @@ def numerics_statement(numerics: dict[str, Any]) -> str:
     if "skipped" in numerics:
         return f"{probe}; gradient fidelity not measured: {numerics['skipped']}"
     rows = [r for r in numerics["layers"] if r["finite"]]
+    overall = numerics["overall"]
     parts = [f"{probe}; gradients of {len(numerics['layers'])} layers against a float32 copy"]
+    if overall["finite"]:
+        parts.append(f"cosine {overall['cosine']:.5f}, relative error {overall['relative_error']:.3g}")
     if rows:
         cosine = min(rows, key=lambda r: r["cosine"])
         error = max(rows, key=lambda r: r["relative_error"])
         parts.append(
-            f"worst cosine {cosine['cosine']:.5f} ({cosine['layer']}), worst relative error "
+            f"worst layer cosine {cosine['cosine']:.5f} ({cosine['layer']}), worst layer relative error "
             f"{error['relative_error']:.3g} ({error['layer']})"
         )
     underflow = max(numerics["layers"], key=lambda r: r["underflow"], default=None)
