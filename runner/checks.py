@@ -460,3 +460,199 @@ def check_replicas_in_sync(digests: Sequence[str], differing_copies: Sequence[st
 def _names_of(paths: Sequence[str], limit: int = 6) -> str:
     shown = ", ".join(paths[:limit])
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+FLOAT16_TINY = 2.0**-14  # float16's smallest normal (6.1e-5): below it subnormals, then 0
+HEADROOM_FACTOR = 2.0**4  # a layer's largest output within this factor of its dtype's maximum
+DTYPE_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38}  # the dtypes' largest finite values
+
+
+def numerics_findings(
+    numerics: dict[str, Any], precision: PrecisionSpec, declared: ChecksSpec
+) -> list[Finding]:
+    """Gradient fidelity, underflow and activation headroom from `fidelity.numerics_probe`'s data."""
+    if "skipped" in numerics:
+        return []
+    return [
+        check_gradient_fidelity(numerics, declared, precision.policy),
+        check_gradient_underflow(numerics, precision, declared),
+        check_activation_headroom(numerics["activations"]),
+    ]
+
+
+def _layer_list(rows: Sequence[Mapping[str, Any]], describe: Any, limit: int = 5) -> str:
+    shown = "; ".join(describe(r) for r in rows[:limit])
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+# (min cosine, max relative error) of the whole model's gradient against float32 when [checks] leaves
+# them unset: below the worst that benchmarks/numerics.py measured on the built-in kinds and untrained
+# MobileNetV2, ResNet50 and EfficientNetB0 (docs/precision-checks.md), with margin. Deep untrained
+# networks are chaotic at the first step: bfloat16's 8-bit mantissa alone turns ResNet50's gradient
+# to cosine 0.19 (ResNet50V2's on a batch of 4 to -0.07), so under bfloat16 the default judges only
+# the error (a gradient far larger than float32's), not the direction.
+GRADIENT_FIDELITY_DEFAULTS = {
+    "mixed_float16": (0.5, 1.0),
+    "mixed_bfloat16": (-1.0, 2.0),
+    "float32": (1.0, 0.0),
+}
+
+
+def gradient_thresholds(policy: str, declared: ChecksSpec) -> tuple[float, float]:
+    cosine, error = GRADIENT_FIDELITY_DEFAULTS[policy]
+    if declared.min_gradient_cosine is not None:
+        cosine = declared.min_gradient_cosine
+    if declared.max_gradient_error is not None:
+        error = declared.max_gradient_error
+    return cosine, error
+
+
+def check_gradient_fidelity(numerics: Mapping[str, Any], declared: ChecksSpec, policy: str) -> Finding:
+    """The model's gradient (every layer's, unscaled) against the float32 reference's: cosine and
+    relative L2 error, judged on the whole model; the layers that contribute most of the difference
+    are named. (Layer by layer, deep untrained networks differ far more than the model does: a
+    BatchNorm whose gradient cancels out in exact arithmetic keeps only rounding noise.)"""
+    overall, rows = numerics["overall"], [r for r in numerics["layers"] if r["finite"]]
+    if not overall["finite"] or not rows:
+        return Finding("gradient_fidelity", True, "no finite gradient to compare", "warning")
+    cosine, error = overall["cosine"], overall["relative_error"]
+    rows = sorted(rows, key=lambda r: -r["difference"])
+    total = sum(r["difference"] ** 2 for r in rows) or 1.0
+
+    def describe(r: Mapping[str, Any]) -> str:
+        return (
+            f"{r['layer']} ({r['difference'] ** 2 / total:.0%} of the difference; cosine {r['cosine']:.3f}, "
+            f"error {r['relative_error']:.3g})"
+        )
+
+    measured = f"cosine {cosine:.5f}, relative error {error:.3g} over {len(rows)} layers"
+    scale = numerics.get("compared_at_scale")
+    if scale is not None and scale != numerics.get("loss_scale"):
+        measured += f" (at loss scale {scale:g}: {numerics['loss_scale']:g} overflowed)"
+    min_cosine, max_error = gradient_thresholds(policy, declared)
+    if cosine < min_cosine or error > max_error:
+        return Finding(
+            "gradient_fidelity",
+            False,
+            f"expected the gradient within cosine >= {min_cosine:g} and relative error "
+            f"<= {max_error:g} of float32's under {policy}; got {measured}; most of it from "
+            f'{_layer_list(rows, describe, 3)}. Fix: keep these layers in float32 (dtype="float32", '
+            "listed in [checks] float32_layers), or look for a large intermediate value they compute",
+            "warning",
+        )
+    return Finding(
+        "gradient_fidelity", True, f"gradient matches float32: {measured}; largest difference in "
+        f"{_layer_list(rows, describe, 1)}", "warning",
+    )  # fmt: skip
+
+
+def check_gradient_underflow(
+    numerics: Mapping[str, Any], precision: PrecisionSpec, declared: ChecksSpec
+) -> Finding:
+    """Gradient elements that are 0 in the mixed run but not in float32; with the loss scale that would
+    keep them (float16) or the layers to keep in float32 (bfloat16 has no loss scale)."""
+    rows = numerics["layers"]
+    heavy = [r for r in rows if r["underflow"] > declared.max_underflow_fraction]
+    worst = max((r["underflow"] for r in rows), default=0.0)
+    if not heavy:
+        return Finding(
+            "gradient_underflow",
+            True,
+            f"no layer loses more than {declared.max_underflow_fraction:.2%} of its gradient to underflow "
+            f"(worst {worst:.3%})",
+            "hint",
+        )
+    heavy.sort(key=lambda r: -r["underflow"])
+    names = _layer_list(heavy, lambda r: f"{r['layer']} ({r['underflow']:.1%})")
+    detail = f"gradient elements that are 0 under {precision.policy} but not in float32: {names}"
+    suggested, scale = numerics.get("suggested_loss_scale"), numerics.get("loss_scale")
+    if precision.policy == "mixed_float16" and suggested is not None:
+        now = f"{scale:g}" if scale is not None else "none"
+        detail += (
+            f". Fix: precision.initial_scale = {suggested:g} (now {now}): the smallest power of two "
+            "that lifts the smallest non-zero gradient above float16's smallest normal (2**-14) "
+            "without the largest overflowing 65504"
+        )
+    else:
+        detail += ". Fix: keep these layers in float32 (no loss scaling under this policy)"
+    return Finding("gradient_underflow", False, detail, "hint")
+
+
+def check_activation_headroom(ranges: Sequence[Mapping[str, Any]]) -> Finding:
+    """Each low-precision layer's largest output against its dtype's maximum; inf or NaN outputs."""
+    near = [
+        r
+        for r in ranges
+        if r["nonfinite"] or r["max_abs"] * HEADROOM_FACTOR > DTYPE_MAX.get(r["dtype"], math.inf)
+    ]
+
+    def describe(r: Mapping[str, Any]) -> str:
+        if r["nonfinite"]:
+            return f"{r['layer']} ({r['class']}) outputs inf/NaN in {r['dtype']}"
+        limit = DTYPE_MAX[r["dtype"]]
+        return f"{r['layer']} ({r['class']}) reaches {r['max_abs']:.4g} of {r['dtype']}'s {limit:.6g}"
+
+    if near:
+        return Finding(
+            "activation_headroom",
+            False,
+            f"expected every layer's output below 1/{HEADROOM_FACTOR:g} of its dtype's maximum; "
+            f'{_layer_list(near, describe)}. Fix: compute these layers in float32 (dtype="float32") '
+            "or scale their inputs down",
+            "warning",
+        )
+    if not ranges:
+        return Finding("activation_headroom", True, "no layer computes below float32", "warning")
+    top = max(ranges, key=lambda r: r["max_abs"] / DTYPE_MAX.get(r["dtype"], math.inf))
+    headroom = DTYPE_MAX[top["dtype"]] / top["max_abs"] if top["max_abs"] else math.inf
+    return Finding(
+        "activation_headroom",
+        True,
+        f"{len(ranges)} layers' outputs stay finite; least headroom {top['layer']} "
+        f"(max |x| {top['max_abs']:.4g}, {headroom:.3g}x below {top['dtype']}'s maximum)",
+        "warning",
+    )
+
+
+def longest_run_at_or_below(history: Sequence[Sequence[float]], steps: int, floor: float = 1.0) -> int:
+    """The most consecutive steps the loss scale spent at or below `floor`, from its change points
+    ((step, scale): the scale after `step` steps) up to `steps` steps in all."""
+    longest = run = 0
+    points = [(int(s), float(v)) for s, v in history]
+    for (start, scale), (end, _) in zip(points, [*points[1:], (steps, 0.0)], strict=True):
+        run = run + (end - start) if scale <= floor else 0
+        longest = max(longest, run)
+    return longest
+
+
+def skipped_per_interval(history: Sequence[Sequence[float]], steps: int, interval: int) -> list[float]:
+    """The share of skipped steps in each growth interval of the run ([0, interval), …), a skip seen as
+    a fall of the scale (a skip at Keras 2's floor of 1 leaves the scale, and so no trace, there)."""
+    windows = [0] * max(math.ceil(steps / interval), 1)
+    for (_, before), (step, after) in zip(history, history[1:], strict=False):
+        if after < before:
+            windows[min(max(int(step) - 1, 0) // interval, len(windows) - 1)] += 1
+    sizes = [min(interval, steps - i * interval) or 1 for i in range(len(windows))]
+    return [round(k / n, 6) for k, n in zip(windows, sizes, strict=True)]
+
+
+def check_steps_at_min_scale(loss_scale: Mapping[str, Any], limit: int) -> Finding:
+    """The loss scale at or below 1 for more than `limit` steps in a row: the gradients overflow float16
+    even unscaled, so the model is not learning in float16 (Keras 2 holds the scale at 1, Keras 3
+    halves on below it)."""
+    run = longest_run_at_or_below(loss_scale["history"], loss_scale["steps"])
+    if run > limit:
+        return Finding(
+            "max_steps_at_min_scale",
+            False,
+            f"expected the loss scale above 1 but for at most {limit} consecutive steps; it stayed at or "
+            f"below 1 for {run} (final {loss_scale['final']:g}): float16 overflows even unscaled. Fix: "
+            "find the layer that overflows (runner check: activation_headroom) and keep it in float32",
+            "warning",
+        )
+    return Finding(
+        "max_steps_at_min_scale",
+        True,
+        f"the loss scale was at or below 1 for at most {run} consecutive steps (limit {limit})",
+        "warning",
+    )

@@ -206,6 +206,28 @@ def set_global_policy(policy: Any) -> None:
     keras().mixed_precision.set_global_policy(policy)
 
 
+def global_seed_state() -> tuple[Any, Any]:
+    """Keras 3's global SeedGenerator (what unseeded random ops draw from) and its state's value, or
+    (None, None): not made yet, or Keras 2 (whose unseeded ops draw from TensorFlow's global seed)."""
+    if _keras2():
+        return None, None
+    from keras.src.backend.common import global_state  # no public accessor
+
+    generator = global_state.get_global_attribute("global_seed_generator")
+    return generator, (None if generator is None else generator.state.numpy())
+
+
+def restore_global_seed_state(saved: tuple[Any, Any]) -> None:
+    if _keras2():
+        return
+    from keras.src.backend.common import global_state
+
+    generator, value = saved
+    global_state.set_global_attribute("global_seed_generator", generator)
+    if generator is not None:
+        generator.state.assign(value)
+
+
 def dtype_name(dtype: Any) -> str:
     """The name ("float16") of a tf.DType (Keras 2's variables and tensors) or a string (Keras 3's)."""
     return str(getattr(dtype, "name", dtype))

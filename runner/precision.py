@@ -9,6 +9,7 @@ import contextlib
 import random
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,20 @@ def seeded(seed: int) -> Iterator[None]:
         random.setstate(py_state)
         np.random.set_state(np_state)
         tf.random.set_seed(None)
+
+
+@contextlib.contextmanager
+def random_state_kept() -> Iterator[None]:
+    """Python's and NumPy's random state and Keras' global seed generator as they were before the
+    block: building a throwaway model (the float32 reference) draws initializer seeds from them, and
+    the run's own randomness must not depend on whether it was built."""
+    py_state, np_state, keras_state = random.getstate(), np.random.get_state(), compat.global_seed_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        compat.restore_global_seed_state(keras_state)
 
 
 def wrap_optimizer(optimizer: Any, precision: PrecisionSpec) -> Any:
@@ -135,14 +150,15 @@ def _nonfinite(tf: Any, grads: list, variables: list) -> list[str]:
     ]
 
 
-def first_step_probe(model: Any, x: Any, y: Any) -> dict[str, Any]:
+def first_step_probe(model: Any, x: Any, y: Any, jit_compile: bool = False) -> dict[str, Any]:
     """Loss and gradients of one training step on a real batch, without changing the model.
 
     Gradients are taken twice: unscaled (are they finite at all?) and, under a LossScaleOptimizer,
     scaled by the current loss scale as training will (do they overflow float16?). Nothing is applied,
     and variables a training-mode call updates (BatchNorm statistics) are put back. Under a
     distributed strategy the batch is split over the replicas and the gradients are all-reduced, as
-    in training (every worker takes part).
+    in training (every worker takes part). With `jit_compile` the step is compiled by XLA, as the
+    run will compile it (XLA can place a mixed step's casts differently).
     """
     tf = compat.tensorflow()
     snapshot = [v.numpy() for v in model.variables]
@@ -150,15 +166,19 @@ def first_step_probe(model: Any, x: Any, y: Any) -> dict[str, Any]:
     try:
         if tf.distribute.has_strategy():
             loss, grads, scaled_grads = _replicated_gradients(tf, model, x, y)
+            compiled = "tf.function"
         else:
-            loss, grads, scaled_grads = _gradients(
-                tf, model, tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-            )
+            step = partial(_gradients, tf, model)
+            if jit_compile:
+                step = tf.function(step, jit_compile=True, autograph=False)  # no tensor-dependent branches
+            loss, grads, scaled_grads = step(tf.convert_to_tensor(x), tf.convert_to_tensor(y))
+            compiled = "xla" if getattr(step, "_jit_compile", False) else "eager"  # what really ran
         variables = model.trainable_variables
         result: dict[str, Any] = {
             "loss": float(loss),
             "nonfinite_gradients": _nonfinite(tf, grads, variables),
             "scale": compat.current_loss_scale(model.optimizer),
+            "compiled": compiled,  # eager, xla (jit_compile) or tf.function (distributed)
             "seconds": time.perf_counter() - start,  # an eager step: an upper bound of a compiled one
         }
         if scaled_grads is not None:

@@ -466,6 +466,18 @@ class ChecksSpec(StrictModel):
     # Under pytest (runner's plugin, docs/testing.md): train and assert these checks, not only the
     # preflight; `pytest --runner-train` does it for every spec.
     run_in_tests: bool = False
+    # Gradient fidelity against float32 (preflight, the whole model's gradient): below this cosine or
+    # above this relative L2 error is a warning. None: the policy's default, measured by
+    # benchmarks/numerics.py on every built-in kind and MobileNetV2/ResNet50/EfficientNetB0 untrained,
+    # with margin (checks.GRADIENT_FIDELITY_DEFAULTS; docs/precision-checks.md).
+    min_gradient_cosine: Annotated[float, Field(ge=-1, le=1)] | None = None
+    max_gradient_error: PositiveFloat | None = None
+    # A layer whose gradient elements are zero in float16 but not in float32 beyond this share: a hint
+    # with the loss scale that would keep them.
+    max_underflow_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    # Under loss scaling: the scale at or below 1 for more than this many steps in a row is a warning
+    # (the model is not learning in float16). None: not checked.
+    max_steps_at_min_scale: PositiveInt | None = 1000
 
 
 class RuntimeSpec(StrictModel):

@@ -123,10 +123,38 @@ def render_check(
     summary = ", ".join(f"{counts.get(k, 0)} {k}(s)" for k in ("error", "warning", "hint"))
     style = "red" if counts.get("error") else "green"
     parts: list[RenderableType] = [audit_table(audit), checks_table(findings)]
+    if audit.get("numerics"):
+        parts.append(Text(numerics_statement(audit["numerics"])))
     if timing is not None:
         parts.append(Text(speed_statement(timing, device), style="bold"))
     parts.append(Text(f"{'FAILED' if counts.get('error') else 'OK'}: {summary}", style=f"bold {style}"))
     return Group(*parts)
+
+
+def numerics_statement(numerics: dict[str, Any]) -> str:
+    """One paragraph of what the policy did to the first step's numbers (fidelity.numerics_probe)."""
+    probe = f"first step probed {numerics.get('probe_compiled', 'eager')}"
+    if "skipped" in numerics:
+        return f"{probe}; gradient fidelity not measured: {numerics['skipped']}"
+    rows = [r for r in numerics["layers"] if r["finite"]]
+    overall = numerics["overall"]
+    parts = [f"{probe}; gradients of {len(numerics['layers'])} layers against a float32 copy"]
+    if overall["finite"]:
+        parts.append(f"cosine {overall['cosine']:.5f}, relative error {overall['relative_error']:.3g}")
+    if rows:
+        cosine = min(rows, key=lambda r: r["cosine"])
+        error = max(rows, key=lambda r: r["relative_error"])
+        parts.append(
+            f"worst layer cosine {cosine['cosine']:.5f} ({cosine['layer']}), worst layer relative error "
+            f"{error['relative_error']:.3g} ({error['layer']})"
+        )
+    underflow = max(numerics["layers"], key=lambda r: r["underflow"], default=None)
+    if underflow is not None:
+        parts.append(f"most underflow {underflow['underflow']:.3%} ({underflow['layer']})")
+    if numerics["activations"]:
+        top = max(numerics["activations"], key=lambda r: r["max_abs"])
+        parts.append(f"largest activation {top['max_abs']:.4g} ({top['layer']}, {top['dtype']})")
+    return "Numerics: " + "; ".join(parts) + f" ({numerics['seconds']:.2f} s)"
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table:

@@ -93,3 +93,22 @@ def wrong_output_size(input_shape, num_classes):
     x = keras.layers.Flatten()(inputs)
     outputs = keras.layers.Dense(num_classes - 3, activation="softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs)
+
+
+def amplified(input_shape, num_classes):
+    """A layer that scales its activations by 1e4 before a float16 op: no headroom left in float16."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(16, activation="relu", name="hidden")(x)
+    x = keras.layers.Rescaling(1e4, name="amplify")(x)
+    x = keras.layers.Dense(16, name="after")(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(x), name="amplified")
+
+
+def tiny_gradients(input_shape, num_classes):
+    """Activations shrunk 1e-6 before the logits: the hidden layer's gradients fall below float16's range."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(16, name="hidden")(x)
+    x = keras.layers.Rescaling(1e-6, name="shrink")(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(x), name="tiny_gradients")
