@@ -16,8 +16,8 @@ from runner.loop import compile_model, make_optimizer
 from runner.models import build_model
 from runner.session import check_experiment
 from runner.spec import ChecksSpec, Factory, PrecisionSpec, SeedCnn, TrainingSpec, spec_from_dict
+from runner.testing.strategies import small_models  # random small models of every built-in kind
 from runner.views import render_check
-from tests.test_precision import small_models  # random small models of every built-in kind
 
 tf = compat.tensorflow()
 SHAPE = (8, 8, 3)
@@ -43,11 +43,13 @@ def _numerics(model_spec, policy: str, initial_scale: float = 32768.0):
 
 
 @settings(max_examples=6, deadline=None)
-@given(small_models)
+@given(small_models())
 @example(SeedCnn(filters=[3], dense_units=4, batch_norm=True, dropout=0.5))
 def test_property_float32_against_float32_is_exact(model_spec):
     """The comparison machinery itself: the same model in float32 twice agrees exactly, dropout
     (switched off for the comparison) included."""
+    if isinstance(model_spec, dict):  # a drawn [model] table
+        model_spec = spec_from_dict({"name": "drawn", "model": model_spec}).model
     found = _numerics(model_spec, "float32")
     assert found["layers"] and found["overall"]["relative_error"] == 0.0
     for row in found["layers"]:
