@@ -85,22 +85,25 @@ class Task:
     run_dir: Path | None  # None: not started yet
 
 
-def _command(task: Task, output: Path) -> list[str]:
-    if task.run_dir is not None:
-        return [sys.executable, "-m", "runner", "resume", str(task.run_dir)]
-    return [sys.executable, "-m", "runner", "run", "{spec}", "--output", str(output)]
-
-
 def _start(task: Task, output: Path, tmp: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The variant's process, in a session of its own (a terminal's Ctrl-C reaches only the sweep)."""
-    spec_file = tmp / f"{task.index:03d}-{task.variant.spec.name}.toml"
-    spec_file.write_text(spec_to_toml(task.variant.spec), encoding="utf-8")
-    command = [str(spec_file) if part == "{spec}" else part for part in _command(task, output)]
-    source = task.variant.source or str(spec_file)
+    """The variant's process (`runner resume` of its directory, or `runner run` of its spec written
+    to `tmp`), in a session of its own: a terminal's Ctrl-C reaches only the sweep."""
+    runner = [sys.executable, "-m", "runner"]
+    if task.run_dir is not None:
+        target = task.run_dir
+        command = [*runner, "resume", str(target)]
+    else:
+        target = tmp / f"{task.index:03d}-{task.variant.spec.name}.toml"
+        target.write_text(spec_to_toml(task.variant.spec), encoding="utf-8")
+        command = [*runner, "run", str(target), "--output", str(output)]
     return subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,  # the child's report panel goes nowhere: the sweep prints them all
-        env={**os.environ, SPEC_SOURCE_VARIABLE: source, **env},  # errors name the real file
+        env={
+            **os.environ,
+            SPEC_SOURCE_VARIABLE: task.variant.source or command[4],
+            **env,
+        },  # errors name the real file
         start_new_session=True,
     )
 
