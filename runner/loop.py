@@ -64,7 +64,7 @@ def compile_model(model: Any, optimizer: Any, training: TrainingSpec) -> None:
         optimizer,
         loss=make_loss(training),
         metrics=["accuracy"],
-        jit_compile=training.jit_compile,
+        jit_compile=training.jit_compile is True,  # "auto" is resolved before (precision.xla_choice)
     )
 
 

@@ -230,6 +230,30 @@ def _replicated_gradients(tf: Any, model: Any, x: Any, y: Any) -> tuple[Any, lis
 CPU_NATIVE = {"float16": {"amx_fp16", "avx512_fp16"}, "bfloat16": {"amx_bf16", "avx512_bf16"}}
 
 
+def xla_choice(
+    setting: bool | str, policy: str, device: dict[str, Any], runtime: Any, strategy: str
+) -> tuple[bool, str]:
+    """Whether a run compiles its step with XLA, and why: the spec's true or false, or for "auto" XLA
+    exactly where it was measured to pay. On a CPU without float16 arithmetic oneDNN emulates float16
+    element by element, and XLA's CPU compiler does far better (the quickstart's CNN on AVX-512 without
+    FP16: 2,380 images/s against 1,340); for float32 and bfloat16 oneDNN's own kernels win (XLA at
+    0.4x and 0.26x), on several devices XLA cannot hold the replicas' gradient sum, and with
+    deterministic ops it cannot compile a MaxPool gradient (TensorFlow: "do not yet have a
+    deterministic XLA implementation"). `runtime` is the spec's [runtime]."""
+    if setting != "auto":
+        return bool(setting), f"training.jit_compile = {str(setting).lower()}"
+    on_cpu = runtime.device == "cpu" or not device.get("gpu")
+    emulated = not (CPU_NATIVE["float16"] & set(device.get("cpu_flags", [])))
+    if runtime.deterministic:
+        return False, "auto: no XLA (runtime.deterministic: XLA has no deterministic MaxPool gradient)"
+    if policy == "mixed_float16" and on_cpu and emulated and strategy == "none":
+        return True, (
+            "auto: XLA, for mixed_float16 on a CPU without float16 arithmetic (oneDNN emulates it; "
+            "XLA's CPU compiler measured 1.8x faster)"
+        )
+    return False, "auto: no XLA (it pays here only for mixed_float16 on one CPU without float16 arithmetic)"
+
+
 def mixed_precision_advice(policy: str, device: dict[str, Any]) -> tuple[bool, str]:
     """Will `policy` be faster than float32 on this device? (fast, one-sentence explanation)."""
     if policy == "float32":

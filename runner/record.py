@@ -13,6 +13,7 @@ from typing import Any
 from runner import checkpoints, runs
 from runner.checks import NON_COMPUTING, Finding, exemption
 from runner.distribution import Role
+from runner.memory import MemoryPhases
 from runner.schedules import mode_of
 from runner.spec import ExperimentSpec, spec_hash, spec_to_dict
 from runner.telemetry import StopRequest, TrainingLog
@@ -43,6 +44,8 @@ class RunState:
     weights_sha256: str | None = None  # of the final weights, once training completed
     restored_epoch: int | None = None  # early stopping's best epoch, when its weights were restored
     export: dict[str, Any] | None = None  # the files a completed run exported and their round trip
+    memory: MemoryPhases = field(default_factory=MemoryPhases)  # resident memory per phase
+    xla: tuple[bool, str] = (False, "")  # whether the step is compiled by XLA, and why (xla_choice)
 
 
 def _most_common(values: list[str]) -> str | None:
@@ -84,7 +87,7 @@ def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
             "test_loss": state.test_metrics.get("test_loss"),
             "test_accuracy": state.test_metrics.get("test_accuracy"),
         },
-        "performance": performance,
+        "performance": performance | {"xla": {"used": state.xla[0], "why": state.xla[1]}},
         "distribution": state.distribution or None,
         "learning_rate": _learning_rate(state),
         "early_stopping": _early_stopping(state),
@@ -140,7 +143,16 @@ def _divergence(state: RunState, checkpoint: str | None) -> dict[str, Any] | Non
     }
 
 
-def performance(log: TrainingLog, batch_size: int) -> dict[str, Any]:
+def memory_figures(memory: MemoryPhases) -> dict[str, Any]:
+    """The process's peak resident memory and where it went, phase by phase (memory.py)."""
+    return {
+        "peak_host_memory_mb": round(memory.peak(), 1),
+        "memory_phases": memory.table(),
+        "memory_phases_exact": memory.per_phase,
+    }
+
+
+def performance(log: TrainingLog, batch_size: int, memory: MemoryPhases) -> dict[str, Any]:
     ips = log.images_per_second
     peak_device = None
     from runner import compat
@@ -151,8 +163,8 @@ def performance(log: TrainingLog, batch_size: int) -> dict[str, Any]:
     return {
         "images_per_second": round(ips, 1) if ips else None,
         "step_time_ms": round(1000 * batch_size / ips, 3) if ips else None,
-        "peak_host_memory_mb": runs.peak_host_memory_mb(),
         "peak_device_memory_mb": peak_device,
         "steps_per_execution": log.steps_per_execution[0] if log.steps_per_execution else None,
         "steps_per_execution_why": log.steps_per_execution[1] if log.steps_per_execution else None,
+        **memory_figures(memory),
     }

@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -161,25 +160,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             break
     return records
-
-
-def reset_peak_host_memory() -> None:
-    """Start a new peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM), so each run of
-    a sweep reports its own peak, not the process's so far."""
-    # Not Linux, or not permitted: the process-wide peak is reported instead.
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_host_memory_mb() -> float:
-    """Peak resident memory since the last reset (VmHWM), else since the process started."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _cpu_model_and_flags() -> tuple[str, list[str]]:

@@ -39,8 +39,9 @@ from runner import (
 from runner.distribution import ClusterConfig, ClusterError, Role, role_for
 from runner.events import EventSink, Note, RunFinished, RunStarted, ignore
 from runner.folders import AnySplits, UndecodableFiles, bad_files, load_splits
+from runner.memory import MemoryPhases
 from runner.models import build_model
-from runner.record import RunState, make_report, performance
+from runner.record import RunState, make_report, memory_figures, performance
 from runner.spec import (
     BadInput,
     DistributionSpec,
@@ -83,6 +84,16 @@ def require_device(device: str) -> None:
             'runtime.device: expected a visible GPU for device = "gpu"; found none '
             "(use --set runtime.device=auto to run on the CPU)"
         )
+
+
+def _xla(spec: ExperimentSpec, environment: dict[str, Any]) -> tuple[bool, str]:
+    setting, facts, strategy = spec.training.jit_compile, environment["device_facts"], spec.distribution
+    return precision.xla_choice(setting, spec.precision.policy, facts, spec.runtime, strategy.strategy)
+
+
+def _compiled_as(spec: ExperimentSpec, xla: bool) -> ExperimentSpec:
+    """The spec with its jit_compile resolved (the spec written to the run directory keeps "auto")."""
+    return spec.model_copy(update={"training": spec.training.model_copy(update={"jit_compile": xla})})
 
 
 def _build(spec: ExperimentSpec, splits: AnySplits) -> tuple[Any, Any]:
@@ -169,7 +180,10 @@ def _train(state: RunState, engine: Any, splits: AnySplits, emit: EventSink) -> 
             )
             restore_metrics = partial(_restore_metrics, state, splits) if segment.skip else None
             observers = [*_observers(state, segment, n_train, emit, restore_metrics), *summaries]
-            loop.train_segment(engine, (train_ds, val), segment, state.log, plan, observers, agree, rates_for)
+            phase = "first epoch" if segment.first == start.epoch else "later epochs"
+            with state.memory.phase(phase):
+                data = (train_ds, val)
+                loop.train_segment(engine, data, segment, state.log, plan, observers, agree, rates_for)
             if state.log.diverged_at_step is not None:
                 state.status, state.error = "diverged", state.log.divergence
                 return
@@ -179,14 +193,18 @@ def _train(state: RunState, engine: Any, splits: AnySplits, emit: EventSink) -> 
         state.log.steps_per_execution = plan.describe()
         for summary in summaries:
             summary.close()
-    _restore_best(state, engine.model)
-    if splits.count("test"):
-        results = engine.evaluate(engine.distribute(splits.eval_dataset("test", batch)))
-        state.test_metrics = {"test_loss": results["loss"], "test_accuracy": results["accuracy"]}
-    else:  # a mean over no images is not 0: there are no test metrics (data.test_fraction = 0)
-        state.test_metrics = {"test_loss": None, "test_accuracy": None}
+    with state.memory.phase("evaluation"):
+        _restore_best(state, engine.model)
+        state.test_metrics = _test_metrics(engine, splits, batch)
     state.status = "completed"
     state.findings.append(_replicas_in_sync(engine, state))
+
+
+def _test_metrics(engine: Any, splits: AnySplits, batch: int) -> dict[str, float | None]:
+    if not splits.count("test"):  # a mean over no images is not 0: there are none (data.test_fraction = 0)
+        return {"test_loss": None, "test_accuracy": None}
+    results = engine.evaluate(engine.distribute(splits.eval_dataset("test", batch)))
+    return {"test_loss": results["loss"], "test_accuracy": results["accuracy"]}
 
 
 def _restore_best(state: RunState, model: Any) -> None:
@@ -235,16 +253,23 @@ def _loss_scale_summary(state: RunState, optimizer: Any) -> dict[str, Any]:
 
 
 def preflight(
-    model: Any, optimizer: Any, spec: ExperimentSpec, splits: AnySplits
+    model: Any, optimizer: Any, spec: ExperimentSpec, splits: AnySplits, xla_auto: bool = False
 ) -> tuple[dict, list, dict[str, Any]]:
     """Audit the built model and probe one training step on a real batch: the run's gate.
-    Returns the audit, the findings, and the probe (loss, gradients, its time)."""
+    Returns the audit, the findings, and the probe (loss, gradients, its time). `xla_auto`: XLA
+    was chosen by "auto", so a model XLA cannot compile is probed (and trained) without it; the
+    probe then says why in "xla_refused"."""
     audit = precision.audit_model(model, optimizer)
     found = checks.preflight_findings(audit, spec.precision, spec.checks, spec.data.batch_size)
-    batch = spec.data.batch_size
-    probe = precision.first_step_probe(
-        model, *splits.first_batch(batch), jit_compile=spec.training.jit_compile
-    )
+    x, y = splits.first_batch(spec.data.batch_size)
+    xla = spec.training.jit_compile is True
+    try:
+        probe = precision.first_step_probe(model, x, y, jit_compile=xla)
+    except compat.tensorflow().errors.OpError as exc:
+        if not (xla and xla_auto):
+            raise
+        probe = precision.first_step_probe(model, x, y, jit_compile=False)
+        probe["xla_refused"] = str(exc).strip().splitlines()[0]
     audit["numerics"] = _numerics(model, spec, splits)
     audit["numerics"]["probe_compiled"] = probe["compiled"]
     found += checks.first_step_findings(probe)
@@ -293,27 +318,34 @@ def _ready_to_train(model: Any, splits: AnySplits) -> None:
 
 def _train_checked(state: RunState, splits: AnySplits, emit: EventSink, strategy: Any) -> None:
     """Build, preflight, stop on a failed invariant, else train and evaluate: inside the policy scope."""
-    spec = state.spec
+    spec = _compiled_as(state.spec, state.xla[0])
     with training_scope(spec, strategy):
-        model, optimizer = _build(spec, splits)
-        state.audit, state.findings, _ = preflight(model, optimizer, spec, splits)
+        with state.memory.phase("model"):
+            model, optimizer = _build(spec, splits)
+        with state.memory.phase("preflight"):
+            auto = state.spec.training.jit_compile == "auto"
+            state.audit, state.findings, probe = preflight(model, optimizer, spec, splits, xla_auto=auto)
+        if probe.get("xla_refused"):
+            state.xla = (False, f"auto: no XLA, which cannot compile this model ({probe['xla_refused']})")
         if checks.blocking(state.findings):
             state.status, state.error = "failed", PREFLIGHT_FAILED
             return
-        _ready_to_train(model, splits)
-        if state.resume_from is not None:
-            name, meta = state.resume_from
-            checkpoints.restore(state.run_dir, name, meta, model, groups=("model", "optimizer"))
+        with state.memory.phase("model"):
+            _ready_to_train(model, splits)
+            if state.resume_from is not None:
+                name, meta = state.resume_from
+                checkpoints.restore(state.run_dir, name, meta, model, groups=("model", "optimizer"))
         from runner.engine import Engine  # imports TensorFlow: only when training
 
         strategy = compat.tensorflow().distribute.get_strategy()
-        engine = Engine(model, strategy, jit_compile=spec.training.jit_compile, workers=state.role.workers)
+        engine = Engine(model, strategy, jit_compile=state.xla[0], workers=state.role.workers)
         try:
             _train(state, engine, splits, emit)
         finally:
             state.loss_scale = _loss_scale_summary(state, optimizer)
     if state.status == "completed" and state.role.is_chief:
-        _export(state, model, splits)  # outside the strategy: the chief alone builds the float32 copy
+        with state.memory.phase("export"):
+            _export(state, model, splits)  # outside the strategy: the chief alone builds the float32 copy
 
 
 def _export(state: RunState, model: Any, splits: AnySplits) -> None:
@@ -372,7 +404,7 @@ def _exit_code(state: RunState) -> int:
 
 
 def _release_previous_run() -> None:
-    """Free what an earlier run in this process held and restart the peak-memory measurements.
+    """Free what an earlier run in this process held (its memory is not the next run's).
     Nothing here may start TensorFlow's runtime: a strategy made next may still need to configure it
     (logical CPU devices, a cluster's collectives), and a host such as Ray may have imported Keras."""
     if "keras" in sys.modules and compat.runtime_started():
@@ -381,7 +413,6 @@ def _release_previous_run() -> None:
         for device in tf.config.list_logical_devices("GPU"):
             tf.config.experimental.reset_memory_stats(device.name)
     gc.collect()
-    runs.reset_peak_host_memory()
 
 
 @dataclass
@@ -392,28 +423,38 @@ class Setup:
     environment: dict[str, Any]
     role: Role
     strategy: Any  # None: the default strategy (one device)
+    memory: MemoryPhases
 
 
 def _prepare(spec: ExperimentSpec, role: Role) -> Setup:
     """The data (a DataError leaves nothing behind), TensorFlow, the device, the strategy (several
     workers join their cluster here), and the environment."""
     _release_previous_run()
+    memory = MemoryPhases()
     threads = _thread_share()  # before anything starts TensorFlow's runtime (a folder's scan may)
-    splits = load_splits(spec.data, spec.seed)
-    compat.keras()  # the slow import: after the data (a missing archive fails fast), before the bars
-    require_device(spec.runtime.device)
-    strategy = None
-    if spec.distribution.strategy != "none":
-        from runner.engine import make_strategy
+    with memory.phase("data"):
+        splits = load_splits(spec.data, spec.seed)
+    with memory.phase("tensorflow"):
+        compat.keras()  # the slow import: after the data (a missing archive fails fast), before the bars
+        require_device(spec.runtime.device)
+        strategy = _strategy(spec, role)
+    return Setup(splits, {**runs.environment_info(), "threads": threads}, role, strategy, memory)
 
-        strategy = make_strategy(spec.distribution, role, spec.runtime.device)
-        replicas = int(strategy.num_replicas_in_sync)
-        if spec.data.batch_size % replicas:
-            raise SpecValueError(
-                f"data.batch_size: expected a multiple of the {replicas} replicas (the global batch split "
-                f"evenly); got {spec.data.batch_size}"
-            )
-    return Setup(splits, {**runs.environment_info(), "threads": threads}, role, strategy)
+
+def _strategy(spec: ExperimentSpec, role: Role) -> Any:
+    """The spec's tf.distribute strategy (several workers join their cluster here); None for one device."""
+    if spec.distribution.strategy == "none":
+        return None
+    from runner.engine import make_strategy
+
+    strategy = make_strategy(spec.distribution, role, spec.runtime.device)
+    replicas = int(strategy.num_replicas_in_sync)
+    if spec.data.batch_size % replicas:
+        raise SpecValueError(
+            f"data.batch_size: expected a multiple of the {replicas} replicas (the global batch split "
+            f"evenly); got {spec.data.batch_size}"
+        )
+    return strategy
 
 
 THREADS_VARIABLE = "RUNNER_CPU_THREADS"  # set by a parallel sweep for each variant (sweeps.core_shares)
@@ -452,6 +493,7 @@ def _new_state(spec: ExperimentSpec, run_dir: Path, setup: Setup) -> RunState:
     fast, why = precision.mixed_precision_advice(spec.precision.policy, environment["device_facts"])
     data = {**setup.splits.summary(), "augmentation": spec.data.augmentation.describe()}
     state = RunState(spec, run_dir, environment, data, advice={"faster": fast, "detail": why})
+    state.memory, state.xla = setup.memory, _xla(spec, environment)
     state.role, state.distribution = setup.role, _distribution(spec, setup)
     return state
 
@@ -612,6 +654,8 @@ def _attempt(state: RunState, setup: Setup, emit: EventSink) -> BadInput | None:
         return exc
     except Exception as exc:  # noqa: BLE001 - a crash still writes its report
         state.status, state.error = "failed", setup.splits.explain(exc) or _failure(exc, state.role)
+        if state.xla[0] and state.spec.training.jit_compile == "auto" and "XLA" in str(exc):
+            state.error += ' (XLA was chosen by training.jit_compile = "auto": set it to false)'
         if state.role.is_chief:
             runs.write_text_atomic(state.run_dir / "error.txt", traceback.format_exc())
     return None
@@ -627,12 +671,16 @@ def _execute(state: RunState, setup: Setup, emit: EventSink) -> RunOutcome:
     if state.status == "completed" and chief:  # a crash an earlier attempt left is not this run's error
         (state.run_dir / "error.txt").unlink(missing_ok=True)
     state.findings = state.findings + _post_findings(state, policy_before)
-    data = make_report(state, performance(state.log, state.spec.data.batch_size))
-    if state.role.workers > 1:
-        _write_worker_file(state)
-    if chief:
+    with state.memory.phase("report"):
+        data = make_report(state, performance(state.log, state.spec.data.batch_size, state.memory))
+        if state.role.workers > 1:
+            _write_worker_file(state)
+        if chief:
+            runs.write_json_atomic(state.run_dir / "report.json", data)
+            _write_documents(state.run_dir, data, emit)
+    if chief:  # the report's own memory (the plots) too, now that it is known
+        data["performance"].update(memory_figures(state.memory))
         runs.write_json_atomic(state.run_dir / "report.json", data)
-        _write_documents(state.run_dir, data, emit)
     if chief and state.spec.tracking.mlflow and bad_input is None:  # last: from the files above; never fails
         data["tracking"] = tracking.track_run(state.run_dir, emit)
         runs.write_json_atomic(state.run_dir / "report.json", data)
@@ -725,9 +773,13 @@ def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcom
         raise UndecodableFiles(undecodable)
     policy_before = compat.global_policy_name()
     timing = None
+    auto, spec = spec.training.jit_compile == "auto", _compiled_as(spec, _xla(spec, environment)[0])
     with compat.native_stderr_to(os.devnull), training_scope(spec):
         model, optimizer = _build(spec, splits)
-        audit, findings, _ = preflight(model, optimizer, spec, splits)
+        audit, findings, probe = preflight(model, optimizer, spec, splits, xla_auto=auto)
+        if probe.get("xla_refused"):  # timed as the run will train: without XLA
+            spec = _compiled_as(spec, False)
+            model, optimizer = _build(spec, splits)
         if timing_steps and not checks.blocking(findings):
             timing = _time_against_float32(spec, splits, model, timing_steps)
     findings.append(checks.check_policy_restored(policy_before, compat.global_policy_name()))

@@ -47,6 +47,15 @@ def _int_or_auto(value: Any) -> Any:
 IntOrAuto = Annotated[int | Literal["auto"], BeforeValidator(_int_or_auto)]
 
 
+def _bool_or_auto(value: Any) -> Any:
+    if value == "auto" or type(value) is bool:
+        return value
+    raise PydanticCustomError("bool_or_auto", 'true, false or "auto"')
+
+
+BoolOrAuto = Annotated[bool | Literal["auto"], BeforeValidator(_bool_or_auto)]
+
+
 class BadInput(Exception):
     """Input the user must fix (spec, data, model source): one readable message, exit code 2."""
 
@@ -418,7 +427,10 @@ class TrainingSpec(StrictModel):
     # the tutorial at 1, 1.47x at 32). Keras calls back once per execution, so progress, checkpoints
     # and a stop request act at those boundaries. "auto": as many as fit in about a second, up to 32.
     steps_per_execution: IntOrAuto = "auto"
-    jit_compile: bool = False
+    # XLA. "auto": only where it was measured to pay, mixed_float16 on one CPU without float16
+    # arithmetic (oneDNN emulates it; XLA's CPU compiler does not: 1.8x the quickstart's images/s);
+    # elsewhere off (float32 and bfloat16 on this CPU: 0.4x and 0.26x). precision.xla_choice.
+    jit_compile: BoolOrAuto = "auto"
 
     @model_validator(mode="after")
     def _schedule_fits_the_epochs(self) -> TrainingSpec:
@@ -572,7 +584,7 @@ class ExperimentSpec(StrictModel):
         if self.name in {".", ".."}:
             raise ValueError(f'name: expected a run name, not a path; got "{self.name}"')
         strategy = self.distribution.strategy
-        if self.training.jit_compile and strategy != "none":
+        if self.training.jit_compile is True and strategy != "none":
             raise ValueError(
                 f'training.jit_compile: expected false with distribution.strategy = "{strategy}"; '
                 "got true (XLA compiles a one-device step here: TensorFlow cannot compile the "

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from runner.data import NPZ_MAX, DataError, Splits, _megabytes, enough_to_train, split_arrays
+from runner.memory import aligned_empty
 from runner.spec import DataSpec
 
 EXTRA = "pip install -e '.[tfds]'"
@@ -275,7 +276,7 @@ def _read(dataset: TfdsDataset, which: str) -> tuple[np.ndarray, np.ndarray]:
     wanted = tfds.decode.PartialDecoding({dataset.image_key: True, dataset.label_key: True})
     # One file after another: the first n examples of the split, as "train[:n]" would read them.
     config = tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False)
-    x, y, done = np.empty((n, *dataset.input_shape), np.uint8), np.empty(n, np.int32), 0
+    x, y, done = aligned_empty((n, *dataset.input_shape), np.uint8), aligned_empty((n,), np.int32), 0
     try:
         with quiet_tfds():
             found = dataset.builder.as_dataset(

@@ -112,3 +112,21 @@ def tiny_gradients(input_shape, num_classes):
     x = keras.layers.Dense(16, name="hidden")(x)
     x = keras.layers.Rescaling(1e-6, name="shrink")(x)
     return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(x), name="tiny_gradients")
+
+
+class HostIdentity(keras.layers.Layer):
+    """Identity, through a Python (host) function: XLA cannot compile the graph it is in."""
+
+    def call(self, x):
+        echoed = tf.py_function(lambda t: t, [x], Tout=x.dtype)
+        echoed.set_shape(x.shape)
+        return x + tf.stop_gradient(echoed) * 0
+
+
+def host_function(input_shape, num_classes):
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    x = HostIdentity(name="host")(keras.layers.Dense(16, activation="relu", name="hidden")(x))
+    x = keras.layers.Dense(num_classes, name="logits")(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs)

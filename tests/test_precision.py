@@ -18,6 +18,7 @@ from runner.spec import (
     Mlp,
     PrecisionSpec,
     ResNet,
+    RuntimeSpec,
     SeedCnn,
     TrainingSpec,
     spec_from_dict,
@@ -203,6 +204,33 @@ def test_mixed_precision_advice(policy, device, fast):
     is_fast, why = precision.mixed_precision_advice(policy, device)
     assert is_fast is fast
     assert ("SLOWER" in why) == (not fast and not device.get("gpu"))
+
+
+NO_FP16 = {"cpu_flags": ["avx512f", "avx512_bf16"], "gpu": None}
+T4 = {"cpu_flags": [], "gpu": {"name": "T4", "compute_capability": [7, 5]}}
+
+
+@pytest.mark.parametrize(
+    ("setting", "policy", "device", "runtime", "strategy", "used"),
+    [
+        ("auto", "mixed_float16", NO_FP16, {}, "none", True),
+        ("auto", "mixed_float16", {"cpu_flags": ["avx512_fp16"], "gpu": None}, {}, "none", False),
+        ("auto", "float32", NO_FP16, {}, "none", False),
+        ("auto", "mixed_bfloat16", NO_FP16, {}, "none", False),
+        ("auto", "mixed_float16", T4, {}, "none", False),
+        ("auto", "mixed_float16", T4, {"device": "cpu"}, "none", True),
+        ("auto", "mixed_float16", NO_FP16, {}, "mirrored", False),
+        ("auto", "mixed_float16", NO_FP16, {"deterministic": True}, "none", False),
+        (True, "float32", NO_FP16, {}, "none", True),
+        (False, "mixed_float16", NO_FP16, {}, "none", False),
+    ],
+    ids=["fp16-emulated", "fp16-native", "float32", "bfloat16", "gpu", "gpu-forced-cpu", "mirrored"]
+    + ["deterministic", "true", "false"],
+)
+def test_auto_xla_only_where_it_was_measured_to_pay(setting, policy, device, runtime, strategy, used):
+    chosen, why = precision.xla_choice(setting, policy, device, RuntimeSpec(**runtime), strategy)
+    assert chosen is used
+    assert why.startswith("auto:" if setting == "auto" else "training.jit_compile =")
 
 
 def test_current_loss_scale_is_finite_after_a_step():

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from runner import compat, models, runs
+from runner import compat, models, precision, runs
 from runner.session import run_experiment
 from runner.spec import load_spec
 from tests.conftest import ROOT, TINY_SPEC
@@ -70,9 +70,37 @@ def test_tiny_mixed_float16_run_honours_the_report_contract(write_spec, tmp_path
     perf = report["performance"]
     assert perf["images_per_second"] > 0 and perf["step_time_ms"] > 0 and perf["peak_host_memory_mb"] > 0
     assert "peak_device_memory_mb" in perf
+    # Where the memory went, in the order the phases ran; the peak is the largest of them.
+    phases = [row["phase"] for row in perf["memory_phases"]]
+    assert phases == ["start", "data", "tensorflow", "model", "preflight", "first epoch", "later epochs"] + [
+        "evaluation",
+        "export",
+        "report",
+    ]
+    assert perf["peak_host_memory_mb"] >= max(row["peak_mb"] for row in perf["memory_phases"]) - 0.1
+    # "auto" XLA as the device facts decide, and the probe compiled the way the run trained.
+    spec = load_spec(outcome.run_dir / "spec.toml")
+    facts = json.loads((outcome.run_dir / "environment.json").read_text())["device_facts"]
+    used, why = precision.xla_choice("auto", "mixed_float16", facts, spec.runtime, "none")
+    assert perf["xla"] == {"used": used, "why": why}
+    assert report["audit"]["numerics"]["probe_compiled"] == ("xla" if used else "eager")
     assert runs.read_jsonl(outcome.run_dir / "metrics.jsonl") == epochs
     assert load_spec(outcome.run_dir / "spec.toml") == load_spec(write_spec(TINY_SPEC))
     assert compat.global_policy_name() == "float32"
+
+
+@pytest.mark.slow
+def test_a_model_xla_cannot_compile_trains_without_it_when_auto_chose_xla(write_spec, tmp_path, monkeypatch):
+    """ "auto" never costs a run: XLA refused by the model (a host function) means training without it."""
+    monkeypatch.setattr(precision, "xla_choice", lambda *_: (True, "auto: XLA (chosen for this test)"))
+    text = TINY_SPEC.replace(
+        'kind = "mlp"\nhidden_units = [16]', 'kind = "factory"\nfactory = "tests.factories:host_function"'
+    )
+    outcome = run_experiment(load_spec(write_spec(text), ["training.epochs=1"]), tmp_path / "reports")
+    assert (outcome.status, outcome.exit_code) == ("completed", 0)
+    xla = outcome.report["performance"]["xla"]
+    assert xla["used"] is False and "cannot compile this model" in xla["why"]
+    assert outcome.report["audit"]["numerics"]["probe_compiled"] == "eager"
 
 
 @pytest.mark.slow

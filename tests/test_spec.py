@@ -312,3 +312,12 @@ def test_xla_is_refused_under_a_distributed_strategy():
             {"name": "x", "training": {"jit_compile": True}, "distribution": {"strategy": "mirrored"}}
         )
     assert spec_from_dict({"name": "x", "training": {"jit_compile": True}}).training.jit_compile
+    # "auto" decides at run time (precision.xla_choice), and turns itself off under a strategy.
+    auto = {"name": "x", "distribution": {"strategy": "mirrored"}}
+    assert spec_from_dict(auto).training.jit_compile == "auto"
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "true"])
+def test_jit_compile_is_true_false_or_auto(value):
+    with pytest.raises(SpecError, match='training.jit_compile: expected true, false or "auto"'):
+        spec_from_dict({"name": "x", "training": {"jit_compile": value}})
