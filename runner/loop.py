@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from runner import compat
 from runner.checkpoints import Position
 from runner.spec import TrainingSpec
@@ -114,16 +116,23 @@ class ExecutionPlan:
         )
 
 
-def time_steps(model: Any, x: Any, y: Any, steps: int) -> float:
-    """Median seconds of one training step on (x, y), after two untimed calls that trace and warm up."""
-    for _ in range(2):
-        model.train_on_batch(x, y)
+def time_steps(model: Any, x: Any, y: Any, steps: int, jit_compile: bool = False) -> float:
+    """Seconds per training step on (x, y), as a run trains: `steps` steps in one execution of
+    runner's engine (one step per call would add a call's overhead to every step, which a run
+    spreads over up to AUTO_MAX_STEPS). The median of three executions, after one that traces."""
+    from runner.engine import Engine  # imports TensorFlow
+
+    tf = compat.tensorflow()
+    engine = Engine(model, tf.distribute.get_strategy(), jit_compile=jit_compile)
+    batches = iter(engine.distribute(tf.data.Dataset.from_tensors((x, y)).repeat()))
+    rates = np.full(steps, float(compat.learning_rate(model.optimizer)), np.float32)
+    engine.train(batches, rates)
     times = []
-    for _ in range(steps):
+    for _ in range(3):
         start = time.perf_counter()
-        model.train_on_batch(x, y)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        engine.train(batches, rates)
+        times.append((time.perf_counter() - start) / steps)
+    return sorted(times)[1]
 
 
 def steps_per_epoch(train_images: int, batch_size: int) -> int:

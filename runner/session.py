@@ -741,16 +741,23 @@ class CheckOutcome:
     environment: dict[str, Any]
 
 
-def _time_against_float32(spec: ExperimentSpec, splits: AnySplits, model: Any, steps: int) -> dict[str, Any]:
-    """Median step time of the spec's model and of the same model in float32, on one real batch."""
+def _time_against_float32(
+    spec: ExperimentSpec, splits: AnySplits, model: Any, steps: int, float32_xla: bool
+) -> dict[str, Any]:
+    """Step time of the spec's model and of the same model in float32 (each compiled as its run would
+    be: XLA or not), on one real batch."""
     x, y = splits.first_batch(spec.data.batch_size)
-    policy_s = loop.time_steps(model, x, y, steps)
+    _ready_to_train(model, splits)
+    policy_s = loop.time_steps(model, x, y, steps, jit_compile=spec.training.jit_compile is True)
     float32_s = policy_s
     if spec.precision.policy != "float32":
-        reference = spec.model_copy(update={"precision": PrecisionSpec(policy="float32")})
+        reference = _compiled_as(
+            spec.model_copy(update={"precision": PrecisionSpec(policy="float32")}), float32_xla
+        )
         with precision.policy_scope("float32"):
             float32_model, _ = _build(reference, splits)
-            float32_s = loop.time_steps(float32_model, x, y, steps)
+            _ready_to_train(float32_model, splits)
+            float32_s = loop.time_steps(float32_model, x, y, steps, jit_compile=float32_xla)
     return {
         "policy": spec.precision.policy,
         "steps": steps,
@@ -773,6 +780,7 @@ def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcom
         raise UndecodableFiles(undecodable)
     policy_before = compat.global_policy_name()
     timing = None
+    float32_xla = _xla(spec.model_copy(update={"precision": PrecisionSpec(policy="float32")}), environment)[0]
     auto, spec = spec.training.jit_compile == "auto", _compiled_as(spec, _xla(spec, environment)[0])
     with compat.native_stderr_to(os.devnull), training_scope(spec):
         model, optimizer = _build(spec, splits)
@@ -781,7 +789,7 @@ def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcom
             spec = _compiled_as(spec, False)
             model, optimizer = _build(spec, splits)
         if timing_steps and not checks.blocking(findings):
-            timing = _time_against_float32(spec, splits, model, timing_steps)
+            timing = _time_against_float32(spec, splits, model, timing_steps, float32_xla)
     findings.append(checks.check_policy_restored(policy_before, compat.global_policy_name()))
     code = exits.CHECK_FAILED if checks.blocking(findings) else exits.COMPLETED
     return CheckOutcome(code, audit, findings, timing, environment)

@@ -107,7 +107,7 @@ def speed_statement(timing: dict[str, Any], device: str) -> str:
         return f"float32 step: {timing['policy_step_ms']:.1f} ms on {where} (batch {timing['batch_size']})"
     times = (
         f"{timing['policy_step_ms']:.1f} ms vs {timing['float32_step_ms']:.1f} ms per step of "
-        f"{timing['batch_size']}, median of {timing['steps']}"
+        f"{timing['batch_size']}, {timing['steps']} steps per execution as in a run"
     )
     if ratio > 1.05:
         return f"{policy} is {ratio:.1f}× slower than float32 on {where} ({times})"

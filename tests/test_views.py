@@ -217,7 +217,7 @@ def test_speed_statement_names_the_device_the_step_ran_on(ratio, device, said):
         "batch_size": 32,
         "steps": 5,
     }
-    assert speed_statement(timing, device) == f"{said} per step of 32, median of 5)"
+    assert speed_statement(timing, device) == f"{said} per step of 32, 5 steps per execution as in a run)"
 
 
 def test_terminal_events_keep_a_bounded_number_of_epoch_bars():
