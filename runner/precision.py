@@ -284,6 +284,7 @@ def mixed_precision_advice(policy: str, device: dict[str, Any]) -> tuple[bool, s
     wanted = " or ".join(sorted(f.upper() for f in CPU_NATIVE[dtype]))
     return False, (
         f"No GPU and no {wanted} on this CPU: {dtype} arithmetic is emulated, so {policy} runs "
-        "several times SLOWER than float32 here (measured 4-7x for float16 on AVX-512 without FP16). "
+        "SLOWER than float32 here (measured on AVX-512 without FP16: 4-7x in TensorFlow's kernels, "
+        '2-3x compiled by XLA, which training.jit_compile = "auto" does for mixed_float16). '
         "Use it here to validate the setup, not for speed."
     )

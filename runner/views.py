@@ -207,6 +207,9 @@ def _headline(data: dict[str, Any]) -> Text:
         text.append(
             f"\n{perf['steps_per_execution']} steps per execution ({perf['steps_per_execution_why']})"
         )
+    xla = perf.get("xla") or {}
+    if xla.get("used"):
+        text.append(f"\ncompiled by XLA ({xla['why']})")
     text.append(f"\n{data['environment']['device']}")
     augmentation = (data.get("data") or {}).get("augmentation")
     if augmentation:
