@@ -87,8 +87,9 @@ def require_device(device: str) -> None:
 
 
 def _xla(spec: ExperimentSpec, environment: dict[str, Any]) -> tuple[bool, str]:
-    setting, facts, strategy = spec.training.jit_compile, environment["device_facts"], spec.distribution
-    return precision.xla_choice(setting, spec.precision.policy, facts, spec.runtime, strategy.strategy)
+    """Whether this spec's run compiles its step with XLA here, and why (precision.xla_choice)."""
+    setting, policy, facts = spec.training.jit_compile, spec.precision.policy, environment["device_facts"]
+    return precision.xla_choice(setting, policy, facts, spec.runtime, spec.distribution.strategy)
 
 
 def _compiled_as(spec: ExperimentSpec, xla: bool) -> ExperimentSpec:
