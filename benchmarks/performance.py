@@ -3,6 +3,7 @@
     python benchmarks/performance.py            # everything; rewrites the generated part of the docs
     python benchmarks/performance.py --only P1,P2 --policies float32   # a part: prints, writes nothing
     python benchmarks/performance.py --levers   # P1 in float32 under each lever, against the tutorial
+    python benchmarks/performance.py --redraw   # the docs again from docs/figures/performance.json
 
 P1 throughput  images/s of `runner run` with the defaults (no --set) and of the tutorial
                (benchmarks/tutorial.py: its CNN, float64 arrays, `model.fit`, the policy set first),
@@ -394,6 +395,12 @@ def print_table(f: dict) -> None:
             f"P1 ceiling, {policy}: the compiled step alone {m['ceiling_images_per_second']:,.0f} images/s, "
             f"{m['ceiling_ratio']:.2f}x the tutorial: the most any loop reaches"
         )
+    for policy, m in f.get("P1_P2", {}).items():
+        floor = floor_mb(m["memory_phases"]["runner"])
+        print(
+            f"P2 floor, {policy}: {floor:,.0f} MB once TensorFlow and the data are in, "
+            f"{floor / m['tutorial_peak_mb']:.3f}x the tutorial's peak"
+        )
     phases = f.get("P1_P2", {}).get("float32", {}).get("memory_phases")
     if phases:
         print("\nmemory by phase, float32 (MB: resident at the phase's end, its peak)")
@@ -486,8 +493,11 @@ def markdown(f: dict) -> str:
         lines.append("")
     for policy, m in f.get("P1_P2", {}).items():
         phases = m["memory_phases"]
+        floor = floor_mb(phases["runner"])
         lines += [
-            f"Resident memory by phase, {policy} (MB; one run of each side, the one with the median peak):",
+            f"Resident memory by phase, {policy} (MB; one run of each side, the one with the median peak). "
+            f"runner's floor, resident once TensorFlow is imported and the data loaded (before any model): "
+            f"{floor:,.0f} MB, {floor / m['tutorial_peak_mb']:.3f}× the tutorial's peak.",
             "",
             "| side | phase | at its start | its peak | at its end |",
             "|---|---|---|---|---|",
@@ -499,6 +509,11 @@ def markdown(f: dict) -> str:
         lines.append("")
     lines.append(END)
     return "\n".join(lines)
+
+
+def floor_mb(phases: list[dict]) -> float:
+    """Resident memory at the end of the "tensorflow" phase: the process before any model exists."""
+    return next(p["end_mb"] for p in phases if p["phase"] == "tensorflow")
 
 
 def write_documents(f: dict) -> None:
@@ -534,7 +549,13 @@ def main() -> int:
     parser.add_argument("--p10-images", type=int, default=2_048)
     parser.add_argument("--only", default=",".join(MEASURES), help="some of " + ",".join(MEASURES))
     parser.add_argument("--levers", action="store_true", help="instead: P1 float32 under each lever")
+    parser.add_argument("--redraw", action="store_true", help="instead: the docs again from the last figures")
     args = parser.parse_args()
+    if args.redraw:
+        figures = json.loads((FIGURES / "performance.json").read_text())
+        print_table(figures)
+        write_documents(figures)
+        return 0
     args.policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if args.levers:
         figures = {
