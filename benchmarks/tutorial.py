@@ -24,7 +24,7 @@ from runner.memory import MemoryPhases
 
 def main() -> int:
     policy, images, test_images, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    memory = MemoryPhases()
+    memory = MemoryPhases.from_now()
     with memory.phase("tensorflow"):
         from tensorflow import keras
 

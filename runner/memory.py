@@ -61,8 +61,14 @@ class MemoryPhases:
     per_phase: bool = True  # False: the peaks are the process's so far (no reset possible)
 
     def __post_init__(self) -> None:
-        self.per_phase = reset_peak()
-        self.rows["start"] = {"start_mb": resident_mb(), "peak_mb": resident_mb(), "end_mb": resident_mb()}
+        now = resident_mb()
+        self.rows.setdefault("start", {"start_mb": now, "peak_mb": now, "end_mb": now})
+
+    @classmethod
+    def from_now(cls) -> MemoryPhases:
+        """A recorder whose peak starts now: what the process held before (an earlier run of a
+        sweep in this process) is not this one's."""
+        return cls(per_phase=reset_peak())
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -431,7 +431,7 @@ def _prepare(spec: ExperimentSpec, role: Role) -> Setup:
     """The data (a DataError leaves nothing behind), TensorFlow, the device, the strategy (several
     workers join their cluster here), and the environment."""
     _release_previous_run()
-    memory = MemoryPhases()
+    memory = MemoryPhases.from_now()
     threads = _thread_share()  # before anything starts TensorFlow's runtime (a folder's scan may)
     with memory.phase("data"):
         splits = load_splits(spec.data, spec.seed)

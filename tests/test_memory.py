@@ -21,7 +21,7 @@ def _touched(megabytes: int) -> np.ndarray:
 
 
 def test_each_phase_has_its_own_peak_and_the_run_has_the_largest():
-    phases = memory.MemoryPhases()
+    phases = memory.MemoryPhases.from_now()
     assert phases.per_phase  # Linux: the peak can be reset, so each phase measures its own
     with phases.phase("large"):
         block = _touched(200)
@@ -39,7 +39,7 @@ def test_each_phase_has_its_own_peak_and_the_run_has_the_largest():
 
 
 def test_what_runs_between_phases_still_counts_in_the_peak():
-    phases = memory.MemoryPhases()
+    phases = memory.MemoryPhases.from_now()
     with phases.phase("before"):
         pass
     block = _touched(150)  # outside any phase
@@ -50,7 +50,7 @@ def test_what_runs_between_phases_still_counts_in_the_peak():
 
 
 def test_a_phase_entered_again_keeps_its_highest_peak():
-    phases = memory.MemoryPhases()
+    phases = memory.MemoryPhases.from_now()
     with phases.phase("epoch"):
         block = _touched(120)
         del block
