@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from runner import callbacks as _  # noqa: F401  (imports TensorFlow now, not inside a timed epoch)
-from runner import compat, loop, runs, schedules, session
+from runner import choices, compat, loop, preflight, runs, schedules, session, speed
 from runner.data import load_data
 from runner.events import ignore
 from runner.record import RunState
@@ -67,16 +67,17 @@ def main() -> int:
     steps = loop.steps_per_epoch(len(splits.y_train), args.batch)
     names = [s.strip() for s in args.sides.split(",") if s.strip()]
     rates: dict[str, list[float]] = {name: [] for name in names}
-    with tempfile.TemporaryDirectory() as tmp, session.training_scope(spec):
-        model, _ = session._build(spec, splits)
-        session._ready_to_train(model, splits)
+    # The ceiling compiles with XLA as the run would: as measured here (choices.measure_spec).
+    xla = choices.measure_spec(spec, splits, runs.environment_info(), speed.STEPS)[0]
+    with tempfile.TemporaryDirectory() as tmp, preflight.training_scope(spec):
+        model, _ = preflight.build(spec, splits)
+        preflight.ready_to_train(model, splits)
         from runner.engine import Engine
 
         strategy = compat.tensorflow().distribute.get_strategy()
         engine = Engine(model, strategy)
         state = RunState(spec, Path(tmp), {}, {})
         timing = schedules.Timing(steps, spec.training.epochs)
-        xla = session._xla(spec, runs.environment_info())[0]
         every = {
             "fit": lambda: _fit_epoch(model, steps),
             "runner": lambda: _runner_epoch(engine, state, steps, timing, observed=True),

@@ -16,7 +16,7 @@ import time
 
 from runner import compat, loop
 from runner.data import load_data, train_pipeline
-from runner.session import _build, training_scope
+from runner.preflight import build, training_scope
 from runner.spec import spec_from_dict
 
 
@@ -66,7 +66,7 @@ def main() -> None:
     speeds, losses = {}, {}
     for name in ("fit", "own"):
         with training_scope(spec):
-            model, _ = _build(spec, splits)
+            model, _ = build(spec, splits)
             strategy = compat.tensorflow().distribute.get_strategy()
             execution = make_execution(model, strategy)
             seconds, images = 0.0, 0

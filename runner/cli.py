@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -73,12 +74,23 @@ def _terminal_events() -> Iterator[Any]:
     from runner.views import TerminalEvents
 
     terminal = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="replace")
-    events = TerminalEvents(_stderr(), Console(file=terminal, force_terminal=terminal.isatty() or None))
+    live = Console(file=terminal, force_terminal=terminal.isatty() or None)
+    # Notes go where stderr is now: on the real file descriptor 2 (a terminal, a pipe), through the
+    # copy, or a warning while a run trains would land in its tensorflow.log.
+    notes = Console(file=terminal, stderr=True, highlight=False) if _is_fd_2(sys.stderr) else _stderr()
+    events = TerminalEvents(notes, live)
     try:
         yield events
     finally:
         events.close()
         terminal.close()
+
+
+def _is_fd_2(stream: Any) -> bool:
+    try:
+        return bool(stream.fileno() == 2)
+    except (AttributeError, OSError, ValueError):  # a captured stream (a test's) has no descriptor
+        return False
 
 
 def _fail(message: str, code: int = exits.BAD_INPUT) -> typer.Exit:
@@ -403,7 +415,9 @@ def mlflow_sync(
 def check(
     path: Annotated[Path, typer.Argument(help="Experiment spec file (TOML).", show_default=False)],
     overrides: Overrides = None,
-    steps: Annotated[int, typer.Option(help="Timed steps per precision (0: no timing).", min=0)] = 5,
+    steps: Annotated[
+        int, typer.Option(help="Most steps per timed execution (0: nothing timed, no XLA for auto).", min=0)
+    ] = 5,
 ) -> None:
     """Preflight without training: build under the policy, audit every layer, probe one step, time it.
 
@@ -420,7 +434,7 @@ def check(
     except BadInput as exc:
         raise _fail(str(exc)) from None
     findings = [f.as_dict() for f in outcome.findings]
-    _stdout().print(render_check(outcome.audit, findings, outcome.timing, outcome.environment["device"]))
+    _stdout().print(render_check(outcome.audit, findings, outcome.speed))
     raise typer.Exit(outcome.exit_code)
 
 
@@ -495,17 +509,31 @@ def predict(
 
 
 @app.command()
-def env() -> None:
-    """TensorFlow, Keras and Python versions, devices, and what mixed precision will do here."""
-    from runner.precision import mixed_precision_advice
+def env(
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Measure again, forgetting every cached measurement.")
+    ] = False,
+) -> None:
+    """Versions, devices, and each policy's training step measured here against float32.
+
+    A small CNN is trained in float32, mixed_bfloat16 and mixed_float16, each with and without XLA
+    (at most 15 s). The figures are cached per machine, with the timings run and check take of
+    your models; --refresh measures again.
+    """
+    from runner import speed
     from runner.runs import environment_info
-    from runner.views import render_environment
+    from runner.views import candidate_progress, render_environment
 
     info = environment_info()
-    advice = [
-        (p, *mixed_precision_advice(p, info["device_facts"])) for p in ("mixed_float16", "mixed_bfloat16")
-    ]
-    _stdout().print(render_environment(info, advice))
+    if refresh:
+        speed.forget()
+    if not info["supported"]["ok"]:  # nothing can train here: the table says what to install
+        _stdout().print(render_environment(info, None))
+        return
+    total = len(speed.POLICIES) * 2
+    with candidate_progress(_stderr(), total, "measuring a training step") as on_timed:
+        measured = speed.machine_speed(info["device_facts"], refresh=refresh, on_timed=on_timed)
+    _stdout().print(render_environment(info, measured.as_dict()))
 
 
 def main() -> None:

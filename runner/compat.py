@@ -6,6 +6,7 @@ Importing TensorFlow takes seconds, so nothing here runs at module import time: 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -226,6 +227,37 @@ def restore_global_seed_state(saved: tuple[Any, Any]) -> None:
     global_state.set_global_attribute("global_seed_generator", generator)
     if generator is not None:
         generator.state.assign(value)
+
+
+@contextlib.contextmanager
+def names_kept() -> Iterator[None]:
+    """Keras' counters of automatic layer names (dense, dense_1, ...) as they were before the block:
+    a model built and thrown away inside does not rename the layers of the next one."""
+    if _keras2():
+        import importlib
+
+        # Keras 2's backend (tf_keras, or keras 2.15 itself) counts names per graph.
+        backend = importlib.import_module(keras().__name__.split(".")[0] + ".src.backend")
+        uids = backend.PER_GRAPH_OBJECT_NAME_UIDS  # a WeakKeyDictionary of defaultdict(int)
+        saved = {graph: dict(counts) for graph, counts in uids.items()}
+        try:
+            yield
+        finally:
+            uids.clear()
+            for graph, counts in saved.items():
+                uids[graph] = collections.defaultdict(int, counts)
+        return
+    from keras.src.backend.common import global_state  # no public accessor
+
+    counts = global_state.get_global_attribute("object_name_uids")
+    before = None if counts is None else dict(counts)
+    try:
+        yield
+    finally:
+        current = global_state.get_global_attribute("object_name_uids")
+        if current is not None:
+            current.clear()
+            current.update(before or {})
 
 
 def dtype_name(dtype: Any) -> str:

@@ -72,7 +72,10 @@ def run_summary(report: dict[str, Any]) -> list[str]:
             f"Loss scale {_cell(scale['initial'])} → {_cell(scale['final'])} (min {_cell(scale['min'])}), "
             f"{scale['overflow_steps']} skipped step(s) of {scale.get('steps', '?')}."
         )
-    if (p.get("advice") or {}).get("faster") is False:
+    measured = report.get("speed") or {}
+    if measured.get("statement"):
+        summary.append(f"{measured['statement']}; XLA: {measured['xla']['why']}.")
+    elif (p.get("advice") or {}).get("faster") is False:  # reports from before speed was measured
         summary.append(p["advice"]["detail"])
     distribution = report.get("distribution")
     if distribution and distribution["strategy"] != "none":

@@ -55,6 +55,7 @@ class Engine:
         self._train = self._training(_averaging(step, local) if local else step)
         self._evaluate = tf.function(self._evaluation)
         self._read = tf.function(model.get_metrics_result)
+        self._traced = False
 
     @property
     def replicas(self) -> int:
@@ -92,7 +93,10 @@ class Engine:
 
     def train(self, iterator: Any, rates: np.ndarray) -> StepRecord:
         """Run len(rates) training steps from `iterator` (a distributed dataset's) in one execution,
-        step i with the learning rate rates[i]."""
+        step i with the learning rate rates[i] (none: the execution is traced and made ready)."""
+        if not self._traced:  # for any number of steps: a first trace for n = 1 would be redone for 2
+            self._train.get_concrete_function(iterator, tf.TensorSpec([None], tf.float32))
+            self._traced = True
         used, scales, applied = self._train(iterator, tf.constant(rates, tf.float32))
         return StepRecord(used.numpy(), scales.numpy(), applied.numpy())
 

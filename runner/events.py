@@ -16,8 +16,6 @@ from typing import Any, Union
 class RunStarted:
     run_dir: Path
     name: str
-    faster: bool  # will the policy be faster than float32 here?
-    advice: str  # why (or why not), in one sentence
 
 
 @dataclass(frozen=True)

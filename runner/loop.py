@@ -1,6 +1,6 @@
 """The training loop: the optimizer and compile from the spec, how many steps each execution runs,
 the epochs of a run (a segment per epoch) driven through the engine (engine.py: runner's own
-strategy-aware step, one path for every tf.distribute strategy), and timed steps for `runner check`.
+strategy-aware step, one path for every tf.distribute strategy). How fast a step is: speed.py.
 Observers watch it (callbacks.py); the session puts them together.
 """
 
@@ -11,11 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from runner import compat
 from runner.checkpoints import Position
-from runner.spec import TrainingSpec
+from runner.spec import ExperimentSpec, TrainingSpec
 from runner.telemetry import Segment, TrainingLog
 
 
@@ -57,6 +55,30 @@ def make_loss(training: TrainingSpec) -> Any:
     if not training.label_smoothing:
         return keras.losses.SparseCategoricalCrossentropy()
     return compat.smoothed_sparse_crossentropy(training.label_smoothing)
+
+
+def build_for_training(
+    spec: ExperimentSpec, input_shape: tuple[int, ...], num_classes: int
+) -> tuple[Any, Any]:
+    """The spec's model, its optimizer (under mixed_float16 wrapped for loss scaling) and compile:
+    call inside the policy scope (precision.policy_scope), under the strategy's scope."""
+    from runner import precision
+    from runner.models import build_model
+
+    output_dtype = "float32" if spec.precision.output_dtype == "float32" else None
+    model = build_model(spec.model, input_shape, num_classes, output_dtype)
+    optimizer = precision.wrap_optimizer(make_optimizer(spec.training), spec.precision)
+    compile_model(model, optimizer, spec.training)
+    return model, optimizer
+
+
+def ready_to_train(model: Any, x: Any, y: Any) -> None:
+    """Create the optimizer's and the metrics' variables now, under the strategy's scope (a
+    compiled step cannot create them on its replicas), and leave the metrics at zero. (x, y): one
+    example, which the metrics are built on."""
+    compat.build_optimizer(model.optimizer, model.trainable_variables)
+    compat.build_metrics(model, x, y)
+    model.reset_metrics()
 
 
 def compile_model(model: Any, optimizer: Any, training: TrainingSpec) -> None:
@@ -114,25 +136,6 @@ class ExecutionPlan:
             f"auto: doubled from 1 while an execution took under {AUTO_EXECUTION_S / 2:g} s, "
             f"up to {AUTO_MAX_STEPS}; reached {self.largest}"
         )
-
-
-def time_steps(model: Any, x: Any, y: Any, steps: int, jit_compile: bool = False) -> float:
-    """Seconds per training step on (x, y), as a run trains: `steps` steps in one execution of
-    runner's engine (one step per call would add a call's overhead to every step, which a run
-    spreads over up to AUTO_MAX_STEPS). The median of three executions, after one that traces."""
-    from runner.engine import Engine  # imports TensorFlow
-
-    tf = compat.tensorflow()
-    engine = Engine(model, tf.distribute.get_strategy(), jit_compile=jit_compile)
-    batches = iter(engine.distribute(tf.data.Dataset.from_tensors((x, y)).repeat()))
-    rates = np.full(steps, float(compat.learning_rate(model.optimizer)), np.float32)
-    engine.train(batches, rates)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        engine.train(batches, rates)
-        times.append((time.perf_counter() - start) / steps)
-    return sorted(times)[1]
 
 
 def steps_per_epoch(train_images: int, batch_size: int) -> int:

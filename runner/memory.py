@@ -31,6 +31,19 @@ def _status_mb(key: str) -> float | None:
     return None
 
 
+def give_back_freed() -> None:
+    """Return the heap memory freed so far to the system (glibc's malloc_trim; elsewhere nothing):
+    what throwaway models used (speed.py's timed candidates, XLA's compiler) then stops counting
+    in the resident memory of the run that follows (measured: 156 MB of 1,270 after timing the
+    quickstart's CNN four ways)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return
+
+
 def resident_mb() -> float:
     """Resident memory now (VmRSS); without /proc, the peak so far is the best there is."""
     now = _status_mb("VmRSS")

@@ -66,6 +66,15 @@ def random_state_kept() -> Iterator[None]:
         compat.restore_global_seed_state(keras_state)
 
 
+@contextlib.contextmanager
+def built_aside() -> Iterator[None]:
+    """For a model built and thrown away (the float32 reference, a timed candidate): the random
+    state and Keras' automatic layer names as they were before the block, so the run's own model
+    is the same whether or not another was built first."""
+    with random_state_kept(), compat.names_kept():
+        yield
+
+
 def wrap_optimizer(optimizer: Any, precision: PrecisionSpec) -> Any:
     if not precision.uses_loss_scaling:
         return optimizer
@@ -230,61 +239,22 @@ def _replicated_gradients(tf: Any, model: Any, x: Any, y: Any) -> tuple[Any, lis
 CPU_NATIVE = {"float16": {"amx_fp16", "avx512_fp16"}, "bfloat16": {"amx_bf16", "avx512_bf16"}}
 
 
-def xla_choice(
-    setting: bool | str, policy: str, device: dict[str, Any], runtime: Any, strategy: str
-) -> tuple[bool, str]:
-    """Whether a run compiles its step with XLA, and why: the spec's true or false, or for "auto" XLA
-    exactly where it was measured to pay. On a CPU without float16 arithmetic oneDNN emulates float16
-    element by element, and XLA's CPU compiler does far better (the quickstart's CNN on AVX-512 without
-    FP16: 2,380 images/s against 1,340); for float32 and bfloat16 oneDNN's own kernels win (XLA at
-    0.4x and 0.26x), on several devices XLA cannot hold the replicas' gradient sum, and with
-    deterministic ops it cannot compile a MaxPool gradient (TensorFlow: "do not yet have a
-    deterministic XLA implementation"). `runtime` is the spec's [runtime]."""
-    if setting != "auto":
-        return bool(setting), f"training.jit_compile = {str(setting).lower()}"
-    on_cpu = runtime.device == "cpu" or not device.get("gpu")
-    emulated = not (CPU_NATIVE["float16"] & set(device.get("cpu_flags", [])))
-    if runtime.deterministic:
-        return False, "auto: no XLA (runtime.deterministic: XLA has no deterministic MaxPool gradient)"
-    if policy == "mixed_float16" and on_cpu and emulated and strategy == "none":
-        return True, (
-            "auto: XLA, for mixed_float16 on a CPU without float16 arithmetic (oneDNN emulates it; "
-            "XLA's CPU compiler measured 1.8x faster)"
-        )
-    return False, "auto: no XLA (it pays here only for mixed_float16 on one CPU without float16 arithmetic)"
-
-
-def mixed_precision_advice(policy: str, device: dict[str, Any]) -> tuple[bool, str]:
-    """Will `policy` be faster than float32 on this device? (fast, one-sentence explanation)."""
+def hardware_note(policy: str, device: dict[str, Any]) -> str:
+    """What the device's features say about `policy`, to explain a measured figure (speed.py); it
+    never stands in for one: a CPU with AVX-512 FP16 was measured running TensorFlow's float16
+    convolution gradients ~280x slower than float32."""
     if policy == "float32":
-        return True, "float32 is the reference precision: no speed-up expected or needed."
+        return "the reference precision"
     dtype = COMPUTE_DTYPE[policy]
     gpu = device.get("gpu")
     if gpu:
-        cc = gpu.get("compute_capability") or (0, 0)
+        cc = tuple(gpu.get("compute_capability") or (0, 0))
         needed = (7, 0) if dtype == "float16" else (8, 0)
-        name = gpu.get("name", "the GPU")
-        if tuple(cc) >= needed:
-            return True, (
-                f"{name} (compute capability {cc[0]}.{cc[1]}) has Tensor Cores for {dtype}: "
-                f"{policy} should be faster than float32."
-            )
-        return False, (
-            f"{name} has compute capability {cc[0]}.{cc[1]}; {dtype} Tensor Cores need "
-            f"{needed[0]}.{needed[1]} or newer: {policy} will not be faster than float32 here."
-        )
-    flags = set(device.get("cpu_flags", []))
-    native = CPU_NATIVE[dtype] & flags
+        has = "has" if cc >= needed else f"lacks (they need {needed[0]}.{needed[1]})"
+        return f"{gpu.get('name', 'GPU')} ({cc[0]}.{cc[1]}) {has} {dtype} Tensor Cores"
+    native = CPU_NATIVE[dtype] & set(device.get("cpu_flags", []))
     if native:
         names = ", ".join(sorted(f.upper() for f in native))
-        return (
-            True,
-            f"This CPU has {names}: oneDNN runs {dtype} natively, so {policy} can be faster than float32.",
-        )
+        return f"CPU has {names} (oneDNN {dtype} kernels)"
     wanted = " or ".join(sorted(f.upper() for f in CPU_NATIVE[dtype]))
-    return False, (
-        f"No GPU and no {wanted} on this CPU: {dtype} arithmetic is emulated, so {policy} runs "
-        "SLOWER than float32 here (measured on AVX-512 without FP16: 4-7x in TensorFlow's kernels, "
-        '2-3x compiled by XLA, which training.jit_compile = "auto" does for mixed_float16). '
-        "Use it here to validate the setup, not for speed."
-    )
+    return f"no {wanted}: {dtype} emulated"

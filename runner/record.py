@@ -35,7 +35,6 @@ class RunState:
     loss_scale: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     started_at: str = field(default_factory=runs.utc_now)
-    advice: dict[str, Any] = field(default_factory=dict)  # will the policy be faster here?
     resume_from: tuple[str, dict[str, Any]] | None = None  # checkpoint (name, meta) to continue from
     resumes: list[dict[str, Any]] = field(default_factory=list)
     stop: StopRequest = field(default_factory=StopRequest)
@@ -45,7 +44,10 @@ class RunState:
     restored_epoch: int | None = None  # early stopping's best epoch, when its weights were restored
     export: dict[str, Any] | None = None  # the files a completed run exported and their round trip
     memory: MemoryPhases = field(default_factory=MemoryPhases)  # resident memory per phase
-    xla: tuple[bool, str] = (False, "")  # whether the step is compiled by XLA, and why (xla_choice)
+    xla: tuple[bool, str] = (False, "")  # whether the step is compiled by XLA, and why (speed.xla_choice)
+    speed: dict[str, Any] | None = None  # the candidates timed here and what they say (speed.json)
+    policy_choice: dict[str, Any] | None = None  # precision.policy = "auto": what was chosen, and why
+    timed: list[Any] = field(default_factory=list)  # speed.Timing taken before the run (the policy's)
 
 
 def _most_common(values: list[str]) -> str | None:
@@ -62,7 +64,6 @@ def precision_summary(state: RunState) -> dict[str, Any]:
         "compute_dtype": _most_common(computing),
         "variable_dtype": _most_common(variables),
         "loss_scale": state.loss_scale or None,
-        "advice": state.advice,
     }
 
 
@@ -88,6 +89,7 @@ def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
             "test_accuracy": state.test_metrics.get("test_accuracy"),
         },
         "performance": performance | {"xla": {"used": state.xla[0], "why": state.xla[1]}},
+        "speed": state.speed,
         "distribution": state.distribution or None,
         "learning_rate": _learning_rate(state),
         "early_stopping": _early_stopping(state),

@@ -149,6 +149,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`; None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Records of a .jsonl file; a torn last line (a killed writer) is ignored."""
     records: list[dict[str, Any]] = []
@@ -162,7 +171,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _cpu_model_and_flags() -> tuple[str, list[str]]:
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU's model name and every flag the kernel reports for it (Linux; elsewhere the
+    processor's name and no flags)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -185,6 +196,7 @@ INTERESTING_CPU_FLAGS = (
     "amx_tile",
     "amx_bf16",
     "amx_fp16",
+    "amx_int8",
 )
 
 
@@ -229,7 +241,7 @@ def device_facts() -> dict[str, Any]:
     from runner import compat
 
     tf = compat.tensorflow()
-    cpu, flags = _cpu_model_and_flags()
+    cpu, flags = cpu_model_and_flags()
     facts: dict[str, Any] = {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import sys
-import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,12 +25,12 @@ import numpy as np
 from runner import (
     checkpoints,
     checks,
+    choices,
     compare,
     compat,
     documents,
     exits,
     loop,
-    precision,
     runs,
     schedules,
     tracking,
@@ -40,13 +39,12 @@ from runner.distribution import ClusterConfig, ClusterError, Role, role_for
 from runner.events import EventSink, Note, RunFinished, RunStarted, ignore
 from runner.folders import AnySplits, UndecodableFiles, bad_files, load_splits
 from runner.memory import MemoryPhases
-from runner.models import build_model
+from runner.preflight import build, compiled_as, preflight, ready_to_train, training_scope
 from runner.record import RunState, make_report, memory_figures, performance
 from runner.spec import (
     BadInput,
     DistributionSpec,
     ExperimentSpec,
-    PrecisionSpec,
     SpecValueError,
     load_spec,
     spec_hash,
@@ -65,18 +63,6 @@ class RunOutcome:
     report: dict[str, Any]
 
 
-@contextlib.contextmanager
-def device_scope(device: str, strategy: Any = None) -> Iterator[Any]:
-    """Enter the run's tf.distribute strategy's scope (the default strategy's, placed on the spec's
-    device, unless a distributed one is given: that one places its replicas)."""
-    tf = compat.tensorflow()
-    one_device = strategy is None
-    placement = tf.device("/CPU:0") if device == "cpu" and one_device else contextlib.nullcontext()
-    strategy = strategy or tf.distribute.get_strategy()
-    with placement, strategy.scope():
-        yield strategy
-
-
 def require_device(device: str) -> None:
     """Bad input, before anything is written: a spec asking for a GPU this machine does not have."""
     if device == "gpu" and not compat.tensorflow().config.list_physical_devices("GPU"):
@@ -84,26 +70,6 @@ def require_device(device: str) -> None:
             'runtime.device: expected a visible GPU for device = "gpu"; found none '
             "(use --set runtime.device=auto to run on the CPU)"
         )
-
-
-def _xla(spec: ExperimentSpec, environment: dict[str, Any]) -> tuple[bool, str]:
-    """Whether this spec's run compiles its step with XLA here, and why (precision.xla_choice)."""
-    setting, policy, facts = spec.training.jit_compile, spec.precision.policy, environment["device_facts"]
-    return precision.xla_choice(setting, policy, facts, spec.runtime, spec.distribution.strategy)
-
-
-def _compiled_as(spec: ExperimentSpec, xla: bool) -> ExperimentSpec:
-    """The spec with its jit_compile resolved (the spec written to the run directory keeps "auto")."""
-    return spec.model_copy(update={"training": spec.training.model_copy(update={"jit_compile": xla})})
-
-
-def _build(spec: ExperimentSpec, splits: AnySplits) -> tuple[Any, Any]:
-    """Model, optimizer and compile: call inside the policy scope."""
-    output_dtype = "float32" if spec.precision.output_dtype == "float32" else None
-    model = build_model(spec.model, splits.input_shape, splits.num_classes, output_dtype)
-    optimizer = precision.wrap_optimizer(loop.make_optimizer(spec.training), spec.precision)
-    loop.compile_model(model, optimizer, spec.training)
-    return model, optimizer
 
 
 def _observers(
@@ -253,76 +219,37 @@ def _loss_scale_summary(state: RunState, optimizer: Any) -> dict[str, Any]:
     return {"initial": scale, "final": scale, "min": scale, "overflow_steps": 0, "steps": 0, "history": []}
 
 
-def preflight(
-    model: Any, optimizer: Any, spec: ExperimentSpec, splits: AnySplits, xla_auto: bool = False
-) -> tuple[dict, list, dict[str, Any]]:
-    """Audit the built model and probe one training step on a real batch: the run's gate.
-    Returns the audit, the findings, and the probe (loss, gradients, its time). `xla_auto`: XLA
-    was chosen by "auto", so a model XLA cannot compile is probed (and trained) without it; the
-    probe then says why in "xla_refused"."""
-    audit = precision.audit_model(model, optimizer)
-    found = checks.preflight_findings(audit, spec.precision, spec.checks, spec.data.batch_size)
-    x, y = splits.first_batch(spec.data.batch_size)
-    xla = spec.training.jit_compile is True
-    try:
-        probe = precision.first_step_probe(model, x, y, jit_compile=xla)
-    except compat.tensorflow().errors.OpError as exc:
-        if not (xla and xla_auto):
-            raise
-        probe = precision.first_step_probe(model, x, y, jit_compile=False)
-        probe["xla_refused"] = str(exc).strip().splitlines()[0]
-    audit["numerics"] = _numerics(model, spec, splits)
-    audit["numerics"]["probe_compiled"] = probe["compiled"]
-    found += checks.first_step_findings(probe)
-    return audit, found + checks.numerics_findings(audit["numerics"], spec.precision, spec.checks), probe
-
-
-def _numerics(model: Any, spec: ExperimentSpec, splits: AnySplits) -> dict[str, Any]:
-    """Gradient fidelity against a float32 copy of the model and activation headroom, on the
-    probe's batch (fidelity.numerics_probe); skipped under float32 (the reference itself) and
-    under a distributed strategy (the probe's replicated step covers that)."""
-    from runner import fidelity
-
-    if spec.precision.policy == "float32":
-        return {"skipped": "float32 is the reference precision"}
-    if compat.tensorflow().distribute.has_strategy():
-        return {"skipped": "not measured under a distributed strategy"}
-    start = time.perf_counter()
-    reference_spec = spec.model_copy(update={"precision": PrecisionSpec(policy="float32")})
-    with precision.policy_scope("float32"), precision.random_state_kept():
-        reference, _ = _build(reference_spec, splits)
-    found = fidelity.numerics_probe(model, reference, *splits.first_batch(spec.data.batch_size))
-    found["seconds"] = round(time.perf_counter() - start, 3)
-    return found
-
-
-@contextlib.contextmanager
-def training_scope(spec: ExperimentSpec, strategy: Any = None) -> Iterator[None]:
-    """Everything a model is built and trained inside, the same for run, resume and check: the device
-    and strategy, the dtype policy (restored after), the seeds, and deterministic ops if asked."""
-    with (
-        device_scope(spec.runtime.device, strategy),
-        precision.policy_scope(spec.precision.policy),
-        precision.seeded(spec.seed),
-        compat.op_determinism(spec.runtime.deterministic),
-    ):
-        yield
-
-
-def _ready_to_train(model: Any, splits: AnySplits) -> None:
-    """Create the optimizer's and the metrics' variables now, under the strategy's scope (a
-    compiled step cannot create them on its replicas), and leave the metrics at zero."""
-    compat.build_optimizer(model.optimizer, model.trainable_variables)
-    compat.build_metrics(model, *splits.first_batch(1))
-    model.reset_metrics()
+def _choose(state: RunState, splits: AnySplits, emit: EventSink) -> None:
+    """XLA as measured (or as a rule says), recorded with the policy's choice in speed.json and the
+    report, and a warning when the policy is measured much slower than float32 here. A resume
+    keeps what its run chose at the start; on several workers the chief measures (a rule decides
+    XLA for every worker)."""
+    kept = runs.read_json(state.run_dir / choices.SPEED_FILE) if state.resumes else None
+    if kept is not None and isinstance(kept.get("xla"), dict):
+        state.speed = {**kept, "kept": "chosen when the run started (speed.json)"}
+        state.xla = (bool(kept["xla"]["used"]), str(kept["xla"]["why"]))
+        return
+    steps = choices.timing_steps(state.spec, splits.count("train")) if state.role.is_chief else None
+    xla, why, measured = choices.measure_spec(state.spec, splits, state.environment, steps, state.timed)
+    state.xla = (xla, why)
+    if measured is None:
+        return
+    state.speed = {**measured, **({"policy": state.policy_choice} if state.policy_choice else {})}
+    if state.role.is_chief:
+        runs.write_json_atomic(state.run_dir / choices.SPEED_FILE, state.speed)
+    if state.speed["slow"] and state.speed["statement"]:
+        emit(Note(state.speed["statement"], "warning"))
 
 
 def _train_checked(state: RunState, splits: AnySplits, emit: EventSink, strategy: Any) -> None:
-    """Build, preflight, stop on a failed invariant, else train and evaluate: inside the policy scope."""
-    spec = _compiled_as(state.spec, state.xla[0])
+    """Measure and choose, build, preflight, stop on a failed invariant, else train and evaluate:
+    inside the policy scope."""
+    with state.memory.phase("speed"):
+        _choose(state, splits, emit)
+    spec = compiled_as(state.spec, state.xla[0])
     with training_scope(spec, strategy):
         with state.memory.phase("model"):
-            model, optimizer = _build(spec, splits)
+            model, optimizer = build(spec, splits)
         with state.memory.phase("preflight"):
             auto = state.spec.training.jit_compile == "auto"
             state.audit, state.findings, probe = preflight(model, optimizer, spec, splits, xla_auto=auto)
@@ -332,7 +259,7 @@ def _train_checked(state: RunState, splits: AnySplits, emit: EventSink, strategy
             state.status, state.error = "failed", PREFLIGHT_FAILED
             return
         with state.memory.phase("model"):
-            _ready_to_train(model, splits)
+            ready_to_train(model, splits)
             if state.resume_from is not None:
                 name, meta = state.resume_from
                 checkpoints.restore(state.run_dir, name, meta, model, groups=("model", "optimizer"))
@@ -491,10 +418,9 @@ def _distribution(spec: ExperimentSpec, setup: Setup) -> dict[str, Any]:
 
 def _new_state(spec: ExperimentSpec, run_dir: Path, setup: Setup) -> RunState:
     environment = setup.environment
-    fast, why = precision.mixed_precision_advice(spec.precision.policy, environment["device_facts"])
     data = {**setup.splits.summary(), "augmentation": spec.data.augmentation.describe()}
-    state = RunState(spec, run_dir, environment, data, advice={"faster": fast, "detail": why})
-    state.memory, state.xla = setup.memory, _xla(spec, environment)
+    state = RunState(spec, run_dir, environment, data)
+    state.memory = setup.memory
     state.role, state.distribution = setup.role, _distribution(spec, setup)
     return state
 
@@ -567,10 +493,24 @@ def run_experiment(
         tracking.require_mlflow()
     runs.require_writable(output)  # before the data and TensorFlow take their seconds
     setup = _prepare(spec, role)
-    with _run_dir(spec, output, setup) as run_dir:
-        state = _new_state(spec, run_dir, setup)
+    chosen, choice, timed = _resolve_policy(spec, setup)
+    with _run_dir(spec, output, setup) as run_dir:  # named, and spec.toml written, as given
+        state = _new_state(chosen, run_dir, setup)
+        state.policy_choice, state.timed = choice, timed
+        if choice is not None:  # written now: a resume of a run killed before it trains keeps it
+            runs.write_json_atomic(run_dir / choices.SPEED_FILE, {"policy": choice})
         state.stop = stop or state.stop
         return _execute(state, setup, emit)
+
+
+def _resolve_policy(spec: ExperimentSpec, setup: Setup) -> tuple[ExperimentSpec, dict | None, list]:
+    """precision.policy = "auto" measured and chosen (choices.resolve_policy), before the run
+    directory exists; any other policy as it is."""
+    if spec.precision.policy != "auto":
+        return spec, None, []
+    steps = choices.timing_steps(spec, setup.splits.count("train"))
+    with setup.memory.phase("policy"):
+        return choices.resolve_policy(spec, setup.splits, setup.environment, steps)
 
 
 def resume_experiment(run_dir: Path, emit: EventSink = ignore, mlflow: bool = False) -> RunOutcome:
@@ -592,7 +532,12 @@ def resume_experiment(run_dir: Path, emit: EventSink = ignore, mlflow: bool = Fa
         found, skipped = checkpoints.latest_restorable(run_dir)
         for reason in skipped:
             emit(Note(f"checkpoint skipped, {reason}", "warning"))
-        state = _new_state(spec, run_dir, setup)
+        chosen, choice = choices.kept_policy(run_dir, spec)
+        timed: list = []
+        if spec.precision.policy == "auto" and choice is None:  # killed before it chose: choose now
+            chosen, choice, timed = _resolve_policy(spec, setup)
+        state = _new_state(chosen, run_dir, setup)
+        state.policy_choice, state.timed = choice, timed
         state.started_at = previous.get("started_at", state.started_at)
         state.resume_from = found
         state.resumes = [
@@ -665,7 +610,7 @@ def _attempt(state: RunState, setup: Setup, emit: EventSink) -> BadInput | None:
 def _execute(state: RunState, setup: Setup, emit: EventSink) -> RunOutcome:
     policy_before = compat.global_policy_name()
     chief = state.role.is_chief
-    emit(RunStarted(state.run_dir, state.spec.name, state.advice["faster"], state.advice["detail"]))
+    emit(RunStarted(state.run_dir, state.spec.name))
     native_log = compat.native_stderr_to(state.run_dir / "tensorflow.log") if chief else _nothing()
     with native_log, stop_on_signals(state.stop):
         bad_input = _attempt(state, setup, emit)
@@ -738,39 +683,15 @@ class CheckOutcome:
     exit_code: int
     audit: dict[str, Any]
     findings: list[checks.Finding]
-    timing: dict[str, Any] | None
+    speed: dict[str, Any] | None  # the measured candidates and what they say (None: --steps 0)
     environment: dict[str, Any]
 
 
-def _time_against_float32(
-    spec: ExperimentSpec, splits: AnySplits, model: Any, steps: int, float32_xla: bool
-) -> dict[str, Any]:
-    """Step time of the spec's model and of the same model in float32 (each compiled as its run would
-    be: XLA or not), on one real batch."""
-    x, y = splits.first_batch(spec.data.batch_size)
-    _ready_to_train(model, splits)
-    policy_s = loop.time_steps(model, x, y, steps, jit_compile=spec.training.jit_compile is True)
-    float32_s = policy_s
-    if spec.precision.policy != "float32":
-        reference = _compiled_as(
-            spec.model_copy(update={"precision": PrecisionSpec(policy="float32")}), float32_xla
-        )
-        with precision.policy_scope("float32"):
-            float32_model, _ = _build(reference, splits)
-            _ready_to_train(float32_model, splits)
-            float32_s = loop.time_steps(float32_model, x, y, steps, jit_compile=float32_xla)
-    return {
-        "policy": spec.precision.policy,
-        "steps": steps,
-        "batch_size": spec.data.batch_size,
-        "policy_step_ms": round(policy_s * 1000, 3),
-        "float32_step_ms": round(float32_s * 1000, 3),
-        "ratio": round(policy_s / float32_s, 3),
-    }
-
-
 def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcome:
-    """Build under the policy, audit every layer, probe one step, time policy against float32."""
+    """Time the policy against float32 (and XLA both ways where "auto"), build under the policy,
+    audit every layer, probe one step as the run would compile it. `timing_steps` 0: nothing
+    timed, and "auto" XLA probes without it (a choice not measured is not made); a policy of
+    "auto" is chosen by timing whatever `timing_steps` says (it cannot be chosen otherwise)."""
     # On one device, whatever the spec's strategy: a distributed run checks its own in its preflight.
     spec = spec.model_copy(update={"distribution": DistributionSpec()})
     setup = _prepare(spec, Role())
@@ -780,20 +701,19 @@ def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcom
     if undecodable:
         raise UndecodableFiles(undecodable)
     policy_before = compat.global_policy_name()
-    timing = None
-    float32_xla = _xla(spec.model_copy(update={"precision": PrecisionSpec(policy="float32")}), environment)[0]
-    auto, spec = spec.training.jit_compile == "auto", _compiled_as(spec, _xla(spec, environment)[0])
-    with compat.native_stderr_to(os.devnull), training_scope(spec):
-        model, optimizer = _build(spec, splits)
-        audit, findings, probe = preflight(model, optimizer, spec, splits, xla_auto=auto)
-        if probe.get("xla_refused"):  # timed as the run will train: without XLA
-            spec = _compiled_as(spec, False)
-            model, optimizer = _build(spec, splits)
-        if timing_steps and not checks.blocking(findings):
-            timing = _time_against_float32(spec, splits, model, timing_steps, float32_xla)
+    with compat.native_stderr_to(os.devnull):
+        spec, choice, known = _resolve_policy(spec, setup)
+        xla, why, timed = choices.measure_spec(spec, splits, environment, timing_steps or None, known)
+        if choice is not None:  # what was timed to choose it, whatever else was
+            timed = timed or {"timings": [t.as_dict() for t in known], "xla": {"used": xla, "why": why}}
+            timed["policy"] = choice
+        auto, spec = spec.training.jit_compile == "auto", compiled_as(spec, xla)
+        with training_scope(spec):
+            model, optimizer = build(spec, splits)
+            audit, findings, _ = preflight(model, optimizer, spec, splits, xla_auto=auto)
     findings.append(checks.check_policy_restored(policy_before, compat.global_policy_name()))
     code = exits.CHECK_FAILED if checks.blocking(findings) else exits.COMPLETED
-    return CheckOutcome(code, audit, findings, timing, environment)
+    return CheckOutcome(code, audit, findings, timed, environment)
 
 
 @dataclass
@@ -829,7 +749,9 @@ def export_experiment(run_dir: Path, formats: list[str] | None, which: str = "la
     variables, export it and check the round trip; for any finished or interrupted run."""
     from runner import export
 
-    spec = load_spec(run_dir / "spec.toml")
+    spec, _ = choices.kept_policy(run_dir, load_spec(run_dir / "spec.toml"))
+    if spec.precision.policy == "auto":
+        raise BadInput(f"{run_dir}: its policy was never chosen (no speed.json): nothing was trained")
     spec = spec.model_copy(update={"distribution": DistributionSpec()})  # one device: a model to save
     chosen = formats or list(spec.export.formats) or ["keras"]
     with runs.run_lock(run_dir):
@@ -837,7 +759,7 @@ def export_experiment(run_dir: Path, formats: list[str] | None, which: str = "la
         setup = _prepare(spec, Role())
         with compat.native_stderr_to(run_dir / "tensorflow.log"):
             with training_scope(spec):
-                model, _ = _build(spec, setup.splits)
+                model, _ = build(spec, setup.splits)
                 try:
                     checkpoints.restore(run_dir, name, meta, model, groups=("model",))
                 except checkpoints.CheckpointError as exc:

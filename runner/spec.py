@@ -26,6 +26,8 @@ else:  # Python 3.10
     import tomli as tomllib
 
 Policy = Literal["float32", "mixed_float16", "mixed_bfloat16"]
+# "auto": the fastest policy measured on the spec's model here whose preflight passes (choices.py).
+PolicySetting = Literal["float32", "mixed_float16", "mixed_bfloat16", "auto"]
 Activation = Literal["relu", "gelu", "swish", "tanh"]
 Source = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "shapes", "npz", "image_folder", "tfds"]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -85,7 +87,7 @@ DEFAULT_INITIAL_SCALE = 2.0**15  # Keras' LossScaleOptimizer's own default
 class PrecisionSpec(StrictModel):
     """The dtype policy and what it implies (as Keras' DTypePolicy owns its dtypes; COMPUTE_DTYPE above)."""
 
-    policy: Policy = "mixed_float16"
+    policy: PolicySetting = "mixed_float16"
     # Loss scaling only exists under mixed_float16; float32 and bfloat16 ignore it.
     loss_scale: Literal["dynamic", "none"] = "dynamic"
     initial_scale: Annotated[float, Field(gt=0)] = DEFAULT_INITIAL_SCALE
@@ -584,6 +586,12 @@ class ExperimentSpec(StrictModel):
         if self.name in {".", ".."}:
             raise ValueError(f'name: expected a run name, not a path; got "{self.name}"')
         strategy = self.distribution.strategy
+        if self.precision.policy == "auto" and strategy != "none":
+            raise ValueError(
+                f'precision.policy: expected a policy name with distribution.strategy = "{strategy}"; '
+                'got "auto" (it is chosen by timing on one device; choose with `runner check --set '
+                "precision.policy=auto` and name the policy it picks)"
+            )
         if self.training.jit_compile is True and strategy != "none":
             raise ValueError(
                 f'training.jit_compile: expected false with distribution.strategy = "{strategy}"; '

@@ -7,7 +7,9 @@ fixed-width, colourless console.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from rich import box
@@ -22,6 +24,7 @@ from runner.checks import NON_COMPUTING, describe_variables, is_blocking, mark
 from runner.compare import objective_note
 from runner.events import EpochStarted, Event, Note, RunFinished, RunStarted, StepsDone, VariantStarted
 from runner.spec import COMPUTE_DTYPE
+from runner.speed import ratio_text
 
 STATUS_STYLE = {"completed": "green", "failed": "red", "diverged": "red", "interrupted": "yellow"}
 
@@ -99,34 +102,45 @@ def _output_note(audit: dict[str, Any]) -> str:
     return f" ({'; '.join(notes)})" if notes else ""
 
 
-def speed_statement(timing: dict[str, Any], device: str) -> str:
-    """ "mixed_float16 is 6.8× slower than float32 on this CPU" from a measured step-time ratio."""
-    where = "this GPU" if device.startswith("GPU") else "this CPU"
-    ratio, policy = timing["ratio"], timing["policy"]
-    if policy == "float32":
-        return f"float32 step: {timing['policy_step_ms']:.1f} ms on {where} (batch {timing['batch_size']})"
-    times = (
-        f"{timing['policy_step_ms']:.1f} ms vs {timing['float32_step_ms']:.1f} ms per step of "
-        f"{timing['batch_size']}, {timing['steps']} steps per execution as in a run"
-    )
-    if ratio > 1.05:
-        return f"{policy} is {ratio:.1f}× slower than float32 on {where} ({times})"
-    if ratio < 0.95:
-        return f"{policy} is {1 / ratio:.1f}× faster than float32 on {where} ({times})"
-    return f"{policy} is about as fast as float32 on {where} ({times})"
+def speed_table(record: dict[str, Any]) -> Table:
+    """Every candidate timed for a run or a check: policy, XLA, step time, against float32."""
+    table = Table(title="Speed, measured here", show_header=True, header_style="bold")
+    for column in ("policy", "XLA", "step", "× float32", "first execution", "note"):
+        table.add_column(
+            column, justify="right" if column in ("step", "× float32", "first execution") else "left"
+        )
+    timed = [t for t in record["timings"] if t.get("step_ms") is not None and t["policy"] == "float32"]
+    reference = min((t["step_ms"] for t in timed), default=None)
+    for t in record["timings"]:
+        step = t.get("step_ms")
+        ratio = "—" if step is None or not reference else f"{step / reference:.2f}"
+        first = "—" if t.get("first_ms") is None else f"{t['first_ms'] / 1000:.1f} s"
+        note = t.get("note") or ("cached" if t.get("cached") else "")
+        table.add_row(
+            t["policy"],
+            "yes" if t["xla"] else "no",
+            _fmt(step, ".1f") + (" ms" if step else ""),
+            ratio,
+            first,
+            note,
+        )
+    return table
 
 
-def render_check(
-    audit: dict[str, Any], findings: list[dict[str, Any]], timing: dict | None, device: str
-) -> Group:
+def render_check(audit: dict[str, Any], findings: list[dict[str, Any]], speed: dict | None) -> Group:
     counts = Counter(f["severity"] for f in findings if not f["passed"])
     summary = ", ".join(f"{counts.get(k, 0)} {k}(s)" for k in ("error", "warning", "hint"))
     style = "red" if counts.get("error") else "green"
     parts: list[RenderableType] = [audit_table(audit), checks_table(findings)]
     if audit.get("numerics"):
         parts.append(Text(numerics_statement(audit["numerics"])))
-    if timing is not None:
-        parts.append(Text(speed_statement(timing, device), style="bold"))
+    if speed is not None:
+        parts.append(speed_table(speed))
+        if speed.get("policy"):
+            parts.append(Text(f"policy: {speed['policy']['why']}"))
+        parts.append(Text(f"XLA: {speed['xla']['why']}"))
+        if speed.get("statement"):
+            parts.append(Text(speed["statement"], style="bold yellow" if speed.get("slow") else "bold"))
     parts.append(Text(f"{'FAILED' if counts.get('error') else 'OK'}: {summary}", style=f"bold {style}"))
     return Group(*parts)
 
@@ -208,8 +222,8 @@ def _headline(data: dict[str, Any]) -> Text:
             f"\n{perf['steps_per_execution']} steps per execution ({perf['steps_per_execution_why']})"
         )
     xla = perf.get("xla") or {}
-    if xla.get("used"):
-        text.append(f"\ncompiled by XLA ({xla['why']})")
+    if xla.get("why"):
+        text.append(f"\n{'compiled by XLA' if xla.get('used') else 'no XLA'} ({xla['why']})")
     text.append(f"\n{data['environment']['device']}")
     augmentation = (data.get("data") or {}).get("augmentation")
     if augmentation:
@@ -220,8 +234,13 @@ def _headline(data: dict[str, Any]) -> Text:
     stopping = early_stopping_line(data.get("early_stopping"))
     if stopping:
         text.append(f"\n{stopping}")
-    advice = p.get("advice") or {}
-    if advice.get("faster") is False:
+    measured = data.get("speed") or {}
+    advice = p.get("advice") or {}  # reports written before runner measured its speed statements
+    if measured.get("policy"):
+        text.append(f"\npolicy chosen: {measured['policy']['why']}")
+    if measured.get("statement"):
+        text.append(f"\n{measured['statement']}", style="yellow" if measured.get("slow") else "")
+    elif advice.get("faster") is False:
         text.append(f"\n{advice['detail']}", style="yellow")
     if data.get("error"):
         text.append(f"\n{data['error']}", style=style)
@@ -271,7 +290,9 @@ def render_run(data: dict[str, Any]) -> RenderableType:
     return Panel(Group(*parts), title="runner report", border_style=STATUS_STYLE.get(data["status"], "red"))
 
 
-def render_environment(env: dict[str, Any], advice: list[tuple[str, bool, str]]) -> RenderableType:
+def render_environment(env: dict[str, Any], machine: dict[str, Any] | None) -> RenderableType:
+    """Versions and devices, then each policy's measured training step (speed.MachineSpeed; None:
+    not measured, in an environment that cannot train)."""
     table = Table(title="Environment", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value", overflow="fold")
@@ -284,13 +305,73 @@ def render_environment(env: dict[str, Any], advice: list[tuple[str, bool, str]])
     table.add_row("cpu features", ", ".join(facts.get("cpu_flags", [])) or "none of note")
     gpu = facts.get("gpu")
     table.add_row("gpu", f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else "none")
-    advice_table = Table(title="Mixed precision here", show_header=True, header_style="bold")
-    advice_table.add_column("policy")
-    advice_table.add_column("faster than float32?")
-    advice_table.add_column("why", overflow="fold")
-    for policy, fast, why in advice:
-        advice_table.add_row(policy, Text("yes" if fast else "no", style="green" if fast else "yellow"), why)
-    return Group(table, advice_table)
+    if machine is None:
+        return Group(table, Text("Mixed precision here: not measured (see supported above)", style="yellow"))
+    return Group(table, machine_table(machine, facts))
+
+
+def machine_table(machine: dict[str, Any], facts: dict[str, Any]) -> Table:
+    """One row per policy: its step without and with XLA, its fastest against float32's, and what
+    the device's features say (the why beside the figure, never instead of it)."""
+    from runner.precision import hardware_note
+
+    timings = machine["timings"]
+    table = Table(title="Mixed precision here, measured", show_header=True, header_style="bold")
+    for column in ("policy", "without XLA", "with XLA", "against float32", "why"):
+        table.add_column(column, overflow="fold", justify="right" if "XLA" in column else "left")
+    reference = min(
+        (t["step_ms"] for t in timings if t["policy"] == "float32" and t["step_ms"]), default=None
+    )
+    for policy in ("float32", "mixed_bfloat16", "mixed_float16"):
+        mine = {t["xla"]: t for t in timings if t["policy"] == policy}
+        cells = [_step_cell(mine.get(False)), _step_cell(mine.get(True))]
+        steps = [t["step_ms"] for t in mine.values() if t.get("step_ms")]
+        verdict = Text("—")
+        if steps and reference:
+            ratio = min(steps) / reference
+            words = "the reference" if policy == "float32" else ratio_text(ratio)
+            style = "green" if ratio < 0.95 else ("yellow" if ratio > 1.05 else "")
+            verdict = Text(words, style=style)
+        table.add_row(policy, *cells, verdict, hardware_note(policy, facts))
+    where = "cached" if machine.get("cached") else "measured now"
+    table.caption = (
+        f"a training step of {machine['model']}, batch {machine['batch']}; {where} "
+        f"({machine['measured_at']}, {machine['seconds']:.1f} s) · runner env --refresh measures again"
+    )
+    return table
+
+
+def _step_cell(timing: dict[str, Any] | None) -> Text:
+    if timing is None:
+        return Text("—")
+    if timing.get("step_ms") is None:
+        return Text(timing.get("note") or "not timed", style="dim")
+    return Text(f"{timing['step_ms']:.1f} ms")
+
+
+@contextlib.contextmanager
+def candidate_progress(console: Console, total: int, description: str) -> Iterator[Any]:
+    """A progress bar of timed candidates; yields the callback speed.measure reports each one to.
+    A bar that is never advanced (every figure cached) is removed without a trace."""
+    progress = Progress(
+        TextColumn(f"[bold]{escape(description)}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[label]}"),
+        console=console,
+        transient=True,
+    )
+    task = progress.add_task(description, total=total, label="")
+
+    def on_timed(timing: Any) -> None:
+        progress.start()
+        progress.update(task, advance=1, label=f"{timing.label} {_fmt(timing.step_ms, '.1f')} ms")
+
+    try:
+        yield on_timed
+    finally:
+        progress.stop()
 
 
 def _ratio_text(value: float | None) -> str:
@@ -375,8 +456,6 @@ class TerminalEvents:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.console.print(f"[dim]run directory[/] {escape(str(event.run_dir))}", soft_wrap=True)
-            if not event.faster:
-                self.console.print(f"[yellow]note:[/] {escape(event.advice)}")
         elif isinstance(event, Note):
             style = "yellow" if event.level == "warning" else "dim"
             self.console.print(f"[{style}]{event.level}:[/] {escape(event.message)}", soft_wrap=True)

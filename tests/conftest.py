@@ -60,6 +60,12 @@ def isolated_keras_cache(tmp_path_factory, monkeypatch):
     # The suite's many runs do not test export: its fresh-process reload (a TensorFlow import, seconds
     # per run) is paid by tests/test_export.py and the quickstart test, which unset this.
     monkeypatch.setenv("RUNNER_SKIP_EXPORT", "1")
+    # Measured step times (runner/speed.py) are kept apart from the user's cache, and shared by the
+    # whole session (both xdist workers: their temporary folders have one parent) and the runner
+    # processes its tests start: a model is timed once. A test about the cache gives its own folder.
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(shared / "runner_cache"))
 
 
 @pytest.fixture

@@ -130,3 +130,12 @@ def host_function(input_shape, num_classes):
     x = keras.layers.Dense(num_classes, name="logits")(x)
     outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs)
+
+
+def unnamed(input_shape, num_classes):
+    """Layers named by Keras (dense, dense_1, ...): names that depend on what was built before."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(8, activation="relu")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs)

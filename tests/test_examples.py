@@ -106,6 +106,7 @@ NAMED = {
 }
 
 
+@pytest.mark.slow  # the example's whole pytest session in-process: six runner checks per bug
 @pytest.mark.parametrize("bug", sorted(NAMED))
 def test_each_kind_of_test_in_the_example_fails_on_a_known_bug(pytester, inprocess_pytest, bug):
     """None of these trains: each run stops at its preflight (or the audit) on the bug."""

@@ -124,7 +124,7 @@ def test_jit_compile_probes_compiled_and_check_shows_the_numerics():
     assert [f.name for f in checks.blocking(outcome.findings)] == []
     console = Console(width=100, file=io.StringIO(), color_system=None)
     findings = [f.as_dict() for f in outcome.findings]
-    console.print(render_check(outcome.audit, findings, None, "CPU"))
+    console.print(render_check(outcome.audit, findings, None))
     text = console.file.getvalue()
     assert "first step probed xla" in text and "gradient_fidelity" in text
     assert "against a float32 copy" in text
@@ -211,6 +211,7 @@ def test_skipped_steps_per_growth_interval():
     assert checks.skipped_per_interval(history, 12, 5) == [0.4, 0.0, 0.5]
 
 
+@pytest.mark.slow  # trains an epoch
 def test_a_run_whose_scale_sits_at_1_gets_the_max_steps_at_min_scale_warning(tmp_path):
     from runner.session import run_experiment
 

@@ -93,7 +93,8 @@ def test_a_bad_spec_is_one_collection_error_line_without_a_traceback(project):
     result = project.runpytest_inprocess("bad.toml", *QUIET)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     expected = (
-        'bad.toml: precision.policy: expected one of float32, mixed_float16, mixed_bfloat16; got "mixed_fp16"'
+        "bad.toml: precision.policy: expected one of float32, mixed_float16, mixed_bfloat16, auto; "
+        'got "mixed_fp16"'
     )
     assert expected in result.outlines
     assert "Traceback" not in result.stdout.str() and "pydantic" not in result.stdout.str()
@@ -165,6 +166,7 @@ BUG_MESSAGES = {
 }
 
 
+@pytest.mark.slow  # a whole pytest session in-process: seven runner checks
 def test_the_bug_specs_fail_naming_the_layer_and_the_fix_and_the_quickstart_passes(
     pytester, inprocess_pytest
 ):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from runner import compat, models, precision, runs
+from runner import compat, models, runs, speed
 from runner.session import run_experiment
 from runner.spec import load_spec
 from tests.conftest import ROOT, TINY_SPEC
@@ -72,17 +72,22 @@ def test_tiny_mixed_float16_run_honours_the_report_contract(write_spec, tmp_path
     assert "peak_device_memory_mb" in perf
     # Where the memory went, in the order the phases ran; the peak is the largest of them.
     phases = [row["phase"] for row in perf["memory_phases"]]
-    assert phases == ["start", "data", "tensorflow", "model", "preflight", "first epoch", "later epochs"] + [
+    assert phases == ["start", "data", "tensorflow", "speed", "model", "preflight", "first epoch"] + [
+        "later epochs",
         "evaluation",
         "export",
         "report",
     ]
     assert perf["peak_host_memory_mb"] >= max(row["peak_mb"] for row in perf["memory_phases"]) - 0.1
-    # "auto" XLA as the device facts decide, and the probe compiled the way the run trained.
-    spec = load_spec(outcome.run_dir / "spec.toml")
-    facts = json.loads((outcome.run_dir / "environment.json").read_text())["device_facts"]
-    used, why = precision.xla_choice("auto", "mixed_float16", facts, spec.runtime, "none")
-    assert perf["xla"] == {"used": used, "why": why}
+    # "auto" XLA as the timings decide (speed.json, the report), and the probe compiled as the run trained.
+    measured = json.loads((outcome.run_dir / "speed.json").read_text())
+    assert report["speed"] == measured
+    timings = [speed.Timing.from_dict(t) for t in measured["timings"]]
+    used, why = speed.xla_choice(timings, "mixed_float16", [False, True], None)
+    assert perf["xla"] == {"used": used, "why": why} == {k: measured["xla"][k] for k in ("used", "why")}
+    assert {(t.policy, t.xla) for t in timings} >= {
+        (p, x) for p in ("float32", "mixed_float16") for x in (False, True)
+    }
     assert report["audit"]["numerics"]["probe_compiled"] == ("xla" if used else "eager")
     assert runs.read_jsonl(outcome.run_dir / "metrics.jsonl") == epochs
     assert load_spec(outcome.run_dir / "spec.toml") == load_spec(write_spec(TINY_SPEC))
@@ -92,7 +97,7 @@ def test_tiny_mixed_float16_run_honours_the_report_contract(write_spec, tmp_path
 @pytest.mark.slow
 def test_a_model_xla_cannot_compile_trains_without_it_when_auto_chose_xla(write_spec, tmp_path, monkeypatch):
     """ "auto" never costs a run: XLA refused by the model (a host function) means training without it."""
-    monkeypatch.setattr(precision, "xla_choice", lambda *_: (True, "auto: XLA (chosen for this test)"))
+    monkeypatch.setattr(speed, "xla_choice", lambda *_: (True, "auto: XLA (chosen for this test)"))
     text = TINY_SPEC.replace(
         'kind = "mlp"\nhidden_units = [16]', 'kind = "factory"\nfactory = "tests.factories:host_function"'
     )

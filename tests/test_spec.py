@@ -312,7 +312,7 @@ def test_xla_is_refused_under_a_distributed_strategy():
             {"name": "x", "training": {"jit_compile": True}, "distribution": {"strategy": "mirrored"}}
         )
     assert spec_from_dict({"name": "x", "training": {"jit_compile": True}}).training.jit_compile
-    # "auto" decides at run time (precision.xla_choice), and turns itself off under a strategy.
+    # "auto" decides at run time (speed.xla_options: a rule under a strategy, else measured).
     auto = {"name": "x", "distribution": {"strategy": "mirrored"}}
     assert spec_from_dict(auto).training.jit_compile == "auto"
 

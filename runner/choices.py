@@ -1,0 +1,185 @@
+"""What runner chooses for a run by measuring, not by assuming: XLA for `training.jit_compile =
+"auto"`, the policy for `precision.policy = "auto"`, and whether to warn that the policy is slow
+here. Each choice times the spec's own model (speed.py) on one device, aside from the run (its
+random state and layer names untouched), and is recorded with its figures in the run directory's
+speed.json, which a resume keeps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from runner import checks, loop, precision, runs, speed
+from runner.folders import AnySplits
+from runner.memory import give_back_freed
+from runner.preflight import build, compiled_as, preflight, training_scope
+from runner.spec import BadInput, DistributionSpec, ExperimentSpec
+
+SPEED_FILE = "speed.json"  # the run's measured choices, written when made: a resume keeps them
+
+
+def measure_spec(
+    spec: ExperimentSpec,
+    splits: AnySplits,
+    environment: dict[str, Any],
+    steps: int | None,
+    known: list[speed.Timing] | None = None,
+) -> tuple[bool, str, dict[str, Any] | None]:
+    """Time the spec's own model where a choice or a statement needs it (speed.py): its policy with
+    every XLA setting the spec allows, float32 as TensorFlow runs it by default (without XLA where
+    allowed), and when the policy is measured more than speed.SLOWER_WARNING times slower than
+    float32, the other policy the same way (to name the fastest).
+    Returns XLA's choice, why, and the record (None when `steps` is None: nothing timed). `known`:
+    timings already taken (resolve_policy's). Call outside a distributed strategy: candidates are
+    timed on one device."""
+    policy, started = spec.precision.policy, time.perf_counter()
+    options, rule = speed.xla_options(spec.training.jit_compile, spec.runtime, spec.distribution.strategy)
+    if steps is None:
+        return (
+            (options[0], rule, None) if rule else (False, "auto: no XLA (not measured: no timed steps)", None)
+        )
+    key = _model_key(spec, splits, environment)
+    with training_scope(spec.model_copy(update={"distribution": DistributionSpec()})):
+        candidates = speed.spec_candidates(spec, splits, key, steps)
+        candidates.budget_s, candidates.vet = speed.BUDGET_S, partial(fails_its_audit, spec, splits)
+        order = speed.wanted([policy], options, reference=[min(options)])
+        timings = speed.measure(order, candidates, known=known)
+        xla, why = speed.xla_choice(timings, policy, options, rule)
+        if speed.verdict(timings, (policy, xla)).slow:  # which policy is fastest here? (not compiled)
+            others = [(p, min(options)) for p in speed.POLICIES if p not in {policy, "float32"}]
+            timings += speed.measure(others, candidates, known=[*(known or []), *timings])
+        taken = {(t.policy, t.xla) for t in timings}
+        timings += [t for t in known or [] if (t.policy, t.xla) not in taken]  # the policy's choice
+    give_back_freed()
+    verdict = speed.verdict(timings, (policy, xla))
+    where = "this GPU" if str(environment.get("device", "")).startswith("GPU") else "this CPU"
+    statement = verdict.statement(where)
+    if statement and verdict.slow and rule and len(options) == 1 and not xla:
+        statement += f" (without XLA: {rule})"
+    record = {
+        "timings": [t.as_dict() for t in timings],
+        "xla": {"setting": spec.training.jit_compile, "used": xla, "why": why},
+        "ratio_to_float32": verdict.ratio,
+        "slow": verdict.slow,
+        "statement": statement,
+        "steps": steps,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return xla, why, record
+
+
+def fails_its_audit(spec: ExperimentSpec, splits: AnySplits) -> str | None:
+    """Why not to time a model: it fails its audit (a float16 variable, a float16 output...), so the
+    run will stop at its preflight and there is nothing to choose. Built aside from the run."""
+    with precision.policy_scope(spec.precision.policy), precision.built_aside():
+        model, optimizer = build(spec, splits)
+        audit = precision.audit_model(model, optimizer)
+    found = checks.preflight_findings(audit, spec.precision, spec.checks, spec.data.batch_size)
+    return "not timed: the model fails its audit (see the checks)" if checks.blocking(found) else None
+
+
+def timing_steps(spec: ExperimentSpec, n_train: int) -> int:
+    """Steps per timed execution: the spec's steps per execution, else speed.STEPS (past a few
+    steps an execution's own cost per step is negligible), never more than an epoch has."""
+    setting = spec.training.steps_per_execution
+    most = setting if isinstance(setting, int) else speed.STEPS
+    return max(1, min(most, loop.steps_per_epoch(n_train, spec.data.batch_size)))
+
+
+def with_policy(spec: ExperimentSpec, policy: str) -> ExperimentSpec:
+    return spec.model_copy(update={"precision": spec.precision.model_copy(update={"policy": policy})})
+
+
+def resolve_policy(
+    spec: ExperimentSpec, splits: AnySplits, environment: dict[str, Any], steps: int
+) -> tuple[ExperimentSpec, dict[str, Any] | None, list[speed.Timing]]:
+    """`precision.policy = "auto"`: the fastest of float32, mixed_bfloat16 and mixed_float16 as
+    timed on this model here (each with the XLA setting it would train with), whose preflight
+    passes: the policies are preflighted fastest first, and the first to pass runs. Returns the
+    spec with that policy, the choice's record (None for a named policy) and the timings taken.
+    When none passes, the fastest runs, and its own preflight stops it with its findings."""
+    if spec.precision.policy != "auto":
+        return spec, None, []
+    started = time.perf_counter()
+    options, rule = speed.xla_options(spec.training.jit_compile, spec.runtime, spec.distribution.strategy)
+    one_device = with_policy(spec, "float32").model_copy(update={"distribution": DistributionSpec()})
+    with training_scope(one_device):
+        candidates = speed.spec_candidates(spec, splits, _model_key(spec, splits, environment), steps)
+        candidates.budget_s = speed.BUDGET_S
+        timings = speed.measure(speed.wanted(list(speed.POLICIES), options), candidates)
+        rows = _preflighted(spec, splits, timings, options, rule)
+    give_back_freed()
+    passed = [row for row in rows if row["preflight"] == "passed"]
+    timed = [row for row in rows if row["step_ms"] is not None]
+    if not timed:
+        raise BadInput('precision.policy = "auto": no policy could be timed here (see runner check)')
+    chosen = (passed or timed)[0]
+    figures = ", ".join(f"{r['policy']} {r['step_ms']:.1f} ms" for r in timed)
+    verdict = "whose preflight passed" if passed else "(no policy passed its preflight)"
+    why = f"auto: {chosen['policy']}, the fastest measured here {verdict} ({figures} per step)"
+    record = {
+        "setting": "auto",
+        "used": chosen["policy"],
+        "why": why,
+        "candidates": rows,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return with_policy(spec, chosen["policy"]), record, timings
+
+
+def _preflighted(
+    spec: ExperimentSpec,
+    splits: AnySplits,
+    timings: list[speed.Timing],
+    options: list[bool],
+    rule: str | None,
+) -> list[dict[str, Any]]:
+    """One row per policy, fastest first: its best step, the XLA setting it would train with, and
+    its preflight's verdict, run until one passes (the slower ones are then not checked)."""
+    rows: list[dict[str, Any]] = []
+    ranked = sorted(
+        speed.POLICIES, key=lambda p: getattr(speed.best(timings, p), "step_ms", None) or math.inf
+    )
+    for policy in ranked:
+        fastest = speed.best(timings, policy)
+        row: dict[str, Any] = {"policy": policy, "step_ms": fastest.step_ms if fastest else None, "xla": None}
+        if fastest is None:
+            row["preflight"] = "not checked: not timed"
+        elif any(r["preflight"] == "passed" for r in rows):
+            row["preflight"] = "not checked: a faster policy passed"
+        else:
+            row["xla"] = speed.xla_choice(timings, policy, options, rule)[0]
+            failed = _preflight_failures(compiled_as(with_policy(spec, policy), row["xla"]), splits)
+            row["preflight"] = "passed" if not failed else f"failed: {', '.join(failed)}"
+        rows.append(row)
+    return rows
+
+
+def _preflight_failures(spec: ExperimentSpec, splits: AnySplits) -> list[str]:
+    """The names of the blocking findings of the spec's preflight, on a model built aside."""
+    with precision.policy_scope(spec.precision.policy), precision.built_aside():
+        model, optimizer = build(spec, splits)
+        _, found, _ = preflight(model, optimizer, spec, splits, xla_auto=True)
+    return [f.name for f in checks.blocking(found)]
+
+
+def _model_key(spec: ExperimentSpec, splits: AnySplits, environment: dict[str, Any]) -> dict[str, Any]:
+    threads = (environment.get("threads") or {}).get("intra_op")
+    machine = speed.machine_key(environment["device_facts"], threads)
+    return speed.model_key(spec, splits.input_shape, splits.num_classes, machine)
+
+
+def kept_policy(run_dir: Path, spec: ExperimentSpec) -> tuple[ExperimentSpec, dict[str, Any] | None]:
+    """A run's spec (spec.toml keeps "auto" as written) with the policy its run chose at the start
+    (speed.json): a resume or an export trains or rebuilds what ran. None: nothing was chosen yet."""
+    if spec.precision.policy != "auto":
+        return spec, None
+    kept = runs.read_json(run_dir / SPEED_FILE) or {}
+    choice = kept.get("policy")
+    if not isinstance(choice, dict) or choice.get("used") not in speed.POLICIES:
+        return spec, None
+    return with_policy(spec, choice["used"]), choice
