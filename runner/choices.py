@@ -47,7 +47,9 @@ def measure_spec(
         candidates = speed.spec_candidates(spec, splits, key, steps)
         candidates.budget_s, candidates.vet = speed.BUDGET_S, partial(fails_its_audit, spec, splits)
         order = speed.wanted([policy], options, reference=[min(options)])
-        timings = speed.measure(order, candidates, known=known)
+        timings, options, rule = _without_xla_first(
+            order, options, rule, candidates, known, run_steps(spec, splits), [policy]
+        )
         xla, why = speed.xla_choice(timings, policy, options, rule)
         if speed.verdict(timings, (policy, xla)).slow:  # which policy is fastest here? (not compiled)
             others = [(p, min(options)) for p in speed.POLICIES if p not in {policy, "float32"}]
@@ -70,6 +72,34 @@ def measure_spec(
         "seconds": round(time.perf_counter() - started, 2),
     }
     return xla, why, record
+
+
+def run_steps(spec: ExperimentSpec, splits: AnySplits) -> int:
+    """The training steps of the whole run (every epoch)."""
+    return loop.steps_per_epoch(splits.count("train"), spec.data.batch_size) * spec.training.epochs
+
+
+def _without_xla_first(
+    order: list[tuple[str, bool]],
+    options: list[bool],
+    rule: str | None,
+    candidates: speed.Candidates,
+    known: list[speed.Timing] | None,
+    steps: int,
+    policies: list[str],
+) -> tuple[list[speed.Timing], list[bool], str | None]:
+    """The candidates of `order`: with one XLA setting (the spec's, a rule's) all of them; with
+    both, those without XLA first, and those with XLA only if the run (`steps` steps) is long
+    enough for XLA's compile to pay back (speed.too_short_for_xla on `policies`). Returns the
+    timings, the XLA options left and why XLA was left out (else the rule as given)."""
+    if options != [False, True]:
+        return speed.measure(order, candidates, known=known), options, rule
+    timings = speed.measure([c for c in order if not c[1]], candidates, known=known)
+    short = speed.too_short_for_xla(timings, policies, steps)
+    if short is not None:
+        return timings, [False], short
+    timings += speed.measure([c for c in order if c[1]], candidates, known=[*(known or []), *timings])
+    return timings, options, rule
 
 
 def fails_its_audit(spec: ExperimentSpec, splits: AnySplits) -> str | None:
@@ -110,7 +140,11 @@ def resolve_policy(
     with training_scope(one_device):
         candidates = speed.spec_candidates(spec, splits, _model_key(spec, splits, environment), steps)
         candidates.budget_s = speed.BUDGET_S
-        timings = speed.measure(speed.wanted(list(speed.POLICIES), options), candidates)
+        order = speed.wanted(list(speed.POLICIES), options)
+        steps_of_run = run_steps(spec, splits)
+        timings, options, rule = _without_xla_first(
+            order, options, rule, candidates, None, steps_of_run, list(speed.POLICIES)
+        )
         rows = _preflighted(spec, splits, timings, options, rule)
     give_back_freed()
     passed = [row for row in rows if row["preflight"] == "passed"]

@@ -38,7 +38,7 @@ CUTOFF = 10.0  # a candidate one step of which takes this many times the best st
 STEPS = 8  # steps per timed execution: an execution's own overhead is then under 1 ms a step
 EXECUTION_S = 0.25  # fewer steps when `steps` of them would take longer than this
 BUDGET_S = 60.0  # a run's or a check's timing: candidates left past it are not timed
-EXECUTIONS = 3  # the median of this many timed executions
+EXECUTIONS = 3  # the fastest of this many timed executions
 SLOWER_WARNING = 2.0  # `run` warns when its policy is measured this many times slower than float32
 
 
@@ -89,7 +89,8 @@ def time_candidate(
     An execution of no steps traces and readies the step; with XLA one step then compiles it. One
     step is timed, and a candidate already CUTOFF times slower than `best_s` stops there (a float16
     convolution gradient ~300x float32's costs one step, not a dozen). Otherwise EXECUTIONS
-    executions of `steps` steps (fewer where they would take over EXECUTION_S) give the median. The model's
+    executions of `steps` steps (fewer where they would take over EXECUTION_S) are timed, and the
+    fastest counts. The model's
     weights change: time a throwaway copy."""
     from runner import compat
     from runner.engine import Engine  # imports TensorFlow
@@ -111,8 +112,9 @@ def time_candidate(
     if best_s is not None and one_s > CUTOFF * best_s:
         return one_s, first_s, 1, 1
     n = max(1, min(steps, int(EXECUTION_S // max(one_s, 1e-6))))
-    times = sorted(execution(n) / n for _ in range(EXECUTIONS))
-    return times[len(times) // 2], first_s, n, EXECUTIONS
+    # The fastest of the executions, as timeit takes it: a slower one measured something else too
+    # (a busy moment on a shared machine, a process still warming up its thread pools).
+    return min(execution(n) / n for _ in range(EXECUTIONS)), first_s, n, EXECUTIONS
 
 
 @dataclass
@@ -399,6 +401,32 @@ def wanted(
     others = [(p, xla) for p in policies if p != "float32" for xla in sorted(options, reverse=True)]
     last = [("float32", xla) for xla in mine if ("float32", xla) != first]
     return [first, *others, *last]
+
+
+XLA_PAYBACK_S = 10.0  # a run whose steps take less than this without XLA is not timed with it
+
+
+def too_short_for_xla(timings: list[Timing], policies: list[str], steps: int) -> str | None:
+    """Why XLA is not worth timing for a run of `steps` steps, or None: the fastest of `policies`
+    without XLA would train the whole run in under XLA_PAYBACK_S, and XLA's compile alone takes
+    seconds (2-3 s for the tutorial's CNN on a 2-core CPU), so it cannot pay for itself, nor
+    would timing it."""
+    fastest = min(
+        (t for t in timings if t.policy in policies and not t.xla and t.step_ms), key=_step, default=None
+    )
+    if fastest is None or fastest.step_ms is None:
+        return None
+    seconds = fastest.step_ms / 1000 * steps
+    if seconds >= XLA_PAYBACK_S:
+        return None
+    return (
+        f"auto: no XLA: this run's {steps} steps take about {seconds:.1f} s without it, less than "
+        f"the {XLA_PAYBACK_S:g} s in which an XLA compile could pay for itself (XLA not timed)"
+    )
+
+
+def _step(timing: Timing) -> float:
+    return timing.step_ms or 0.0
 
 
 def xla_choice(timings: list[Timing], policy: str, options: list[bool], rule: str | None) -> tuple[bool, str]:

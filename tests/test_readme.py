@@ -82,7 +82,7 @@ def test_readme_shows_the_offline_first_run_and_the_test_commands():
     lines = _bash_lines(_readme())
     assert "runner run specs/quickstart.toml" in lines
     assert SUITE in lines
-    assert 'python -m pytest -m "not slow"' in lines
+    assert 'python -m pytest -m "not slow" -n 2 --dist loadfile' in lines  # the fast loop, same processes
 
 
 def test_ci_runs_the_readmes_test_command():

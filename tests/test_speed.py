@@ -85,6 +85,15 @@ def test_auto_xla_follows_the_timings(with_xla, without, used, said):
     assert why.startswith(said)
 
 
+def test_xla_is_not_timed_for_a_run_too_short_for_its_compile_to_pay_back():
+    timings = [timing("float32", False, 10.0), timing("mixed_float16", False, 50.0)]
+    assert speed.too_short_for_xla(timings, ["mixed_float16"], 1000) is None  # 50 s of steps
+    short = speed.too_short_for_xla(timings, ["mixed_float16"], 100)  # 5 s
+    assert short.startswith("auto: no XLA: this run's 100 steps take about 5.0 s without it")
+    assert speed.too_short_for_xla(timings, ["float32", "mixed_float16"], 500) is not None  # float32: 5 s
+    assert speed.too_short_for_xla([timing("mixed_float16", False, None)], ["mixed_float16"], 1) is None
+
+
 def test_a_rule_or_the_spec_decides_without_looking_at_timings():
     timings = [timing("mixed_float16", True, 1.0), timing("mixed_float16", False, 1000.0)]
     rule = "auto: no XLA, by rule: runtime.deterministic (...)"
@@ -335,6 +344,15 @@ def test_check_says_what_a_300x_slower_float16_clock_says(write_spec, tmp_path, 
     assert no_xla.speed["xla"] == {"setting": False, "used": False, "why": "training.jit_compile = false"}
     assert no_xla.speed["statement"].startswith("mixed_float16 is 300× slower than float32")
     assert no_xla.speed["statement"].endswith("(without XLA: training.jit_compile = false)")
+
+
+def test_a_short_run_is_not_timed_with_xla(write_spec, tmp_path, monkeypatch):
+    """16 steps at 30 ms: half a second of training, which no XLA compile can shorten."""
+    calls: list = []
+    fake_clock(monkeypatch, tmp_path, step_ms={**FAKE_MS, "mixed_float16": 30.0}, calls=calls)
+    outcome = _check(write_spec)
+    assert ("mixed_float16", True) not in calls and ("mixed_float16", False) in calls
+    assert outcome.speed["xla"]["used"] is False and "could pay for itself" in outcome.speed["xla"]["why"]
 
 
 def test_a_rule_decides_xla_and_the_statement_says_which(write_spec, tmp_path, monkeypatch):
