@@ -83,11 +83,14 @@ def test_tiny_mixed_float16_run_honours_the_report_contract(write_spec, tmp_path
     measured = json.loads((outcome.run_dir / "speed.json").read_text())
     assert report["speed"] == measured
     timings = [speed.Timing.from_dict(t) for t in measured["timings"]]
-    used, why = speed.xla_choice(timings, "mixed_float16", [False, True], None)
-    assert perf["xla"] == {"used": used, "why": why} == {k: measured["xla"][k] for k in ("used", "why")}
-    assert {(t.policy, t.xla) for t in timings} >= {
-        (p, x) for p in ("float32", "mixed_float16") for x in (False, True)
-    }
+    assert perf["xla"] == {k: measured["xla"][k] for k in ("used", "why")}
+    timed = {(t.policy, t.xla) for t in timings}
+    assert timed >= {("float32", False), ("mixed_float16", False)}  # the reference, the policy
+    if ("mixed_float16", True) in timed:  # a run long enough for XLA to pay back: the faster trains
+        used, why = speed.xla_choice(timings, "mixed_float16", [False, True], None)
+    else:  # 16 steps of a 16-unit MLP: too short to time XLA
+        used, why = False, speed.too_short_for_xla(timings, ["mixed_float16"], 16)
+    assert perf["xla"] == {"used": used, "why": why}
     assert report["audit"]["numerics"]["probe_compiled"] == ("xla" if used else "eager")
     assert runs.read_jsonl(outcome.run_dir / "metrics.jsonl") == epochs
     assert load_spec(outcome.run_dir / "spec.toml") == load_spec(write_spec(TINY_SPEC))
