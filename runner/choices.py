@@ -16,7 +16,7 @@ from typing import Any
 from runner import checks, loop, precision, runs, speed
 from runner.folders import AnySplits
 from runner.memory import give_back_freed
-from runner.preflight import build, compiled_as, preflight, training_scope
+from runner.preflight import build, compiled_as, preflight, training_scope, with_policy
 from runner.spec import BadInput, DistributionSpec, ExperimentSpec
 
 SPEED_FILE = "speed.json"  # the run's measured choices, written when made: a resume keeps them
@@ -118,10 +118,6 @@ def timing_steps(spec: ExperimentSpec, n_train: int) -> int:
     setting = spec.training.steps_per_execution
     most = setting if isinstance(setting, int) else speed.STEPS
     return max(1, min(most, loop.steps_per_epoch(n_train, spec.data.batch_size)))
-
-
-def with_policy(spec: ExperimentSpec, policy: str) -> ExperimentSpec:
-    return spec.model_copy(update={"precision": spec.precision.model_copy(update={"policy": policy})})
 
 
 def resolve_policy(

@@ -48,6 +48,11 @@ def compiled_as(spec: ExperimentSpec, xla: bool) -> ExperimentSpec:
     return spec.model_copy(update={"training": spec.training.model_copy(update={"jit_compile": xla})})
 
 
+def with_policy(spec: ExperimentSpec, policy: str) -> ExperimentSpec:
+    """The spec under another policy, everything else (loss scaling, output dtype) as it is."""
+    return spec.model_copy(update={"precision": spec.precision.model_copy(update={"policy": policy})})
+
+
 def build(spec: ExperimentSpec, splits: AnySplits) -> tuple[Any, Any]:
     """Model, optimizer and compile: call inside the policy scope."""
     return loop.build_for_training(spec, splits.input_shape, splits.num_classes)

@@ -470,24 +470,28 @@ def model_key(
 
 
 def spec_candidates(spec: Any, splits: Any, key: dict[str, Any], steps: int) -> Candidates:
-    """Candidates of the spec's own model on its first real batch: each built fresh under its
-    policy, aside from the run (its random state and layer names untouched). Call inside the
-    run's device scope, not a distributed strategy's (a candidate is timed on one device)."""
-    from runner import loop, precision
+    """Candidates of the spec's own model on its first real batch. Call inside the run's device
+    scope, not a distributed strategy's (a candidate is timed on one device)."""
+    batch = splits.first_batch(spec.data.batch_size)
+    build = _builder(spec, splits.input_shape, splits.num_classes, splits.first_batch(1))
+    return Candidates(build, batch, key, steps)
 
-    x, y = splits.first_batch(spec.data.batch_size)
-    one = splits.first_batch(1)
+
+def _builder(
+    spec: Any, input_shape: tuple[int, ...], classes: int, one: tuple[Any, Any]
+) -> Callable[[str], Any]:
+    """`build(policy)`: the spec's model under `policy`, compiled and ready to train on the example
+    `one`, built fresh and aside from the run (its random state and layer names untouched)."""
+    from runner import loop, precision
+    from runner.preflight import with_policy
 
     def build(policy: str) -> Any:
-        as_policy = spec.model_copy(
-            update={"precision": spec.precision.model_copy(update={"policy": policy})}
-        )
         with precision.policy_scope(policy), precision.built_aside():
-            model, _ = loop.build_for_training(as_policy, splits.input_shape, splits.num_classes)
+            model, _ = loop.build_for_training(with_policy(spec, policy), input_shape, classes)
             loop.ready_to_train(model, *one)
         return model
 
-    return Candidates(build, (x, y), key, steps)
+    return build
 
 
 # ---- runner env: this machine ---------------------------------------------------------------------
@@ -563,23 +567,13 @@ def machine_speed(
 
 
 def _time_machine(key: dict[str, Any], on_timed: Callable[[Timing], None]) -> list[Timing]:
-    from runner import loop, precision
     from runner.spec import ExperimentSpec
 
     spec = ExperimentSpec.model_validate({"name": "machine", "model": MACHINE_MODEL})
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (MACHINE_BATCH, *MACHINE_SHAPE), dtype=np.uint8)  # (16, 32, 32, 3) uint8
+    x = rng.integers(0, 256, (MACHINE_BATCH, *MACHINE_SHAPE), dtype=np.uint8)  # (64, 32, 32, 3) uint8
     y = rng.integers(0, 10, MACHINE_BATCH).astype(np.int64)
-
-    def build(policy: str) -> Any:
-        with precision.policy_scope(policy), precision.built_aside():
-            as_policy = spec.model_copy(
-                update={"precision": spec.precision.model_copy(update={"policy": policy})}
-            )
-            model, _ = loop.build_for_training(as_policy, MACHINE_SHAPE, 10)
-            loop.ready_to_train(model, x[:1], y[:1])
-        return model
-
+    build = _builder(spec, MACHINE_SHAPE, 10, (x[:1], y[:1]))
     candidates = Candidates(
         build, (x, y), key, STEPS, budget_s=MACHINE_BUDGET_S, cache=False, on_timed=on_timed
     )
