@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -346,11 +345,22 @@ def test_an_unreachable_tracking_server_costs_seconds_and_warns_once(write_spec,
     events = []
     outcome = run_experiment(spec, tmp_path / "reports", events.append)
     assert (outcome.status, outcome.exit_code) == ("completed", 0)
-    warnings = [e for e in events if isinstance(e, Note) and e.level == "warning"]
+    # other warnings may come (e.g. a policy measured slower than float32 on this CPU): MLflow's, once
+    warnings = [e for e in events if isinstance(e, Note) and e.level == "warning" and "MLflow" in e.message]
     assert len(warnings) == 1 and "runner mlflow-sync" in warnings[0].message, warnings
     saved = json.loads((outcome.run_dir / "report.json").read_text())
     assert saved["tracking"]["tracking_uri"] == "http://127.0.0.1:9" and saved["tracking"]["error"]
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # restored
-    started = time.perf_counter()  # the tracking step alone, again
+    # the tracking step alone, again: every request MLflow makes runs under runner's bounds (no retries,
+    # a 5 s timeout) — seen by MLflow's own request function, which still runs
+    import mlflow.utils.rest_utils as rest_utils
+
+    real, seen = rest_utils.http_request, []
+
+    def watched(*args, **kwargs):
+        seen.append({k: os.environ.get(k) for k in tracking.HTTP_LIMITS})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rest_utils, "http_request", watched)
     tracking.track_run(outcome.run_dir, events.append)
-    assert time.perf_counter() - started < 10
+    assert seen and all(limits == tracking.HTTP_LIMITS for limits in seen), seen
