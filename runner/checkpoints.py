@@ -202,7 +202,7 @@ def restore(
 ) -> None:
     """Assign a checkpoint's values to `model`'s variables, after checking they are the same ones.
     Every worker of a cluster calls this (the metrics' totals are sums over the replicas)."""
-    compat.build_optimizer(model.optimizer, model.trainable_variables)
+    compat.build_optimizer(model.optimizer, compat.variables_to_train(model))
     with np.load(run_dir / "checkpoints" / f"{name}.npz") as arrays:
         for group in groups:
             variables = _variables(model)[group]

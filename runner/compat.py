@@ -571,3 +571,24 @@ def export_saved_model(model: Any, path: Path) -> None:
         model.export(str(path))
     else:
         model.export(str(path), format="tf_saved_model", verbose=False)
+
+
+def frozen_bases(model: Any) -> list[Any]:
+    """The layers a spec freezes for some epochs (a pretrained application's base: models.py marks
+    it with `runner_frozen_epochs`)."""
+    return [layer for layer in model.layers if getattr(layer, "runner_frozen_epochs", 0)]
+
+
+def variables_to_train(model: Any) -> list[Any]:
+    """Every variable that trains at some epoch: the trainable ones, and those of a base frozen for
+    now (the optimizer gets their slots from the start, so a checkpoint has the same variables
+    before and after the base is unfrozen)."""
+    bases = frozen_bases(model)
+    flags = [base.trainable for base in bases]
+    for base in bases:
+        base.trainable = True
+    try:
+        return list(model.trainable_variables)
+    finally:
+        for base, flag in zip(bases, flags, strict=True):
+            base.trainable = flag

@@ -46,15 +46,20 @@ class Engine:
     """Train and evaluate `model` (compiled, built under `strategy.scope()`) on `strategy`."""
 
     def __init__(self, model: Any, strategy: Any, *, jit_compile: bool = False, workers: int = 1):
-        self.model, self.strategy, self.workers = model, strategy, workers
+        self.model, self.strategy, self.workers, self.jit_compile = model, strategy, workers, jit_compile
         self._scale_state = compat.loss_scale_state(model.optimizer)
-        step = model.train_step
-        if jit_compile:  # XLA compiles each replica's step, as Keras' `fit` does
-            step = tf.function(step, jit_compile=True, reduce_retracing=True)
-        local = compat.replica_local_state(model)
-        self._train = self._training(_averaging(step, local) if local else step)
+        self.retrace()
         self._evaluate = tf.function(self._evaluation)
         self._read = tf.function(model.get_metrics_result)
+
+    def retrace(self) -> None:
+        """A new training execution, traced at its first call: after the model's trainable variables
+        changed (a frozen base set to train), which a traced step would not see."""
+        step = self.model.train_step
+        if self.jit_compile:  # XLA compiles each replica's step, as Keras' `fit` does
+            step = tf.function(step, jit_compile=True, reduce_retracing=True)
+        local = compat.replica_local_state(self.model)
+        self._train = self._training(_averaging(step, local) if local else step)
         self._traced = False
 
     @property

@@ -72,11 +72,23 @@ def build_for_training(
     return model, optimizer
 
 
+def unfreeze(model: Any, epoch: int) -> list[str]:
+    """Set each frozen base trainable from its epoch on (`epoch` 0-based, as the segments count);
+    the names of those whose setting changed (the training step must then be traced again)."""
+    changed = []
+    for base in compat.frozen_bases(model):
+        trainable = epoch >= base.runner_frozen_epochs
+        if base.trainable != trainable:
+            base.trainable = trainable
+            changed.append(base.name)
+    return changed
+
+
 def ready_to_train(model: Any, x: Any, y: Any) -> None:
     """Create the optimizer's and the metrics' variables now, under the strategy's scope (a
     compiled step cannot create them on its replicas), and leave the metrics at zero. (x, y): one
     example, which the metrics are built on."""
-    compat.build_optimizer(model.optimizer, model.trainable_variables)
+    compat.build_optimizer(model.optimizer, compat.variables_to_train(model))
     compat.build_metrics(model, x, y)
     model.reset_metrics()
 

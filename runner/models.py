@@ -176,10 +176,7 @@ def _wrap_foreign(
     return keras.Model(images, outputs, name=name)
 
 
-def build_keras_application(
-    spec: KerasApplication, input_shape: tuple[int, ...], num_classes: int, output_dtype: str | None
-) -> Any:
-    keras = compat.keras()
+def _application(keras: Any, spec: KerasApplication) -> Any:
     constructor = getattr(keras.applications, spec.name, None)
     if not callable(constructor):
         known = sorted(n for n in dir(keras.applications) if n[0].isupper())
@@ -188,22 +185,105 @@ def build_keras_application(
         raise ModelError(
             f'model.name: expected a keras.applications model ({", ".join(known)}); got "{spec.name}"{hint}'
         )
+    return constructor
+
+
+def _weights(spec: KerasApplication) -> str | None:
+    """model.weights as the constructor takes it: None, "imagenet", or an existing file's path."""
+    if spec.weights in (None, "imagenet"):
+        return spec.weights
+    path = Path(spec.weights).expanduser()
+    if not path.is_file():
+        raise ModelError(
+            f'model.weights: expected "imagenet" or a weights file of {spec.name} (.h5, .weights.h5); '
+            f'got "{spec.weights}" ({"not a file" if path.exists() else "not found"})'
+        )
+    return str(path.resolve())
+
+
+def build_keras_application(
+    spec: KerasApplication, input_shape: tuple[int, ...], num_classes: int, output_dtype: str | None
+) -> Any:
+    keras = compat.keras()
+    constructor = _application(keras, spec)
     arguments: dict[str, Any] = dict(spec.arguments)
     activation = None
-    if output_dtype is not None:  # logits from the application, its activation in float32 by runner
+    if output_dtype is not None and spec.include_top:  # logits from it, its activation in float32 by runner
         activation = arguments.pop("classifier_activation", "softmax")
         arguments["classifier_activation"] = None
+    if spec.include_top:
+        arguments["classes"] = num_classes
+    else:
+        arguments.setdefault("pooling", "avg")
+    weights = _weights(spec)
     try:
-        inner = constructor(weights=None, input_shape=input_shape, classes=num_classes, **arguments)
+        inner = constructor(
+            weights=weights, input_shape=input_shape, include_top=spec.include_top, **arguments
+        )
     except (ValueError, TypeError) as exc:
         raise ModelError(
             f"model: keras.applications.{spec.name} cannot take this data "
             f"(input {input_shape}, {num_classes} classes): {exc}"
         ) from None
-    # Applications that scale their input themselves (EfficientNet, ConvNeXt, MobileNetV3, …) expect
-    # pixels in [0, 255]: fed [0, 1], their first normalisation squeezes the input 255-fold.
-    images, x = _inputs(input_shape, 1.0 if _scales_its_input(inner) else 1.0 / 255)
-    return _wrap_foreign(inner, images, x, output_dtype, spec.name.lower(), activation)
+    except Exception as exc:  # noqa: BLE001 - a download refused (offline), a weights file of another model
+        what = (
+            "ImageNet weights (downloaded on first use: is there a network?)"
+            if weights == "imagenet"
+            else weights
+        )
+        raise ModelError(
+            f"model.weights: cannot load {what}: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
+    if spec.weights is None:
+        # Applications that scale their input themselves (EfficientNet, ConvNeXt, MobileNetV3, …) expect
+        # pixels in [0, 255]: fed [0, 1], their first normalisation squeezes the input 255-fold.
+        images, x = _inputs(input_shape, 1.0 if _scales_its_input(inner) else 1.0 / 255)
+    else:  # pretrained: the pixels as its weights were trained on them (its own preprocess_input)
+        images, x = _pretrained_inputs(keras, constructor, input_shape)
+    if spec.include_top:
+        return _wrap_foreign(inner, images, x, output_dtype, spec.name.lower(), activation)
+    inner.trainable = spec.freeze_base_epochs == 0
+    inner.runner_frozen_epochs = spec.freeze_base_epochs  # loop.unfreeze reads it at each epoch
+    # Pretrained: batch normalisation keeps ImageNet's statistics while the base is fine-tuned.
+    features = inner(x, training=False) if spec.weights is not None else inner(x)
+    return keras.Model(images, _head(features, num_classes, output_dtype), name=spec.name.lower())
+
+
+def _pretrained_inputs(keras: Any, constructor: Any, input_shape: tuple[int, ...]) -> tuple[Any, Any]:
+    """Inputs, and the application's own preprocess_input applied to the uint8 images as one fixed
+    1×1 convolution (every mode of Keras' — "tf" to [-1, 1], "torch" mean/std, "caffe" RGB→BGR less
+    the means — is an affine map of a pixel's channels): built-in layers only, so the exported model
+    loads anywhere."""
+    images, x = _inputs(input_shape, 1.0)  # float pixels in [0, 255]
+    affine = _preprocess_map(constructor, input_shape[-1])
+    if affine is None:
+        return images, x
+    weight, bias = affine
+    preprocess = keras.layers.Conv2D(input_shape[-1], 1, trainable=False, name="preprocess")
+    x = preprocess(x)
+    preprocess.set_weights([weight.T[None, None].astype("float32"), bias.astype("float32")])
+    return images, x
+
+
+def _preprocess_map(constructor: Any, channels: int) -> tuple[Any, Any] | None:
+    """(W, b) with preprocess_input(pixel) = W @ pixel + b, probed on the unit pixels; None when the
+    application has none or it is the identity (it scales its input itself)."""
+    import numpy as np
+
+    module = importlib.import_module(constructor.__module__)
+    preprocess = getattr(module, "preprocess_input", None)
+    if preprocess is None or channels != 3:
+        return None
+    probe = np.concatenate([np.zeros((1, 3)), 255 * np.eye(3)]).astype("float32").reshape(4, 1, 1, 3)
+    out = np.asarray(preprocess(probe.copy()), dtype="float64").reshape(4, 3)
+    bias, weight = out[0], (out[1:] - out[0]).T / 255
+    pixels = np.random.default_rng(0).uniform(0, 255, (8, 1, 1, 3)).astype("float32")
+    expected = np.asarray(preprocess(pixels.copy()), dtype="float64").reshape(8, 3)
+    if not np.allclose(pixels.reshape(8, 3) @ weight.T + bias, expected, rtol=1e-4, atol=1e-3):
+        raise ModelError(f"model: {constructor.__name__}'s preprocess_input is not a per-pixel affine map")
+    if np.allclose(weight, np.eye(3)) and np.allclose(bias, 0):
+        return None
+    return weight, bias
 
 
 def _scales_its_input(model: Any) -> bool:

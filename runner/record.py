@@ -42,6 +42,7 @@ class RunState:
     distribution: dict[str, Any] = field(default_factory=dict)  # strategy, workers, replicas, batches
     weights_sha256: str | None = None  # of the final weights, once training completed
     restored_epoch: int | None = None  # early stopping's best epoch, when its weights were restored
+    fine_tuning: dict[str, Any] | None = None  # a frozen base unfrozen: which, and from which epoch
     export: dict[str, Any] | None = None  # the files a completed run exported and their round trip
     memory: MemoryPhases = field(default_factory=MemoryPhases)  # resident memory per phase
     xla: tuple[bool, str] = (False, "")  # whether the step is compiled by XLA, and why (speed.xla_choice)
@@ -93,6 +94,7 @@ def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
         "distribution": state.distribution or None,
         "learning_rate": _learning_rate(state),
         "early_stopping": _early_stopping(state),
+        "fine_tuning": state.fine_tuning,
         "divergence": _divergence(state, checkpoint),
         "resumes": state.resumes,
         "checkpoint": checkpoint,
