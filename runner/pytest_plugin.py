@@ -63,7 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def _looks_like_spec(path: Path) -> bool:
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return False
     return isinstance(document.get("name"), str) and any(t in document for t in SPEC_TABLES)
 

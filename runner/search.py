@@ -32,6 +32,7 @@ OBJECTIVES = {
     "step_time_ms": "min",
     "peak_host_memory_mb": "min",
 }
+DEFAULT_OBJECTIVE = "test_accuracy"  # a random search's, when it names none
 MAX_TRIES_PER_SAMPLE = 100  # draws per wanted sample before a search is declared too narrow
 
 
@@ -101,6 +102,8 @@ def _options(given: dict[str, Any], source: str) -> SweepOptions:
             raise SweepError(
                 f"{source}: sweep.mode: expected only with sweep.objective; got {_show(given['mode'])}"
             )
+        if method == "random":  # a search is for the best: its comparison is ranked, best first
+            return SweepOptions(method, samples, (DEFAULT_OBJECTIVE, OBJECTIVES[DEFAULT_OBJECTIVE]))
         return SweepOptions(method, samples)
     if objective not in OBJECTIVES:
         raise SweepError(
@@ -117,6 +120,13 @@ def _check_axis(key: str, value: Any, method: str, source: str) -> None:
     if isinstance(value, list):
         if not value:
             raise SweepError(f"{where}: expected a non-empty list of values; got []")
+        shown = [json.dumps(v, sort_keys=True) for v in value]
+        repeated = [v for i, v in enumerate(shown) if v in shown[:i]]
+        if method == "grid" and repeated:  # two variants of the same experiment, one run dir's results
+            raise SweepError(
+                f"{where}: expected distinct values (each is one experiment); got {repeated[0]} more than "
+                f"once in {_show(value)[:200]}"
+            )
         return
     if not _is_distribution(value):
         raise SweepError(
@@ -143,6 +153,15 @@ def _check_axis(key: str, value: Any, method: str, source: str) -> None:
 
 def _is_number(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value)
+
+
+def plan_size(options: SweepOptions, axes: dict[str, Any]) -> int:
+    """How many variants `points` gives, counted without making them (a grid: the product of its
+    lists' lengths)."""
+    if options.method == "random":
+        assert options.samples is not None  # read_sweep requires it for random
+        return options.samples
+    return math.prod(len(values) for values in axes.values())
 
 
 def points(options: SweepOptions, axes: dict[str, Any], seed: int, source: str) -> list[dict[str, Any]]:

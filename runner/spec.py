@@ -141,13 +141,43 @@ class ResNet(StrictModel):
 ArgumentValue = str | int | float | bool
 
 
+APPLICATION_OWN_ARGUMENTS = ("weights", "include_top", "input_shape", "input_tensor", "classes")
+
+
 class KerasApplication(StrictModel):
-    """A `keras.applications` constructor (MobileNetV2, ResNet50, ...), untrained (weights = None)."""
+    """A `keras.applications` constructor (MobileNetV2, ResNet50, ...): untrained, or from pretrained
+    weights with runner's head for your classes, its base frozen for some epochs, then fine-tuned."""
 
     kind: Literal["keras_application"] = "keras_application"
     name: Annotated[str, Field(pattern=APPLICATION_PATTERN)]
     # Extra keyword arguments for the constructor, e.g. {alpha = 0.35} for MobileNetV2.
     arguments: dict[str, ArgumentValue] = Field(default_factory=dict)
+    # None: untrained. "imagenet": Keras' ImageNet weights (downloaded once into ~/.keras/models, which
+    # needs a network the first time). Else the path of a weights file of this application (.h5 or
+    # .weights.h5, with or without its top as include_top says).
+    weights: Annotated[str, Field(min_length=1)] | None = None
+    # false: the application without its classifier (pooling = "avg"), and runner's head: a Dense
+    # layer for your classes (needed with ImageNet's weights unless you have its 1000 classes).
+    include_top: bool = True
+    # The application's own layers do not train (only runner's head) until this epoch (1-based;
+    # from it on they are fine-tuned); 0: they train from the start. Pretrained weights keep their
+    # batch-normalisation statistics either way (the base runs in inference mode, Keras' rule for
+    # fine-tuning). Needs include_top = false (a head of runner's to train meanwhile).
+    freeze_base_epochs: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _own_fields_not_arguments(self) -> KerasApplication:
+        taken = [key for key in APPLICATION_OWN_ARGUMENTS if key in self.arguments]
+        if taken:
+            own = {"weights": "model.weights", "include_top": "model.include_top"}.get(taken[0])
+            where = f"set {own} instead" if own else "runner sets it from the data"
+            raise ValueError(f"arguments.{taken[0]}: expected not to be given here ({where}); got it")
+        if self.freeze_base_epochs and self.include_top:
+            raise ValueError(
+                "freeze_base_epochs: expected include_top = false (runner's head trains while the "
+                f"base is frozen); got {self.freeze_base_epochs} with include_top = true"
+            )
+        return self
 
 
 class Factory(StrictModel):
@@ -624,6 +654,42 @@ class ExperimentSpec(StrictModel):
 
 
 MAX_SPEC_BYTES = 1 << 20  # a spec is a page of TOML; anything larger is the wrong file
+# Tables and arrays in a spec nest 3 or 4 levels (a sweep's list of lists, 5); past this it is the
+# wrong file, and deeper values would reach Python's recursion limit in the parser and every copy.
+MAX_NESTING = 32
+
+
+def nesting(value: Any) -> int:
+    """How deeply tables and arrays nest in a parsed TOML value (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_NESTING:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _too_deep(where: str) -> SpecError:
+    return SpecError(
+        f"{where}: tables or arrays nested more than {MAX_NESTING} levels deep; expected a spec's "
+        "tables and lists of values"
+    )
+
+
+def _parse_toml(text: str, where: str) -> dict[str, Any]:
+    """tomllib.loads, with a nesting too deep for its recursion (hundreds of `[[[`) one SpecError."""
+    try:
+        document: dict[str, Any] = tomllib.loads(text)
+    except RecursionError:
+        raise _too_deep(where) from None
+    if nesting(document) > MAX_NESTING:
+        raise _too_deep(where)
+    return document
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -636,8 +702,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         if path.stat().st_size > MAX_SPEC_BYTES:
             raise SpecError(f"{path}: {path.stat().st_size} bytes; expected a TOML spec of at most 1 MiB")
         # utf-8-sig: editors on Windows start files with a byte-order mark, which TOML does not allow.
-        document: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-        return document
+        return _parse_toml(path.read_text(encoding="utf-8-sig"), str(path))
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
@@ -699,11 +764,43 @@ def _slug(value: Any) -> str:
     )
 
 
+# Experiments from one spec file. A plan is counted before it is made: a grid of 10^6 would take
+# minutes and gigabytes only to be refused (and nobody runs a million trainings from one file).
+MAX_PLAN = 10_000
+
+
+def _read_plan(path: str | Path, overrides: Sequence[str]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """A spec file with a [sweep]: its base (overrides applied), the sweep's options and its axes."""
+    from runner import search
+
+    raw = read_toml(path)
+    base = apply_overrides({k: v for k, v in raw.items() if k != "sweep"}, overrides, str(path))
+    try:
+        options, axes = search.read_sweep(raw["sweep"], str(path))
+        _refuse_overridden_axes(axes, overrides, str(path))
+        _refuse_unknown_distributions(axes, str(path))
+    except search.SweepError as exc:
+        raise SpecError(str(exc)) from None
+    return base, options, axes
+
+
+def plan_size(path: str | Path, overrides: Sequence[str] = ()) -> int:
+    """How many experiments a spec file asks for, counted without making them (bad input: SpecError)."""
+    from runner import search
+
+    if "sweep" not in read_toml(path):
+        return 1
+    _, options, axes = _read_plan(path, overrides)
+    return search.plan_size(options, axes)
+
+
 def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> list[Variant]:
     """The experiments a spec file asks for: itself, or one per point of its [sweep] (the grid of its
-    lists, or `samples` random draws: search.py).
+    lists, or `samples` random draws: search.py); at most MAX_PLAN, counted first.
 
-    `--set` overrides apply to the base; the sweep's values are applied on top, per variant.
+    `--set` overrides apply to the base; the sweep's values are applied on top, per variant. Two
+    variants that are the same experiment are refused, and an error every variant shares (a
+    misspelled key in the base) is told once.
     """
     from runner import search
 
@@ -711,15 +808,21 @@ def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> list[Variant]:
     if "sweep" not in raw:
         spec = spec_from_dict(raw, source=str(path), overrides=overrides)
         return [Variant(spec, {}, spec.name, str(path))]
-    base = apply_overrides({k: v for k, v in raw.items() if k != "sweep"}, overrides, str(path))
+    base, options, axes = _read_plan(path, overrides)
+    size = search.plan_size(options, axes)
+    if size > MAX_PLAN:
+        raise SpecError(
+            f"{path}: sweep: {size:,} experiments planned; expected at most {MAX_PLAN:,} from one spec file "
+            '(fewer values per list, or method = "random" with fewer samples)'
+        )
     seed = base.get("seed", 0) if type(base.get("seed", 0)) is int else 0  # a bad seed fails validation below
     try:
-        options, axes = search.read_sweep(raw["sweep"], str(path))
-        _refuse_overridden_axes(axes, overrides, str(path))
         points = search.points(options, axes, seed, str(path))
     except search.SweepError as exc:
         raise SpecError(str(exc)) from None
-    variants, errors = [], []
+    variants: list[Variant] = []
+    errors: dict[str, list[str]] = {}  # an error without its variant's prefix → the variants with it
+    made: dict[str, str] = {}  # the experiment (its hash without the name) → the variant that is it
     for index, settings in enumerate(points, 1):
         data = json.loads(json.dumps(base))
         for key, value in settings.items():
@@ -731,12 +834,71 @@ def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> list[Variant]:
         where = f"{path} [sweep {', '.join(f'{k}={v}' for k, v in settings.items())}]"
         try:
             spec = spec_from_dict(data, source=where)
-            variants.append(Variant(spec, settings, str(base.get("name")), where, options.objective))
         except SpecError as exc:
-            errors.append(str(exc))
+            for line in str(exc).splitlines():
+                errors.setdefault(line.removeprefix(f"{where}: "), []).append(where)
+            continue
+        experiment = spec_hash(spec.model_copy(update={"name": ""}))
+        if experiment in made:
+            raise SpecError(
+                f"{made[experiment]} and {where.removeprefix(str(path)).strip()} are the same experiment "
+                "(only their names differ); expected distinct variants (sweep over seed to repeat one)"
+            )
+        made[experiment] = where
+        variants.append(Variant(spec, settings, str(base.get("name")), where, options.objective))
     if errors:
-        raise SpecError("\n".join(dict.fromkeys(errors)))
+        raise SpecError("\n".join(_shared_error(e, w, str(path), size) for e, w in errors.items()))
     return variants
+
+
+def _shared_error(error: str, where: list[str], path: str, size: int) -> str:
+    """One line for an error however many variants have it."""
+    if len(where) == 1:
+        return f"{where[0]}: {error}"
+    if len(where) == size:
+        return f"{path} [every sweep variant]: {error}"
+    return f"{where[0]}: {error} (and {len(where) - 1:,} other variants of {size:,})"
+
+
+def _models_of(annotation: Any) -> list[type[BaseModel]] | None:
+    """The pydantic models a field can hold ([] for a plain value; None for a free-form table)."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if annotation is dict or get_origin(annotation) in (dict, Mapping):
+        return None
+    found: list[type[BaseModel]] = []
+    for member in get_args(annotation):
+        models = _models_of(member)
+        if models is None:
+            return None
+        found += models
+    return found
+
+
+def _refuse_unknown_distributions(axes: Mapping[str, Any], source: str) -> None:
+    """`"training.learning_rate" = { gaussian = [0, 1] }`: a table that is no distribution would be read
+    as a nested field path (training.learning_rate.gaussian); said as what it is."""
+    from runner import search
+
+    for axis in axes:
+        parents = axis.split(".")[:-1]
+        models: list[type[BaseModel]] | None = [ExperimentSpec]
+        for depth, part in enumerate(parents, 1):
+            fields = [m.model_fields[part] for m in models or [] if part in m.model_fields]
+            if not fields:
+                break  # an unknown field: validation names it
+            found = [_models_of(f.annotation) for f in fields]
+            if any(m is None for m in found):
+                break  # a free-form table (e.g. a Keras application's arguments): any key goes
+            models = [m for group in found for m in group or []]
+            if not models:
+                raise SpecError(
+                    f'{source}: sweep."{".".join(parents[:depth])}": '
+                    f"{{ {axis.split('.')[depth]} = ... }} is not a distribution; expected a "
+                    f"list of values or a table {{ {' | '.join(search.DISTRIBUTIONS)} = [...] }}"
+                )
 
 
 def _refuse_overridden_axes(axes: Mapping[str, Any], overrides: Sequence[str], source: str) -> None:
@@ -758,7 +920,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not all(p.strip() for p in parts):
         raise SpecError(f"--set {text}: expected KEY.PATH=VALUE (e.g. precision.policy=float32)")
     try:
-        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        parsed = _parse_toml(f"v = {value.strip()}", f"--set {text[:80]}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()  # `--set precision.policy=float32` needs no quotes
     return [p.strip() for p in parts], parsed
