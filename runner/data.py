@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import http.client
 import io
+import math
 import os
 import pickle
 import secrets
@@ -394,10 +395,41 @@ def _check_unpacked(path: Path, limit: int, description: str) -> None:
     bytes; zipfile's own errors are the caller's to word."""
     with zipfile.ZipFile(path) as archive:
         unpacked = sum(info.file_size for info in archive.infolist())
-    if unpacked > limit:
+        if unpacked > limit:
+            raise DataError(
+                f'"{path}" unpacks to {_megabytes(unpacked)}; expected {description}, '
+                f"at most {_megabytes(limit)} unpacked"
+            )
+        for info in archive.infolist():
+            if info.filename.endswith(".npy"):
+                _check_declared(archive, info, f'"{path}": {info.filename[:-4]}', limit)
+
+
+def _check_declared(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, limit: int) -> None:
+    """An array's header declares its shape, and numpy allocates that much before reading a byte: a
+    tiny member claiming (10^6, 1000, 1000, 3) would ask for terabytes. The declared size must fit
+    both the limit and the member's own bytes."""
+    from numpy.lib import format as npy
+
+    with archive.open(info) as member:
+        try:
+            read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(
+                npy.read_magic(member)
+            )
+            if read is None:
+                return  # another format version: np.load reads it, or words its error
+            shape, _, dtype = read(member)
+        except (ValueError, EOFError, OSError, SyntaxError):
+            return  # not an array header numpy reads: np.load words the error
+        header = member.tell()
+    if dtype.hasobject:
+        return  # allow_pickle=False refuses it, with its own message
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > limit or declared > info.file_size - header:
         raise DataError(
-            f'"{path}" unpacks to {_megabytes(unpacked)}; expected {description}, '
-            f"at most {_megabytes(limit)} unpacked"
+            f"{where}: its header declares shape {tuple(shape)} of {dtype} ({_megabytes(declared)}); "
+            f"expected an array whose data is in the file ({_megabytes(info.file_size - header)} there, "
+            f"at most {_megabytes(limit)})"
         )
 
 
@@ -503,6 +535,11 @@ def read_npz(path: Path) -> tuple[tuple, tuple | None, int, tuple[str, ...]]:
     if num_classes < 2:
         raise DataError(f'"{path}": y_train: expected at least two classes; found only label 0')
     test = splits[1] if len(splits) > 1 else None
+    if test is not None and test[0].shape[1:] != splits[0][0].shape[1:]:  # the model takes one image shape
+        raise DataError(
+            f'"{path}": x_test: expected images of x_train\'s shape {splits[0][0].shape[1:]} '
+            f"(height, width, channels); got {test[0].shape[1:]}"
+        )
     if test is not None and test[1].max() >= num_classes:
         raise DataError(
             f'"{path}": y_test: expected labels in 0..{num_classes - 1}, the classes of y_train; '

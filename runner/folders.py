@@ -60,7 +60,8 @@ class FolderIndex:
     def fingerprint(self) -> str:
         """SHA-256 of the sorted relative file list with sizes: equal for two runs that saw the same files."""
         lines = sorted(f"{file}\t{size}\n" for file, size in zip(self.files, self.sizes, strict=True))
-        return hashlib.sha256("".join(lines).encode()).hexdigest()
+        # surrogateescape: a name that is not UTF-8 (b"bad\xff.png") hashes as the bytes on disk
+        return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def class_folders(root: Path, field: str) -> list[str]:
@@ -102,7 +103,14 @@ def class_files(root: Path, name: str, field: str) -> list[tuple[str, int]]:
     """(path relative to root, size) of every image under root/name, in Keras' order."""
     found: list[tuple[str, int]] = []
     others = 0
-    walk = sorted(os.walk(root / name, followlinks=False), key=lambda entry: entry[0])
+
+    def unreadable(exc: OSError) -> None:  # os.walk would skip a folder it cannot list, silently
+        raise DataError(
+            f'{field}: "{exc.filename}" cannot be listed ({exc.strerror}); '
+            "expected a readable folder of images"
+        )
+
+    walk = sorted(os.walk(root / name, onerror=unreadable, followlinks=False), key=lambda entry: entry[0])
     for folder, _, files in walk:
         for file in sorted(files):
             path = Path(folder) / file
@@ -170,7 +178,7 @@ class UndecodableFiles(DataError):
     """Files of an image folder that do not decode: every one named, with TensorFlow's reason."""
 
     def __init__(self, bad: Sequence[tuple[str, str]]) -> None:
-        named = "".join(f"\n  cannot decode {path}: {reason}" for path, reason in bad)
+        named = "".join(f"\n  cannot decode {shown(path)}: {reason}" for path, reason in bad)
         super().__init__(
             f"data: {len(bad)} file(s) cannot be decoded; expected BMP, GIF, JPEG or PNG images (fix or "
             f"remove them, or set data.skip_bad_files = true to leave them out):{named}"
@@ -211,7 +219,10 @@ class FolderSplits:
             "class_names": list(self.class_names),
             "counts": counts,
             "fingerprint": self.fingerprints,
-            "skipped_files": {"count": len(self.skipped), "first": list(self.skipped[:SKIPPED_LISTED])},
+            "skipped_files": {
+                "count": len(self.skipped),
+                "first": [shown(f) for f in self.skipped[:SKIPPED_LISTED]],
+            },
         }
 
     def train_dataset(
@@ -244,7 +255,7 @@ class FolderSplits:
         """Indices → (uint8 images, int32 labels): the files read and decoded in the pipeline's
         parallel map, so no more than a few batches are ever in memory."""
         # dtypes given: an empty split (test_fraction = 0) would otherwise be float32 and fail in ReadFile
-        paths = tf.constant(list(self.files[split]), tf.string)
+        paths = tf.constant(tf_paths(self.files[split]), tf.string)
         labels = tf.constant(self.labels[split], tf.int32)
         signature = tf.TensorSpec(self.input_shape, tf.uint8)
 
@@ -267,7 +278,11 @@ class FolderSplits:
         if type(exc).__name__ != "InvalidArgumentError":
             return None
         bad = self.first_undecodable()
-        return None if bad is None else f'data: cannot decode "{bad[0]}" ({bad[1]}); expected a whole image'
+        return (
+            None
+            if bad is None
+            else f'data: cannot decode "{shown(bad[0])}" ({bad[1]}); expected a whole image'
+        )
 
     def first_undecodable(self) -> tuple[str, str] | None:
         """The first file of any split that does not decode (a damaged image behind a valid header)."""
@@ -286,13 +301,19 @@ def undecodable_files(paths: Sequence[str], shape: tuple[int, int, int]) -> list
     from runner import compat
 
     tf = compat.tensorflow()
+    # libjpeg's own notices ("Premature end of JPEG data") are for the files this names: not the terminal's
+    with compat.native_stderr_to(os.devnull):
+        return _undecodable(tf, paths, shape)
+
+
+def _undecodable(tf: Any, paths: Sequence[str], shape: tuple[int, int, int]) -> list[tuple[str, str]]:
     decode = partial_decoder(tf, shape)
 
     def decoded(i: Any, path: Any) -> tuple[Any, Any]:
         # A value computed from the pixels: tf.data prunes a decode that only a control edge needs.
         return i, tf.reduce_max(decode(path))
 
-    files = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string)).enumerate()
+    files = tf.data.Dataset.from_tensor_slices(tf.constant(tf_paths(paths), tf.string)).enumerate()
     good = files.map(decoded, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     passed = {int(i) for i, _ in good.as_numpy_iterator()}
     bad = []
@@ -300,15 +321,30 @@ def undecodable_files(paths: Sequence[str], shape: tuple[int, int, int]) -> list
         if i in passed:
             continue
         try:
-            decode(tf.constant(path))
+            decode(tf.constant(os.fsencode(path)))
             bad.append((path, "decodes alone but not in the pipeline"))  # never seen; said, not hidden
         except tf.errors.OpError as exc:
             bad.append((path, _op_message(exc.message)))
     return bad
 
 
+def tf_paths(paths: Sequence[str]) -> list[bytes]:
+    """File names as TensorFlow's string tensors take them: the bytes on disk (a name that is not
+    UTF-8 is a str with surrogates in Python, which tf.constant refuses to encode)."""
+    return [os.fsencode(path) for path in paths]
+
+
+def shown(path: str | Path) -> str:
+    """A file name fit to print: bytes that are not UTF-8 as \\xff escapes, not lone surrogates
+    (which no terminal encodes)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _op_message(message: str) -> str:
-    """TensorFlow's error text without its function-node and op decorations."""
+    """TensorFlow's error text without its function-node and op decorations (and our own format
+    check's assertion as the words it stands for, not `Expected 'tf.Tensor(False…)' to be true`)."""
+    if UNDECODABLE in message:
+        return "not a BMP, GIF, JPEG or PNG image (by its first bytes)"
     return re.sub(r"\{\{.*?\}\}\s*", "", message).split(" [Op:")[0].strip()
 
 

@@ -6,7 +6,9 @@ matplotlib is imported inside the functions: reports need it, `runner validate` 
 from __future__ import annotations
 
 import io
+import logging
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,23 +19,35 @@ COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F
 
 @contextmanager
 def _figure(title: str, xlabel: str, ylabel: str) -> Iterator[Any]:
+    import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
-    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
-    ax = fig.add_subplot()
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(True, alpha=0.3)
-    yield ax
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
+    # Names are text, not TeX: a run or class called "a$b$" would otherwise be parsed as mathtext
+    # (and send matplotlib looking for STIX fonts, a warning per label on the terminal).
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+        ax = fig.add_subplot()
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.grid(True, alpha=0.3)
+        yield ax
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
 
 
 def to_svg(ax: Any) -> str:
     """The axes' figure as a standalone SVG document (no DOCTYPE, no metadata, no date: reproducible)."""
     buffer = io.StringIO()
-    ax.figure.savefig(
-        buffer, format="svg", metadata={"Creator": None, "Date": None, "Format": None, "Type": None}
-    )
+    fonts = logging.getLogger("matplotlib.font_manager")
+    level = fonts.level
+    fonts.setLevel(logging.ERROR)  # a glyph no installed font has: drawn as a box, not a terminal warning
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
+            ax.figure.savefig(
+                buffer, format="svg", metadata={"Creator": None, "Date": None, "Format": None, "Type": None}
+            )
+    finally:
+        fonts.setLevel(level)
     svg = re.sub(r"<!DOCTYPE[^>]*>|<metadata>.*?</metadata>", "", buffer.getvalue(), flags=re.S)
     return svg.strip()
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from runner import compat
-from runner.folders import IMAGE_EXTENSIONS, _op_message, partial_decoder
+from runner.folders import IMAGE_EXTENSIONS, _op_message, partial_decoder, shown
 from runner.spec import BadInput
+
+IMAGE_CHANNELS = (1, 3, 4)  # what decode_image makes of a file: grey, RGB, RGBA
 
 MODEL_FILE = "model.keras"
 
@@ -68,24 +71,38 @@ def load_exported(run_dir: Path) -> Any:
         ) from None
 
 
-def decode(files: list[Path], shape: tuple[int, int, int]) -> np.ndarray:
-    """(n, H, W, C) uint8, as training decoded its images; a file that does not decode is bad input."""
+MAX_SKIPPED_SHOWN = 20  # `runner predict` names this many undecodable files, and counts them all
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """`runner predict`'s answer: each decoded image's most probable classes, and the files skipped."""
+
+    found: list[dict[str, Any]]  # [{file, top: [{class, index, probability}]}]
+    skipped: list[tuple[str, str]]  # (file, why it does not decode)
+
+
+def decode(
+    files: list[Path], shape: tuple[int, int, int]
+) -> tuple[np.ndarray, list[Path], list[tuple[str, str]]]:
+    """(n, H, W, C) uint8 of the files that decode, as training decoded its images, those files, and
+    (file, reason) of each one that does not."""
     tf = compat.tensorflow()
     decoder = partial_decoder(tf, shape)
-    images = []
+    images, decoded, skipped = [], [], []
     for path in files:
         try:
-            images.append(decoder(tf.constant(str(path))).numpy())
+            images.append(decoder(tf.constant(os.fsencode(path))).numpy())
+            decoded.append(path)
         except tf.errors.OpError as exc:
-            reason = _op_message(exc.message)[:200]
-            raise BadInput(
-                f"{path}: cannot be decoded ({reason}); expected a BMP, GIF, JPEG or PNG image"
-            ) from None
-    return np.stack(images)
+            skipped.append((shown(path), _op_message(exc.message)[:200]))
+    batch = np.stack(images) if images else np.zeros((0, *shape), np.uint8)
+    return batch, decoded, skipped
 
 
-def predict_files(run_dir: Path, paths: list[Path], top: int) -> list[dict[str, Any]]:
-    """Each image's `top` classes, most probable first: [{file, top: [{class, index, probability}]}]."""
+def predict_files(run_dir: Path, paths: list[Path], top: int) -> Predictions:
+    """Each image's `top` classes, most probable first; a file that does not decode is skipped and
+    named (none decoding at all is bad input)."""
     if not (run_dir / "spec.toml").is_file():
         raise BadInput(f"{run_dir}: not a run directory (no spec.toml)")
     files = image_files(paths)
@@ -93,19 +110,30 @@ def predict_files(run_dir: Path, paths: list[Path], top: int) -> list[dict[str, 
         return _predict(run_dir, files, top)
 
 
-def _predict(run_dir: Path, files: list[Path], top: int) -> list[dict[str, Any]]:
+def _predict(run_dir: Path, files: list[Path], top: int) -> Predictions:
     model = load_exported(run_dir)
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     if len(shape) != 3:
         raise BadInput(
             f"{run_dir / MODEL_FILE}: expected a model of (height, width, channels) images; got {shape}"
         )
-    batch = decode(files, (shape[0], shape[1], shape[2]))
+    if shape[2] not in IMAGE_CHANNELS:  # e.g. an npz of 5-band arrays: no image file decodes to that
+        raise BadInput(
+            f"{run_dir / MODEL_FILE}: takes images of {shape[2]} channels; image files decode to "
+            f"{', '.join(map(str, IMAGE_CHANNELS))} channels: this model predicts from arrays, "
+            "not image files"
+        )
+    batch, decoded, skipped = decode(files, (shape[0], shape[1], shape[2]))
+    if not decoded:
+        named = "".join(f"\n  {file}: cannot be decoded ({why})" for file, why in skipped[:MAX_SKIPPED_SHOWN])
+        raise BadInput(
+            f"none of the {len(files)} file(s) can be decoded; expected BMP, GIF, JPEG or PNG images:{named}"
+        )
     probabilities = np.asarray(model.predict(batch, verbose=0), dtype=np.float64)
     names = class_names(run_dir, probabilities.shape[1])
     found = []
-    for path, row in zip(files, probabilities, strict=True):
+    for path, row in zip(decoded, probabilities, strict=True):
         best = np.argsort(-row, kind="stable")[:top]
         ranked = [{"class": names[i], "index": int(i), "probability": float(row[i])} for i in best]
-        found.append({"file": str(path), "top": ranked})
-    return found
+        found.append({"file": shown(path), "top": ranked})
+    return Predictions(found, skipped)
