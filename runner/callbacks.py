@@ -241,16 +241,25 @@ class Checkpoints(Observer):
 
 class EpochSummaries(Observer):
     """TensorBoard event files in Keras' layout (train/ and validation/: epoch_loss, epoch_accuracy,
-    epoch_learning_rate) plus precision/loss_scale for every step, all written at each epoch's end:
-    no per-step hook, so no per-step cost (Keras' own TensorBoard callback has one). One instance
-    serves every `fit` of a run (one event file per writer); `close` it at the end."""
+    epoch_learning_rate) plus precision/loss_scale for every step (a run with loss scaling only),
+    all written at each epoch's end: no per-step hook, so no per-step cost (Keras' own TensorBoard
+    callback has one). The values are scalar summaries (`simple_value`), which TensorBoard's scalar
+    dashboard and its `EventAccumulator` both read (tf.summary.scalar's tensor summaries the
+    latter does not). One instance serves every `fit` of a run (one event file per writer); `close`
+    it at the end."""
 
     def __init__(self, log: TrainingLog, log_dir: Path):
         self.tf, self.log = compat.tensorflow(), log
         writer = self.tf.summary.create_file_writer
         self._writers = {name: writer(str(log_dir / name)) for name in ("train", "validation")}
-        self._scale_writer = writer(str(log_dir / "precision"))
+        self._scale_dir = log_dir / "precision"
+        self._scale_writer: Any = None  # made with the first loss scale: a float32 run has none
         self._written = log.steps  # a resumed run wrote the steps before it
+
+    def _scalar(self, tag: str, value: float, step: int) -> None:
+        v1 = self.tf.compat.v1
+        summary = v1.Summary(value=[v1.Summary.Value(tag=tag, simple_value=float(value))])
+        self.tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
 
     def on_epoch_end(self, epoch, logs):
         train_values = {k: v for k, v in logs.items() if not k.startswith("val_")}
@@ -264,23 +273,26 @@ class EpochSummaries(Observer):
         for name, scalars in values.items():
             with self._writers[name].as_default():
                 for key, value in scalars.items():
-                    self.tf.summary.scalar(f"epoch_{key}", float(value), step=epoch)
+                    self._scalar(f"epoch_{key}", float(value), epoch)
             self._writers[name].flush()
         self._write_loss_scale()
 
     def _write_loss_scale(self):
         tracker = self.log.loss_scale
-        if tracker is None:
+        if tracker is None or tracker.steps <= self._written:
             return
+        if self._scale_writer is None:
+            self._scale_writer = self.tf.summary.create_file_writer(str(self._scale_dir))
         with self._scale_writer.as_default():
             for step in range(self._written + 1, tracker.steps + 1):
-                self.tf.summary.scalar("loss_scale", tracker.scale_at(step), step=step)
+                self._scalar("loss_scale", tracker.scale_at(step), step)
         self._scale_writer.flush()
         self._written = tracker.steps
 
     def close(self):
         for writer in (*self._writers.values(), self._scale_writer):
-            writer.close()
+            if writer is not None:
+                writer.close()
 
 
 class ProgressEvents(Observer):

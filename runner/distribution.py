@@ -12,12 +12,14 @@ bound of its own) for a bounded rendezvous of the workers.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,32 +147,78 @@ def parse_tf_config(text: str | None) -> ClusterConfig:
     return ClusterConfig(cluster, kind, index)
 
 
-def expand_hostlist(hostlist: str) -> list[str]:
-    """Slurm's compressed node list, in order: "n[1-2],m5,o[08-10]" → n1 n2 m5 o08 o09 o10."""
-    hosts: list[str] = []
-    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", hostlist):
-        match = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", part)
-        if match is None:
-            hosts.append(part)
+MAX_NODES = 65_536  # more than any Slurm step has: a longer node list is a mistake, not a cluster
+HOSTLIST_EXAMPLE = '"n[1-2],m5,o[08-10]"'
+_RANGES = re.compile(r"\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*")
+
+
+def _hostlist_error(variable: str, hostlist: str, why: str) -> ClusterError:
+    shown = hostlist if len(hostlist) <= 80 else hostlist[:77] + "..."
+    return ClusterError(
+        f'Slurm: {variable}: expected a node list like {HOSTLIST_EXAMPLE}; got "{shown}" ({why})'
+    )
+
+
+def _host_groups(part: str, fail: Callable[[str], ClusterError]) -> list[list[str]]:
+    """One host expression ("rack[1-2]-n[01-04]") as the lists of strings whose product it is."""
+    groups: list[list[str]] = []
+    for piece in re.split(r"(\[[^\[\]]*\])", part):
+        if not piece.startswith("["):
+            if "[" in piece or "]" in piece:
+                raise fail("unbalanced brackets")
+            groups.append([piece])
             continue
-        prefix, ranges, suffix = match.groups()
-        for item in ranges.split(","):
+        inside = piece[1:-1]
+        if _RANGES.fullmatch(inside) is None:
+            raise fail(f"[{inside}]: expected numbers and ranges like [1-3,7]")
+        values: list[str] = []
+        for item in inside.split(","):
             first, _, last = item.partition("-")
-            width = len(first)  # zero padding: o[08-10] → o08, o09, o10
-            hosts += [f"{prefix}{n:0{width}d}{suffix}" for n in range(int(first), int(last or first) + 1)]
-    return hosts
+            low, high = int(first), int(last or first)
+            if high < low:
+                raise fail(f"[{item}]: a range from high to low")
+            if high - low + 1 > MAX_NODES:
+                raise fail(f"more than {MAX_NODES:,} nodes")
+            values += [f"{n:0{len(first)}d}" for n in range(low, high + 1)]  # o[08-10]: o08 o09 o10
+        groups.append(values)
+    return groups
+
+
+def expand_hostlist(hostlist: str, variable: str = "SLURM_STEP_NODELIST") -> list[str]:
+    """Slurm's compressed node list, in order: "n[1-2],m5,o[08-10]" → n1 n2 m5 o08 o09 o10 (and
+    "r[1-2]-n[1-2]" → r1-n1 r1-n2 r2-n1 r2-n2). Counted before it is expanded: at most MAX_NODES;
+    anything malformed is one ClusterError."""
+
+    def fail(why: str) -> ClusterError:
+        return _hostlist_error(variable, hostlist, why)
+
+    if hostlist.count("[") != hostlist.count("]"):
+        raise fail("unbalanced brackets")
+    parts = re.findall(r"(?:[^,\[]|\[[^\]]*\])+", hostlist)
+    if not parts or ",".join(parts) != hostlist or not all(parts):
+        raise fail("an empty node name")
+    planned = [_host_groups(part, fail) for part in parts]
+    if sum(math.prod(len(g) for g in groups) for groups in planned) > MAX_NODES:
+        raise fail(f"more than {MAX_NODES:,} nodes")
+    return ["".join(names) for groups in planned for names in itertools.product(*groups)]
 
 
 def expand_tasks_per_node(text: str) -> list[int]:
-    """Slurm's tasks per node: "2(x3),1" → 2, 2, 2, 1."""
+    """Slurm's tasks per node: "2(x3),1" → 2, 2, 2, 1 (for at most MAX_NODES nodes)."""
     counts: list[int] = []
     for item in text.split(","):
         match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", item.strip())
         if match is None:
             raise ClusterError(
-                f'Slurm: SLURM_STEP_TASKS_PER_NODE: expected counts like "2(x3),1"; got "{text}"'
+                f'Slurm: SLURM_STEP_TASKS_PER_NODE: expected counts like "2(x3),1"; got "{text[:80]}"'
             )
-        counts += [int(match.group(1))] * int(match.group(2) or 1)
+        repeat = int(match.group(2) or 1)
+        if len(counts) + repeat > MAX_NODES:
+            raise ClusterError(
+                f"Slurm: SLURM_STEP_TASKS_PER_NODE: expected counts for at most {MAX_NODES:,} nodes; "
+                f'got "{text[:80]}"'
+            )
+        counts += [int(match.group(1))] * repeat
     return counts
 
 
@@ -191,7 +239,11 @@ def _slurm_cluster(environ: Mapping[str, str]) -> dict[str, Any]:
             f"Slurm: SLURM_PROCID: expected a number; got {environ['SLURM_PROCID']!r}"
         ) from None
     if len(nodes) != len(per_node):
-        raise ClusterError(f"Slurm: {len(nodes)} nodes but tasks per node for {len(per_node)}")
+        raise ClusterError(
+            f"Slurm: SLURM_STEP_NODELIST names {len(nodes)} node(s) and SLURM_STEP_TASKS_PER_NODE counts "
+            f"tasks for {len(per_node)}; expected one count per node "
+            f'(got "{environ["SLURM_STEP_NODELIST"][:80]}" and "{environ["SLURM_STEP_TASKS_PER_NODE"][:80]}")'
+        )
     layout = sorted(zip(nodes, per_node, strict=True))
     addresses = [f"{node}:{SLURM_PORT_BASE + i}" for node, count in layout for i in range(count)]
     return {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": rank}}

@@ -62,7 +62,7 @@ def launch(target: Path, workers: int, output: Path, overrides: list[str]) -> in
             _start(command, config.to_tf_config(), Path(logs), rank) for rank, config in enumerate(configs)
         ]
         code = _wait(children)
-        _report_failed_peers(children, Path(logs))
+        _report_failed_peers(children, Path(logs), code)
     return code
 
 
@@ -107,10 +107,13 @@ def _kill(children: list[subprocess.Popen[bytes]]) -> None:
             child.wait()
 
 
-def _report_failed_peers(children: list[subprocess.Popen[bytes]], logs: Path) -> None:
-    """A worker other than the chief that failed: its log's tail on stderr (the chief's is on screen)."""
+def _report_failed_peers(children: list[subprocess.Popen[bytes]], logs: Path, chief: int) -> None:
+    """A worker other than the chief that failed: its log's tail on stderr (the chief's is on screen).
+    Bad input that the chief refused too is the same message: said once, by the chief."""
     for rank, child in enumerate(children[1:], 1):
         if child.returncode in (exits.COMPLETED, exits.INTERRUPTED):
+            continue
+        if child.returncode == chief == exits.BAD_INPUT:
             continue
         tail = (logs / f"worker-{rank}.log").read_bytes()[-3000:].decode("utf-8", errors="replace")
         print(

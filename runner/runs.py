@@ -10,11 +10,12 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from runner.spec import BadInput
+from runner.spec import BadInput, read_toml
 
 
 def utc_stamp(now: dt.datetime | None = None) -> str:
@@ -103,6 +104,36 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def waiting_lock(path: Path, timeout_s: float, what: str) -> Iterator[None]:
+    """An exclusive OS lock on the file `path` for the block, waited for at most `timeout_s` (then
+    OutputError naming `what` holds it). flock dies with its process: no stale lock after a kill."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot lock ({exc.strerror})") from None
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OutputError(
+                        f"{path}: {what} for more than {timeout_s:.0f} s; try again later"
+                    ) from None
+                time.sleep(LOCK_POLL_S)  # flock has no timeout of its own: polled, bounded above
+        yield
+    finally:
+        os.close(fd)
+
+
+LOCK_POLL_S = 0.05
+
+
+@contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """A temp file in the same folder, fsynced and renamed onto `path` when the block ends well:
     readers see the old file or the new one, never half of one (a kill leaves at most a .tmp)."""
@@ -156,6 +187,23 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues an interrupted run: `runner resume`, or for a multi_worker run
+    (which resumes on all its workers at once) `runner launch --workers N` on this machine."""
+    report = read_json(run_dir / "report.json") or {}
+    distribution = report.get("distribution") or {}
+    if distribution.get("strategy") != "multi_worker":
+        try:
+            strategy = (read_toml(run_dir / "spec.toml").get("distribution") or {}).get("strategy")
+        except (BadInput, AttributeError):
+            strategy = None
+        if strategy != "multi_worker":
+            return f"runner resume {run_dir}"
+    workers = distribution.get("workers")
+    count = workers if isinstance(workers, int) and workers > 0 else "N"
+    return f"runner launch --workers {count} {run_dir}"
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

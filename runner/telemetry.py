@@ -181,6 +181,7 @@ class StopRequest:
 
     signal: str | None = None
     after_steps: int | None = None
+    started: bool = False  # training has begun: from now a stop saves a checkpoint first
 
     def due(self, steps: int) -> bool:
         """Whether training stops now, `steps` steps in: a planned stop becomes a request here."""
@@ -226,10 +227,14 @@ class Cursor:
 @contextlib.contextmanager
 def stop_on_signals(request: StopRequest) -> Iterator[None]:
     """SIGINT or SIGTERM asks training to stop after the current step (the checkpoint callback
-    saves and leaves `fit`); a second one stops at once (KeyboardInterrupt)."""
+    saves and leaves `fit`); a second one stops at once (KeyboardInterrupt). Before training has
+    started (`request.started`: the model being built, preflighted, timed) there is nothing to save:
+    the first one stops at once, whatever is being built (a scheduler's SIGKILL follows within
+    ~30 s)."""
 
     def handler(signum: int, frame: Any) -> None:
-        if request.signal is not None:
+        if request.signal is not None or not request.started:
+            request.signal = request.signal or signal.Signals(signum).name
             raise KeyboardInterrupt
         request.signal = signal.Signals(signum).name
 

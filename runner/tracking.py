@@ -49,6 +49,11 @@ MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "diverged": "FAILE
 # MLflow's HTTP client retries with backoff for minutes by default: an unreachable server must cost
 # seconds. Set for the call only (the user's own values win); measured in docs/tracking.md.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+# A database store (SQLite, PostgreSQL…) MLflow retries 10 times over ~100 s when it cannot open it
+# (an unwritable folder, a server down): 3 tries, 0.4 s of waiting, are enough for a locked SQLite.
+SQL_TRIES = 3
+LOG_LOCK = ".tracking.lock"  # in a run (or sweep) directory while it is being logged
+LOG_LOCK_WAIT_S = 300.0  # one run's logging takes seconds; a store that hangs is bounded by the above
 PARAM_VALUE_LIMIT = 6000  # MLflow's MAX_PARAM_VAL_LENGTH: a longer value is refused
 SWEEP_DIR_NAME = re.compile(r"^(?P<group>.+)-\d{8}T\d{6}Z-[0-9a-f]{8}(?:-\d+)?$")  # runs.create_run_dir's
 EPOCH_SERIES_SKIPPED = {"epoch", "loss_scale"}  # loss_scale: its per-step series says more
@@ -249,14 +254,19 @@ def mlflow_call() -> Iterator[None]:
     kept off the terminal; both restored after."""
     import logging
 
+    from mlflow.store.db import utils as db_utils
+
     loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
     levels = [logger.level for logger in loggers]
+    tries = db_utils.MAX_RETRY_COUNT
     for logger in loggers:
         logger.setLevel(logging.WARNING)
+    db_utils.MAX_RETRY_COUNT = min(tries, SQL_TRIES)  # read by each engine creation: bounded here
     try:
         with bounded_http():
             yield
     finally:
+        db_utils.MAX_RETRY_COUNT = tries
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
@@ -298,7 +308,15 @@ def target_for(
 
 def log_run(run_dir: Path, target: Target) -> Logged:
     """Log a finished run from its files, once: again only if its report changed since (a resume),
-    and then in place of the earlier MLflow run, never beside it."""
+    and then in place of the earlier MLflow run, never beside it. Two processes logging the same
+    run at once (two `runner mlflow-sync`) take turns: the second finds it logged."""
+    with runs.waiting_lock(
+        run_dir / LOG_LOCK, LOG_LOCK_WAIT_S, "another process is logging this run to MLflow"
+    ):
+        return _log_run(run_dir, target)
+
+
+def _log_run(run_dir: Path, target: Target) -> Logged:
     from runner.compare import load_report
 
     report = load_report(run_dir)
@@ -433,7 +451,14 @@ def open_sweep(spec: Any, sweep_dir: Path, emit: EventSink) -> None:
 
 def _open_parent(sweep_dir: Path, uri: str, experiment: str, running: bool = True) -> dict[str, Any]:
     """The sweep's parent run: the one tracking.json names (a resumed sweep: running again), else a
-    new one."""
+    new one (made once however many processes ask at the same time)."""
+    with runs.waiting_lock(
+        sweep_dir / LOG_LOCK, LOG_LOCK_WAIT_S, "another process is logging this sweep to MLflow"
+    ):
+        return _opened_parent(sweep_dir, uri, experiment, running)
+
+
+def _opened_parent(sweep_dir: Path, uri: str, experiment: str, running: bool) -> dict[str, Any]:
     record = read_marker(sweep_dir).get(uri, {})
     client = _client(uri)
     if record.get("run_id"):
