@@ -242,7 +242,10 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy on runner/ (spec and checks fully typed)."""
     # The typed dependencies only: TensorFlow and Keras are untyped, and take a minute to install.
-    session.install("mypy", "pydantic>=2.6", "typer", "rich", "numpy", "tomli-w")
+    # pytest and hypothesis: runner's pytest plugin and runner.testing import them (typed).
+    session.install(
+        "mypy", "pydantic>=2.6", "typer", "rich", "numpy", "tomli-w", "pytest>=8", "hypothesis>=6.100"
+    )
     _gate(session, ("mypy", "runner"))
 
 

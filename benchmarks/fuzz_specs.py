@@ -1,5 +1,8 @@
 """Fuzz the spec loader: random bytes, random TOML documents, and valid specs with random values in
-random fields. Every input must end as a valid plan or one SpecError; anything else is counted.
+random fields; tables and arrays nested thousands deep (in the file or a --set); sweeps of up to
+10^12 variants; and the data readers: npz files whose headers declare random (and huge) shapes, and
+image folders with file names that are not UTF-8. Every input must end as a valid plan (or data) or
+one SpecError (DataError); anything else is counted.
 
     python benchmarks/fuzz_specs.py [--count 10000] [--seed 0]
 
@@ -158,6 +161,92 @@ def random_input(rng: random.Random) -> tuple[str, bytes, list[str]]:
     return family, (BOM + text if rng.random() < 0.1 else text), overrides
 
 
+FAMILIES = ("bytes", "toml", "valid", "overrides", "nesting", "huge_sweep", "npz", "folder")
+
+
+def nested_input(rng: random.Random) -> tuple[bytes, list[str]]:
+    """Arrays or inline tables nested 1 to 5000 deep, in the file or in a --set."""
+    depth = rng.choice([rng.randint(1, 40), rng.randint(40, 400), rng.randint(400, 5000)])
+    arrays = rng.random() < 0.5
+    value = "[" * depth + "1" + "]" * depth if arrays else "{ a = " * depth + "1" + " }" * depth
+    base = tomli_w.dumps(VALID)
+    if rng.random() < 0.5:
+        return (base + f"\nextra = {value}\n").encode(), []
+    return base.encode(), [f"model.{rng.choice(['filters', 'arguments', 'depth'])}={value}"]
+
+
+def huge_sweep_input(rng: random.Random) -> bytes:
+    """A grid of up to 12 axes of up to 10 values (up to 10^12 variants), or random search asking for
+    up to 10^12 samples: counted and refused before any variant is made, or a small valid plan."""
+    doc = {k: (dict(v) if isinstance(v, dict) else v) for k, v in VALID.items()}
+    if rng.random() < 0.5:
+        doc["sweep"] = {"method": "random", "samples": rng.choice([2, 10**4 + 1, 10**6, 10**12])}
+        doc["sweep"]["seed"] = {"int_uniform": [0, 10**9]}
+    else:
+        axes = rng.randint(1, 12)
+        doc["sweep"] = {f"runtime.a{i}": list(range(rng.randint(1, 10))) or [0] for i in range(axes)}
+        if rng.random() < 0.3:  # small and valid: two seeds
+            doc["sweep"] = {"seed": [0, 1]}
+    return tomli_w.dumps(doc).encode()
+
+
+def npz_file(rng: random.Random, path: Path) -> None:
+    """An npz whose x_train header declares a random shape (sometimes huge) of a random dtype, with
+    as many bytes as it says, fewer, or none."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from numpy.lib import format as npy
+
+    shape = tuple(rng.choice([0, 1, 2, 8, 32, 10**3, 10**6, 2**40]) for _ in range(rng.randint(0, 5)))
+    dtype = np.dtype(rng.choice(["u1", "f4", "f8", "i8", "<U3", "b1"]))
+    header = io.BytesIO()
+    npy.write_array_header_1_0(
+        header, {"descr": npy.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    )
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize if shape else dtype.itemsize
+    body = bytes(rng.randrange(256) for _ in range(min(declared, 4096))) if declared <= 4096 else bytes(64)
+    labels = io.BytesIO()
+    np.save(labels, np.array([rng.randrange(3) for _ in range(rng.choice([0, 2, 8]))], np.int64))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x_train.npy", header.getvalue() + body[: rng.choice([len(body), len(body) // 2])])
+        archive.writestr("y_train.npy", labels.getvalue())
+
+
+def image_folder(rng: random.Random, root: Path) -> None:
+    """Two class folders whose file names are random bytes (often not UTF-8), some of them images."""
+    import os
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)
+    for label in (b"a", b"b\xff" if rng.random() < 0.5 else b"b"):
+        folder = os.path.join(os.fsencode(root), label)
+        os.makedirs(folder)
+        for _ in range(rng.randint(0, 3)):
+            name = bytes(rng.choice([*range(32, 47), *range(48, 127), 0xFF, 0xFE, 0xC3]) for _ in range(6))
+            with open(os.path.join(folder, name + rng.choice([b".png", b".jpg", b".txt"])), "wb") as f:
+                f.write(b"\x89PNG\r\n\x1a\n" if rng.random() < 0.5 else b"")
+
+
+def check_data(family: str, rng: random.Random, folder: Path) -> str:
+    """'valid', 'data_error', or raises what the reader let escape."""
+    from runner import data, folders
+
+    try:
+        if family == "npz":
+            npz_file(rng, folder / "x.npz")
+            data.read_npz(folder / "x.npz")
+        else:
+            image_folder(rng, folder / "photos")
+            folders.scan_folder(folder / "photos", "data.path").fingerprint()
+    except data.DataError as exc:
+        if not str(exc).strip():
+            raise AssertionError("empty DataError message") from None
+        return "data_error"
+    return "valid"
+
+
 def check(data: bytes, folder: Path, overrides: list[str] | None = None) -> str:
     """'valid', 'spec_error', or raises what the loader let escape."""
     path = folder / "spec.toml"
@@ -181,20 +270,31 @@ def main() -> int:
     unexpected: list[str] = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.count):
-            family, data, overrides = random_input(rng)
+        for i in range(args.count):
+            kind = FAMILIES[4 + (i // 2) % 4] if i % 2 else None  # half the inputs from the newer families
+            data, overrides = b"", []
             try:
+                if kind in ("npz", "folder"):
+                    family = kind
+                    outcomes[family, check_data(kind, rng, Path(tmp))] += 1
+                    continue
+                if kind == "nesting":
+                    family, (data, overrides) = kind, nested_input(rng)
+                elif kind == "huge_sweep":
+                    family, data = kind, huge_sweep_input(rng)
+                else:
+                    family, data, overrides = random_input(rng)
                 outcomes[family, check(data, Path(tmp), overrides)] += 1
             except Exception:  # noqa: BLE001 - counting them is the point
                 outcomes[family, "UNEXPECTED"] += 1
-                unexpected.append(f"{data[:200]!r} --set {overrides}\n{traceback.format_exc()}")
+                unexpected.append(
+                    f"{family}: {data[:200]!r} --set {str(overrides)[:200]}\n{traceback.format_exc()}"
+                )
     elapsed = time.perf_counter() - start
-    print(f"{'family':<8} {'valid':>8} {'spec_error':>11} {'unexpected':>11}")
-    for family in ("bytes", "toml", "valid", "overrides"):
-        print(
-            f"{family:<8} {outcomes[family, 'valid']:>8} {outcomes[family, 'spec_error']:>11} "
-            f"{outcomes[family, 'UNEXPECTED']:>11}"
-        )
+    print(f"{'family':<10} {'valid':>8} {'error':>8} {'unexpected':>11}")
+    for family in FAMILIES:
+        errors = outcomes[family, "spec_error"] + outcomes[family, "data_error"]
+        print(f"{family:<10} {outcomes[family, 'valid']:>8} {errors:>8} {outcomes[family, 'UNEXPECTED']:>11}")
     print(f"{args.count} inputs in {elapsed:.1f} s")
     for sample in unexpected[:3]:
         print("---", sample, sep="\n", file=sys.stderr)

@@ -7,8 +7,10 @@ TensorFlow is imported only inside the commands that train or inspect devices (`
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from rich.markup import escape
 from rich.syntax import Syntax
 
 from runner import exits
+from runner.runs import resume_command
 from runner.spec import (
     BadInput,
     ExperimentSpec,
@@ -29,6 +32,7 @@ from runner.spec import (
     json_schema,
     load_plan,
     load_spec,
+    plan_size,
     spec_hash,
     spec_to_toml,
 )
@@ -47,6 +51,7 @@ app = typer.Typer(
 )
 
 CONFIRM_ABOVE = 32  # experiments in one plan: a sweep of this many runs for hours on a CPU
+SHOWN_VARIANTS = CONFIRM_ABOVE  # `runner validate` prints this many resolved specs in full
 
 SpecPaths = Annotated[list[Path], typer.Argument(help="Experiment spec file(s) (TOML).", show_default=False)]
 Overrides = Annotated[
@@ -93,6 +98,20 @@ def _is_fd_2(stream: Any) -> bool:
         return False
 
 
+def _interruptible(command: Callable[..., None]) -> Callable[..., None]:
+    """Ctrl-C or SIGTERM (main() makes it one) outside a run's own handling: exit 130 with one line,
+    not click's "Aborted!" and exit 1 (a run itself reports and exits 130 on its own)."""
+
+    @functools.wraps(command)
+    def interruptible(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise _fail("interrupted", exits.INTERRUPTED) from None
+
+    return interruptible
+
+
 def _fail(message: str, code: int = exits.BAD_INPUT) -> typer.Exit:
     # Escaped: messages quote "[sweep …]" and "[checks]", which rich would take for markup and drop.
     _stderr().print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
@@ -134,6 +153,7 @@ Parallel = Annotated[
 
 
 @app.command()
+@_interruptible
 def validate(
     paths: SpecPaths,
     overrides: Overrides = None,
@@ -148,11 +168,13 @@ def validate(
     unless --data: then each spec's data is read, and every file that does not decode is named)."""
     out = _stdout()
     variants = _load_plans(paths, overrides)
-    for variant in variants:
+    for variant in variants[:SHOWN_VARIANTS]:
         spec = variant.spec
         settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in variant.settings.items())
         out.rule(f"{spec.name} · hash {spec_hash(spec)}" + (f" · {settings}" if settings else ""))
         out.print(Syntax(spec_to_toml(spec), "toml", theme="ansi_dark", background_color="default"))
+    if len(variants) > SHOWN_VARIANTS:
+        out.rule(f"… and {len(variants) - SHOWN_VARIANTS:,} more experiments, each validated (not shown)")
     swept = sum(1 for v in variants if v.settings)
     planned = f" ({swept} sweep variant(s))" if swept else ""
     out.print(f"[green]✓[/] {len(paths)} spec file(s) valid: {len(variants)} experiment(s) planned{planned}")
@@ -214,15 +236,17 @@ def run(
     """
     from runner.sweeps import run_plan
 
-    variants = _load_plans(paths, [*(overrides or []), *(["tracking.mlflow=true"] if mlflow else [])])
+    settings = [*(overrides or []), *(["tracking.mlflow=true"] if mlflow else [])]
+    size = sum(_collect(paths, lambda path: [plan_size(path, settings)]))  # counted before made
+    if size > CONFIRM_ABOVE and not yes:
+        raise _fail(
+            f"{size:,} experiments planned (more than {CONFIRM_ABOVE}): check the [sweep] lists, "
+            "then run them with --yes"
+        )
+    variants = _load_plans(paths, settings)
     if len(variants) > 1:
         how = f"{parallel} at a time" if parallel > 1 else "one after another"
         _stderr().print(f"{len(variants)} experiments planned, run {how}")
-    if len(variants) > CONFIRM_ABOVE and not yes:
-        raise _fail(
-            f"{len(variants)} experiments planned (more than {CONFIRM_ABOVE}): check the [sweep] lists, "
-            "then run them with --yes"
-        )
     try:
         with _terminal_events() as events:
             plan = run_plan(variants, output, events, fail_fast=fail_fast, parallel=parallel)
@@ -241,7 +265,9 @@ def _print_plan(plan: Any) -> None:
     for outcome in plan.outcomes:
         out.print(render_run(outcome.report))
         if outcome.status == "interrupted":
-            _stderr().print(f"resume with: [bold]runner resume {outcome.run_dir}[/]", soft_wrap=True)
+            _stderr().print(
+                f"resume with: [bold]{escape(resume_command(outcome.run_dir))}[/]", soft_wrap=True
+            )
     if plan.comparison is not None:
         out.print(comparison_table(plan.comparison))
         out.print(f"[dim]sweep directory[/] {plan.group_dir}", soft_wrap=True)
@@ -251,6 +277,7 @@ def _print_plan(plan: Any) -> None:
 
 
 @app.command()
+@_interruptible
 def resume(
     run_dir: Annotated[
         Path,
@@ -282,6 +309,12 @@ def resume(
         _print_plan(plan)
     if not (run_dir / "spec.toml").is_file():
         raise _fail(f"{run_dir}: not a run directory (no spec.toml) nor a sweep directory (no {SWEEP_FILE})")
+    command = resume_command(run_dir)
+    if command.startswith("runner launch") and not os.environ.get("TF_CONFIG"):
+        raise _fail(
+            f"{run_dir}: a multi_worker run resumes on all its workers at once: `{command}` on this machine, "
+            "or your cluster manager's job with TF_CONFIG set for each worker"
+        )
     try:
         with _terminal_events() as events:
             outcome = resume_experiment(run_dir, events, mlflow)
@@ -291,7 +324,7 @@ def resume(
         raise _fail(str(exc)) from None
     _stdout().print(render_run(outcome.report))
     if outcome.status == "interrupted":
-        _stderr().print(f"resume with: [bold]runner resume {outcome.run_dir}[/]", soft_wrap=True)
+        _stderr().print(f"resume with: [bold]{escape(resume_command(outcome.run_dir))}[/]", soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -412,6 +445,7 @@ def mlflow_sync(
 
 
 @app.command()
+@_interruptible
 def check(
     path: Annotated[Path, typer.Argument(help="Experiment spec file (TOML).", show_default=False)],
     overrides: Overrides = None,
@@ -442,6 +476,7 @@ EXPORT_FORMATS = ("keras", "saved_model")  # spec.ExportFormat's values (tests h
 
 
 @app.command()
+@_interruptible
 def export(
     run_dir: Annotated[
         Path, typer.Argument(help="A finished or interrupted run directory.", show_default=False)
@@ -456,17 +491,22 @@ def export(
         ),
     ] = None,
     checkpoint: Annotated[
-        str, typer.Option(help="latest, or best (early stopping's best epoch).")
-    ] = "latest",
+        str | None,
+        typer.Option(
+            help="latest, or best (early stopping's best epoch); default: the weights the run reported.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Export a run's model (model.keras, saved_model/) from a checkpoint, reloaded and checked in a
-    fresh process. Exit codes: 0 exported and checked · 1 the round trip failed · 2 bad input."""
+    fresh process; beside what the run already holds (exports/<checkpoint>/), never over it.
+    Exit codes: 0 exported and checked · 1 the round trip failed · 2 bad input."""
     from runner.session import export_experiment
 
     for given in formats or []:
         if given not in EXPORT_FORMATS:
             raise _fail(f'--format: expected one of {", ".join(EXPORT_FORMATS)}; got "{given}"')
-    if checkpoint not in {"latest", "best"}:
+    if checkpoint not in {None, "latest", "best"}:
         raise _fail(f'--checkpoint: expected latest or best; got "{checkpoint}"')
     if not (run_dir / "spec.toml").is_file():
         raise _fail(f"{run_dir}: not a run directory (no spec.toml)")
@@ -478,11 +518,12 @@ def export(
         raise _fail(str(exc)) from None
     from runner.views import render_export
 
-    _stdout().print(render_export(run_dir, outcome.finding.as_dict(), outcome.record))
+    _stdout().print(render_export(outcome.written_to, outcome.finding.as_dict(), outcome.record))
     raise typer.Exit(outcome.exit_code)
 
 
 @app.command()
+@_interruptible
 def predict(
     run_dir: Annotated[
         Path, typer.Argument(help="A run directory with an exported model.keras.", show_default=False)
@@ -492,23 +533,44 @@ def predict(
     ],
     top: Annotated[int, typer.Option(help="Classes shown per image, most probable first.", min=1)] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Exit 2 when any file cannot be decoded (the rest still predicted)."),
+    ] = False,
 ) -> None:
-    """Class names and probabilities for images, from the run's exported model and its preprocessing."""
-    from runner.predict import predict_files
+    """Class names and probabilities for images, from the run's exported model and its preprocessing.
+
+    A file that cannot be decoded is skipped and named on stderr; the others are predicted. Exit codes:
+    0 predicted · 2 bad input (no file decodes; with --strict, any file that does not)."""
+    from runner.predict import MAX_SKIPPED_SHOWN, predict_files
 
     try:
-        found = predict_files(run_dir, images, top)
+        predictions = predict_files(run_dir, images, top)
     except BadInput as exc:
         raise _fail(str(exc)) from None
     if as_json:
-        typer.echo(json.dumps(found, indent=2))
-        return
-    from runner.views import predictions_table
+        typer.echo(json.dumps(predictions.found, indent=2))
+    else:
+        from runner.views import predictions_table
 
-    _stdout().print(predictions_table(found))
+        _stdout().print(predictions_table(predictions.found))
+    skipped = predictions.skipped
+    if skipped:
+        named = "".join(f"\n  {file}: {why}" for file, why in skipped[:MAX_SKIPPED_SHOWN])
+        more = (
+            f"\n  … and {len(skipped) - MAX_SKIPPED_SHOWN:,} more" if len(skipped) > MAX_SKIPPED_SHOWN else ""
+        )
+        message = (
+            f"{len(skipped):,} of {len(skipped) + len(predictions.found):,} file(s) skipped: they cannot be "
+            f"decoded as BMP, GIF, JPEG or PNG images:{named}{more}"
+        )
+        if strict:
+            raise _fail(message)
+        _stderr().print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 @app.command()
+@_interruptible
 def env(
     refresh: Annotated[
         bool, typer.Option("--refresh", help="Measure again, forgetting every cached measurement.")
@@ -537,4 +599,12 @@ def env(
 
 
 def main() -> None:
+    # A file name that is not UTF-8 reaches messages as lone surrogates, which a strict UTF-8 stream
+    # cannot write: printed as escapes, never a UnicodeEncodeError in place of the message.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    # SIGTERM (a scheduler's stop, `kill`) as Ctrl-C: a run checkpoints and reports; before training,
+    # or any other command, stops at once with exit 130 instead of dying without a word.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     app()

@@ -141,6 +141,7 @@ def _train(state: RunState, engine: Any, splits: AnySplits, emit: EventSink) -> 
 
     try:
         for segment in loop.segments(start, spec.training.epochs, steps):
+            _fine_tune(state, engine, segment.first, emit)
             epochs = range(segment.first, segment.stop)
             train_ds = splits.train_dataset(
                 batch, spec.data.shuffle_seed, epochs, segment.skip, spec.data.augmentation
@@ -165,6 +166,17 @@ def _train(state: RunState, engine: Any, splits: AnySplits, emit: EventSink) -> 
         state.test_metrics = _test_metrics(engine, splits, batch)
     state.status = "completed"
     state.findings.append(_replicas_in_sync(engine, state))
+
+
+def _fine_tune(state: RunState, engine: Any, epoch: int, emit: EventSink) -> None:
+    """A base frozen for its first epochs (model.freeze_base_epochs) trains from this one on: the
+    step is traced again (it would not see the new variables), and the report says where."""
+    changed = loop.unfreeze(engine.model, epoch)
+    if not changed:
+        return
+    engine.retrace()  # only ever unfrozen: a base is frozen when built, and trains from its epoch on
+    state.fine_tuning = {"base": changed[0], "unfrozen_at_epoch": epoch + 1}
+    emit(Note(f"epoch {epoch + 1}: {changed[0]} unfrozen, fine-tuned from now on (model.freeze_base_epochs)"))
 
 
 def _test_metrics(engine: Any, splits: AnySplits, batch: int) -> dict[str, float | None]:
@@ -267,6 +279,7 @@ def _train_checked(state: RunState, splits: AnySplits, emit: EventSink, strategy
 
         strategy = compat.tensorflow().distribute.get_strategy()
         engine = Engine(model, strategy, jit_compile=state.xla[0], workers=state.role.workers)
+        state.stop.started = True  # a signal from now on checkpoints first
         try:
             _train(state, engine, splits, emit)
         finally:
@@ -592,8 +605,9 @@ def _attempt(state: RunState, setup: Setup, emit: EventSink) -> BadInput | None:
         state.status, state.error = "interrupted", f"interrupted by {exc}"
     except KeyboardInterrupt:
         state.status, state.error = (
-            "interrupted",
-            "interrupted at once (second signal): the last checkpoint stands",
+            ("interrupted", "interrupted at once (second signal): the last checkpoint stands")
+            if state.stop.started
+            else ("interrupted", f"interrupted by {state.stop.signal or 'a signal'} before training started")
         )
     except BadInput as exc:  # a model the spec names but that cannot be built
         state.status, state.error = "failed", str(exc)
@@ -721,6 +735,7 @@ class ExportOutcome:
     exit_code: int
     finding: checks.Finding
     record: dict[str, Any]
+    written_to: Path  # the run directory, or exports/<checkpoint>/ beside what it already holds
 
 
 def _checkpoint_to_export(run_dir: Path, which: str) -> tuple[str, dict[str, Any]]:
@@ -744,9 +759,41 @@ def _checkpoint_to_export(run_dir: Path, which: str) -> tuple[str, dict[str, Any
     return latest
 
 
-def export_experiment(run_dir: Path, formats: list[str] | None, which: str = "latest") -> ExportOutcome:
+def reported_weights(run_dir: Path) -> str:
+    """The checkpoint a finished run's report describes: early stopping's best epoch when the run
+    restored it, else the latest (an interrupted run has no report: its latest checkpoint)."""
+    try:
+        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+        restored = (report.get("early_stopping") or {}).get("restored_epoch")
+    except (OSError, ValueError, AttributeError):
+        return "latest"
+    return "best" if restored is not None else "latest"
+
+
+def export_target(run_dir: Path, checkpoint: str) -> Path:
+    """Where `runner export` writes: the run directory while it holds no export yet; beside what it
+    holds otherwise (`exports/<checkpoint>/`, `-2`, `-3`… when taken): a run's artifacts are never
+    overwritten."""
+    from runner import export
+
+    taken = [
+        export.EXPORT_DIR,
+        *(export.artifact_path(f, c) for f in ("keras", "saved_model") for c in (False, True)),
+    ]
+    if not any((run_dir / path).exists() for path in taken):
+        return run_dir
+    base = run_dir / "exports" / checkpoint
+    target, n = base, 1
+    while target.exists():
+        n += 1
+        target = base.with_name(f"{checkpoint}-{n}")
+    return target
+
+
+def export_experiment(run_dir: Path, formats: list[str] | None, which: str | None = None) -> ExportOutcome:
     """`runner export`: rebuild the run's model from its spec.toml, restore a checkpoint's model
-    variables, export it and check the round trip; for any finished or interrupted run."""
+    variables (by default the weights the run reported), export it and check the round trip; for any
+    finished or interrupted run, never over what the run (or an earlier export) wrote."""
     from runner import export
 
     spec, _ = choices.kept_policy(run_dir, load_spec(run_dir / "spec.toml"))
@@ -755,7 +802,9 @@ def export_experiment(run_dir: Path, formats: list[str] | None, which: str = "la
     spec = spec.model_copy(update={"distribution": DistributionSpec()})  # one device: a model to save
     chosen = formats or list(spec.export.formats) or ["keras"]
     with runs.run_lock(run_dir):
-        name, meta = _checkpoint_to_export(run_dir, which)
+        name, meta = _checkpoint_to_export(run_dir, which or reported_weights(run_dir))
+        target = export_target(run_dir, name)
+        target.mkdir(parents=True, exist_ok=True)
         setup = _prepare(spec, Role())
         with compat.native_stderr_to(run_dir / "tensorflow.log"):
             with training_scope(spec):
@@ -765,6 +814,6 @@ def export_experiment(run_dir: Path, formats: list[str] | None, which: str = "la
                 except checkpoints.CheckpointError as exc:
                     raise BadInput(f"{run_dir}: {exc}") from None
             batch = export.fixed_batch(setup.splits)
-            finding, record = export.export_model(run_dir, model, spec, batch, chosen, checkpoint=name)
+            finding, record = export.export_model(target, model, spec, batch, chosen, checkpoint=name)
     code = exits.CHECK_FAILED if checks.is_blocking(finding) else exits.COMPLETED
-    return ExportOutcome(code, finding, record)
+    return ExportOutcome(code, finding, record, target)

@@ -139,3 +139,14 @@ def unnamed(input_shape, num_classes):
     x = keras.layers.Dense(8, activation="relu")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
     return keras.Model(inputs, outputs)
+
+
+def slow_to_build(input_shape, num_classes, marker):
+    """A model that takes an hour to build (a huge download, a slow file system): it says it has
+    started by writing `marker`, then waits."""
+    import time
+    from pathlib import Path
+
+    Path(marker).write_text("building")
+    time.sleep(3600)
+    raise AssertionError("never built")

@@ -359,7 +359,16 @@ def test_validate_lists_the_planned_variants():
 
 @pytest.mark.slow
 def test_run_compare_toml_leaves_a_sweep_directory_with_a_comparison(tmp_path):
-    result = cli.invoke(app, ["run", str(ROOT / "specs/compare.toml"), "--output", str(tmp_path)])
+    # The shipped sweep as written, on a quarter of its images for two of its epochs (the full-size
+    # run's accuracy is the quickstart test's; this one is about the sweep and its comparison).
+    smaller = [
+        "data.train_size=2000",
+        "data.test_size=500",
+        "training.epochs=2",
+        "checks.min_test_accuracy=0.5",
+    ]
+    command = ["run", str(ROOT / "specs/compare.toml"), "--output", str(tmp_path)]
+    result = cli.invoke(app, [*command, *(f"--set={s}" for s in smaller)])
     assert result.exit_code == 0, result.output
     (sweep,) = tmp_path.iterdir()
     runs = [p for p in sweep.iterdir() if (p / "report.json").exists()]
@@ -368,7 +377,7 @@ def test_run_compare_toml_leaves_a_sweep_directory_with_a_comparison(tmp_path):
     rows = {r["settings"]["precision.policy"]: r for r in comparison["rows"]}
     assert set(rows) == {"float32", "mixed_float16", "mixed_bfloat16"}
     for row in rows.values():
-        assert row["images_per_second"] > 0 and row["test_accuracy"] >= 0.85
+        assert row["images_per_second"] > 0 and row["test_accuracy"] >= 0.5
         assert row["speed_ratio"] is not None and row["accuracy_delta"] is not None
     assert rows["float32"]["speed_ratio"] == 1.0
     assert (sweep / "comparison.md").exists() and (sweep / "comparison.html").exists()

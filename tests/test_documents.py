@@ -109,15 +109,12 @@ def test_runs_sharing_a_name_each_get_a_bar_and_a_curve_under_their_label():
 
 
 def _scalars(folder: Path) -> dict[str, list[float]]:
-    from runner import compat
+    """The scalars as TensorBoard's own reader (EventAccumulator) finds them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tf = compat.tensorflow()
-    found: dict[str, list[float]] = {}
-    for path in folder.glob("events.out.tfevents.*"):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                found.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
-    return found
+    board = EventAccumulator(str(folder))
+    board.Reload()
+    return {tag: [e.value for e in board.Scalars(tag)] for tag in board.Tags()["scalars"]}
 
 
 @pytest.mark.slow
@@ -131,3 +128,7 @@ def test_tensorboard_event_files_hold_the_scalars(sweep):
     scale = _scalars(board / "precision")["loss_scale"]
     assert len(scale) == mixed.report["precision"]["loss_scale"]["steps"]
     assert scale[-1] == mixed.report["precision"]["loss_scale"]["final"]
+    float32 = sweep.outcomes[0]  # no loss scale: no precision/ folder left empty
+    assert float32.report["spec"]["precision"]["policy"] == "float32"
+    assert (float32.run_dir / "tensorboard" / "train").is_dir()
+    assert not (float32.run_dir / "tensorboard" / "precision").exists()

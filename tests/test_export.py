@@ -253,6 +253,48 @@ def test_runner_predict_names_the_classes_of_three_new_images(exported_run, tmp_
     assert classes == ["blue", "green", "red"]
 
 
+@pytest.mark.slow
+def test_runner_predict_skips_what_does_not_decode_and_names_it(exported_run, tmp_path):
+    """One bad file among good ones (one named in bytes that are not UTF-8): the others predicted,
+    the bad one named on stderr, exit 0; --strict: the same output, exit 2."""
+    rng = np.random.default_rng(5)
+    write_png(tmp_path / "red.png", COLOURS["red"], rng)
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/gr\xfcn.png")  # Latin-1 "grün": not UTF-8
+    write_png(Path(odd), COLOURS["green"], rng)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    result = cli.invoke(app, ["predict", str(exported_run), str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert [item["top"][0]["class"] for item in found] == [
+        "green",
+        "red",
+    ]  # sorted by name: b"gr\xfc" < b"red"
+    assert found[0]["file"].endswith("gr\\xfcn.png")
+    warning = " ".join(result.stderr.split())
+    assert "1 of 3 file(s) skipped" in warning and "broken.png" in warning
+    strict = cli.invoke(app, ["predict", str(exported_run), str(tmp_path), "--json", "--strict"])
+    assert strict.exit_code == 2 and json.loads(strict.stdout) == found
+    assert "broken.png" in " ".join(strict.stderr.split())
+
+
+def test_runner_predict_refuses_a_model_of_channels_no_image_has(tmp_path):
+    from runner import compat
+
+    keras = compat.keras()
+    run_dir = tmp_path / "bands"
+    run_dir.mkdir()
+    (run_dir / "spec.toml").write_text('name = "bands"\n')
+    inputs = keras.Input((8, 8, 5))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs)))
+    model.save(str(run_dir / "model.keras"))
+    write_png(tmp_path / "red.png", COLOURS["red"], np.random.default_rng(0))
+    result = cli.invoke(app, ["predict", str(run_dir), str(tmp_path / "red.png")])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.stderr.split())
+    assert "takes images of 5 channels; image files decode to 1, 3, 4 channels" in message
+    assert "cannot be decoded" not in message
+
+
 def _perturb_weights(path: Path) -> None:
     """Add 1 to the first dense kernel inside a .keras file: it still loads, and answers otherwise."""
     import h5py

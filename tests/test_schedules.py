@@ -348,10 +348,23 @@ def test_early_stopping_stops_restores_the_best_epoch_and_resumes_to_the_same_st
     best = json.loads((run_dir_of(tmp_path / "whole") / "checkpoints" / "best.json").read_text())
     assert best["epoch"] == 1
     assert reference["weights_sha256"] == sha256_of_checkpoint(run_dir_of(tmp_path / "whole"), best["name"])
-    exported = runner("export", run_dir_of(tmp_path / "whole"), "--checkpoint", "best", "--format", "keras")
-    assert exported.returncode == 0, exported.stderr  # the model a user ships: the best epoch's
-    record = json.loads((run_dir_of(tmp_path / "whole") / "export" / "export.json").read_text())
+    run_dir = run_dir_of(tmp_path / "whole")
+    exported = runner("export", run_dir, "--format", "keras")
+    assert exported.returncode == 0, (
+        exported.stderr
+    )  # by default the weights the run reported: the best epoch's
+    record = json.loads((run_dir / "export" / "export.json").read_text())
     assert record["checkpoint"] == best["name"]
+    shipped = (run_dir / "model.keras").read_bytes()
+    # Another export of the same run never overwrites it: it goes beside (exports/<checkpoint>/).
+    latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())["name"]
+    again = runner("export", run_dir, "--format", "keras", "--checkpoint", "latest")
+    assert again.returncode == 0, again.stderr
+    assert (run_dir / "model.keras").read_bytes() == shipped
+    assert json.loads((run_dir / "export" / "export.json").read_text()) == record
+    beside = run_dir / "exports" / latest
+    assert json.loads((beside / "export" / "export.json").read_text())["checkpoint"] == latest
+    assert (beside / "model.keras").is_file() and str(beside) in "".join(again.stdout.split())
 
     child = start(tmp_path, "cut", training, runtime, wait=False, train_size=6000)
     wait_for(lambda: in_mid_epoch(checkpoint_position(tmp_path / "cut"), 1))

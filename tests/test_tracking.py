@@ -364,3 +364,39 @@ def test_an_unreachable_tracking_server_costs_seconds_and_warns_once(write_spec,
     monkeypatch.setattr(rest_utils, "http_request", watched)
     tracking.track_run(outcome.run_dir, events.append)
     assert seen and all(limits == tracking.HTTP_LIMITS for limits in seen), seen
+
+
+@pytest.mark.slow
+def test_two_mlflow_syncs_at_once_log_a_run_once(tracked_sweep, tmp_path):
+    """Two processes logging the same run at the same moment take turns: one MLflow run, not two."""
+    sweep_dir, _ = tracked_sweep
+    variant = next(p for p in sweep_dir.iterdir() if (p / "report.json").exists())
+    old = tmp_path / "both" / variant.name
+    shutil.copytree(variant, old)
+    (old / tracking.MARKER).unlink()
+    command = [sys.executable, "-m", "runner", "mlflow-sync", str(old)]
+    children = [
+        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in "ab"
+    ]
+    outputs = [child.communicate(timeout=300) for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs
+    client = _client(f"sqlite:///{old.parent.resolve()}/mlflow.db")
+    (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    said = b"".join(out for out, _ in outputs).decode()
+    assert "logged:" in said and "already logged, not again" in said
+
+
+def test_a_database_store_that_cannot_open_is_tried_a_bounded_number_of_times(tmp_path, monkeypatch):
+    """An SQLite file in a place it cannot be made: MLflow would retry 10 times over ~100 s; runner's
+    bound holds (the engine is made at most SQL_TRIES times), and the run is told, not failed."""
+    from mlflow.store.db import utils as db_utils
+
+    real, made = db_utils.create_sqlalchemy_engine, []
+    monkeypatch.setattr(db_utils, "create_sqlalchemy_engine", lambda uri: made.append(uri) or real(uri))
+    monkeypatch.setattr(db_utils, "_make_parent_dirs_if_sqlite", lambda uri: None)  # /proc refuses anyway
+    uri = "sqlite:////proc/runner-cannot-write-here/mlflow.db"
+    with pytest.raises(Exception), tracking.mlflow_call():  # noqa: B017 - whatever MLflow raises, bounded
+        tracking._client(uri).search_experiments()
+    assert 1 <= len(made) <= tracking.SQL_TRIES
+    assert db_utils.MAX_RETRY_COUNT == 10  # restored
