@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from runner.spec import Factory, KerasApplication, Mlp, ResNet, SeedCnn, SpecVal
 OUTPUT_CAST = "output_cast"  # the layer runner appends to give a foreign model a float32 output
 OUTPUT_ACTIVATION = "output_activation"  # the float32 softmax runner appends to a model's logits
 # Layers that move or cast values without computing new ones: the final activation lies behind them.
+WEIGHTS_TIMEOUT_S = 30  # each wait of the ImageNet weights' download (connect, every read)
 PASS_THROUGH = {"Flatten", "Reshape", "Dropout", "Identity", "InputLayer"}
 
 
@@ -216,7 +218,11 @@ def build_keras_application(
     else:
         arguments.setdefault("pooling", "avg")
     weights = _weights(spec)
+    timeout = socket.getdefaulttimeout()
     try:
+        # Keras downloads ImageNet's weights with urlretrieve, which has no timeout of its own: a
+        # network that drops packets would hang the run. Each socket wait is bounded instead.
+        socket.setdefaulttimeout(WEIGHTS_TIMEOUT_S if weights == "imagenet" else timeout)
         inner = constructor(
             weights=weights, input_shape=input_shape, include_top=spec.include_top, **arguments
         )
@@ -234,6 +240,8 @@ def build_keras_application(
         raise ModelError(
             f"model.weights: cannot load {what}: {type(exc).__name__}: {str(exc)[:300]}"
         ) from None
+    finally:
+        socket.setdefaulttimeout(timeout)
     if spec.weights is None:
         # Applications that scale their input themselves (EfficientNet, ConvNeXt, MobileNetV3, …) expect
         # pixels in [0, 255]: fed [0, 1], their first normalisation squeezes the input 255-fold.

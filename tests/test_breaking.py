@@ -533,3 +533,35 @@ def test_validate_data_reads_odd_names_and_keeps_libjpeg_off_the_terminal(tmp_pa
     assert result.returncode == 2, result.stderr
     assert "cut.jpg" in result.stderr and "1 file(s) cannot be decoded" in result.stderr
     assert "Traceback" not in result.stderr and "Premature end of JPEG" not in result.stderr
+
+
+def test_imagenet_weights_are_fetched_with_every_wait_bounded(monkeypatch):
+    """Keras downloads them with urlretrieve, which waits forever on a network that drops packets:
+    each socket wait is bounded while the application is built, and restored after; a failed
+    download is one message."""
+    import socket
+
+    from runner import compat, precision
+    from runner.models import WEIGHTS_TIMEOUT_S, ModelError, build_model
+
+    seen = []
+
+    def offline(**kwargs):
+        seen.append((kwargs["weights"], socket.getdefaulttimeout()))
+        raise Exception("URL fetch failure: [Errno -2] Name or service not known")  # what Keras raises
+
+    monkeypatch.setattr(compat.keras().applications, "MobileNetV2", offline)
+    model = spec.spec_from_dict(
+        {
+            "name": "t",
+            "model": {
+                "kind": "keras_application",
+                "name": "MobileNetV2",
+                "weights": "imagenet",
+                "include_top": False,
+            },
+        }
+    ).model
+    with precision.policy_scope("float32"), pytest.raises(ModelError, match="is there a network"):
+        build_model(model, (96, 96, 3), 5, "float32")
+    assert seen == [("imagenet", WEIGHTS_TIMEOUT_S)] and socket.getdefaulttimeout() is None
