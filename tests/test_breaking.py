@@ -482,7 +482,7 @@ def test_a_frozen_base_trains_only_from_its_epoch_on(tmp_path):
     from runner.session import run_experiment
 
     path, saved = _base_weights_file(tmp_path)
-    raw = spec.tomllib.loads(TINY_SPEC + "\n[runtime]\ntensorboard = false\n")
+    raw = spec.tomllib.loads(TINY_SPEC.replace("mixed_float16", "float32") + "\n[runtime]\ntensorboard = false\n")
     loaded = spec.spec_from_dict({**raw, "model": _pretrained(path, freeze=1)}, source="t.toml")
     events: list = []
     outcome = run_experiment(loaded, tmp_path / "out", events.append)
