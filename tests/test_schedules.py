@@ -348,18 +348,21 @@ def test_early_stopping_stops_restores_the_best_epoch_and_resumes_to_the_same_st
     best = json.loads((run_dir_of(tmp_path / "whole") / "checkpoints" / "best.json").read_text())
     assert best["epoch"] == 1
     assert reference["weights_sha256"] == sha256_of_checkpoint(run_dir_of(tmp_path / "whole"), best["name"])
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+
     run_dir = run_dir_of(tmp_path / "whole")
-    exported = runner("export", run_dir, "--format", "keras")
-    assert exported.returncode == 0, (
-        exported.stderr
-    )  # by default the weights the run reported: the best epoch's
+    # In-process (no TensorFlow import per export); by default the weights the run reported: the best epoch's.
+    exported = CliRunner().invoke(app, ["export", str(run_dir), "--format", "keras"])
+    assert exported.exit_code == 0, exported.output
     record = json.loads((run_dir / "export" / "export.json").read_text())
     assert record["checkpoint"] == best["name"]
     shipped = (run_dir / "model.keras").read_bytes()
     # Another export of the same run never overwrites it: it goes beside (exports/<checkpoint>/).
     latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())["name"]
-    again = runner("export", run_dir, "--format", "keras", "--checkpoint", "latest")
-    assert again.returncode == 0, again.stderr
+    again = CliRunner().invoke(app, ["export", str(run_dir), "--format", "keras", "--checkpoint", "latest"])
+    assert again.exit_code == 0, again.output
     assert (run_dir / "model.keras").read_bytes() == shipped
     assert json.loads((run_dir / "export" / "export.json").read_text()) == record
     beside = run_dir / "exports" / latest
