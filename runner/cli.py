@@ -607,4 +607,7 @@ def main() -> None:
     # SIGTERM (a scheduler's stop, `kill`) as Ctrl-C: a run checkpoints and reports; before training,
     # or any other command, stops at once with exit 130 instead of dying without a word.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    from runner.telemetry import watch_signals
+
+    watch_signals()  # a stop before training bounded even while TensorFlow holds the main thread
     app()

@@ -50,7 +50,14 @@ from runner.spec import (
     spec_hash,
     spec_to_toml,
 )
-from runner.telemetry import StopRequest, StopTraining, TrainingLog, stop_on_signals
+from runner.telemetry import (
+    NOTHING_TO_SAVE,
+    StopRequest,
+    StopTraining,
+    TrainingLog,
+    nothing_to_save,
+    stop_on_signals,
+)
 
 PREFLIGHT_FAILED = "preflight check failed: not training (see the failed checks)"
 
@@ -280,6 +287,7 @@ def _train_checked(state: RunState, splits: AnySplits, emit: EventSink, strategy
         strategy = compat.tensorflow().distribute.get_strategy()
         engine = Engine(model, strategy, jit_compile=state.xla[0], workers=state.role.workers)
         state.stop.started = True  # a signal from now on checkpoints first
+        NOTHING_TO_SAVE.clear()
         try:
             _train(state, engine, splits, emit)
         finally:
@@ -505,6 +513,13 @@ def run_experiment(
     if spec.tracking.mlflow:
         tracking.require_mlflow()
     runs.require_writable(output)  # before the data and TensorFlow take their seconds
+    with nothing_to_save():  # until training starts (the CLI may then end it at once on a signal)
+        return _run(spec, output, role, emit, stop)
+
+
+def _run(
+    spec: ExperimentSpec, output: Path, role: Role, emit: EventSink, stop: StopRequest | None
+) -> RunOutcome:
     setup = _prepare(spec, role)
     chosen, choice, timed = _resolve_policy(spec, setup)
     with _run_dir(spec, output, setup) as run_dir:  # named, and spec.toml written, as given
@@ -537,7 +552,7 @@ def resume_experiment(run_dir: Path, emit: EventSink = ignore, mlflow: bool = Fa
     if spec.tracking.mlflow:
         tracking.require_mlflow()
     role = _role(spec)
-    with runs.run_lock(run_dir) if role.is_chief else contextlib.nullcontext():
+    with nothing_to_save(), runs.run_lock(run_dir) if role.is_chief else contextlib.nullcontext():
         previous = compare.load_report(run_dir) if (run_dir / "report.json").exists() else {}
         if previous.get("status") == "completed":
             raise BadInput(f"{run_dir}: this run completed; nothing to resume")
@@ -708,6 +723,11 @@ def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcom
     "auto" is chosen by timing whatever `timing_steps` says (it cannot be chosen otherwise)."""
     # On one device, whatever the spec's strategy: a distributed run checks its own in its preflight.
     spec = spec.model_copy(update={"distribution": DistributionSpec()})
+    with nothing_to_save():
+        return _check(spec, timing_steps)
+
+
+def _check(spec: ExperimentSpec, timing_steps: int) -> CheckOutcome:
     setup = _prepare(spec, Role())
     splits, environment = setup.splits, setup.environment
     # Every image decoded once, as the run will: each bad one named (skip_bad_files has left them out).

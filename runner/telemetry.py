@@ -9,7 +9,10 @@ from __future__ import annotations
 import bisect
 import contextlib
 import math
+import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -248,3 +251,57 @@ def stop_on_signals(request: StopRequest) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+# A signal's Python handler runs only when the main thread is back in Python: a TensorFlow call
+# (a timed execution of a large model, a graph's compile) can hold it for tens of seconds, while a
+# scheduler's SIGKILL follows SIGTERM by about 30. While there is nothing to save (a run before its
+# training starts, `runner check`) the CLI also watches for signals from a thread and, when the main
+# thread has not moved on within HARD_STOP_S of one, ends the process itself (exit 130). A sweep's
+# or a launch's own process never sets it: it waits for its children to checkpoint.
+HARD_STOP_S = 6.0
+HARD_STOP_MESSAGE = (
+    f"\nerror: interrupted before training started; TensorFlow did not return within {HARD_STOP_S:.0f} s, "
+    "so the process was stopped there (nothing had trained)\n"
+).encode()
+NOTHING_TO_SAVE = threading.Event()
+
+
+@contextlib.contextmanager
+def nothing_to_save() -> Iterator[None]:
+    """Mark the block as one a signal may end at once (see HARD_STOP_S); training clears it."""
+    NOTHING_TO_SAVE.set()
+    try:
+        yield
+    finally:
+        NOTHING_TO_SAVE.clear()
+
+
+def watch_signals() -> None:
+    """For the CLI's process (never a library caller's, whom it would end): a thread told of every
+    signal through Python's wakeup fd, the moment it arrives."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread
+        return
+    terminal = os.dup(2)  # the real stderr: a run sends fd 2 to its tensorflow.log
+    thread = threading.Thread(
+        target=_watch, args=(read_end, terminal), name="runner-signal-watch", daemon=True
+    )
+    thread.start()
+
+
+def _watch(read_end: int, terminal: int) -> None:
+    wanted = {int(signal.SIGINT), int(signal.SIGTERM)}
+    while True:
+        received = os.read(read_end, 64)
+        if not NOTHING_TO_SAVE.is_set() or not wanted & set(received):
+            continue
+        deadline = time.monotonic() + HARD_STOP_S
+        while NOTHING_TO_SAVE.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the main thread handles it, or training starts: either clears it
+        if NOTHING_TO_SAVE.is_set():
+            os.write(terminal, HARD_STOP_MESSAGE)
+            os._exit(130)

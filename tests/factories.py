@@ -150,3 +150,17 @@ def slow_to_build(input_shape, num_classes, marker):
     Path(marker).write_text("building")
     time.sleep(3600)
     raise AssertionError("never built")
+
+
+def stuck_in_tensorflow(input_shape, num_classes, marker):
+    """A model whose building is one TensorFlow call that does not return (as a large model's timed
+    execution or compile can take tens of seconds): Python's signal handlers cannot run meanwhile."""
+
+    @tf.function
+    def spin():
+        started = tf.io.write_file(marker, "in TensorFlow")  # written by the graph: the call has begun
+        with tf.control_dependencies([started]):
+            return tf.while_loop(lambda i: i < 2**62, lambda i: i + 1, [tf.constant(0, tf.int64)])
+
+    spin()
+    raise AssertionError("never built")
