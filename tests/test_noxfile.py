@@ -143,3 +143,58 @@ def test_committed_support_matrix_is_rendered_from_its_records(noxfile):
     by_session = {record["session"]: record for record in records}
     expected = noxfile.render_support_matrix(by_session, noxfile.session_names())
     assert (ROOT / "docs" / "support-matrix.md").read_text(encoding="utf-8") == expected
+
+
+def test_the_typecheck_session_installs_every_typed_module_runner_imports():
+    """`nox -s typecheck` runs mypy in a fresh environment of its own: every third-party module that
+    runner/ imports is installed there, or listed in pyproject's mypy overrides as untyped (it failed
+    on pytest, hypothesis and absl while CI, which runs mypy in the dev environment, stayed green)."""
+    import ast
+    import contextlib
+    import fnmatch
+    import sys
+    import tomllib
+
+    imported = set()
+    for path in (ROOT / "runner").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "runner"}
+    session = next(
+        node
+        for node in ast.walk(ast.parse((ROOT / "noxfile.py").read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef) and node.name == "typecheck"
+    )
+    (install,) = [
+        node
+        for node in ast.walk(session)
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "install"
+    ]
+    installed = {re.split(r"[<>=!~\[]", arg.value)[0].replace("-", "_") for arg in install.args}
+    overrides = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mypy"][
+        "overrides"
+    ]
+    # mypy's "package.*" covers the package itself too
+    untyped = [
+        p.removesuffix(".*") for o in overrides if o.get("ignore_missing_imports") for p in o["module"]
+    ]
+    from importlib import metadata
+
+    def requirement_name(text: str) -> str:
+        return re.split(r"[<>=!~\[; ]", text)[0].lower().replace("-", "_")
+
+    # what pip installs with them (pydantic brings pydantic_core)
+    for name in list(installed):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            installed |= {requirement_name(r) for r in metadata.requires(name) or [] if "extra ==" not in r}
+    owners = metadata.packages_distributions()
+    missing = sorted(
+        name
+        for name in third_party
+        if not {name, *(requirement_name(d) for d in owners.get(name, []))} & installed
+        and not any(fnmatch.fnmatch(name, p) for p in untyped)
+    )
+    assert missing == [], f"installed in nox -s typecheck: {sorted(installed)}"
