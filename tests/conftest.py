@@ -118,28 +118,3 @@ def inprocess_pytest():
     for module in pkgutil.walk_packages(runner.__path__, "runner."):
         if module.name not in {"runner.ray", "runner.__main__"}:  # ray: an optional extra
             importlib.import_module(module.name)
-
-
-# The suite runs on two processes, a module at a time (`-n 2 --dist loadfile`). Modules start in
-# collection order, which is alphabetical: the heaviest (several minutes of `runner` processes each)
-# came last, and one process idled for minutes while the other finished them. Heaviest first, then
-# the rest as collected (a scheduling hint from `--durations` on a 2-core CPU: test_resume 320 s,
-# test_multi_worker 254 s, test_cli 212 s, test_sweeps 147 s, test_ray 112 s, ...).
-HEAVIEST_FIRST = (
-    "tests/test_resume.py",
-    "tests/test_multi_worker.py",
-    "tests/test_cli.py",
-    "tests/test_sweeps.py",
-    "tests/test_ray.py",
-    "tests/test_schedules.py",
-    "tests/test_quickstart.py",
-    "tests/test_session.py",
-    "tests/test_examples.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
-    items.sort(
-        key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank))
-    )  # stable: a module keeps its order
