@@ -31,7 +31,7 @@ dropout = 0.1
 [data]
 source = "shapes"
 batch_size = 32
-train_size = 6000
+train_size = 3000  # 94 steps an epoch: room for a mid-epoch checkpoint (every 40) and a stop after it
 test_size = 400
 [data.augmentation]  # stateless draws: a resumed epoch is augmented as the uninterrupted one was
 horizontal_flip = true
