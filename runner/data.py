@@ -212,14 +212,14 @@ _SPECIAL_KINDS = (
 )
 
 
-def _kind(mode: int) -> str:
+def path_kind(mode: int) -> str:
     """What a stat mode says a path is, in words for an error message."""
     if stat.S_ISREG(mode):
         return "a regular file"
     return next((name for is_kind, name in _SPECIAL_KINDS if is_kind(mode)), "neither a file nor a folder")
 
 
-def _megabytes(size: int) -> str:
+def megabytes(size: int) -> str:
     return f"{size / MB:,.0f} MB" if size >= MB else f"{size:,} bytes"
 
 
@@ -229,10 +229,10 @@ def _stat(path: Path, expected: str) -> os.stat_result:
     try:
         return path.stat()
     except OSError as exc:
-        raise DataError(f'"{path}" {_unreachable(exc)}; expected {expected}') from None
+        raise DataError(f'"{path}" {unreachable(exc)}; expected {expected}') from None
 
 
-def _unreachable(exc: OSError) -> str:
+def unreachable(exc: OSError) -> str:
     return "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be inspected ({exc.strerror})"
 
 
@@ -240,18 +240,18 @@ def _regular_file(path: Path, limit: int, expected: str) -> Path:
     """`path` if it is a regular file of at most `limit` bytes, judged before any byte is read."""
     info = _stat(path, expected)
     if not stat.S_ISREG(info.st_mode):
-        raise DataError(f'"{path}" is {_kind(info.st_mode)}; expected {expected}')
+        raise DataError(f'"{path}" is {path_kind(info.st_mode)}; expected {expected}')
     if info.st_size > limit:
         raise DataError(
-            f'"{path}" is {_megabytes(info.st_size)}; expected {expected}, at most {_megabytes(limit)}'
+            f'"{path}" is {megabytes(info.st_size)}; expected {expected}, at most {megabytes(limit)}'
         )
     return path
 
 
-def _folder(path: Path, expected: str) -> Path:
+def existing_folder(path: Path, expected: str) -> Path:
     mode = _stat(path, expected).st_mode
     if not stat.S_ISDIR(mode):
-        raise DataError(f'"{path}" is {_kind(mode)}; expected {expected}')
+        raise DataError(f'"{path}" is {path_kind(mode)}; expected {expected}')
     return path
 
 
@@ -362,7 +362,7 @@ def _tar_batches(tar: tarfile.TarFile, path: Path, layout: CifarLayout) -> dict[
         unpacked += member.size
         if count > CIFAR_ENTRIES_MAX or unpacked > CIFAR_UNPACKED_MAX:
             raise DataError(
-                f'"{path}" has more than {CIFAR_ENTRIES_MAX} entries or {_megabytes(CIFAR_UNPACKED_MAX)} '
+                f'"{path}" has more than {CIFAR_ENTRIES_MAX} entries or {megabytes(CIFAR_UNPACKED_MAX)} '
                 f"unpacked; expected {layout.description}: {layout.contents}"
             )
         if member.isfile() and Path(member.name).name in layout.members:
@@ -397,8 +397,8 @@ def _check_unpacked(path: Path, limit: int, description: str) -> None:
         unpacked = sum(info.file_size for info in archive.infolist())
         if unpacked > limit:
             raise DataError(
-                f'"{path}" unpacks to {_megabytes(unpacked)}; expected {description}, '
-                f"at most {_megabytes(limit)} unpacked"
+                f'"{path}" unpacks to {megabytes(unpacked)}; expected {description}, '
+                f"at most {megabytes(limit)} unpacked"
             )
         for info in archive.infolist():
             if info.filename.endswith(".npy"):
@@ -427,9 +427,9 @@ def _check_declared(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str,
     declared = math.prod(shape) * dtype.itemsize
     if declared > limit or declared > info.file_size - header:
         raise DataError(
-            f"{where}: its header declares shape {tuple(shape)} of {dtype} ({_megabytes(declared)}); "
-            f"expected an array whose data is in the file ({_megabytes(info.file_size - header)} there, "
-            f"at most {_megabytes(limit)})"
+            f"{where}: its header declares shape {tuple(shape)} of {dtype} ({megabytes(declared)}); "
+            f"expected an array whose data is in the file ({megabytes(info.file_size - header)} there, "
+            f"at most {megabytes(limit)})"
         )
 
 
@@ -600,7 +600,7 @@ def _read_idx(file: Path, header: int) -> np.ndarray:
         ) from None
     if len(raw) > FASHION_FILE_MAX:
         raise DataError(
-            f'"{file}" unpacks to more than {_megabytes(FASHION_FILE_MAX)}; expected a gzip\'d IDX file'
+            f'"{file}" unpacks to more than {megabytes(FASHION_FILE_MAX)}; expected a gzip\'d IDX file'
             " (the largest real one unpacks to 47 MB)"
         )
     if len(raw) < header:
@@ -621,7 +621,7 @@ def _idx_images(pixels: np.ndarray, labels: np.ndarray, where: Path) -> np.ndarr
 
 
 def read_fashion_mnist(path: Path) -> tuple[tuple, tuple, int]:
-    _folder(path, FASHION_DESCRIPTION)
+    existing_folder(path, FASHION_DESCRIPTION)
     # idx header: magic, count (, rows, cols)
     arrays = {
         key: _read_idx(path / name, 16 if key.startswith("x") else 8) for key, name in FASHION_FILES.items()
@@ -736,7 +736,7 @@ def _copy(response: Any, out: Any, limit: int) -> str:
     while chunk := response.read(1 << 20):
         size += len(chunk)
         if size > limit:
-            raise OSError(f"the server sent more than {_megabytes(limit)}")
+            raise OSError(f"the server sent more than {megabytes(limit)}")
         digest.update(chunk)
         out.write(chunk)
     return digest.hexdigest()
@@ -789,9 +789,9 @@ def _explicit_path(source: str, path: str) -> Path:
     try:
         mode = explicit.stat().st_mode  # only stat: nothing is opened before the kind is known
     except OSError as exc:
-        raise DataError(f'data.path: "{path}" {_unreachable(exc)}; expected {expected}') from None
+        raise DataError(f'data.path: "{path}" {unreachable(exc)}; expected {expected}') from None
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise DataError(f'data.path: "{path}" is {_kind(mode)}; expected {expected}')
+        raise DataError(f'data.path: "{path}" is {path_kind(mode)}; expected {expected}')
     return explicit
 
 

@@ -20,7 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from runner.data import DataError, Splits, _folder, _kind, _unreachable, epoch_indices, load_data, loaded
+from runner.data import (
+    DataError,
+    Splits,
+    epoch_indices,
+    existing_folder,
+    load_data,
+    loaded,
+    path_kind,
+    unreachable,
+)
 from runner.spec import AugmentationSpec, DataSpec
 from runner.tfds_source import TfdsSplits, load_tfds
 
@@ -66,11 +75,11 @@ class FolderIndex:
 
 def class_folders(root: Path, field: str) -> list[str]:
     """The class subfolders of `root`, sorted (Keras' rule: Python's string order, dot-folders left out)."""
-    _in_field(field, lambda: _folder(root, EXPECTED_LAYOUT))
+    _in_field(field, lambda: existing_folder(root, EXPECTED_LAYOUT))
     try:
         names = sorted(os.listdir(root))
     except OSError as exc:
-        raise DataError(f'{field}: "{root}" {_unreachable(exc)}; expected {EXPECTED_LAYOUT}') from None
+        raise DataError(f'{field}: "{root}" {unreachable(exc)}; expected {EXPECTED_LAYOUT}') from None
     found = [n for n in names if not n.startswith(".") and (root / n).is_dir()]
     if len(found) < 2:
         listed = f" ({', '.join(found)})" if found else ""
@@ -93,9 +102,9 @@ def _image_file(path: Path, field: str) -> int:
     try:
         info = path.stat()
     except OSError as exc:
-        raise DataError(f'{field}: "{path}" {_unreachable(exc)}; expected an image file') from None
+        raise DataError(f'{field}: "{path}" {unreachable(exc)}; expected an image file') from None
     if not stat.S_ISREG(info.st_mode):
-        raise DataError(f'{field}: "{path}" is {_kind(info.st_mode)}; expected an image file')
+        raise DataError(f'{field}: "{path}" is {path_kind(info.st_mode)}; expected an image file')
     return info.st_size
 
 
@@ -324,7 +333,7 @@ def _undecodable(tf: Any, paths: Sequence[str], shape: tuple[int, int, int]) -> 
             decode(tf.constant(os.fsencode(path)))
             bad.append((path, "decodes alone but not in the pipeline"))  # never seen; said, not hidden
         except tf.errors.OpError as exc:
-            bad.append((path, _op_message(exc.message)))
+            bad.append((path, op_message(exc.message)))
     return bad
 
 
@@ -340,7 +349,7 @@ def shown(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _op_message(message: str) -> str:
+def op_message(message: str) -> str:
     """TensorFlow's error text without its function-node and op decorations (and our own format
     check's assertion as the words it stands for, not `Expected 'tf.Tensor(False…)' to be true`)."""
     if UNDECODABLE in message:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from runner import compat
-from runner.folders import IMAGE_EXTENSIONS, _op_message, partial_decoder, shown
+from runner.folders import IMAGE_EXTENSIONS, op_message, partial_decoder, shown
 from runner.spec import BadInput
 
 IMAGE_CHANNELS = (1, 3, 4)  # what decode_image makes of a file: grey, RGB, RGBA
@@ -95,7 +95,7 @@ def decode(
             images.append(decoder(tf.constant(os.fsencode(path))).numpy())
             decoded.append(path)
         except tf.errors.OpError as exc:
-            skipped.append((shown(path), _op_message(exc.message)[:200]))
+            skipped.append((shown(path), op_message(exc.message)[:200]))
     batch = np.stack(images) if images else np.zeros((0, *shape), np.uint8)
     return batch, decoded, skipped
 

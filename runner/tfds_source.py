@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.data import NPZ_MAX, DataError, Splits, _megabytes, enough_to_train, split_arrays
+from runner.data import NPZ_MAX, DataError, Splits, enough_to_train, megabytes, split_arrays
 from runner.memory import aligned_empty
 from runner.spec import DataSpec
 
@@ -243,8 +243,8 @@ def open_dataset(spec: DataSpec) -> TfdsDataset:
     held = sum(counts.values()) * int(np.prod(shape))
     if held > HELD_MAX:
         raise DataError(
-            f'data.name: "{info.full_name}": {sum(counts.values())} images of {shape} are {_megabytes(held)} '
-            f"in memory; expected at most {_megabytes(HELD_MAX)}: read fewer with data.train_size, "
+            f'data.name: "{info.full_name}": {sum(counts.values())} images of {shape} are {megabytes(held)} '
+            f"in memory; expected at most {megabytes(HELD_MAX)}: read fewer with data.train_size, "
             'data.test_size or a split slice such as "train[:10%]"'
         )
     return TfdsDataset(
