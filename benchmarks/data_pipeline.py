@@ -103,7 +103,8 @@ def generated_folder(workdir: Path, images: int, size: int) -> Path:
 
 def runner_epochs(folder: Path, size: int, batch: int, augmented: bool) -> Callable[[int], Any]:
     """epoch → the training dataset a run would iterate for that epoch (every file in train)."""
-    from runner.folders import load_folder
+    from runner.data.image_folder import load_folder
+    from runner.data.pipeline import TrainingBatches
     from runner.spec import AugmentationSpec, DataSpec
 
     spec = DataSpec(
@@ -116,7 +117,9 @@ def runner_epochs(folder: Path, size: int, batch: int, augmented: bool) -> Calla
     )
     splits = load_folder(spec, seed=0)
     augmentation = AugmentationSpec(**AUGMENTATION) if augmented else None
-    return lambda epoch: splits.train_dataset(batch, 0, range(epoch, epoch + 1), augmentation=augmentation)
+    return lambda epoch: splits.train_dataset(
+        TrainingBatches(batch, 0, range(epoch, epoch + 1), augmentation=augmentation)
+    )
 
 
 def keras_epochs(folder: Path, size: int, batch: int) -> Callable[[int], Any]:

@@ -231,16 +231,17 @@ def image_folder(rng: random.Random, root: Path) -> None:
 
 def check_data(family: str, rng: random.Random, folder: Path) -> str:
     """'valid', 'data_error', or raises what the reader let escape."""
-    from runner import data, folders
+    from runner.data import files, npz
+    from runner.data import image_folder as folders
 
     try:
         if family == "npz":
             npz_file(rng, folder / "x.npz")
-            data.read_npz(folder / "x.npz")
+            npz.read_npz(folder / "x.npz")
         else:
             image_folder(rng, folder / "photos")
             folders.scan_folder(folder / "photos", "data.path").fingerprint()
-    except data.DataError as exc:
+    except files.DataError as exc:
         if not str(exc).strip():
             raise AssertionError("empty DataError message") from None
         return "data_error"

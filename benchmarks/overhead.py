@@ -30,13 +30,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner import callbacks as _  # noqa: F401  (imports TensorFlow now, not inside a timed epoch)
-from runner import choices, compat, loop, preflight, runs, schedules, session, speed
-from runner.data import load_data
+from runner import compat, runs, session
+from runner.data.pipeline import TrainingBatches
+from runner.data.sources import load_splits
 from runner.events import ignore
-from runner.record import RunState
+from runner.preflight import choices, speed
+from runner.preflight import gate as preflight
+from runner.reporting.record import RunState
 from runner.spec import spec_from_dict
-from runner.telemetry import Segment, TrainingLog
+from runner.training import callbacks as _  # noqa: F401  (imports TensorFlow now, not inside a timed epoch)
+from runner.training import loop, schedules
+from runner.training.telemetry import Segment, TrainingLog
 
 
 def main() -> int:
@@ -63,7 +67,7 @@ def main() -> int:
             "training": {"epochs": 10**6},
         }
     )
-    splits = load_data(spec.data, spec.seed)
+    splits = load_splits(spec.data, spec.seed)
     steps = loop.steps_per_epoch(len(splits.y_train), args.batch)
     names = [s.strip() for s in args.sides.split(",") if s.strip()]
     rates: dict[str, list[float]] = {name: [] for name in names}
@@ -72,7 +76,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, preflight.training_scope(spec):
         model, _ = preflight.build(spec, splits)
         preflight.ready_to_train(model, splits)
-        from runner.engine import Engine
+        from runner.training.engine import Engine
 
         strategy = compat.tensorflow().distribute.get_strategy()
         engine = Engine(model, strategy)
@@ -93,7 +97,9 @@ def main() -> int:
             turn = round_ % len(names)
             order = names[turn:] + names[:turn]
             for name in order:
-                dataset = splits.train_dataset(args.batch, spec.data.shuffle_seed, range(round_, round_ + 1))
+                dataset = splits.train_dataset(
+                    TrainingBatches(args.batch, spec.data.shuffle_seed, range(round_, round_ + 1))
+                )
                 start = time.perf_counter()
                 sides[name](dataset)
                 if round_:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from runner import compat, loop
-from runner.data import load_data, train_pipeline
-from runner.preflight import build, training_scope
+from runner import compat
+from runner.data.pipeline import TrainingBatches, train_pipeline
+from runner.data.sources import load_splits
+from runner.preflight.gate import build, training_scope
 from runner.spec import spec_from_dict
+from runner.training import loop
 
 
 def make_execution(model, strategy):
@@ -61,7 +63,7 @@ def main() -> None:
             "training": {"steps_per_execution": args.steps_per_execution},
         }
     )
-    splits = load_data(spec.data, 0)
+    splits = load_splits(spec.data, 0)
     steps = loop.steps_per_epoch(len(splits.y_train), spec.data.batch_size)
     speeds, losses = {}, {}
     for name in ("fit", "own"):
@@ -71,7 +73,9 @@ def main() -> None:
             execution = make_execution(model, strategy)
             seconds, images = 0.0, 0
             for epoch in range(args.epochs):
-                data = train_pipeline(splits.x_train, splits.y_train, 32, 0, range(epoch, epoch + 1))
+                data = train_pipeline(
+                    splits.x_train, splits.y_train, TrainingBatches(32, 0, range(epoch, epoch + 1))
+                )
                 start = time.perf_counter()
                 model.reset_metrics()  # as fit does at each epoch's start
                 if name == "fit":

@@ -533,7 +533,7 @@ def kind_of(m: dict) -> str:
     return "-".join([model, *flags]) or "unknown"
 
 
-# The flags that change which kernels mixed precision gets (runner.precision.CPU_NATIVE, AMX).
+# The flags that change which kernels mixed precision gets (runner.precision.policy.CPU_NATIVE, AMX).
 DECISIVE_FLAGS = ("avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
 
 

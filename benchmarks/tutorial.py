@@ -28,7 +28,7 @@ def main() -> int:
     with memory.phase("tensorflow"):
         from tensorflow import keras
 
-        from runner.data import make_shapes
+        from runner.data.shapes import make_shapes
     keras.mixed_precision.set_global_policy(policy)
     with memory.phase("data"):
         (x, y), (x_test, y_test) = make_shapes(images, seed=1), make_shapes(test_images, seed=2)

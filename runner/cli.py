@@ -76,7 +76,7 @@ def _stderr() -> Console:
 def _terminal_events() -> Iterator[Any]:
     """The sink that shows a run's events: notes on stderr, progress bars on a copy of file descriptor
     2 made now, before a run sends fd 2 (TensorFlow's C++ logging) to its tensorflow.log."""
-    from runner.views import TerminalEvents
+    from runner.reporting.views import TerminalEvents
 
     terminal = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="replace")
     live = Console(file=terminal, force_terminal=terminal.isatty() or None)
@@ -184,7 +184,8 @@ def validate(
 
 def _validate_data(variants: list[Variant]) -> None:
     """Each distinct [data] of the plan read as a run would; every undecodable file named, exit 2."""
-    from runner.folders import UndecodableFiles, scan_data
+    from runner.data.image_folder import UndecodableFiles
+    from runner.data.sources import scan_data
 
     out, seen, bad_files = _stdout(), set(), []
     for variant in variants:
@@ -259,7 +260,7 @@ def run(
 
 def _print_plan(plan: Any) -> None:
     """Every run's report, then a sweep's comparison and where it is; exit with the plan's code."""
-    from runner.views import comparison_table, render_run
+    from runner.reporting.views import comparison_table, render_run
 
     out = _stdout()
     for outcome in plan.outcomes:
@@ -294,9 +295,9 @@ def resume(
 ) -> None:
     """Continue an interrupted run from its newest checkpoint; or a sweep: its completed variants
     kept, the interrupted one resumed, the rest run. Exit codes as `run`."""
+    from runner.reporting.views import render_run
     from runner.session import resume_experiment
     from runner.sweeps import SWEEP_FILE, resume_plan
-    from runner.views import render_run
 
     if (run_dir / SWEEP_FILE).is_file():
         try:
@@ -343,7 +344,7 @@ def launch(
     """Train one spec on N worker processes on this machine (127.0.0.1), as a cluster would
     (multi_worker, each with its TF_CONFIG). For trying and testing: real clusters set TF_CONFIG
     themselves. Exit code: the chief's (as `run`)."""
-    from runner.launch import launch as launch_workers
+    from runner.cluster.launch import launch as launch_workers
 
     if workers < 1:
         raise _fail(f"--workers: expected at least 1; got {workers}")
@@ -364,18 +365,18 @@ def compare(
     ] = None,
 ) -> None:
     """Side-by-side table of finished runs: speed and memory against float32, accuracy, loss scale, checks."""
-    from runner import compare as comparing
+    from runner.reporting import compare as comparing
 
     try:
         reports = [comparing.load_report(d) for d in comparing.expand_run_dirs(run_dirs)]
         comparison = comparing.compare(reports)
     except BadInput as exc:
         raise _fail(str(exc)) from None
-    from runner.views import comparison_table
+    from runner.reporting.views import comparison_table
 
     _stdout().print(comparison_table(comparison))
     if output is not None:
-        from runner.documents import write_comparison_documents
+        from runner.reporting.documents import write_comparison_documents
         from runner.runs import require_writable, write_json_atomic
 
         try:
@@ -396,7 +397,7 @@ def report(
     format: Annotated[str, typer.Option("--format", "-f", help="terminal, md, html or json.")] = "terminal",
 ) -> None:
     """Re-render a finished run: terminal, rewrite report.md / report.html, or print report.json."""
-    from runner.compare import load_report
+    from runner.reporting.compare import load_report
 
     if format not in {"terminal", "md", "html", "json"}:
         raise _fail(f'--format: expected one of terminal, md, html, json; got "{format}"')
@@ -407,11 +408,11 @@ def report(
     if format == "json":
         typer.echo(json.dumps(data, indent=2))
     elif format == "terminal":
-        from runner.views import render_run
+        from runner.reporting.views import render_run
 
         _stdout().print(render_run(data))
     else:
-        from runner.documents import write_run_documents
+        from runner.reporting.documents import write_run_documents
 
         write_run_documents(run_dir, data)
         path = run_dir / f"report.{format}"
@@ -432,7 +433,7 @@ def mlflow_sync(
 ) -> None:
     """Log finished runs to MLflow from their files (a sweep: a parent run, its variants nested); a
     run already logged there is not logged twice. Exit codes: 0 · 2 (not a run, MLflow unavailable)."""
-    from runner.tracking import sync
+    from runner.reporting.tracking import sync
 
     try:
         logged = sync(run_dirs, tracking_uri, experiment)
@@ -457,8 +458,8 @@ def check(
 
     Exit codes: 0 no errors · 1 an invariant failed · 2 bad input.
     """
+    from runner.reporting.views import render_check
     from runner.session import check_experiment
-    from runner.views import render_check
 
     (spec,) = _load_all([path], overrides)
     try:
@@ -516,7 +517,7 @@ def export(
         raise _fail(f"{run_dir / 'spec.toml'}: {exc}") from None
     except BadInput as exc:
         raise _fail(str(exc)) from None
-    from runner.views import render_export
+    from runner.reporting.views import render_export
 
     _stdout().print(render_export(outcome.written_to, outcome.finding.as_dict(), outcome.record))
     raise typer.Exit(outcome.exit_code)
@@ -542,7 +543,7 @@ def predict(
 
     A file that cannot be decoded is skipped and named on stderr; the others are predicted. Exit codes:
     0 predicted · 2 bad input (no file decodes; with --strict, any file that does not)."""
-    from runner.predict import MAX_SKIPPED_SHOWN, predict_files
+    from runner.export.predict import MAX_SKIPPED_SHOWN, predict_files
 
     try:
         predictions = predict_files(run_dir, images, top)
@@ -551,7 +552,7 @@ def predict(
     if as_json:
         typer.echo(json.dumps(predictions.found, indent=2))
     else:
-        from runner.views import predictions_table
+        from runner.reporting.views import predictions_table
 
         _stdout().print(predictions_table(predictions.found))
     skipped = predictions.skipped
@@ -582,9 +583,9 @@ def env(
     (at most 15 s). The figures are cached per machine, with the timings run and check take of
     your models; --refresh measures again.
     """
-    from runner import speed
+    from runner.preflight import speed
+    from runner.reporting.views import candidate_progress, render_environment
     from runner.runs import environment_info
-    from runner.views import candidate_progress, render_environment
 
     info = environment_info()
     if refresh:
@@ -607,7 +608,7 @@ def main() -> None:
     # SIGTERM (a scheduler's stop, `kill`) as Ctrl-C: a run checkpoints and reports; before training,
     # or any other command, stops at once with exit 130 instead of dying without a word.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    from runner.telemetry import watch_signals
+    from runner.training.telemetry import watch_signals
 
     watch_signals()  # a stop before training bounded even while TensorFlow holds the main thread
     app()

@@ -18,8 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from runner import compat
-from runner.checks import PROBABILITY_ACTIVATIONS
-from runner.spec import Factory, KerasApplication, Mlp, ResNet, SeedCnn, SpecValueError
+from runner.spec import (
+    PROBABILITY_ACTIVATIONS,
+    Factory,
+    KerasApplication,
+    Mlp,
+    ResNet,
+    SeedCnn,
+    SpecValueError,
+)
 
 OUTPUT_CAST = "output_cast"  # the layer runner appends to give a foreign model a float32 output
 OUTPUT_ACTIVATION = "output_activation"  # the float32 softmax runner appends to a model's logits

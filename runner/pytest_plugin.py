@@ -134,7 +134,7 @@ class SpecItem(pytest.Item):
             raise SpecFailed(f"{self.variant.source}: {exc}") from None
 
     def _preflight(self) -> None:
-        from runner import checks
+        from runner.precision import checks
         from runner.session import check_experiment
 
         outcome = check_experiment(self.variant.spec, timing_steps=0)
@@ -144,7 +144,7 @@ class SpecItem(pytest.Item):
             )
 
     def _train(self) -> None:
-        from runner import checks
+        from runner.precision import checks
         from runner.session import run_experiment
 
         factory: pytest.TempPathFactory = self.config._tmp_path_factory  # type: ignore[attr-defined]

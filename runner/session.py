@@ -22,25 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from runner import (
-    checkpoints,
-    checks,
-    choices,
-    compare,
-    compat,
-    documents,
-    exits,
-    loop,
-    runs,
-    schedules,
-    tracking,
-)
-from runner.distribution import ClusterConfig, ClusterError, Role, role_for
+from runner import compat, exits, runs
+from runner.data.image_folder import UndecodableFiles
+from runner.data.pipeline import TrainingBatches
+from runner.data.sources import Source, bad_files, load_splits
 from runner.events import EventSink, Note, RunFinished, RunStarted, ignore
-from runner.folders import AnySplits, UndecodableFiles, bad_files, load_splits
 from runner.memory import MemoryPhases
-from runner.preflight import build, compiled_as, preflight, ready_to_train, training_scope
-from runner.record import RunState, make_report, memory_figures, performance
+from runner.precision import checks
+from runner.preflight import choices
+from runner.preflight.gate import build, compiled_as, preflight, ready_to_train, training_scope
+from runner.reporting import compare, documents, tracking
+from runner.reporting.record import RunState, make_report, memory_figures, performance
 from runner.spec import (
     BadInput,
     DistributionSpec,
@@ -50,7 +42,9 @@ from runner.spec import (
     spec_hash,
     spec_to_toml,
 )
-from runner.telemetry import (
+from runner.training import checkpoints, loop, schedules
+from runner.training.distribution import ClusterConfig, ClusterError, Role, role_for
+from runner.training.telemetry import (
     NOTHING_TO_SAVE,
     StopRequest,
     StopTraining,
@@ -82,7 +76,7 @@ def require_device(device: str) -> None:
 def _observers(
     state: RunState, segment: Any, n_train: int, emit: EventSink, restore_metrics: Any
 ) -> list[Any]:
-    from runner import callbacks  # imports TensorFlow: only when training
+    from runner.training import callbacks  # imports TensorFlow: only when training
 
     spec, run_dir, chief = state.spec, state.run_dir, state.role.is_chief
     batch = spec.data.batch_size
@@ -105,7 +99,7 @@ def _observers(
 
 
 def _summaries(state: RunState) -> list[Any]:
-    from runner import callbacks
+    from runner.training import callbacks
 
     wanted = state.spec.runtime.tensorboard and state.role.is_chief
     return [callbacks.EpochSummaries(state.log, state.run_dir / "tensorboard")] if wanted else []
@@ -126,7 +120,7 @@ def _agreement(engine: Any, state: RunState) -> Any:
     return agree
 
 
-def _train(state: RunState, engine: Any, splits: AnySplits, emit: EventSink) -> None:
+def _train(state: RunState, engine: Any, splits: Source, emit: EventSink) -> None:
     """Train from the start or from the checkpoint being resumed, then evaluate on the test split."""
     spec = state.spec
     batch, n_train = spec.data.batch_size, splits.count("train")
@@ -150,9 +144,10 @@ def _train(state: RunState, engine: Any, splits: AnySplits, emit: EventSink) -> 
         for segment in loop.segments(start, spec.training.epochs, steps):
             _fine_tune(state, engine, segment.first, emit)
             epochs = range(segment.first, segment.stop)
-            train_ds = splits.train_dataset(
+            order = TrainingBatches(
                 batch, spec.data.shuffle_seed, epochs, segment.skip, spec.data.augmentation
             )
+            train_ds = splits.train_dataset(order)
             restore_metrics = partial(_restore_metrics, state, splits) if segment.skip else None
             observers = [*_observers(state, segment, n_train, emit, restore_metrics), *summaries]
             phase = "first epoch" if segment.first == start.epoch else "later epochs"
@@ -186,7 +181,7 @@ def _fine_tune(state: RunState, engine: Any, epoch: int, emit: EventSink) -> Non
     emit(Note(f"epoch {epoch + 1}: {changed[0]} unfrozen, fine-tuned from now on (model.freeze_base_epochs)"))
 
 
-def _test_metrics(engine: Any, splits: AnySplits, batch: int) -> dict[str, float | None]:
+def _test_metrics(engine: Any, splits: Source, batch: int) -> dict[str, float | None]:
     if not splits.count("test"):  # a mean over no images is not 0: there are none (data.test_fraction = 0)
         return {"test_loss": None, "test_accuracy": None}
     results = engine.evaluate(engine.distribute(splits.eval_dataset("test", batch)))
@@ -207,7 +202,7 @@ def _restore_best(state: RunState, model: Any) -> None:
 
 def _replicas_in_sync(engine: Any, state: RunState) -> checks.Finding:
     """Every worker's final weights (a SHA-256 each, gathered over the cluster) and every device's copy."""
-    from runner.engine import all_sum, replicas_differing, weights_digest
+    from runner.training.engine import all_sum, replicas_differing, weights_digest
 
     digest = weights_digest(engine.model)
     table = np.zeros((state.role.workers, 32))
@@ -218,7 +213,7 @@ def _replicas_in_sync(engine: Any, state: RunState) -> checks.Finding:
     return checks.check_replicas_in_sync(digests, replicas_differing(engine.model))
 
 
-def _restore_metrics(state: RunState, splits: AnySplits, model: Any) -> None:
+def _restore_metrics(state: RunState, splits: Source, model: Any) -> None:
     """Put back the running means of the epoch a resume starts in the middle of (the loop has just
     reset them). Every worker does (see compat.assign_summed)."""
     assert state.resume_from is not None  # only a resume has metrics to put back
@@ -238,7 +233,7 @@ def _loss_scale_summary(state: RunState, optimizer: Any) -> dict[str, Any]:
     return {"initial": scale, "final": scale, "min": scale, "overflow_steps": 0, "steps": 0, "history": []}
 
 
-def _choose(state: RunState, splits: AnySplits, emit: EventSink) -> None:
+def _choose(state: RunState, splits: Source, emit: EventSink) -> None:
     """XLA as measured (or as a rule says), recorded with the policy's choice in speed.json and the
     report, and a warning when the policy is measured much slower than float32 here. A resume
     keeps what its run chose at the start; on several workers the chief measures (a rule decides
@@ -260,7 +255,7 @@ def _choose(state: RunState, splits: AnySplits, emit: EventSink) -> None:
         emit(Note(state.speed["statement"], "warning"))
 
 
-def _train_checked(state: RunState, splits: AnySplits, emit: EventSink, strategy: Any) -> None:
+def _train_checked(state: RunState, splits: Source, emit: EventSink, strategy: Any) -> None:
     """Measure and choose, build, preflight, stop on a failed invariant, else train and evaluate:
     inside the policy scope."""
     with state.memory.phase("speed"):
@@ -282,7 +277,7 @@ def _train_checked(state: RunState, splits: AnySplits, emit: EventSink, strategy
             if state.resume_from is not None:
                 name, meta = state.resume_from
                 checkpoints.restore(state.run_dir, name, meta, model, groups=("model", "optimizer"))
-        from runner.engine import Engine  # imports TensorFlow: only when training
+        from runner.training.engine import Engine  # imports TensorFlow: only when training
 
         strategy = compat.tensorflow().distribute.get_strategy()
         engine = Engine(model, strategy, jit_compile=state.xla[0], workers=state.role.workers)
@@ -297,9 +292,9 @@ def _train_checked(state: RunState, splits: AnySplits, emit: EventSink, strategy
             _export(state, model, splits)  # outside the strategy: the chief alone builds the float32 copy
 
 
-def _export(state: RunState, model: Any, splits: AnySplits) -> None:
+def _export(state: RunState, model: Any, splits: Source) -> None:
     """[export]: the files, reloaded in a fresh process (the `export_roundtrip` check)."""
-    from runner import export
+    from runner.export import artifacts as export
 
     formats = list(state.spec.export.formats)
     if export.skipped_by_environment():
@@ -368,7 +363,7 @@ def _release_previous_run() -> None:
 class Setup:
     """What a run or a resume has before it touches its directory."""
 
-    splits: AnySplits
+    splits: Source
     environment: dict[str, Any]
     role: Role
     strategy: Any  # None: the default strategy (one device)
@@ -394,7 +389,7 @@ def _strategy(spec: ExperimentSpec, role: Role) -> Any:
     """The spec's tf.distribute strategy (several workers join their cluster here); None for one device."""
     if spec.distribution.strategy == "none":
         return None
-    from runner.engine import make_strategy
+    from runner.training.engine import make_strategy
 
     strategy = make_strategy(spec.distribution, role, spec.runtime.device)
     replicas = int(strategy.num_replicas_in_sync)
@@ -482,7 +477,7 @@ def _run_dir(spec: ExperimentSpec, output: Path, setup: Setup) -> Iterator[Path]
 
 
 def _share_run_dir(setup: Setup, output: Path, run_dir: Path | None) -> Path:
-    from runner.engine import all_sum, broadcast_text
+    from runner.training.engine import all_sum, broadcast_text
 
     role, strategy = setup.role, setup.strategy
     path = Path(broadcast_text(strategy, None if run_dir is None else str(run_dir.resolve()), role.workers))
@@ -794,7 +789,7 @@ def export_target(run_dir: Path, checkpoint: str) -> Path:
     """Where `runner export` writes: the run directory while it holds no export yet; beside what it
     holds otherwise (`exports/<checkpoint>/`, `-2`, `-3`… when taken): a run's artifacts are never
     overwritten."""
-    from runner import export
+    from runner.export import artifacts as export
 
     taken = [
         export.EXPORT_DIR,
@@ -814,7 +809,7 @@ def export_experiment(run_dir: Path, formats: list[str] | None, which: str | Non
     """`runner export`: rebuild the run's model from its spec.toml, restore a checkpoint's model
     variables (by default the weights the run reported), export it and check the round trip; for any
     finished or interrupted run, never over what the run (or an earlier export) wrote."""
-    from runner import export
+    from runner.export import artifacts as export
 
     spec, _ = choices.kept_policy(run_dir, load_spec(run_dir / "spec.toml"))
     if spec.precision.policy == "auto":

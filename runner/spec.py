@@ -29,7 +29,7 @@ Policy = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 # "auto": the fastest policy measured on the spec's model here whose preflight passes (choices.py).
 PolicySetting = Literal["float32", "mixed_float16", "mixed_bfloat16", "auto"]
 Activation = Literal["relu", "gelu", "swish", "tanh"]
-Source = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "shapes", "npz", "image_folder", "tfds"]
+SourceName = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "shapes", "npz", "image_folder", "tfds"]
 PositiveInt = Annotated[int, Field(gt=0)]
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -82,6 +82,8 @@ COMPUTE_DTYPE: dict[str, str] = {
     "mixed_bfloat16": "bfloat16",
 }
 DEFAULT_INITIAL_SCALE = 2.0**15  # Keras' LossScaleOptimizer's own default
+# What `model.output = "probabilities"` ends in: a float16 one loses them (the tutorial's third bug).
+PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid", "log_softmax")
 
 
 class PrecisionSpec(StrictModel):
@@ -226,7 +228,7 @@ class AugmentationSpec(StrictModel):
 
 
 class DataSpec(StrictModel):
-    source: Source = "shapes"
+    source: SourceName = "shapes"
     # An explicit archive (cifar-10-python.tar.gz, mnist.npz, a fashion-mnist folder); else Keras' cache.
     path: str | None = None
     batch_size: PositiveInt = 32

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner import compare, documents, exits, runs, tracking
-from runner.compare import RunDirError
+from runner import exits, runs
 from runner.events import EventSink, VariantStarted, ignore
+from runner.reporting import compare, documents, tracking
+from runner.reporting.compare import RunDirError
 from runner.session import THREADS_VARIABLE, RunOutcome, run_experiment
 from runner.spec import (
     ExperimentSpec,
@@ -318,7 +319,7 @@ def _execute(
 
 def _exit_code_of(report: dict[str, Any]) -> int:
     """A kept variant's exit code, from its report (as its run ended)."""
-    from runner.checks import is_blocking
+    from runner.precision.checks import is_blocking
 
     code = exits.BY_STATUS.get(report["status"], exits.RUN_FAILED)
     if code == exits.COMPLETED and any(is_blocking(c) for c in report["checks"]):

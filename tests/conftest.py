@@ -60,7 +60,7 @@ def isolated_keras_cache(tmp_path_factory, monkeypatch):
     # The suite's many runs do not test export: its fresh-process reload (a TensorFlow import, seconds
     # per run) is paid by tests/test_export.py and the quickstart test, which unset this.
     monkeypatch.setenv("RUNNER_SKIP_EXPORT", "1")
-    # Measured step times (runner/speed.py) are kept apart from the user's cache, and shared by the
+    # Measured step times (runner/preflight/speed.py) are kept apart from the user's cache, and shared by the
     # whole session (both xdist workers: their temporary folders have one parent) and the runner
     # processes its tests start: a model is timed once. A test about the cache gives its own folder.
     shared = tmp_path_factory.getbasetemp()
@@ -116,5 +116,5 @@ def inprocess_pytest():
 
     compat.keras()
     for module in pkgutil.walk_packages(runner.__path__, "runner."):
-        if module.name not in {"runner.ray", "runner.__main__"}:  # ray: an optional extra
+        if module.name not in {"runner.cluster.ray", "runner.__main__"}:  # ray: an optional extra
             importlib.import_module(module.name)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from runner import compat
-from runner.augment import augment
-from runner.data import train_pipeline
+from runner.data.augment import augment
+from runner.data.pipeline import TrainingBatches, train_pipeline
 from runner.spec import AugmentationSpec, spec_from_dict
 
 tf = compat.tensorflow()
@@ -70,8 +70,8 @@ def test_brightness_and_contrast_stay_uint8_and_change_the_images():
 def test_nothing_asked_is_nothing_done():
     spec = AugmentationSpec()
     assert spec.describe() == []
-    plain = train_pipeline(IMAGES, LABELS, 16, 0, range(0, 1))
-    same = train_pipeline(IMAGES, LABELS, 16, 0, range(0, 1), augmentation=spec)
+    plain = train_pipeline(IMAGES, LABELS, TrainingBatches(16, 0, range(0, 1)))
+    same = train_pipeline(IMAGES, LABELS, TrainingBatches(16, 0, range(0, 1), augmentation=spec))
     for (a, _), (b, _) in zip(plain, same, strict=True):
         assert np.array_equal(a.numpy(), b.numpy())
 
@@ -79,11 +79,16 @@ def test_nothing_asked_is_nothing_done():
 @pytest.mark.parametrize("skip", [1, 3])
 def test_a_resumed_epoch_sees_the_same_augmented_batches(skip):
     spec = AugmentationSpec(horizontal_flip=True, pad_crop=1, translate=0.2, brightness=0.1, contrast=0.1)
-    whole = [b[0].numpy() for b in train_pipeline(IMAGES, LABELS, 16, 5, range(1, 2), augmentation=spec)]
-    resumed = [b[0].numpy() for b in train_pipeline(IMAGES, LABELS, 16, 5, range(1, 2), skip, spec)]
+    whole = [
+        b[0].numpy()
+        for b in train_pipeline(IMAGES, LABELS, TrainingBatches(16, 5, range(1, 2), augmentation=spec))
+    ]
+    resumed = [
+        b[0].numpy() for b in train_pipeline(IMAGES, LABELS, TrainingBatches(16, 5, range(1, 2), skip, spec))
+    ]
     assert len(resumed) == len(whole) - skip
     assert all(np.array_equal(a, b) for a, b in zip(resumed, whole[skip:], strict=True))
-    plain = [b[0].numpy() for b in train_pipeline(IMAGES, LABELS, 16, 5, range(1, 2))]
+    plain = [b[0].numpy() for b in train_pipeline(IMAGES, LABELS, TrainingBatches(16, 5, range(1, 2)))]
     assert not any(np.array_equal(a, b) for a, b in zip(whole, plain, strict=True))
 
 

@@ -17,11 +17,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from runner import data, distribution, folders, plots, runs, search, spec
+from runner import runs, search, spec
 from runner.cli import app
-from runner.data import DataError
-from runner.distribution import ClusterError
+from runner.data import image_folder as folders
+from runner.data import npz
+from runner.data.files import DataError
+from runner.reporting import plots
 from runner.spec import SpecError, load_plan
+from runner.training import distribution
+from runner.training.distribution import ClusterError
 from tests.conftest import ROOT, TINY_SPEC
 from tests.test_image_folder import make_folder
 
@@ -157,10 +161,10 @@ def _npz_with_header(path: Path, shape: tuple[int, ...]) -> Path:
 
 def test_an_npz_declaring_a_huge_array_is_refused_before_numpy_allocates_it(tmp_path):
     with pytest.raises(DataError) as caught:
-        data.read_npz(_npz_with_header(tmp_path / "huge.npz", (10**6, 1000, 1000, 3)))
+        npz.read_npz(_npz_with_header(tmp_path / "huge.npz", (10**6, 1000, 1000, 3)))
     assert "x_train: its header declares shape (1000000, 1000, 1000, 3) of uint8" in str(caught.value)
     with pytest.raises(DataError, match="its header declares shape"):  # small, but more than the file holds
-        data.read_npz(_npz_with_header(tmp_path / "short.npz", (4, 8, 8, 3)))
+        npz.read_npz(_npz_with_header(tmp_path / "short.npz", (4, 8, 8, 3)))
 
 
 def test_npz_test_images_of_another_shape_than_training_are_refused(tmp_path):
@@ -174,7 +178,7 @@ def test_npz_test_images_of_another_shape_than_training_are_refused(tmp_path):
         y_test=np.arange(6) % 2,
     )
     with pytest.raises(DataError) as caught:
-        data.read_npz(path)
+        npz.read_npz(path)
     assert "x_test: expected images of x_train's shape (8, 8, 3)" in str(caught.value)
     assert "got (16, 16, 3)" in str(caught.value)
 
@@ -279,7 +283,7 @@ def test_an_interrupted_multi_worker_run_names_the_command_that_resumes_it(tmp_p
 
 
 def test_bad_input_every_worker_refused_is_printed_once(tmp_path, capfd):
-    from runner.launch import _report_failed_peers
+    from runner.cluster.launch import _report_failed_peers
 
     (tmp_path / "worker-1.log").write_text("error: data.path: not found\n")
     peer = subprocess.Popen([sys.executable, "-c", "raise SystemExit(2)"])
@@ -294,7 +298,7 @@ def test_bad_input_every_worker_refused_is_printed_once(tmp_path, capfd):
 
 
 def test_swept_floats_are_shown_as_short_as_keeps_them_apart():
-    from runner.views import setting_texts
+    from runner.reporting.views import setting_texts
 
     assert setting_texts([0.004217892109349711, 0.0912, "adam"]) == ["0.00422", "0.0912", "adam"]
     assert setting_texts([0.0012341, 0.0012349]) == ["0.001234", "0.001235"]  # 4 figures tell them apart
@@ -303,7 +307,7 @@ def test_swept_floats_are_shown_as_short_as_keeps_them_apart():
 def test_a_random_search_comparison_fits_80_columns_best_first(tmp_path):
     from rich.console import Console
 
-    from runner.views import comparison_table
+    from runner.reporting.views import comparison_table
 
     rates = [0.004217892109349711, 0.0009112345678901, 0.0123456789012345]
     rows = [
@@ -326,7 +330,7 @@ def test_a_random_search_comparison_fits_80_columns_best_first(tmp_path):
         }
         for i, (rate, accuracy) in enumerate(zip(rates, [0.81, 0.93, 0.62], strict=True))
     ]
-    from runner.compare import rank
+    from runner.reporting.compare import rank
 
     options, _ = search.read_sweep({"method": "random", "samples": 3, "seed": [1, 2, 3]}, "s.toml")
     assert options.objective == ("test_accuracy", "max")  # a random search ranks without being told
@@ -427,8 +431,9 @@ def _pretrained(path: Path, freeze: int = 0) -> dict:
 
 
 def test_a_pretrained_base_gets_its_weights_its_preprocessing_and_runners_head(tmp_path):
-    from runner import compat, precision
+    from runner import compat
     from runner.models import build_model
+    from runner.precision import policy as precision
     from runner.spec import spec_from_dict
 
     path, saved = _base_weights_file(tmp_path)
@@ -470,8 +475,8 @@ def test_pretrained_settings_in_the_wrong_place_are_named(model, expected):
 
 
 def test_a_weights_file_that_is_missing_is_bad_input(tmp_path):
-    from runner import precision
     from runner.models import ModelError, build_model
+    from runner.precision import policy as precision
 
     model = spec.spec_from_dict({"name": "t", "model": _pretrained(tmp_path / "nope.h5")}).model
     with (
@@ -486,9 +491,11 @@ def test_a_frozen_base_trains_only_from_its_epoch_on(tmp_path):
     """Epoch 1: only runner's head trains (the base's weights are the file's); epoch 2: the base is
     fine-tuned (its weights move). The optimizer has the base's slots from the start, so every
     checkpoint holds the same variables."""
-    from runner import checkpoints, compat, precision
+    from runner import compat
     from runner.models import build_model
+    from runner.precision import policy as precision
     from runner.session import run_experiment
+    from runner.training import checkpoints
 
     path, saved = _base_weights_file(tmp_path)
     raw = spec.tomllib.loads(
@@ -552,8 +559,9 @@ def test_imagenet_weights_are_fetched_with_every_wait_bounded(monkeypatch):
     download is one message."""
     import socket
 
-    from runner import compat, precision
+    from runner import compat
     from runner.models import WEIGHTS_TIMEOUT_S, ModelError, build_model
+    from runner.precision import policy as precision
 
     seen = []
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runner import checks
-from runner.spec import COMPUTE_DTYPE, ChecksSpec, PrecisionSpec
+from runner.precision import checks
+from runner.spec import COMPUTE_DTYPE, PROBABILITY_ACTIVATIONS, ChecksSpec, PrecisionSpec
 from runner.testing.strategies import policies
 
 DTYPES = ["float16", "bfloat16", "float32"]
@@ -276,7 +276,7 @@ def test_any_non_float32_variable_or_output_is_an_error(layers, output, last):
     # The final activation computes in float32, not only the output is float32: a probability
     # activation below float32 fails even behind a cast (an error in float16, a warning in bfloat16).
     out = checks.check_output_dtype(a, "mixed_float16", "float32")
-    low = last is not None and last["activation"] in checks.PROBABILITY_ACTIVATIONS
+    low = last is not None and last["activation"] in PROBABILITY_ACTIVATIONS
     low = low and last["compute_dtype"] != "float32"
     assert out.passed == (output == "float32" and not low)
     if output == "float32" and low and last["compute_dtype"] == "bfloat16":

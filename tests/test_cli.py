@@ -172,7 +172,8 @@ def test_env_reports_versions_and_each_policy_measured_here(tmp_path, monkeypatc
     ways: the table shows what was measured (machine.json), whatever this CPU makes of it."""
     import platform
 
-    from runner import compat, speed
+    from runner import compat
+    from runner.preflight import speed
     from tests.test_views import table_rows
 
     monkeypatch.setenv(speed.CACHE_VARIABLE, str(tmp_path))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from runner.compare import (
+from runner.reporting.compare import (
     RunDirError,
     compare,
     differing_fields,

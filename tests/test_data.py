@@ -17,21 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner import data
-from runner.data import (
-    ARCHIVES,
-    CIFAR_BATCHES,
-    SHAPE_CLASSES,
-    DataError,
-    keras_cache,
-    load_data,
-    locate,
-    make_shapes,
-    read_cifar10,
-    read_cifar_batch,
-    read_fashion_mnist,
-    read_mnist_npz,
-)
+from runner.data import archives, cifar, mnist
+from runner.data.archives import ARCHIVES, keras_cache, locate
+from runner.data.cifar import CIFAR_BATCHES, read_cifar10, read_cifar_batch
+from runner.data.files import DataError
+from runner.data.mnist import read_fashion_mnist, read_mnist_npz
+from runner.data.shapes import SHAPE_CLASSES, make_shapes
+from runner.data.sources import load_splits
 from runner.spec import DataSpec
 
 
@@ -123,16 +115,16 @@ def test_shapes_classes_differ_in_shape_not_colour():
 
 def test_load_data_splits_and_limits():
     spec = DataSpec(source="shapes", train_size=1000, test_size=200, validation_fraction=0.2, batch_size=10)
-    splits = load_data(spec, seed=5)
+    splits = load_splits(spec, seed=5)
     assert (len(splits.y_train), len(splits.y_val), len(splits.y_test)) == (800, 200, 200)
     assert splits.input_shape == (32, 32, 3) and splits.num_classes == 10
-    again = load_data(spec, seed=5)
+    again = load_splits(spec, seed=5)
     assert np.array_equal(splits.x_test, again.x_test)
 
 
 def test_too_small_training_split_is_a_data_error():
     with pytest.raises(DataError, match="at least one batch"):
-        load_data(DataSpec(source="shapes", train_size=20, batch_size=64), seed=0)
+        load_splits(DataSpec(source="shapes", train_size=20, batch_size=64), seed=0)
 
 
 # ---------------------------------------------------------------- CIFAR-10 archive
@@ -160,11 +152,11 @@ def test_cifar_found_in_keras_cache_and_via_data_path(tmp_path):
     cache = keras_cache()
     cache.mkdir(parents=True, exist_ok=True)
     make_cifar_archive(cache / "cifar-10-python.tar.gz")
-    splits = load_data(DataSpec(source="cifar10", batch_size=4, validation_fraction=0.25), seed=0)
+    splits = load_splits(DataSpec(source="cifar10", batch_size=4, validation_fraction=0.25), seed=0)
     assert (len(splits.y_train), len(splits.y_val), len(splits.y_test)) == (15, 5, 4)
     other = tmp_path / "elsewhere.tar.gz"
     make_cifar_archive(other, n=8)
-    splits = load_data(DataSpec(source="cifar10", path=str(other), batch_size=4), seed=0)
+    splits = load_splits(DataSpec(source="cifar10", path=str(other), batch_size=4), seed=0)
     assert len(splits.y_test) == 8
 
 
@@ -206,7 +198,7 @@ def test_broken_cifar_archives_are_data_errors(tmp_path, damage):
 def test_labels_out_of_range_are_a_data_error(tmp_path):
     _cifar_with_label_99(tmp_path / "c.tar.gz")
     with pytest.raises(DataError, match=r"labels must lie in 0\.\.9"):
-        load_data(DataSpec(source="cifar10", path=str(tmp_path / "c.tar.gz"), batch_size=2), seed=0)
+        load_splits(DataSpec(source="cifar10", path=str(tmp_path / "c.tar.gz"), batch_size=2), seed=0)
 
 
 # ---------------------------------------------------------------- MNIST and Fashion-MNIST
@@ -254,9 +246,9 @@ def test_a_failed_download_is_a_data_error(monkeypatch):
     URL, and nothing left in the cache. (How long it takes is a benchmark's question, not a test's.)"""
     monkeypatch.delenv("RUNNER_OFFLINE")
     monkeypatch.setitem(
-        data.ARCHIVES,
+        archives.ARCHIVES,
         "mnist",
-        dataclasses.replace(data.ARCHIVES["mnist"], url="http://127.0.0.1:9/mnist.npz"),
+        dataclasses.replace(archives.ARCHIVES["mnist"], url="http://127.0.0.1:9/mnist.npz"),
     )
     with pytest.raises(DataError, match="download from http://127.0.0.1:9/mnist.npz failed"):
         locate("mnist", None)
@@ -285,7 +277,7 @@ def test_a_special_file_as_data_path_is_refused_without_opening_it(tmp_path, spe
     make, kind = SPECIAL_FILES[special]
     path = make(tmp_path)
     with pytest.raises(DataError) as info:
-        load_data(DataSpec(source=source, path=str(path), batch_size=2), seed=0)
+        load_splits(DataSpec(source=source, path=str(path), batch_size=2), seed=0)
     expected = ARCHIVES[source].description
     assert (
         str(info.value) == f'data.path: "{path}" is {kind}; expected {expected} for data.source = "{source}"'
@@ -320,7 +312,7 @@ def _fashion_folder_with_dev_zero(tmp_path):
 def test_a_special_file_inside_a_data_folder_is_refused(tmp_path, make):
     source, folder, message = make(tmp_path)
     with pytest.raises(DataError, match=message):
-        load_data(DataSpec(source=source, path=str(folder), batch_size=2), seed=0)
+        load_splits(DataSpec(source=source, path=str(folder), batch_size=2), seed=0)
 
 
 @pytest.mark.parametrize(("source", "name"), [("cifar10", "c.tar.gz"), ("mnist", "mnist.npz")])
@@ -329,29 +321,29 @@ def test_a_file_far_larger_than_the_archive_is_refused_before_reading(tmp_path, 
     with big.open("wb") as f:
         f.truncate(2_000_000_000)  # sparse: no disk and no time spent, but stat says 2 GB
     with pytest.raises(DataError, match=r"is 2,000 MB; expected .*, at most [0-9,]+ MB"):
-        load_data(DataSpec(source=source, path=str(big), batch_size=2), seed=0)
+        load_splits(DataSpec(source=source, path=str(big), batch_size=2), seed=0)
 
 
 def _cifar_with_more_entries_than_allowed(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CIFAR_ENTRIES_MAX", 3)
+    monkeypatch.setattr(cifar, "CIFAR_ENTRIES_MAX", 3)
     make_cifar_archive(tmp_path / "c.tar.gz")
     return "cifar10", tmp_path / "c.tar.gz", "more than 3 entries"
 
 
 def _cifar_unpacking_to_more_than_allowed(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CIFAR_UNPACKED_MAX", 20_000)  # a 4-image batch is 12 kB
+    monkeypatch.setattr(cifar, "CIFAR_UNPACKED_MAX", 20_000)  # a 4-image batch is 12 kB
     make_cifar_archive(tmp_path / "c.tar.gz")
     return "cifar10", tmp_path / "c.tar.gz", "or 20,000 bytes unpacked"
 
 
 def _fashion_unpacking_to_more_than_allowed(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_FILE_MAX", 1_000)  # blank images pack to less, unpack to 4.7 kB
+    monkeypatch.setattr(mnist, "FASHION_FILE_MAX", 1_000)  # blank images pack to less, unpack to 4.7 kB
     make_fashion_folder(tmp_path / "fashion", images=np.zeros((6, 28, 28), np.uint8))
     return "fashion_mnist", tmp_path / "fashion", "unpacks to more than 1,000 bytes"
 
 
 def _mnist_unpacking_to_more_than_allowed(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MNIST_NPZ_MAX", 10_000)  # blank images pack to less, unpack to 47 kB
+    monkeypatch.setattr(mnist, "MNIST_NPZ_MAX", 10_000)  # blank images pack to less, unpack to 47 kB
     x, y = np.zeros((60, 28, 28), np.uint8), np.zeros(60, np.uint8)
     np.savez_compressed(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=x, y_test=y)
     return (
@@ -375,7 +367,7 @@ def test_unpacking_is_bounded(tmp_path, monkeypatch, make):
     """A small gzip can unpack to gigabytes: readers count what they unpack, against bounds shrunk here."""
     source, path, message = make(tmp_path, monkeypatch)
     with pytest.raises(DataError, match=message):
-        load_data(DataSpec(source=source, path=str(path), batch_size=2), seed=0)
+        load_splits(DataSpec(source=source, path=str(path), batch_size=2), seed=0)
 
 
 # ---------------------------------------------------------------- partial downloads
@@ -398,7 +390,7 @@ def _served_files(tmp_path, monkeypatch, source: str) -> tuple[dict[str, bytes],
     (file,) = made.iterdir()
     body = file.read_bytes()
     archive = dataclasses.replace(ARCHIVES[source], sha256=hashlib.sha256(body).hexdigest())
-    monkeypatch.setitem(data.ARCHIVES, source, archive)
+    monkeypatch.setitem(archives.ARCHIVES, source, archive)
     return {file.name: body}, 4 if source == "cifar10" else 6
 
 
@@ -445,13 +437,13 @@ def test_a_download_that_fails_midway_leaves_nothing_behind(tmp_path, monkeypatc
     files, n_test = _served_files(tmp_path, monkeypatch, source)
     last = sorted(files)[-1]
     monkeypatch.setattr(
-        data.urllib.request, "urlopen", _fake_urlopen(files, last, DROPPED_CONNECTIONS[dropped])
+        archives.urllib.request, "urlopen", _fake_urlopen(files, last, DROPPED_CONNECTIONS[dropped])
     )
     with pytest.raises(DataError, match=r"and the download from .* failed .*\n  Fix: "):
-        load_data(DataSpec(source=source, batch_size=2), seed=0)
+        load_splits(DataSpec(source=source, batch_size=2), seed=0)
     assert list(keras_cache().iterdir()) == []  # no entry, no temporary file or folder
-    monkeypatch.setattr(data.urllib.request, "urlopen", _fake_urlopen(files))
-    assert len(load_data(DataSpec(source=source, batch_size=2), seed=0).y_test) == n_test
+    monkeypatch.setattr(archives.urllib.request, "urlopen", _fake_urlopen(files))
+    assert len(load_splits(DataSpec(source=source, batch_size=2), seed=0).y_test) == n_test
     assert [p.name for p in keras_cache().iterdir()] == [ARCHIVES[source].cache_names[0]]
 
 
@@ -480,27 +472,28 @@ def test_a_partial_cache_entry_counts_as_missing(tmp_path, monkeypatch, entry):
     """Offline: the same error and fix as an empty cache, not "cannot read"; online: fetched again."""
     source, make = PARTIAL_CACHE_ENTRIES[entry]
     with pytest.raises(DataError) as missing:
-        load_data(DataSpec(source=source, batch_size=2), seed=0)
+        load_splits(DataSpec(source=source, batch_size=2), seed=0)
     keras_cache().mkdir(parents=True)
     make(keras_cache())
     with pytest.raises(DataError) as partial:
-        load_data(DataSpec(source=source, batch_size=2), seed=0)
+        load_splits(DataSpec(source=source, batch_size=2), seed=0)
     assert str(partial.value) == str(missing.value)
     assert "not in Keras' cache" in str(partial.value) and "Fix: " in str(partial.value)
     monkeypatch.delenv("RUNNER_OFFLINE")
     files, n_test = _served_files(tmp_path, monkeypatch, source)
-    monkeypatch.setattr(data.urllib.request, "urlopen", _fake_urlopen(files))
-    assert len(load_data(DataSpec(source=source, batch_size=2), seed=0).y_test) == n_test
+    monkeypatch.setattr(archives.urllib.request, "urlopen", _fake_urlopen(files))
+    assert len(load_splits(DataSpec(source=source, batch_size=2), seed=0).y_test) == n_test
 
 
 def test_a_download_larger_than_the_archive_is_cut_off(tmp_path, monkeypatch):
     """A server that streams without end is cut off at the archive's bound (shrunk here), leaving nothing."""
     monkeypatch.delenv("RUNNER_OFFLINE")
     files, _ = _served_files(tmp_path, monkeypatch, "mnist")
-    monkeypatch.setitem(data.ARCHIVES, "mnist", dataclasses.replace(data.ARCHIVES["mnist"], max_bytes=100))
-    monkeypatch.setattr(data.urllib.request, "urlopen", _fake_urlopen(files))
+    mnist_archive = dataclasses.replace(archives.ARCHIVES["mnist"], max_bytes=100)
+    monkeypatch.setitem(archives.ARCHIVES, "mnist", mnist_archive)
+    monkeypatch.setattr(archives.urllib.request, "urlopen", _fake_urlopen(files))
     with pytest.raises(DataError, match=r"failed \(the server sent more than 100 bytes\)"):
-        load_data(DataSpec(source="mnist", batch_size=2), seed=0)
+        load_splits(DataSpec(source="mnist", batch_size=2), seed=0)
     assert list(keras_cache().iterdir()) == []
 
 
@@ -553,7 +546,7 @@ def test_a_data_path_error_starts_with_data_path(tmp_path, broken):
     source, name, make, rest = BROKEN_DATA[broken]
     make(tmp_path / name)
     with pytest.raises(DataError) as info:
-        load_data(DataSpec(source=source, path=str(tmp_path / name), batch_size=2), seed=0)
+        load_splits(DataSpec(source=source, path=str(tmp_path / name), batch_size=2), seed=0)
     assert re.fullmatch(
         f'data\\.path: "{re.escape(str(tmp_path / name))}[^"]*"' + rest + ".*", str(info.value)
     )
@@ -565,7 +558,7 @@ def test_a_broken_cache_entry_error_starts_with_data_source_and_says_how_to_fetc
     keras_cache().mkdir(parents=True)
     make(keras_cache() / name)
     with pytest.raises(DataError) as info:
-        load_data(DataSpec(source=source, batch_size=2), seed=0)
+        load_splits(DataSpec(source=source, batch_size=2), seed=0)
     start = f'data.source = "{source}": "{re.escape(str(keras_cache() / name))}"'
     assert re.match(start + rest, str(info.value))
     assert "Fix: delete it from Keras' cache so the next run downloads it again" in str(info.value)
@@ -639,4 +632,4 @@ def test_a_damaged_file_is_a_data_error_not_a_traceback(tmp_path, damaged):
     source, name, make, message = DAMAGED[damaged]
     make(tmp_path / name)
     with pytest.raises(DataError, match=f"^data\\.path: .*{re.escape(message)}"):
-        load_data(DataSpec(source=source, path=str(tmp_path / name), batch_size=2), seed=0)
+        load_splits(DataSpec(source=source, path=str(tmp_path / name), batch_size=2), seed=0)

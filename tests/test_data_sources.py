@@ -11,21 +11,40 @@ import pickle
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from runner import data
 from runner.cli import app
-from runner.data import DataError, keras_cache, load_data
+from runner.data import archives, npz
+from runner.data.archives import keras_cache
+from runner.data.files import DataError
+from runner.data.sources import LOADERS, Source, load_splits
 from runner.session import run_experiment
-from runner.spec import DataSpec, SpecError, load_spec, spec_from_dict
+from runner.spec import DataSpec, SourceName, SpecError, load_spec, spec_from_dict
 from tests.conftest import ROOT, TINY_SPEC
 from tests.test_data import DROPPED_CONNECTIONS, _fake_urlopen
 
 cli = CliRunner()
 RNG = np.random.default_rng(0)
+
+
+def test_every_source_a_spec_can_name_has_a_loader():
+    assert set(LOADERS) == set(get_args(SourceName))
+
+
+@pytest.mark.parametrize("source", ["shapes", "npz"])
+def test_array_sources_give_the_source_interface(source, tmp_path):
+    """What a run asks of its data, whatever the source: the Protocol's members, present and typed."""
+    path = write_npz(tmp_path / "d.npz", **good_arrays()) if source == "npz" else None
+    spec = DataSpec(source=source, path=path and str(path), train_size=48, test_size=16, batch_size=8)
+    splits: Source = load_splits(spec, seed=0)
+    assert splits.source == source and splits.num_classes >= 2 and len(splits.input_shape) == 3
+    assert splits.count("train") + splits.count("validation") == 48 and splits.count("test") == 16
+    assert list(splits.undecodable()) == [] and splits.explain(ValueError("x")) is None
+    assert splits.summary()["train"] == splits.count("train")
 
 
 def _images(n: int, shape: tuple[int, ...] = (8, 8, 3)) -> np.ndarray:
@@ -59,7 +78,7 @@ def _npz_spec(path: Path, **fields) -> DataSpec:
 
 def test_npz_nhwc_uint8_loads_as_is(tmp_path):
     arrays = good_arrays()
-    splits = load_data(_npz_spec(write_npz(tmp_path / "d.npz", **arrays), validation_fraction=0.25), seed=0)
+    splits = load_splits(_npz_spec(write_npz(tmp_path / "d.npz", **arrays), validation_fraction=0.25), seed=0)
     assert splits.input_shape == (8, 8, 3) and splits.num_classes == 4
     assert (len(splits.y_train), len(splits.y_val), len(splits.y_test)) == (45, 15, 20)
     assert splits.x_train.dtype == np.uint8 and splits.y_train.dtype == np.int32
@@ -70,7 +89,7 @@ def test_npz_nhwc_uint8_loads_as_is(tmp_path):
 def test_npz_nhw_images_get_one_channel_and_labels_of_shape_n_1_are_accepted(tmp_path):
     arrays = good_arrays() | {"x_train": _images(60, (6, 5)), "x_test": _images(20, (6, 5))}
     arrays["y_train"] = arrays["y_train"].reshape(-1, 1).astype(np.uint8)
-    splits = load_data(_npz_spec(write_npz(tmp_path / "d.npz", **arrays)), seed=0)
+    splits = load_splits(_npz_spec(write_npz(tmp_path / "d.npz", **arrays)), seed=0)
     assert splits.input_shape == (6, 5, 1)
     np.testing.assert_array_equal(splits.x_test[..., 0], arrays["x_test"])
 
@@ -80,7 +99,7 @@ def test_npz_float_images_in_0_1_become_uint8_and_the_summary_says_so(tmp_path, 
     arrays = good_arrays()
     expected = arrays["x_train"]
     arrays["x_train"] = (expected / 255).astype(dtype)
-    splits = load_data(_npz_spec(write_npz(tmp_path / "d.npz", **arrays), validation_fraction=0), seed=0)
+    splits = load_splits(_npz_spec(write_npz(tmp_path / "d.npz", **arrays), validation_fraction=0), seed=0)
     np.testing.assert_array_equal(splits.x_train, expected)
     (note,) = splits.summary()["notes"]
     assert f"x_train: {np.dtype(dtype).name} images in [0, 1] converted to uint8" in note
@@ -89,7 +108,7 @@ def test_npz_float_images_in_0_1_become_uint8_and_the_summary_says_so(tmp_path, 
 def test_npz_without_a_test_split_holds_out_a_seeded_tenth_of_train(tmp_path):
     arrays = good_arrays(n=100)
     path = write_npz(tmp_path / "d.npz", x_train=arrays["x_train"], y_train=arrays["y_train"])
-    first, again, other = (load_data(_npz_spec(path), seed) for seed in (1, 1, 2))
+    first, again, other = (load_splits(_npz_spec(path), seed) for seed in (1, 1, 2))
     assert (len(first.y_train) + len(first.y_val), len(first.y_test)) == (90, 10)
     np.testing.assert_array_equal(first.x_test, again.x_test)
     assert not np.array_equal(first.x_test, other.x_test)
@@ -97,7 +116,7 @@ def test_npz_without_a_test_split_holds_out_a_seeded_tenth_of_train(tmp_path):
     together = np.concatenate([first.x_train, first.x_val, first.x_test]).reshape(100, -1)
     assert sorted(map(bytes, together)) == sorted(map(bytes, arrays["x_train"].reshape(100, -1)))
     assert any("no x_test: 10 images of x_train held out as the test split" in n for n in first.notes)
-    assert len(load_data(_npz_spec(path, test_size=30), 1).y_test) == 30  # test_size sets the hold-out
+    assert len(load_splits(_npz_spec(path, test_size=30), 1).y_test) == 30  # test_size sets the hold-out
 
 
 # ---------------------------------------------------------------- npz: bad files, one message each
@@ -164,7 +183,7 @@ def test_a_bad_npz_is_one_data_error_naming_the_file_and_the_array(tmp_path, bad
     make, message = BAD_NPZ[bad]
     path = make(tmp_path / "d.npz")
     with pytest.raises(DataError) as caught:
-        load_data(_npz_spec(path), seed=0)
+        load_splits(_npz_spec(path), seed=0)
     text = str(caught.value)
     assert text.startswith(f'data.path: "{path}"') and message in text
     assert "\n" not in text
@@ -172,20 +191,20 @@ def test_a_bad_npz_is_one_data_error_naming_the_file_and_the_array(tmp_path, bad
 
 def test_npz_without_data_path_or_at_a_fifo_or_over_the_bound(tmp_path, monkeypatch):
     with pytest.raises(DataError, match='data.path: required with data.source = "npz"'):
-        load_data(DataSpec.model_construct(source="npz"), seed=0)  # past the spec's own check
+        load_splits(DataSpec.model_construct(source="npz"), seed=0)  # past the spec's own check
     fifo = tmp_path / "fifo.npz"
     os.mkfifo(fifo)
     with pytest.raises(DataError, match="is a FIFO"):  # judged by stat: opening it would hang
-        load_data(_npz_spec(fifo), seed=0)
-    monkeypatch.setattr(data, "NPZ_MAX", 1000)
+        load_splits(_npz_spec(fifo), seed=0)
+    monkeypatch.setattr(npz, "NPZ_MAX", 1000)
     with pytest.raises(DataError, match="unpacks to|at most 1,000 bytes"):
-        load_data(_npz_spec(write_npz(tmp_path / "d.npz", **good_arrays())), seed=0)
+        load_splits(_npz_spec(write_npz(tmp_path / "d.npz", **good_arrays())), seed=0)
 
 
 def test_npz_with_too_few_images_to_hold_out_a_test_split(tmp_path):
     path = write_npz(tmp_path / "d.npz", x_train=_images(20), y_train=_labels(20))
     with pytest.raises(DataError, match="x_train has 20 images and no x_test"):
-        load_data(_npz_spec(path, test_size=20), seed=0)
+        load_splits(_npz_spec(path, test_size=20), seed=0)
 
 
 # ---------------------------------------------------------------- cifar100
@@ -225,7 +244,7 @@ def test_cifar100_archive_loads_with_fine_or_coarse_labels(tmp_path, mode, class
     path = tmp_path / "cifar-100-python.tar.gz"
     expected = make_cifar100_archive(path)
     spec = DataSpec(source="cifar100", path=str(path), label_mode=mode, validation_fraction=0)
-    splits = load_data(spec, seed=0)
+    splits = load_splits(spec, seed=0)
     assert splits.num_classes == classes and splits.input_shape == (32, 32, 3)
     assert (len(splits.y_train), len(splits.y_test)) == (300, 100)
     np.testing.assert_array_equal(splits.x_train, expected["train"][0])
@@ -236,11 +255,11 @@ def test_cifar100_from_keras_cache_and_its_extracted_folder(tmp_path):
     cache = keras_cache()
     cache.mkdir(parents=True)
     expected = make_cifar100_archive(cache / "cifar-100-python.tar.gz", n_train=40, n_test=10)
-    assert len(load_data(DataSpec(source="cifar100", validation_fraction=0), 0).y_train) == 40
+    assert len(load_splits(DataSpec(source="cifar100", validation_fraction=0), 0).y_train) == 40
     with tarfile.open(cache / "cifar-100-python.tar.gz") as tar:
         tar.extractall(tmp_path / "unpacked", filter="data")
     for path in (tmp_path / "unpacked", tmp_path / "unpacked" / "cifar-100-python"):
-        splits = load_data(DataSpec(source="cifar100", path=str(path), label_mode="coarse"), 0)
+        splits = load_splits(DataSpec(source="cifar100", path=str(path), label_mode="coarse"), 0)
         np.testing.assert_array_equal(splits.y_test, expected["test"][2])
 
 
@@ -248,13 +267,13 @@ def test_cifar100_missing_or_broken_is_a_data_error(tmp_path):
     with pytest.raises(
         DataError, match='data.source = "cifar100": not in Keras\' cache.*cifar-100-python.tar.gz failed'
     ):
-        load_data(DataSpec(source="cifar100"), 0)
+        load_splits(DataSpec(source="cifar100"), 0)
     only_train = tmp_path / "c.tar.gz"
     with tarfile.open(only_train, "w:gz") as tar:
         info = tarfile.TarInfo("cifar-100-python/train")
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(DataError, match="lacks test; expected cifar-100-python.tar.gz"):
-        load_data(DataSpec(source="cifar100", path=str(only_train)), 0)
+        load_splits(DataSpec(source="cifar100", path=str(only_train)), 0)
     cifar10_like = tmp_path / "d.tar.gz"
     with tarfile.open(cifar10_like, "w:gz") as tar:  # right names, CIFAR-10's label key
         for name in ("train", "test"):
@@ -263,7 +282,7 @@ def test_cifar100_missing_or_broken_is_a_data_error(tmp_path):
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
     with pytest.raises(DataError, match="train is not a CIFAR-100 python file.*fine_labels"):
-        load_data(DataSpec(source="cifar100", path=str(cifar10_like)), 0)
+        load_splits(DataSpec(source="cifar100", path=str(cifar10_like)), 0)
 
 
 @pytest.mark.parametrize("dropped", DROPPED_CONNECTIONS)
@@ -276,20 +295,20 @@ def test_cifar100_download_is_atomic_and_checked(tmp_path, monkeypatch, dropped)
     files = {made.name: made.read_bytes()}
     spec = DataSpec(source="cifar100", validation_fraction=0)
     monkeypatch.setattr(
-        data.urllib.request, "urlopen", _fake_urlopen(files, made.name, DROPPED_CONNECTIONS[dropped])
+        archives.urllib.request, "urlopen", _fake_urlopen(files, made.name, DROPPED_CONNECTIONS[dropped])
     )
     with pytest.raises(DataError, match="cifar-100-python.tar.gz failed"):
-        load_data(spec, seed=0)
+        load_splits(spec, seed=0)
     assert list(keras_cache().iterdir()) == []
-    monkeypatch.setattr(data.urllib.request, "urlopen", _fake_urlopen(files))
+    monkeypatch.setattr(archives.urllib.request, "urlopen", _fake_urlopen(files))
     with pytest.raises(DataError, match="checksum mismatch"):  # the real archive's hash, not this one's
-        load_data(spec, seed=0)
+        load_splits(spec, seed=0)
     assert list(keras_cache().iterdir()) == []
     digest = hashlib.sha256(files[made.name]).hexdigest()
     monkeypatch.setitem(
-        data.ARCHIVES, "cifar100", dataclasses.replace(data.ARCHIVES["cifar100"], sha256=digest)
+        archives.ARCHIVES, "cifar100", dataclasses.replace(archives.ARCHIVES["cifar100"], sha256=digest)
     )
-    assert len(load_data(spec, seed=0).y_test) == 10
+    assert len(load_splits(spec, seed=0).y_test) == 10
     assert [p.name for p in keras_cache().iterdir()] == ["cifar-100-python.tar.gz"]
 
 

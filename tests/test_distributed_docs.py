@@ -2,7 +2,7 @@
 parse, and its cluster layouts (Slurm, an indexed Kubernetes Job, Vertex AI) are what runner builds.
 
 No test here trains or starts a cluster: specs go through `runner validate`, TF_CONFIG through
-runner.distribution, and the Kubernetes shell line through /bin/sh with a stand-in `runner`.
+runner.training.distribution, and the Kubernetes shell line through /bin/sh with a stand-in `runner`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import tomli_w
 import typer
 from typer.testing import CliRunner
 
-from runner import distribution
 from runner.cli import app
-from runner.distribution import ClusterError, parse_tf_config
 from runner.spec import load_spec, spec_from_dict
+from runner.training import distribution
+from runner.training.distribution import ClusterError, parse_tf_config
 from tests.conftest import ROOT
 
 if sys.version_info >= (3, 11):

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runner import distribution
-from runner.distribution import ClusterConfig, ClusterError, parse_tf_config
+from runner.training import distribution
+from runner.training.distribution import ClusterConfig, ClusterError, parse_tf_config
 
 TWO = {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.compare import compare
-from runner.documents import comparison_plots, comparison_sections, to_markdown
+from runner.reporting.compare import compare
+from runner.reporting.documents import comparison_plots, comparison_sections, to_markdown
 from runner.spec import load_plan
 from runner.sweeps import run_plan
 from tests.conftest import TINY_SPEC
@@ -67,7 +67,7 @@ def test_run_reports_are_self_contained_with_one_svg_per_plot(sweep):
 
 
 def test_the_loss_scale_plot_marks_skipped_steps():
-    from runner.plots import loss_scale_plot
+    from runner.reporting.plots import loss_scale_plot
 
     svg = loss_scale_plot([[0, 32768.0], [3, 16384.0], [9, 32768.0]], steps=12)
     assert "skipped step (1)" in svg

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from runner import checkpoints, export
 from runner.cli import EXPORT_FORMATS, app
+from runner.export import artifacts as export
 from runner.spec import ExportFormat, SpecError, json_schema, load_spec, spec_from_dict
+from runner.training import checkpoints
 from tests.conftest import ROOT, TINY_SPEC
 from tests.test_image_folder import COLOURS, make_folder, write_png
 

@@ -1,4 +1,4 @@
-"""What float16 does to the numbers (runner/fidelity.py and its checks): gradient fidelity against a
+"""What float16 does to the numbers (runner/precision/fidelity.py and its checks): gradient fidelity against a
 float32 copy, activation headroom, the underflow hint's loss scale, the compiled probe, and the
 loss-scale health check over a run's history."""
 
@@ -11,13 +11,15 @@ import pytest
 from hypothesis import example, given, settings
 from rich.console import Console
 
-from runner import checks, compat, fidelity, precision
-from runner.loop import compile_model, make_optimizer
+from runner import compat
 from runner.models import build_model
+from runner.precision import checks, fidelity
+from runner.precision import policy as precision
+from runner.reporting.views import render_check
 from runner.session import check_experiment
 from runner.spec import ChecksSpec, Factory, PrecisionSpec, SeedCnn, TrainingSpec, spec_from_dict
 from runner.testing.strategies import small_models  # random small models of every built-in kind
-from runner.views import render_check
+from runner.training.loop import compile_model, make_optimizer
 
 tf = compat.tensorflow()
 SHAPE = (8, 8, 3)

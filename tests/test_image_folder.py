@@ -17,8 +17,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from runner.cli import app
-from runner.data import DataError, train_pipeline
-from runner.folders import MAGIC, FolderIndex, known_format, load_folder, scan_folder, scan_test_folder
+from runner.data.files import DataError
+from runner.data.image_folder import (
+    MAGIC,
+    FolderIndex,
+    known_format,
+    load_folder,
+    scan_folder,
+    scan_test_folder,
+)
+from runner.data.pipeline import TrainingBatches, train_pipeline
 from runner.spec import AugmentationSpec, DataSpec, SpecError, load_spec
 
 COLOURS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
@@ -304,8 +312,8 @@ def test_each_epoch_sees_the_array_sources_order_so_a_resume_sees_the_same_batch
     splits = load_folder(folder_data(tmp_path, image_size=[32, 32]), seed=3)
     x, y = splits.first_batch(splits.count("train"))
     for augmentation in (None, AugmentationSpec(horizontal_flip=True, pad_crop=3, brightness=0.2)):
-        from_files = list(splits.train_dataset(8, 5, range(1, 3), 2, augmentation))
-        from_arrays = list(train_pipeline(x, y, 8, 5, range(1, 3), 2, augmentation))
+        from_files = list(splits.train_dataset(TrainingBatches(8, 5, range(1, 3), 2, augmentation)))
+        from_arrays = list(train_pipeline(x, y, TrainingBatches(8, 5, range(1, 3), 2, augmentation)))
         assert len(from_files) == len(from_arrays) > 0
         for (xf, yf), (xa, ya) in zip(from_files, from_arrays, strict=True):
             assert np.array_equal(xf.numpy(), xa.numpy()) and np.array_equal(yf.numpy(), ya.numpy())

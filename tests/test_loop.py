@@ -10,10 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner import compat, precision
-from runner.loop import AUTO_EXECUTION_S, AUTO_MAX_STEPS, ExecutionPlan, compile_model, make_optimizer
+from runner import compat
+from runner.precision import policy as precision
 from runner.spec import PrecisionSpec, TrainingSpec
-from runner.telemetry import LossScaleTracker
+from runner.training.loop import (
+    AUTO_EXECUTION_S,
+    AUTO_MAX_STEPS,
+    ExecutionPlan,
+    compile_model,
+    make_optimizer,
+)
+from runner.training.telemetry import LossScaleTracker
 
 tf = compat.tensorflow()
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runner import compat, data, memory
+from runner import compat, memory
+from runner.data import pipeline, shapes
 
 MB = 2**20
 
@@ -90,10 +91,10 @@ def test_an_unaligned_or_read_only_array_is_copied_once_with_equal_values(tf):
 
 
 def test_make_shapes_in_parts_equals_one_part(monkeypatch):
-    n = 2 * data.SHAPES_CHUNK + 37  # two whole parts and a short one
-    parts = data.make_shapes(n, seed=5)
-    monkeypatch.setattr(data, "SHAPES_CHUNK", n)
-    whole = data.make_shapes(n, seed=5)
+    n = 2 * shapes.SHAPES_CHUNK + 37  # two whole parts and a short one
+    parts = shapes.make_shapes(n, seed=5)
+    monkeypatch.setattr(shapes, "SHAPES_CHUNK", n)
+    whole = shapes.make_shapes(n, seed=5)
     assert np.array_equal(parts[0], whole[0]) and np.array_equal(parts[1], whole[1])
     assert memory.is_aligned(parts[0])
 
@@ -109,6 +110,6 @@ def test_an_epochs_pipeline_does_not_copy_the_split(tf):
     memory.reset_peak()
     before = memory.resident_mb()
     for epoch in range(2):
-        for _ in data.train_pipeline(x, y, 256, 0, range(epoch, epoch + 1)):
+        for _ in pipeline.train_pipeline(x, y, pipeline.TrainingBatches(256, 0, range(epoch, epoch + 1))):
             pass
     assert memory.peak_mb() - before < 50

@@ -6,8 +6,9 @@ from typing import get_args
 
 import pytest
 
-from runner import compat, precision
+from runner import compat
 from runner.models import MODEL_BUILDERS, build_model
+from runner.precision import policy as precision
 from runner.spec import Mlp, ModelKind, ResNet, SeedCnn
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner.distribution import local_cluster
+from runner.training.distribution import local_cluster
 from tests.conftest import ROOT
 from tests.test_resume import checkpoint_position, model_metrics, only_run, report, runner, wait_for
 
@@ -187,7 +187,7 @@ import numpy as np
 from pathlib import Path
 from runner.session import run_experiment
 from runner.spec import spec_from_dict
-from runner import checkpoints
+from runner.training import checkpoints
 
 def final_weights(outcome):
     name, _ = checkpoints.latest(outcome.run_dir)

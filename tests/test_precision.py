@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runner import checks, compat, precision
-from runner.loop import compile_model, make_optimizer
+from runner import compat
 from runner.models import build_model
+from runner.precision import checks
+from runner.precision import policy as precision
 from runner.spec import (
     COMPUTE_DTYPE,
     ChecksSpec,
@@ -23,6 +24,7 @@ from runner.spec import (
     spec_from_dict,
 )
 from runner.testing.strategies import policies, small_models
+from runner.training.loop import compile_model, make_optimizer
 
 keras = compat.keras()
 tf = compat.tensorflow()

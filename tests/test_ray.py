@@ -1,5 +1,5 @@
-"""runner.ray: a local Ray cluster on 127.0.0.1 whose Ray Train workers get a TF_CONFIG runner accepts and
-TensorFlow connects with (a real collective), and a whole experiment on two of them (issue 17).
+"""runner.cluster.ray: a local Ray cluster on 127.0.0.1 whose Ray Train workers get a TF_CONFIG runner
+accepts and TensorFlow connects with (a real collective), and a whole experiment on two of them (issue 17).
 
 The Ray tests are bounded by the timeout run_on_workers takes (the job is stopped with the cluster),
 not by sleeps."""
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from runner import ray as runner_ray
-from runner.distribution import ClusterConfig
-from runner.ray import LOCALHOST, RayRunError, WorkerOutcome
+from runner.cluster import ray as runner_ray
+from runner.cluster.ray import LOCALHOST, RayRunError, WorkerOutcome
 from runner.spec import BadInput, ExperimentSpec, load_spec, spec_from_dict
+from runner.training.distribution import ClusterConfig
 from tests.conftest import ROOT
 
 PROBE_TIMEOUT_S = 240  # Ray's start (~5 s), two workers importing TensorFlow (~20 s), one all-reduce
@@ -59,7 +59,7 @@ def collective_probe(cluster: ClusterConfig) -> WorkerOutcome:
 
 
 def test_importing_runner_ray_loads_neither_ray_nor_tensorflow():
-    code = "import sys, runner.ray; print(sorted({'ray', 'tensorflow'} & set(sys.modules)))"
+    code = "import sys, runner.cluster.ray; print(sorted({'ray', 'tensorflow'} & set(sys.modules)))"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
@@ -70,8 +70,9 @@ def test_a_missing_extra_is_one_message_and_exit_2(tmp_path):
     # ray = None in sys.modules: `import ray` fails as it does where the extra is not installed.
     code = (
         "import runpy, sys; sys.modules['ray'] = None; "
-        f"sys.argv = ['runner.ray', {str(ROOT / 'specs/quickstart.toml')!r}, '--output', {str(tmp_path)!r}]; "
-        "runpy.run_module('runner.ray', run_name='__main__')"
+        f"sys.argv = ['runner.cluster.ray', {str(ROOT / 'specs/quickstart.toml')!r}, "
+        f"'--output', {str(tmp_path)!r}]; "
+        "runpy.run_module('runner.cluster.ray', run_name='__main__')"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120

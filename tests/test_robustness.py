@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from runner import checkpoints, runs
+from runner import runs
 from runner.cli import app
+from runner.training import checkpoints
 from tests.conftest import TINY_SPEC
 from tests.test_resume import only_run, report, runner, wait_for
 

@@ -1,4 +1,4 @@
-"""runner/schedules.py and what uses it: learning-rate schedules against their formulas and Keras'
+"""runner/training/schedules.py and what uses it: learning-rate schedules against their formulas and Keras'
 own, the plateau and early stopping against Keras' callbacks, the rate check, the spec's rules, and
 runs whose recorded rates, stops and restored weights are the schedule's."""
 
@@ -15,8 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner import checks, schedules
-from runner.schedules import EarlyStoppingState, PlateauState, Timing, rate_at
+from runner.precision import checks
 from runner.spec import (
     Constant,
     Cosine,
@@ -27,6 +26,8 @@ from runner.spec import (
     Step,
     spec_from_dict,
 )
+from runner.training import schedules
+from runner.training.schedules import EarlyStoppingState, PlateauState, Timing, rate_at
 
 BASE = 0.01
 TIMING = Timing(steps_per_epoch=10, epochs=5)

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from runner import compat, models, runs, speed
+from runner import compat, models, runs
+from runner.preflight import speed
 from runner.session import run_experiment
 from runner.spec import load_spec
 from tests.conftest import ROOT, TINY_SPEC
@@ -181,7 +182,7 @@ def test_float16_variables_stop_the_run(write_spec, tmp_path, monkeypatch):
 
 
 def test_a_crash_mid_run_still_writes_a_report(write_spec, tmp_path, monkeypatch):
-    from runner import loop
+    from runner.training import loop
 
     def boom(*args, **kwargs):
         raise MemoryError("simulated out of memory")

@@ -1,4 +1,4 @@
-"""runner/speed.py: every automatic choice and speed statement comes from a measurement.
+"""runner/preflight/speed.py: every automatic choice and speed statement comes from a measurement.
 
 Where a test needs the measurement to say something a CPU would not (a float16 step 300x slower
 than float32's, as TensorFlow's float16 convolution gradients are on an Intel Xeon with AVX-512
@@ -13,8 +13,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from runner import speed
-from runner.speed import Timing
+from runner.preflight import speed
+from runner.preflight.speed import Timing
 
 FAKE_MS = {"float32": 10.0, "mixed_bfloat16": 5.0, "mixed_float16": 3000.0}  # an AMX/FP16 Xeon's pattern
 
@@ -210,8 +210,9 @@ def test_a_hopeless_candidate_is_stopped_after_one_step():
     """Real timing of a tiny model: the cutoff against a best far below any real step."""
     import numpy as np
 
-    from runner import loop, precision
+    from runner.precision import policy as precision
     from runner.spec import ExperimentSpec
+    from runner.training import loop
 
     spec = ExperimentSpec.model_validate({"name": "t", "model": {"kind": "mlp", "hidden_units": [4]}})
     x, y = np.zeros((8, 4, 4, 1), np.uint8), np.zeros(8, np.int64)
@@ -229,9 +230,10 @@ def test_candidates_are_built_aside_from_the_run(write_spec):
     same layer names (a factory's automatic ones too) and the same initial weights."""
     import numpy as np
 
-    from runner import loop, precision
-    from runner.folders import load_splits
+    from runner.data.sources import load_splits
+    from runner.precision import policy as precision
     from runner.spec import load_spec
+    from runner.training import loop
     from tests.conftest import TINY_SPEC
 
     text = TINY_SPEC.replace(
@@ -462,8 +464,9 @@ def _tiny_batch():
 
 
 def _tiny_model(policy):
-    from runner import loop, precision
+    from runner.precision import policy as precision
     from runner.spec import ExperimentSpec
+    from runner.training import loop
 
     spec = ExperimentSpec.model_validate(
         {"name": "t", "model": {"kind": "mlp", "hidden_units": [4]}, "precision": {"policy": policy}}

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from runner import compare, sweeps
+from runner import sweeps
 from runner.cli import app
+from runner.reporting import compare
 from tests.conftest import TINY_SPEC
 from tests.test_resume import model_metrics, runner, wait_for
 

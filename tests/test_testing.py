@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runner import checks, compat, precision
+from runner import compat
+from runner.precision import checks
+from runner.precision import policy as precision
 from runner.spec import ChecksSpec, Mlp, PrecisionSpec, spec_from_dict, spec_to_toml
 from runner.testing import (
     assert_finite_first_step,
@@ -153,7 +155,7 @@ def test_the_testing_modules_import_no_tensorflow():
 
 def test_a_planned_stop_becomes_a_stop_request_at_its_step():
     """What assert_resume_is_exact stops a run with (the checkpoint callback asks at every boundary)."""
-    from runner.telemetry import StopRequest
+    from runner.training.telemetry import StopRequest
 
     planned = StopRequest(after_steps=6)
     assert [planned.due(steps) for steps in (4, 5)] == [False, False] and planned.signal is None

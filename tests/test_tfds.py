@@ -19,8 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from runner.cli import app
-from runner.data import DataError
-from runner.folders import load_splits
+from runner.data.files import DataError
+from runner.data.sources import load_splits
 from runner.spec import DataSpec, SpecError, spec_from_dict
 from tests.conftest import ROOT, TINY_SPEC
 
@@ -175,7 +175,7 @@ def test_loading_reads_only_metadata_without_importing_tensorflow(data_dir):
     """Reading starts TensorFlow's runtime, after which a strategy cannot configure devices or
     collectives: the images wait for first use, the checks do not."""
     code = (
-        "import sys; from runner.folders import load_splits; from runner.spec import DataSpec; "
+        "import sys; from runner.data.sources import load_splits; from runner.spec import DataSpec; "
         f"s = load_splits(DataSpec(source='tfds', name='{NAME}/keyed', data_dir=sys.argv[1]), 0); "
         "print(s.input_shape, s.num_classes, 'tensorflow' in sys.modules)"
     )

@@ -1,5 +1,6 @@
-"""MLflow tracking (runner/tracking.py): what is logged, as pure functions; one real sweep logged to a
-SQLite store and read back with MlflowClient; an unreachable server; mlflow-sync; the missing extra."""
+"""MLflow tracking (runner/reporting/tracking.py): what is logged, as pure functions; one real sweep
+logged to a SQLite store and read back with MlflowClient; an unreachable server; mlflow-sync; the missing
+extra."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from runner import tracking
 from runner.cli import app
 from runner.events import Note
+from runner.reporting import tracking
 from runner.spec import flatten_table, spec_from_dict, spec_hash, spec_to_dict
 from tests.conftest import ROOT, TINY_SPEC
 
@@ -147,7 +148,7 @@ def test_tracking_is_not_part_of_the_spec_hash_and_names_its_field():
 
 
 def test_a_comparison_does_not_tell_runs_apart_by_where_they_were_logged():
-    from runner.compare import differing_fields
+    from runner.reporting.compare import differing_fields
 
     plain = spec_to_dict(spec_from_dict({"name": "a"}))
     tracked = spec_to_dict(spec_from_dict({"name": "b", "tracking": {"mlflow": True, "experiment": "e"}}))

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from runner.views import render_environment, render_run
+from runner.reporting.views import render_environment, render_run
 
 
 def render(renderable) -> str:
@@ -170,8 +170,8 @@ def test_environment_renders_each_policy_measured_against_float32():
 
 
 def test_comparison_table_shows_differing_fields_ratios_and_failed_checks():
-    from runner.compare import compare
-    from runner.views import comparison_table
+    from runner.reporting.compare import compare
+    from runner.reporting.views import comparison_table
     from tests.test_compare import fake_report
 
     reports = [
@@ -185,8 +185,8 @@ def test_comparison_table_shows_differing_fields_ratios_and_failed_checks():
 
 
 def test_comparison_table_labels_runs_the_differing_fields_cannot_tell_apart():
-    from runner.compare import compare
-    from runner.views import comparison_table
+    from runner.reporting.compare import compare
+    from runner.reporting.views import comparison_table
     from tests.test_compare import fake_report
 
     reports = [fake_report("q", "float32", 2000.0, 0.9, run_dir=f"r/q-{i}") for i in (1, 2)]
@@ -200,7 +200,7 @@ def test_comparison_table_labels_runs_the_differing_fields_cannot_tell_apart():
 
 
 def test_audit_summary_names_layers_with_weights_off_the_policy():
-    from runner.views import audit_summary
+    from runner.reporting.views import audit_summary
 
     def layer(name, dtype, weights=True):
         return {"name": name, "class": "Dense", "compute_dtype": dtype, "weights": [{}] if weights else []}
@@ -218,7 +218,7 @@ def test_audit_summary_names_layers_with_weights_off_the_policy():
 def test_terminal_events_keep_a_bounded_number_of_epoch_bars():
     """A run of 10**9 epochs must not grow the progress display (and its redraw time) without bound."""
     from runner import events
-    from runner.views import SHOWN_EPOCHS, TerminalEvents
+    from runner.reporting.views import SHOWN_EPOCHS, TerminalEvents
 
     quiet = Console(file=io.StringIO(), width=100, color_system=None)
     sink = TerminalEvents(quiet, quiet)

@@ -6,7 +6,10 @@
 
 Each assertion raises AssertionError listing the failed findings, with the audit's own messages
 (layer names and fixes). Errors and warnings fail; hints do not. Importing this module imports no
-TensorFlow: each assertion loads it when called. Hypothesis strategies: `runner.testing.strategies`.
+TensorFlow: each assertion loads it when called. Hypothesis strategies: `strategies`
+(`runner.testing.strategies`).
+
+Imports: spec, precision, training, session.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from runner import checks
+from runner.precision import checks
 from runner.spec import ExperimentSpec, ExportSpec, PrecisionSpec, load_spec
 
 __all__ = [
@@ -34,7 +37,7 @@ __all__ = [
 @contextlib.contextmanager
 def policy_scope(policy: str) -> Iterator[None]:
     """Keras' global dtype policy set to `policy` for the block, the previous one restored after."""
-    from runner import precision
+    from runner.precision import policy as precision
 
     with precision.policy_scope(policy):
         yield
@@ -49,7 +52,7 @@ def invariant_findings(model: Any, policy: Any, float32_layers: Sequence[str] = 
     """The audit's findings on a built model: compute dtype of the layers with weights, float32
     variables, the final activation in float32, and (once compiled) a LossScaleOptimizer exactly
     under mixed_float16."""
-    from runner import precision
+    from runner.precision import policy as precision
 
     name = _policy_name(policy)
     optimizer = getattr(model, "optimizer", None)
@@ -82,7 +85,7 @@ def assert_finite_first_step(model: Any, batch: tuple[Any, Any]) -> None:
     LossScaleOptimizer, scaled by its loss scale; nothing is applied (the model stays as it was).
     The model must be compiled (its loss and optimizer are the step's)."""
     __tracebackhide__ = True
-    from runner import precision
+    from runner.precision import policy as precision
 
     if getattr(model, "optimizer", None) is None:
         raise AssertionError(
@@ -160,7 +163,7 @@ def assert_resume_is_exact(spec: ExperimentSpec | str | Path, steps: int, output
     """
     __tracebackhide__ = True
     from runner.session import resume_experiment, run_experiment
-    from runner.telemetry import StopRequest
+    from runner.training.telemetry import StopRequest
 
     spec = _for_resume(_as_spec(spec))
     folder = output or Path(tempfile.mkdtemp(prefix="runner-resume-"))

@@ -13,9 +13,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from runner import checks, compat, loop, precision
-from runner.folders import AnySplits
+from runner import compat
+from runner.data.sources import Source
+from runner.precision import checks
+from runner.precision import policy as precision
 from runner.spec import ExperimentSpec, PrecisionSpec
+from runner.training import loop
 
 
 @contextlib.contextmanager
@@ -53,18 +56,18 @@ def with_policy(spec: ExperimentSpec, policy: str) -> ExperimentSpec:
     return spec.model_copy(update={"precision": spec.precision.model_copy(update={"policy": policy})})
 
 
-def build(spec: ExperimentSpec, splits: AnySplits) -> tuple[Any, Any]:
+def build(spec: ExperimentSpec, splits: Source) -> tuple[Any, Any]:
     """Model, optimizer and compile: call inside the policy scope."""
     return loop.build_for_training(spec, splits.input_shape, splits.num_classes)
 
 
-def ready_to_train(model: Any, splits: AnySplits) -> None:
+def ready_to_train(model: Any, splits: Source) -> None:
     """The optimizer's and metrics' variables made now (loop.ready_to_train), on one example."""
     loop.ready_to_train(model, *splits.first_batch(1))
 
 
 def preflight(
-    model: Any, optimizer: Any, spec: ExperimentSpec, splits: AnySplits, xla_auto: bool = False
+    model: Any, optimizer: Any, spec: ExperimentSpec, splits: Source, xla_auto: bool = False
 ) -> tuple[dict, list, dict[str, Any]]:
     """Audit the built model and probe one training step on a real batch: the run's gate.
     Returns the audit, the findings, and the probe (loss, gradients, its time). `xla_auto`: XLA
@@ -87,11 +90,11 @@ def preflight(
     return audit, found + checks.numerics_findings(audit["numerics"], spec.precision, spec.checks), probe
 
 
-def numerics(model: Any, spec: ExperimentSpec, splits: AnySplits) -> dict[str, Any]:
+def numerics(model: Any, spec: ExperimentSpec, splits: Source) -> dict[str, Any]:
     """Gradient fidelity against a float32 copy of the model and activation headroom, on the
     probe's batch (fidelity.numerics_probe); skipped under float32 (the reference itself) and
     under a distributed strategy (the probe's replicated step covers that)."""
-    from runner import fidelity
+    from runner.precision import fidelity
 
     if spec.precision.policy == "float32":
         return {"skipped": "float32 is the reference precision"}

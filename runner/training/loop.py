@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner import compat
-from runner.checkpoints import Position
 from runner.spec import ExperimentSpec, TrainingSpec
-from runner.telemetry import Segment, TrainingLog
+from runner.training.checkpoints import Position
+from runner.training.telemetry import Segment, TrainingLog
 
 
 def make_optimizer(training: TrainingSpec) -> Any:
@@ -62,8 +62,8 @@ def build_for_training(
 ) -> tuple[Any, Any]:
     """The spec's model, its optimizer (under mixed_float16 wrapped for loss scaling) and compile:
     call inside the policy scope (precision.policy_scope), under the strategy's scope."""
-    from runner import precision
     from runner.models import build_model
+    from runner.precision import policy as precision
 
     output_dtype = "float32" if spec.precision.output_dtype == "float32" else None
     model = build_model(spec.model, input_shape, num_classes, output_dtype)

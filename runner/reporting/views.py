@@ -20,11 +20,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 from rich.text import Text
 
-from runner.checks import NON_COMPUTING, describe_variables, is_blocking, mark
-from runner.compare import objective_note
 from runner.events import EpochStarted, Event, Note, RunFinished, RunStarted, StepsDone, VariantStarted
+from runner.precision.checks import NON_COMPUTING, describe_variables, is_blocking, mark
+from runner.preflight.speed import ratio_text
+from runner.reporting.compare import objective_note
 from runner.spec import COMPUTE_DTYPE
-from runner.speed import ratio_text
 
 STATUS_STYLE = {"completed": "green", "failed": "red", "diverged": "red", "interrupted": "yellow"}
 
@@ -313,7 +313,7 @@ def render_environment(env: dict[str, Any], machine: dict[str, Any] | None) -> R
 def machine_table(machine: dict[str, Any], facts: dict[str, Any]) -> Table:
     """One row per policy: its step without and with XLA, its fastest against float32's, and what
     the device's features say (the why beside the figure, never instead of it)."""
-    from runner.precision import hardware_note
+    from runner.precision.policy import hardware_note
 
     timings = machine["timings"]
     table = Table(title="Mixed precision here, measured", show_header=True, header_style="bold")

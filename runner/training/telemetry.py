@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.schedules import EarlyStoppingState, PlateauState
+from runner.training.schedules import EarlyStoppingState, PlateauState
 
 
 @dataclass

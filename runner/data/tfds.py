@@ -23,7 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from runner.data import NPZ_MAX, DataError, Splits, enough_to_train, megabytes, split_arrays
+from runner.data.arrays import Splits, enough_to_train, split_arrays
+from runner.data.files import DataError, megabytes
+from runner.data.npz import NPZ_MAX
+from runner.data.pipeline import TrainingBatches
 from runner.memory import aligned_empty
 from runner.spec import DataSpec
 
@@ -252,8 +255,9 @@ def open_dataset(spec: DataSpec) -> TfdsDataset:
     )
 
 
-def load_tfds(spec: DataSpec) -> TfdsSplits:
-    """The dataset the spec names, checked now (every failure one DataError), read at first use."""
+def load(spec: DataSpec, seed: int) -> TfdsSplits:
+    """The dataset the spec names, checked now (every failure one DataError), read at first use. (Its
+    splits are the dataset's own, so the seed is not used.)"""
     dataset = open_dataset(spec)
     enough_to_train(dataset.counts["train"], spec)
     return TfdsSplits(dataset, spec)
@@ -333,15 +337,19 @@ class TfdsSplits:
     def first_batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         return self.held.first_batch(n)
 
-    def train_dataset(self, *args: Any, **kwargs: Any) -> Any:
+    def train_dataset(self, order: TrainingBatches) -> Any:
         """Splits.train_dataset of the arrays read: the same stateless shuffle and augmentation."""
-        return self.held.train_dataset(*args, **kwargs)
+        return self.held.train_dataset(order)
 
     def eval_dataset(self, split: str, batch_size: int) -> Any:
         return self.held.eval_dataset(split, batch_size)
 
     def explain(self, exc: Exception) -> str | None:
         return None
+
+    def undecodable(self) -> Iterator[tuple[str, str]]:
+        """Nothing: the arrays were decoded and checked as they were read."""
+        return iter(())
 
     def summary(self) -> dict[str, Any]:
         names = self.dataset.class_names

@@ -27,9 +27,9 @@ from typing import Annotated, Any
 import typer
 
 from runner import exits
-from runner.distribution import ClusterConfig, ClusterError, from_environment
 from runner.runs import environment_set
 from runner.spec import BadInput, DistributionSpec, ExperimentSpec
+from runner.training.distribution import ClusterConfig, ClusterError, from_environment
 
 LOCALHOST = "127.0.0.1"
 INSTALL_HINT = "pip install -e '.[ray]'"
@@ -72,7 +72,7 @@ def import_ray() -> Any:
         import ray.train.tensorflow  # noqa: F401 - its TensorflowTrainer is what sets TF_CONFIG
     except ModuleNotFoundError as exc:
         raise RayUnavailable(
-            f"Ray Train is not installed ({exc.name} is missing); for `runner.ray`: {INSTALL_HINT}"
+            f"Ray Train is not installed ({exc.name} is missing); for `runner.cluster.ray`: {INSTALL_HINT}"
         ) from None
     return ray
 
@@ -87,7 +87,7 @@ def bounded(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             box["error"] = exc
 
-    thread = threading.Thread(target=target, name=f"runner.ray: {what}", daemon=True)
+    thread = threading.Thread(target=target, name=f"runner.cluster.ray: {what}", daemon=True)
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
@@ -133,7 +133,8 @@ def local_ray(cpus: int, start_timeout_s: float = RAY_START_TIMEOUT_S) -> Iterat
             if node != LOCALHOST:
                 raise RayRunError(
                     f"Ray's node address: expected {LOCALHOST}; got {node} (ray was imported before "
-                    "runner.ray could set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; set it in the environment)"
+                    "runner.cluster.ray could set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; set it in the "
+                    "environment)"
                 )
             yield ray
         finally:

@@ -1,7 +1,7 @@
 """`runner predict`: class probabilities for image files, from a run's exported model.
 
 The images go through the run's own preprocessing: decoded as the image_folder source decodes them
-(runner/folders.py partial_decoder: channels converted, bilinear resize to the model's input size,
+(runner/data/image_folder.py partial_decoder: channels converted, bilinear resize to the model's input size,
 rounded to uint8); the model scales them itself, as in training.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from runner import compat
-from runner.folders import IMAGE_EXTENSIONS, op_message, partial_decoder, shown
+from runner.data.image_folder import IMAGE_EXTENSIONS, op_message, partial_decoder, shown
 from runner.spec import BadInput
 
 IMAGE_CHANNELS = (1, 3, 4)  # what decode_image makes of a file: grey, RGB, RGBA

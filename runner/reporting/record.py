@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner import checkpoints, runs
-from runner.checks import NON_COMPUTING, Finding, exemption
-from runner.distribution import Role
+from runner import runs
 from runner.memory import MemoryPhases
-from runner.schedules import mode_of
+from runner.precision.checks import NON_COMPUTING, Finding, exemption
 from runner.spec import ExperimentSpec, spec_hash, spec_to_dict
-from runner.telemetry import StopRequest, TrainingLog
+from runner.training import checkpoints
+from runner.training.distribution import Role
+from runner.training.schedules import mode_of
+from runner.training.telemetry import StopRequest, TrainingLog
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from runner import compat
-from runner.checks import DTYPE_MAX, FLOAT16_TINY
+from runner.precision.checks import DTYPE_MAX, FLOAT16_TINY
 
 FLOAT16_MAX = DTYPE_MAX["float16"]
 # Layers that draw random numbers in training: off while both runs are compared (float16 and

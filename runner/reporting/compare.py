@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from runner.checks import is_blocking
+from runner.precision.checks import is_blocking
 from runner.spec import BadInput, experiment_fields, flatten_table
 
 

@@ -93,7 +93,7 @@ def time_candidate(
     fastest counts. The model's
     weights change: time a throwaway copy."""
     from runner import compat
-    from runner.engine import Engine  # imports TensorFlow
+    from runner.training.engine import Engine  # imports TensorFlow
 
     tf = compat.tensorflow()
     engine = Engine(model, tf.distribute.get_strategy(), jit_compile=xla)
@@ -482,8 +482,9 @@ def _builder(
 ) -> Callable[[str], Any]:
     """`build(policy)`: the spec's model under `policy`, compiled and ready to train on the example
     `one`, built fresh and aside from the run (its random state and layer names untouched)."""
-    from runner import loop, precision
-    from runner.preflight import with_policy
+    from runner.precision import policy as precision
+    from runner.preflight.gate import with_policy
+    from runner.training import loop
 
     def build(policy: str) -> Any:
         with precision.policy_scope(policy), precision.built_aside():

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner import checkpoints, compat
-from runner.engine import StepRecord
+from runner import compat
 from runner.events import EpochEnded, EpochStarted, EventSink, StepsDone, ignore
 from runner.spec import ReduceOnPlateau, TrainingSpec
-from runner.telemetry import (
+from runner.training import checkpoints
+from runner.training.engine import StepRecord
+from runner.training.telemetry import (
     Cursor,
     EpochRecord,
     LossScaleTracker,

@@ -20,18 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from runner.data import (
-    DataError,
-    Splits,
-    epoch_indices,
-    existing_folder,
-    load_data,
-    loaded,
-    path_kind,
-    unreachable,
-)
-from runner.spec import AugmentationSpec, DataSpec
-from runner.tfds_source import TfdsSplits, load_tfds
+from runner.data.files import DataError, existing_folder, path_kind, unreachable
+from runner.data.pipeline import TrainingBatches, epoch_indices, loaded
+from runner.spec import DataSpec
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # Keras' ALLOWLIST_FORMATS
 KERAS_IMAGE_SIZE = (256, 256)  # image_dataset_from_directory's default
@@ -234,21 +225,14 @@ class FolderSplits:
             },
         }
 
-    def train_dataset(
-        self,
-        batch_size: int,
-        shuffle_seed: int,
-        epochs: range,
-        skip: int = 0,
-        augmentation: AugmentationSpec | None = None,
-    ) -> Any:
-        """As `data.train_pipeline`: the same index order per epoch (and the same augmentation keys),
-        so a resume sees the same batches."""
+    def train_dataset(self, order: TrainingBatches) -> Any:
+        """As `pipeline.train_pipeline`: the same index order per epoch (and the same augmentation
+        keys), so a resume sees the same batches."""
         from runner import compat
 
         tf = compat.tensorflow()
-        keyed = epoch_indices(tf, self.count("train"), batch_size, shuffle_seed, epochs, skip)
-        return loaded(tf, keyed, self._loader(tf, "train"), augmentation)
+        keyed = epoch_indices(tf, self.count("train"), order)
+        return loaded(tf, keyed, self._loader(tf, "train"), order.augmentation)
 
     def eval_dataset(self, split: str, batch_size: int) -> Any:
         from runner import compat
@@ -442,27 +426,3 @@ def _without_undecodable(index: FolderIndex, shape: tuple[int, int, int], skippe
         tuple(index.sizes[i] for i in keep),
         tuple(index.labels[i] for i in keep),
     )
-
-
-AnySplits = Splits | FolderSplits | TfdsSplits
-
-
-def scan_data(spec: DataSpec, seed: int) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """What `runner validate --data` reports: the data's summary (classes, counts, fingerprint) and
-    every file that does not decode. Arrays are checked whole as they load (a DataError); a folder's
-    files are each decoded once, as a run would, without building a model."""
-    splits = load_splits(spec, seed)
-    return splits.summary(), bad_files(splits)
-
-
-def bad_files(splits: AnySplits) -> list[tuple[str, str]]:
-    """The files of a folder's splits that do not decode (none for arrays: they are checked as they load)."""
-    return list(splits.undecodable()) if isinstance(splits, FolderSplits) else []
-
-
-def load_splits(spec: DataSpec, seed: int) -> AnySplits:
-    """The data the spec names: a folder of images streamed from disk, a TFDS dataset read into arrays
-    at first use (tfds_source), or arrays (data.load_data)."""
-    if spec.source == "tfds":
-        return load_tfds(spec)
-    return load_folder(spec, seed) if spec.source == "image_folder" else load_data(spec, seed)

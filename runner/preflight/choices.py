@@ -13,18 +13,22 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from runner import checks, loop, precision, runs, speed
-from runner.folders import AnySplits
+from runner import runs
+from runner.data.sources import Source
 from runner.memory import give_back_freed
-from runner.preflight import build, compiled_as, preflight, training_scope, with_policy
+from runner.precision import checks
+from runner.precision import policy as precision
+from runner.preflight import speed
+from runner.preflight.gate import build, compiled_as, preflight, training_scope, with_policy
 from runner.spec import BadInput, DistributionSpec, ExperimentSpec
+from runner.training import loop
 
 SPEED_FILE = "speed.json"  # the run's measured choices, written when made: a resume keeps them
 
 
 def measure_spec(
     spec: ExperimentSpec,
-    splits: AnySplits,
+    splits: Source,
     environment: dict[str, Any],
     steps: int | None,
     known: list[speed.Timing] | None = None,
@@ -74,7 +78,7 @@ def measure_spec(
     return xla, why, record
 
 
-def run_steps(spec: ExperimentSpec, splits: AnySplits) -> int:
+def run_steps(spec: ExperimentSpec, splits: Source) -> int:
     """The training steps of the whole run (every epoch)."""
     return loop.steps_per_epoch(splits.count("train"), spec.data.batch_size) * spec.training.epochs
 
@@ -102,7 +106,7 @@ def _without_xla_first(
     return timings, options, rule
 
 
-def fails_its_audit(spec: ExperimentSpec, splits: AnySplits) -> str | None:
+def fails_its_audit(spec: ExperimentSpec, splits: Source) -> str | None:
     """Why not to time a model: it fails its audit (a float16 variable, a float16 output...), so the
     run will stop at its preflight and there is nothing to choose. Built aside from the run."""
     with precision.policy_scope(spec.precision.policy), precision.built_aside():
@@ -121,7 +125,7 @@ def timing_steps(spec: ExperimentSpec, n_train: int) -> int:
 
 
 def resolve_policy(
-    spec: ExperimentSpec, splits: AnySplits, environment: dict[str, Any], steps: int
+    spec: ExperimentSpec, splits: Source, environment: dict[str, Any], steps: int
 ) -> tuple[ExperimentSpec, dict[str, Any] | None, list[speed.Timing]]:
     """`precision.policy = "auto"`: the fastest of float32, mixed_bfloat16 and mixed_float16 as
     timed on this model here (each with the XLA setting it would train with), whose preflight
@@ -163,7 +167,7 @@ def resolve_policy(
 
 def _preflighted(
     spec: ExperimentSpec,
-    splits: AnySplits,
+    splits: Source,
     timings: list[speed.Timing],
     options: list[bool],
     rule: str | None,
@@ -189,7 +193,7 @@ def _preflighted(
     return rows
 
 
-def _preflight_failures(spec: ExperimentSpec, splits: AnySplits) -> list[str]:
+def _preflight_failures(spec: ExperimentSpec, splits: Source) -> list[str]:
     """The names of the blocking findings of the spec's preflight, on a model built aside."""
     with precision.policy_scope(spec.precision.policy), precision.built_aside():
         model, optimizer = build(spec, splits)
@@ -197,7 +201,7 @@ def _preflight_failures(spec: ExperimentSpec, splits: AnySplits) -> list[str]:
     return [f.name for f in checks.blocking(found)]
 
 
-def _model_key(spec: ExperimentSpec, splits: AnySplits, environment: dict[str, Any]) -> dict[str, Any]:
+def _model_key(spec: ExperimentSpec, splits: Source, environment: dict[str, Any]) -> dict[str, Any]:
     threads = (environment.get("threads") or {}).get("intra_op")
     machine = speed.machine_key(environment["device_facts"], threads)
     return speed.model_key(spec, splits.input_shape, splits.num_classes, machine)

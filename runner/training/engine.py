@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from runner import compat
-from runner.distribution import Role, rendezvous
 from runner.spec import DistributionSpec, SpecValueError
+from runner.training.distribution import Role, rendezvous
 
 tf: Any = compat.tensorflow()
 

@@ -1,6 +1,6 @@
 """Reload exported models as a user would, in a fresh `python -I` with runner unimportable.
 
-Run as a script by runner/export.py, never imported: `python -I fresh_reload.py JOB.json`. The job
+Run as a script by runner/export/artifacts.py, never imported: `python -I fresh_reload.py JOB.json`. The job
 names the batch (.npy, uint8 images) and the exported files; for each file this loads it with plain
 Keras (`keras.saving.load_model`) or TensorFlow (`tf.saved_model.load`), predicts the batch, saves
 the predictions beside, and prints one JSON line of what happened. Any import of `runner` fails

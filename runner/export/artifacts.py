@@ -4,7 +4,7 @@ A run directory gets `model.keras` and/or `saved_model/` (and under a mixed poli
 each: `model-float32.keras`, `saved_model-float32/`), plus `export/`: the fixed batch the check
 predicts (`batch.npy`, the first test images as uint8), the in-process predictions of the run's
 model (`expected.npy`) and of its float32 copy (`expected-float32.npy`), and `export.json`.
-Every file is then loaded in ONE fresh `python -I` (runner/fresh_reload.py, runner unimportable)
+Every file is then loaded in ONE fresh `python -I` (runner/export/fresh_reload.py, runner unimportable)
 and its predictions compared: the `export_roundtrip` check.
 """
 
@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from runner import compat, precision, runs
-from runner.checks import Finding
+from runner import compat, runs
 from runner.models import build_model
+from runner.precision import policy as precision
+from runner.precision.checks import Finding
 from runner.spec import COMPUTE_DTYPE, ExperimentSpec
 
 EXPORT_DIR = "export"

@@ -11,13 +11,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from runner.spec import COMPUTE_DTYPE, DEFAULT_INITIAL_SCALE, ChecksSpec, PrecisionSpec
+from runner.spec import (
+    COMPUTE_DTYPE,
+    DEFAULT_INITIAL_SCALE,
+    PROBABILITY_ACTIVATIONS,
+    ChecksSpec,
+    PrecisionSpec,
+)
 
 Severity = Literal["error", "warning", "hint"]
 # Layers that hold no computation of their own: their "compute dtype" is just the input's.
 NON_COMPUTING = {"InputLayer"}
 # Activations whose small outputs underflow in float16 before the loss takes their log.
-PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid", "log_softmax")
 
 
 @dataclass(frozen=True)

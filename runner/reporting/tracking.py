@@ -317,7 +317,7 @@ def log_run(run_dir: Path, target: Target) -> Logged:
 
 
 def _log_run(run_dir: Path, target: Target) -> Logged:
-    from runner.compare import load_report
+    from runner.reporting.compare import load_report
 
     report = load_report(run_dir)
     digest = report_digest(report)
@@ -394,7 +394,7 @@ def _log_files(client: Any, run_id: str, folder: Path, files: tuple[str, ...], d
 def track_run(run_dir: Path, emit: EventSink) -> dict[str, Any]:
     """At a run's end, its report.json written: log it, or warn once and go on. Never raises.
     Returns report.json's `tracking` section (where it was logged, or why not)."""
-    from runner.compare import load_report
+    from runner.reporting.compare import load_report
 
     uri = None
     try:
@@ -527,7 +527,7 @@ def sync(paths: list[Path], uri: str | None = None, experiment: str | None = Non
     """Log finished runs and sweeps (a parent run, its variants nested) that were not logged, or
     changed since; each once. Bad input (not a run, MLflow unreachable) raises BadInput."""
     require_mlflow()
-    from runner.compare import expand_run_dirs, load_report
+    from runner.reporting.compare import expand_run_dirs, load_report
 
     done: list[Logged] = []
     for path in paths:
@@ -550,7 +550,7 @@ def sync(paths: list[Path], uri: str | None = None, experiment: str | None = Non
 
 
 def _sync_sweep(sweep_dir: Path, variants: list[Path], uri: str, experiment: str | None) -> list[Logged]:
-    from runner.compare import load_report
+    from runner.reporting.compare import load_report
 
     tracking = load_report(variants[0])["spec"].get("tracking") or {}
     name = experiment or tracking.get("experiment") or sweep_group(sweep_dir)

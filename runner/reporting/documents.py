@@ -14,9 +14,9 @@ from typing import Any
 
 import tomli_w
 
-from runner import plots
-from runner.checks import MARKS, describe_variables, mark
-from runner.compare import objective_note
+from runner.precision.checks import MARKS, describe_variables, mark
+from runner.reporting import plots
+from runner.reporting.compare import objective_note
 from runner.runs import write_text_atomic
 
 CSS = """

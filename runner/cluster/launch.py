@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from runner import exits
-from runner.distribution import local_cluster
 from runner.spec import BadInput, load_plan, load_spec
 from runner.sweeps import sigterm_as_interrupt
+from runner.training.distribution import local_cluster
 
 PEER_EXIT_GRACE_S = 60.0
 POLL_S = 0.2  # how often the workers' exits are looked at (Popen.wait with a timeout: no busy loop)

@@ -1,0 +1,10 @@
+"""Before training: the gate every run passes and the choices runner measures instead of assuming.
+
+`gate.py` enters a run's scopes (device and strategy, dtype policy, seeds), builds the model and
+runs the preflight (the audit of every layer, one probed training step, the numerics against
+float32); `speed.py` times training steps per policy, with XLA and without, on this machine;
+`choices.py` turns those timings into the automatic choices (`jit_compile = "auto"`, `policy =
+"auto"`, the warning that a policy is slow here) and records their figures.
+
+Imports: spec, compat, runs, memory, data, precision, training.
+"""
