@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from runner.session import check_experiment
+from runner.preflight.check import check_experiment
 from runner.spec import spec_from_dict
 
 MODELS = {

@@ -458,8 +458,8 @@ def check(
 
     Exit codes: 0 no errors · 1 an invariant failed · 2 bad input.
     """
+    from runner.preflight.check import check_experiment
     from runner.reporting.views import render_check
-    from runner.session import check_experiment
 
     (spec,) = _load_all([path], overrides)
     try:
@@ -502,7 +502,7 @@ def export(
     """Export a run's model (model.keras, saved_model/) from a checkpoint, reloaded and checked in a
     fresh process; beside what the run already holds (exports/<checkpoint>/), never over it.
     Exit codes: 0 exported and checked · 1 the round trip failed · 2 bad input."""
-    from runner.session import export_experiment
+    from runner.export.finished_run import export_experiment
 
     for given in formats or []:
         if given not in EXPORT_FORMATS:

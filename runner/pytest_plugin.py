@@ -135,7 +135,7 @@ class SpecItem(pytest.Item):
 
     def _preflight(self) -> None:
         from runner.precision import checks
-        from runner.session import check_experiment
+        from runner.preflight.check import check_experiment
 
         outcome = check_experiment(self.variant.spec, timing_steps=0)
         if any(map(checks.fails_a_test, outcome.findings)):

@@ -1,20 +1,18 @@
 """One experiment end to end: plan → preflight checks → fit → evaluate → post checks → write.
 
-This is the only module that knows the order of the steps. Each step is a function of the resolved
-spec and the run directory.
+This is the only module that knows the order of the steps (of a run and of a resume). Each step is a
+function of the resolved spec and the run directory, and lives in its room: the data and the
+worker's setup (training/workers.py), the automatic choices and the gate (preflight/), the loop
+(training/), the record and its documents (reporting/), the export (export/). `runner check` is
+preflight/check.py, `runner export RUN_DIR` export/finished_run.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
-import re
-import shutil
-import sys
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,11 +21,9 @@ from typing import Any
 import numpy as np
 
 from runner import compat, exits, runs
-from runner.data.image_folder import UndecodableFiles
 from runner.data.pipeline import TrainingBatches
-from runner.data.sources import Source, bad_files, load_splits
+from runner.data.sources import Source
 from runner.events import EventSink, Note, RunFinished, RunStarted, ignore
-from runner.memory import MemoryPhases
 from runner.precision import checks
 from runner.preflight import choices
 from runner.preflight.gate import build, compiled_as, preflight, ready_to_train, training_scope
@@ -35,15 +31,11 @@ from runner.reporting import compare, documents, tracking
 from runner.reporting.record import RunState, make_report, memory_figures, performance
 from runner.spec import (
     BadInput,
-    DistributionSpec,
     ExperimentSpec,
-    SpecValueError,
     load_spec,
-    spec_hash,
-    spec_to_toml,
 )
-from runner.training import checkpoints, loop, schedules
-from runner.training.distribution import ClusterConfig, ClusterError, Role, role_for
+from runner.training import checkpoints, loop, schedules, workers
+from runner.training.distribution import Role
 from runner.training.telemetry import (
     NOTHING_TO_SAVE,
     StopRequest,
@@ -52,6 +44,7 @@ from runner.training.telemetry import (
     nothing_to_save,
     stop_on_signals,
 )
+from runner.training.workers import Setup
 
 PREFLIGHT_FAILED = "preflight check failed: not training (see the failed checks)"
 
@@ -62,15 +55,6 @@ class RunOutcome:
     exit_code: int
     run_dir: Path
     report: dict[str, Any]
-
-
-def require_device(device: str) -> None:
-    """Bad input, before anything is written: a spec asking for a GPU this machine does not have."""
-    if device == "gpu" and not compat.tensorflow().config.list_physical_devices("GPU"):
-        raise SpecValueError(
-            'runtime.device: expected a visible GPU for device = "gpu"; found none '
-            "(use --set runtime.device=auto to run on the CPU)"
-        )
 
 
 def _observers(
@@ -347,155 +331,13 @@ def _exit_code(state: RunState) -> int:
     return exits.BY_STATUS[state.status]
 
 
-def _release_previous_run() -> None:
-    """Free what an earlier run in this process held (its memory is not the next run's).
-    Nothing here may start TensorFlow's runtime: a strategy made next may still need to configure it
-    (logical CPU devices, a cluster's collectives), and a host such as Ray may have imported Keras."""
-    if "keras" in sys.modules and compat.runtime_started():
-        compat.keras().backend.clear_session()
-        tf = compat.tensorflow()
-        for device in tf.config.list_logical_devices("GPU"):
-            tf.config.experimental.reset_memory_stats(device.name)
-    gc.collect()
-
-
-@dataclass
-class Setup:
-    """What a run or a resume has before it touches its directory."""
-
-    splits: Source
-    environment: dict[str, Any]
-    role: Role
-    strategy: Any  # None: the default strategy (one device)
-    memory: MemoryPhases
-
-
-def _prepare(spec: ExperimentSpec, role: Role) -> Setup:
-    """The data (a DataError leaves nothing behind), TensorFlow, the device, the strategy (several
-    workers join their cluster here), and the environment."""
-    _release_previous_run()
-    memory = MemoryPhases.from_now()
-    threads = _thread_share()  # before anything starts TensorFlow's runtime (a folder's scan may)
-    with memory.phase("data"):
-        splits = load_splits(spec.data, spec.seed)
-    with memory.phase("tensorflow"):
-        compat.keras()  # the slow import: after the data (a missing archive fails fast), before the bars
-        require_device(spec.runtime.device)
-        strategy = _strategy(spec, role)
-    return Setup(splits, {**runs.environment_info(), "threads": threads}, role, strategy, memory)
-
-
-def _strategy(spec: ExperimentSpec, role: Role) -> Any:
-    """The spec's tf.distribute strategy (several workers join their cluster here); None for one device."""
-    if spec.distribution.strategy == "none":
-        return None
-    from runner.training.engine import make_strategy
-
-    strategy = make_strategy(spec.distribution, role, spec.runtime.device)
-    replicas = int(strategy.num_replicas_in_sync)
-    if spec.data.batch_size % replicas:
-        raise SpecValueError(
-            f"data.batch_size: expected a multiple of the {replicas} replicas (the global batch split "
-            f"evenly); got {spec.data.batch_size}"
-        )
-    return strategy
-
-
-THREADS_VARIABLE = "RUNNER_CPU_THREADS"  # set by a parallel sweep for each variant (sweeps.core_shares)
-
-
-def _thread_share() -> dict[str, Any]:
-    """TensorFlow's thread pools as this process was given them: a parallel sweep's share of the
-    cores (THREADS_VARIABLE), or TensorFlow's defaults (every core)."""
-    given = os.environ.get(THREADS_VARIABLE, "")
-    if not given.isdigit() or int(given) < 1:
-        return {"intra_op": None, "inter_op": None, "why": f"TensorFlow's defaults ({os.cpu_count()} cores)"}
-    threads = int(given)
-    if not compat.set_threads(threads):
-        return {"intra_op": None, "inter_op": None, "why": "TensorFlow already running: its defaults"}
-    return {
-        "intra_op": threads,
-        "inter_op": threads,
-        "why": f"a parallel sweep's share: {threads} of {os.cpu_count()} cores ({THREADS_VARIABLE})",
-    }
-
-
-def _distribution(spec: ExperimentSpec, setup: Setup) -> dict[str, Any]:
-    replicas = int(setup.strategy.num_replicas_in_sync) if setup.strategy is not None else 1
-    return {
-        "strategy": spec.distribution.strategy,
-        "workers": setup.role.workers,
-        "replicas": replicas,
-        "global_batch": spec.data.batch_size,
-        "per_replica_batch": spec.data.batch_size // replicas,
-        "devices": [] if setup.strategy is None else list(setup.strategy.extended.worker_devices),
-    }
-
-
 def _new_state(spec: ExperimentSpec, run_dir: Path, setup: Setup) -> RunState:
     environment = setup.environment
     data = {**setup.splits.summary(), "augmentation": spec.data.augmentation.describe()}
     state = RunState(spec, run_dir, environment, data)
     state.memory = setup.memory
-    state.role, state.distribution = setup.role, _distribution(spec, setup)
+    state.role, state.distribution = setup.role, workers.distribution_record(spec, setup)
     return state
-
-
-@contextlib.contextmanager
-def _new_run_dir(spec: ExperimentSpec, output: Path, environment: dict[str, Any]) -> Iterator[Path]:
-    """A fresh run directory, locked while the block runs and seeded with the spec and environment.
-    Bad input found inside (a model that cannot be built, a disk too full for spec.toml) removes it
-    again: nothing trained, nothing to keep, no `failed` run left to puzzle over."""
-    run_dir = runs.create_run_dir(output, spec.name, spec_hash(spec))
-    with runs.run_lock(run_dir):
-        try:
-            runs.write_text_atomic(run_dir / "spec.toml", spec_to_toml(spec))
-            runs.write_json_atomic(run_dir / "environment.json", environment)
-        except OSError as exc:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise runs.OutputError(
-                f"--output {output}: cannot write the run directory ({exc.strerror})"
-            ) from None
-        try:
-            yield run_dir
-        except BadInput:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-
-
-@contextlib.contextmanager
-def _run_dir(spec: ExperimentSpec, output: Path, setup: Setup) -> Iterator[Path]:
-    """The run directory: the chief creates it; on several workers it tells the others its path,
-    and every worker must see it (shared storage) or none starts."""
-    if setup.role.is_chief:
-        with _new_run_dir(spec, output, setup.environment) as run_dir:
-            if setup.role.workers > 1:
-                _share_run_dir(setup, output, run_dir)
-            yield run_dir
-    else:
-        yield _share_run_dir(setup, output, None)
-
-
-def _share_run_dir(setup: Setup, output: Path, run_dir: Path | None) -> Path:
-    from runner.training.engine import all_sum, broadcast_text
-
-    role, strategy = setup.role, setup.strategy
-    path = Path(broadcast_text(strategy, None if run_dir is None else str(run_dir.resolve()), role.workers))
-    seen = np.zeros(role.workers)
-    seen[role.rank] = float(path.is_dir())
-    blind = [rank for rank, ok in enumerate(all_sum(strategy, seen, role.workers)) if ok < 0.5]
-    if blind:
-        assert role.cluster is not None
-        who = ", ".join(f"worker {rank} ({role.cluster.address_of(rank)})" for rank in blind)
-        raise ClusterError(
-            f"--output {output}: {who} cannot see the run directory {path} the chief created there; "
-            "expected storage every worker sees (a shared filesystem)"
-        )
-    return path
-
-
-def _role(spec: ExperimentSpec) -> Role:
-    return role_for(spec.distribution.strategy, spec.distribution.cluster)
 
 
 def run_experiment(
@@ -504,7 +346,7 @@ def run_experiment(
     """Run one experiment; bad input raises BadInput (and leaves no run directory), everything else
     ends in a report. On several workers every one calls this; the chief's outcome is the run's.
     `stop`: a request the caller holds (a planned stop: runner.testing's resume check)."""
-    role = _role(spec)  # a bad TF_CONFIG is bad input before anything loads
+    role = workers.role_of(spec)  # a bad TF_CONFIG is bad input before anything loads
     if spec.tracking.mlflow:
         tracking.require_mlflow()
     runs.require_writable(output)  # before the data and TensorFlow take their seconds
@@ -515,25 +357,15 @@ def run_experiment(
 def _run(
     spec: ExperimentSpec, output: Path, role: Role, emit: EventSink, stop: StopRequest | None
 ) -> RunOutcome:
-    setup = _prepare(spec, role)
-    chosen, choice, timed = _resolve_policy(spec, setup)
-    with _run_dir(spec, output, setup) as run_dir:  # named, and spec.toml written, as given
+    setup = workers.prepare(spec, role)
+    chosen, choice, timed = choices.policy_for_run(spec, setup)
+    with workers.run_directory(spec, output, setup) as run_dir:  # named, and spec.toml written, as given
         state = _new_state(chosen, run_dir, setup)
         state.policy_choice, state.timed = choice, timed
         if choice is not None:  # written now: a resume of a run killed before it trains keeps it
             runs.write_json_atomic(run_dir / choices.SPEED_FILE, {"policy": choice})
         state.stop = stop or state.stop
         return _execute(state, setup, emit)
-
-
-def _resolve_policy(spec: ExperimentSpec, setup: Setup) -> tuple[ExperimentSpec, dict | None, list]:
-    """precision.policy = "auto" measured and chosen (choices.resolve_policy), before the run
-    directory exists; any other policy as it is."""
-    if spec.precision.policy != "auto":
-        return spec, None, []
-    steps = choices.timing_steps(spec, setup.splits.count("train"))
-    with setup.memory.phase("policy"):
-        return choices.resolve_policy(spec, setup.splits, setup.environment, steps)
 
 
 def resume_experiment(run_dir: Path, emit: EventSink = ignore, mlflow: bool = False) -> RunOutcome:
@@ -546,19 +378,19 @@ def resume_experiment(run_dir: Path, emit: EventSink = ignore, mlflow: bool = Fa
         spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"mlflow": True})})
     if spec.tracking.mlflow:
         tracking.require_mlflow()
-    role = _role(spec)
+    role = workers.role_of(spec)
     with nothing_to_save(), runs.run_lock(run_dir) if role.is_chief else contextlib.nullcontext():
         previous = compare.load_report(run_dir) if (run_dir / "report.json").exists() else {}
         if previous.get("status") == "completed":
             raise BadInput(f"{run_dir}: this run completed; nothing to resume")
-        setup = _prepare(spec, role)
+        setup = workers.prepare(spec, role)
         found, skipped = checkpoints.latest_restorable(run_dir)
         for reason in skipped:
             emit(Note(f"checkpoint skipped, {reason}", "warning"))
         chosen, choice = choices.kept_policy(run_dir, spec)
         timed: list = []
         if spec.precision.policy == "auto" and choice is None:  # killed before it chose: choose now
-            chosen, choice, timed = _resolve_policy(spec, setup)
+            chosen, choice, timed = choices.policy_for_run(spec, setup)
         state = _new_state(chosen, run_dir, setup)
         state.policy_choice, state.timed = choice, timed
         state.started_at = previous.get("started_at", state.started_at)
@@ -574,37 +406,6 @@ def resume_experiment(run_dir: Path, emit: EventSink = ignore, mlflow: bool = Fa
             kept = [r for r in runs.read_jsonl(run_dir / "metrics.jsonl") if r.get("epoch", 0) <= done]
             runs.write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
         return _execute(state, setup, emit)
-
-
-TASK_NAME = re.compile(r"/job:(chief|worker)/(?:replica:\d+/)?task:(\d+)")
-
-
-def _lost_task(message: str, role: Role) -> tuple[str, int] | None:
-    """The peer a TensorFlow collective error blames: the one its coordination service found
-    unhealthy, else the first task named that is not this one."""
-    unhealthy = message.find("unhealthy")
-    named = [(m.group(1), int(m.group(2))) for m in TASK_NAME.finditer(message, max(unhealthy, 0))]
-    assert role.cluster is not None
-    own = (role.cluster.task_type, role.cluster.task_index)
-    others = [task for task in named if task != own]
-    return others[0] if others else None
-
-
-def _failure(exc: Exception, role: Role) -> str:
-    """A crash in words; on several workers, a peer lost in a collective is named."""
-    text = f"{type(exc).__name__}: {exc}"
-    if role.cluster is None or "Error" not in type(exc).__name__:
-        return text
-    lost = _lost_task(str(exc), role)
-    if lost is None:
-        return text
-    peer = ClusterConfig(role.cluster.cluster, *lost)
-    return (
-        f"lost worker {peer.worker_rank} ({peer.task_type}:{peer.task_index} at "
-        f"{peer.cluster[peer.task_type][peer.task_index]}): the cluster's collectives failed "
-        f"({type(exc).__name__}); the last checkpoint stands: resume with `runner resume RUN_DIR` "
-        "on every worker (or `runner launch --workers N RUN_DIR`)"
-    )
 
 
 def _attempt(state: RunState, setup: Setup, emit: EventSink) -> BadInput | None:
@@ -623,7 +424,7 @@ def _attempt(state: RunState, setup: Setup, emit: EventSink) -> BadInput | None:
         state.status, state.error = "failed", str(exc)
         return exc
     except Exception as exc:  # noqa: BLE001 - a crash still writes its report
-        state.status, state.error = "failed", setup.splits.explain(exc) or _failure(exc, state.role)
+        state.status, state.error = "failed", setup.splits.explain(exc) or workers.failure(exc, state.role)
         if state.xla[0] and state.spec.training.jit_compile == "auto" and "XLA" in str(exc):
             state.error += ' (XLA was chosen by training.jit_compile = "auto": set it to false)'
         if state.role.is_chief:
@@ -635,7 +436,9 @@ def _execute(state: RunState, setup: Setup, emit: EventSink) -> RunOutcome:
     policy_before = compat.global_policy_name()
     chief = state.role.is_chief
     emit(RunStarted(state.run_dir, state.spec.name))
-    native_log = compat.native_stderr_to(state.run_dir / "tensorflow.log") if chief else _nothing()
+    native_log = (
+        compat.native_stderr_to(state.run_dir / "tensorflow.log") if chief else contextlib.nullcontext()
+    )
     with native_log, stop_on_signals(state.stop):
         bad_input = _attempt(state, setup, emit)
     if state.status == "completed" and chief:  # a crash an earlier attempt left is not this run's error
@@ -644,7 +447,10 @@ def _execute(state: RunState, setup: Setup, emit: EventSink) -> RunOutcome:
     with state.memory.phase("report"):
         data = make_report(state, performance(state.log, state.spec.data.batch_size, state.memory))
         if state.role.workers > 1:
-            _write_worker_file(state)
+            ended = {"status": state.status, "error": state.error, "steps": state.log.steps}
+            workers.write_worker_file(
+                state.run_dir, state.role, ended | {"weights_sha256": state.weights_sha256}
+            )
         if chief:
             runs.write_json_atomic(state.run_dir / "report.json", data)
             _write_documents(state.run_dir, data, emit)
@@ -661,31 +467,6 @@ def _execute(state: RunState, setup: Setup, emit: EventSink) -> RunOutcome:
     return outcome
 
 
-@contextlib.contextmanager
-def _nothing() -> Iterator[None]:
-    yield
-
-
-def _write_worker_file(state: RunState) -> None:
-    """`workers/worker-<rank>.json`: what this worker ended with, for the chief's report and for you."""
-    role = state.role
-    assert role.cluster is not None
-    folder = state.run_dir / "workers"
-    folder.mkdir(exist_ok=True)
-    record = {
-        "rank": role.rank,
-        "task": {"type": role.cluster.task_type, "index": role.cluster.task_index},
-        "address": role.cluster.cluster[role.cluster.task_type][role.cluster.task_index],
-        "is_chief": role.is_chief,
-        "status": state.status,
-        "error": state.error,
-        "steps": state.log.steps,
-        "weights_sha256": state.weights_sha256,
-        "finished_at": runs.utc_now(),
-    }
-    runs.write_json_atomic(folder / f"worker-{role.rank}.json", record)
-
-
 STRICT_DOCUMENTS = (
     "RUNNER_STRICT_DOCUMENTS"  # tests set it: a bug in the documents must not pass as a warning
 )
@@ -700,135 +481,3 @@ def _write_documents(run_dir: Path, data: dict[str, Any], emit: EventSink) -> No
         if os.environ.get(STRICT_DOCUMENTS):
             raise
         emit(Note(f"report.md/report.html not written: {type(exc).__name__}: {exc}", "warning"))
-
-
-@dataclass
-class CheckOutcome:
-    exit_code: int
-    audit: dict[str, Any]
-    findings: list[checks.Finding]
-    speed: dict[str, Any] | None  # the measured candidates and what they say (None: --steps 0)
-    environment: dict[str, Any]
-
-
-def check_experiment(spec: ExperimentSpec, timing_steps: int = 5) -> CheckOutcome:
-    """Time the policy against float32 (and XLA both ways where "auto"), build under the policy,
-    audit every layer, probe one step as the run would compile it. `timing_steps` 0: nothing
-    timed, and "auto" XLA probes without it (a choice not measured is not made); a policy of
-    "auto" is chosen by timing whatever `timing_steps` says (it cannot be chosen otherwise)."""
-    # On one device, whatever the spec's strategy: a distributed run checks its own in its preflight.
-    spec = spec.model_copy(update={"distribution": DistributionSpec()})
-    with nothing_to_save():
-        return _check(spec, timing_steps)
-
-
-def _check(spec: ExperimentSpec, timing_steps: int) -> CheckOutcome:
-    setup = _prepare(spec, Role())
-    splits, environment = setup.splits, setup.environment
-    # Every image decoded once, as the run will: each bad one named (skip_bad_files has left them out).
-    undecodable = [] if spec.data.skip_bad_files else bad_files(splits)
-    if undecodable:
-        raise UndecodableFiles(undecodable)
-    policy_before = compat.global_policy_name()
-    with compat.native_stderr_to(os.devnull):
-        spec, choice, known = _resolve_policy(spec, setup)
-        xla, why, timed = choices.measure_spec(spec, splits, environment, timing_steps or None, known)
-        if choice is not None:  # what was timed to choose it, whatever else was
-            timed = timed or {"timings": [t.as_dict() for t in known], "xla": {"used": xla, "why": why}}
-            timed["policy"] = choice
-        auto, spec = spec.training.jit_compile == "auto", compiled_as(spec, xla)
-        with training_scope(spec):
-            model, optimizer = build(spec, splits)
-            audit, findings, _ = preflight(model, optimizer, spec, splits, xla_auto=auto)
-    findings.append(checks.check_policy_restored(policy_before, compat.global_policy_name()))
-    code = exits.CHECK_FAILED if checks.blocking(findings) else exits.COMPLETED
-    return CheckOutcome(code, audit, findings, timed, environment)
-
-
-@dataclass
-class ExportOutcome:
-    exit_code: int
-    finding: checks.Finding
-    record: dict[str, Any]
-    written_to: Path  # the run directory, or exports/<checkpoint>/ beside what it already holds
-
-
-def _checkpoint_to_export(run_dir: Path, which: str) -> tuple[str, dict[str, Any]]:
-    if which == "best":
-        try:
-            found = checkpoints.best(run_dir)
-        except checkpoints.CheckpointError as exc:
-            raise BadInput(str(exc)) from None
-        if found is None:
-            raise BadInput(
-                f"{run_dir}: no best checkpoint (checkpoints/best.json): the run had no "
-                "[training.early_stopping]; use --checkpoint latest"
-            )
-        return found
-    latest, skipped = checkpoints.latest_restorable(run_dir)
-    if latest is None:
-        why = f" ({'; '.join(skipped)})" if skipped else ""
-        raise BadInput(
-            f"{run_dir}: no checkpoint to export{why}; expected checkpoints/step-*.npz from training"
-        )
-    return latest
-
-
-def reported_weights(run_dir: Path) -> str:
-    """The checkpoint a finished run's report describes: early stopping's best epoch when the run
-    restored it, else the latest (an interrupted run has no report: its latest checkpoint)."""
-    try:
-        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-        restored = (report.get("early_stopping") or {}).get("restored_epoch")
-    except (OSError, ValueError, AttributeError):
-        return "latest"
-    return "best" if restored is not None else "latest"
-
-
-def export_target(run_dir: Path, checkpoint: str) -> Path:
-    """Where `runner export` writes: the run directory while it holds no export yet; beside what it
-    holds otherwise (`exports/<checkpoint>/`, `-2`, `-3`… when taken): a run's artifacts are never
-    overwritten."""
-    from runner.export import artifacts as export
-
-    taken = [
-        export.EXPORT_DIR,
-        *(export.artifact_path(f, c) for f in ("keras", "saved_model") for c in (False, True)),
-    ]
-    if not any((run_dir / path).exists() for path in taken):
-        return run_dir
-    base = run_dir / "exports" / checkpoint
-    target, n = base, 1
-    while target.exists():
-        n += 1
-        target = base.with_name(f"{checkpoint}-{n}")
-    return target
-
-
-def export_experiment(run_dir: Path, formats: list[str] | None, which: str | None = None) -> ExportOutcome:
-    """`runner export`: rebuild the run's model from its spec.toml, restore a checkpoint's model
-    variables (by default the weights the run reported), export it and check the round trip; for any
-    finished or interrupted run, never over what the run (or an earlier export) wrote."""
-    from runner.export import artifacts as export
-
-    spec, _ = choices.kept_policy(run_dir, load_spec(run_dir / "spec.toml"))
-    if spec.precision.policy == "auto":
-        raise BadInput(f"{run_dir}: its policy was never chosen (no speed.json): nothing was trained")
-    spec = spec.model_copy(update={"distribution": DistributionSpec()})  # one device: a model to save
-    chosen = formats or list(spec.export.formats) or ["keras"]
-    with runs.run_lock(run_dir):
-        name, meta = _checkpoint_to_export(run_dir, which or reported_weights(run_dir))
-        target = export_target(run_dir, name)
-        target.mkdir(parents=True, exist_ok=True)
-        setup = _prepare(spec, Role())
-        with compat.native_stderr_to(run_dir / "tensorflow.log"):
-            with training_scope(spec):
-                model, _ = build(spec, setup.splits)
-                try:
-                    checkpoints.restore(run_dir, name, meta, model, groups=("model",))
-                except checkpoints.CheckpointError as exc:
-                    raise BadInput(f"{run_dir}: {exc}") from None
-            batch = export.fixed_batch(setup.splits)
-            finding, record = export.export_model(target, model, spec, batch, chosen, checkpoint=name)
-    code = exits.CHECK_FAILED if checks.is_blocking(finding) else exits.COMPLETED
-    return ExportOutcome(code, finding, record, target)

@@ -31,7 +31,7 @@ from runner import exits, runs
 from runner.events import EventSink, VariantStarted, ignore
 from runner.reporting import compare, documents, tracking
 from runner.reporting.compare import RunDirError
-from runner.session import THREADS_VARIABLE, RunOutcome, run_experiment
+from runner.session import RunOutcome, run_experiment
 from runner.spec import (
     ExperimentSpec,
     SpecError,
@@ -43,6 +43,7 @@ from runner.spec import (
     spec_to_dict,
     spec_to_toml,
 )
+from runner.training.workers import THREADS_VARIABLE
 
 SPEC_SOURCE_VARIABLE = "RUNNER_SPEC_SOURCE"  # a sweep's child process: the spec file it stands for
 CHILD_STOP_TIMEOUT_S = 300  # a variant asked to stop checkpoints first; past this it is killed

@@ -15,8 +15,8 @@ from runner import compat
 from runner.models import build_model
 from runner.precision import checks, fidelity
 from runner.precision import policy as precision
+from runner.preflight.check import check_experiment
 from runner.reporting.views import render_check
-from runner.session import check_experiment
 from runner.spec import ChecksSpec, Factory, PrecisionSpec, SeedCnn, TrainingSpec, spec_from_dict
 from runner.testing.strategies import small_models  # random small models of every built-in kind
 from runner.training.loop import compile_model, make_optimizer

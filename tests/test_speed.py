@@ -324,7 +324,7 @@ def test_env_measures_once_caches_and_refresh_measures_again(tmp_path, monkeypat
 
 
 def _check(write_spec, overrides=()):
-    from runner.session import check_experiment
+    from runner.preflight.check import check_experiment
     from runner.spec import load_spec
     from tests.conftest import TINY_SPEC
 
@@ -392,7 +392,7 @@ def test_auto_policy_where_none_passes_runs_the_fastest_and_its_preflight_stops_
     """float16 variables fail every policy's audit: the choice says none passed, the fastest by
     the clock is what the preflight then stops (exit 1, naming the variables)."""
     from runner import exits
-    from runner.session import check_experiment
+    from runner.preflight.check import check_experiment
     from runner.spec import load_spec
     from tests.conftest import ROOT
 
@@ -412,7 +412,7 @@ def test_auto_policy_where_none_passes_runs_the_fastest_and_its_preflight_stops_
 def test_auto_policy_skips_a_faster_policy_whose_preflight_fails(tmp_path, monkeypatch):
     """A softmax that computes in float16 fails mixed_float16's preflight: however fast the clock
     says float16 is, the next fastest that passes runs, and the rows say why."""
-    from runner.session import check_experiment
+    from runner.preflight.check import check_experiment
     from runner.spec import load_spec
     from tests.conftest import ROOT
 

@@ -4,7 +4,8 @@
 runs the preflight (the audit of every layer, one probed training step, the numerics against
 float32); `speed.py` times training steps per policy, with XLA and without, on this machine;
 `choices.py` turns those timings into the automatic choices (`jit_compile = "auto"`, `policy =
-"auto"`, the warning that a policy is slow here) and records their figures.
+"auto"`, the warning that a policy is slow here) and records their figures; `check.py` is
+`runner check`: all of the above, and nothing trained.
 
-Imports: spec, compat, runs, memory, data, precision, training.
+Imports: spec, compat, runs, exits, memory, data, precision, training.
 """

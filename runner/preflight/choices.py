@@ -22,6 +22,7 @@ from runner.preflight import speed
 from runner.preflight.gate import build, compiled_as, preflight, training_scope, with_policy
 from runner.spec import BadInput, DistributionSpec, ExperimentSpec
 from runner.training import loop
+from runner.training.workers import Setup
 
 SPEED_FILE = "speed.json"  # the run's measured choices, written when made: a resume keeps them
 
@@ -217,3 +218,13 @@ def kept_policy(run_dir: Path, spec: ExperimentSpec) -> tuple[ExperimentSpec, di
     if not isinstance(choice, dict) or choice.get("used") not in speed.POLICIES:
         return spec, None
     return with_policy(spec, choice["used"]), choice
+
+
+def policy_for_run(spec: ExperimentSpec, setup: Setup) -> tuple[ExperimentSpec, dict | None, list]:
+    """precision.policy = "auto" measured and chosen (resolve_policy), before the run
+    directory exists; any other policy as it is."""
+    if spec.precision.policy != "auto":
+        return spec, None, []
+    steps = timing_steps(spec, setup.splits.count("train"))
+    with setup.memory.phase("policy"):
+        return resolve_policy(spec, setup.splits, setup.environment, steps)

@@ -5,7 +5,8 @@ compiled step on any tf.distribute strategy; `loop.py` drives the epochs from th
 steps per execution, segments); `callbacks.py` observes it (telemetry, checkpoints, TensorBoard,
 progress events); `schedules.py` gives each step's learning rate and watches plateaus and early
 stopping; `telemetry.py` records what training observed and carries the stop request;
-`checkpoints.py` saves and restores everything an exact resume needs.
+`checkpoints.py` saves and restores everything an exact resume needs; `workers.py` is this process's part in a
+run (its data, device, strategy and thread share; the run directory every worker must see).
 
-Imports: spec, compat, runs, events, models, precision.
+Imports: spec, compat, runs, events, memory, data, models, precision.
 """

@@ -1,0 +1,112 @@
+"""`runner export RUN_DIR`: a finished (or interrupted) run's model rebuilt from its spec.toml, a
+checkpoint's weights restored (by default those the report describes), exported and checked like a
+run's own export, beside what the run holds: never over it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner import compat, exits, runs
+from runner.precision import checks
+from runner.preflight import choices
+from runner.preflight.gate import build, training_scope
+from runner.spec import (
+    BadInput,
+    DistributionSpec,
+    load_spec,
+)
+from runner.training import checkpoints
+from runner.training.distribution import Role
+from runner.training.workers import prepare
+
+
+@dataclass
+class ExportOutcome:
+    exit_code: int
+    finding: checks.Finding
+    record: dict[str, Any]
+    written_to: Path  # the run directory, or exports/<checkpoint>/ beside what it already holds
+
+
+def _checkpoint_to_export(run_dir: Path, which: str) -> tuple[str, dict[str, Any]]:
+    if which == "best":
+        try:
+            found = checkpoints.best(run_dir)
+        except checkpoints.CheckpointError as exc:
+            raise BadInput(str(exc)) from None
+        if found is None:
+            raise BadInput(
+                f"{run_dir}: no best checkpoint (checkpoints/best.json): the run had no "
+                "[training.early_stopping]; use --checkpoint latest"
+            )
+        return found
+    latest, skipped = checkpoints.latest_restorable(run_dir)
+    if latest is None:
+        why = f" ({'; '.join(skipped)})" if skipped else ""
+        raise BadInput(
+            f"{run_dir}: no checkpoint to export{why}; expected checkpoints/step-*.npz from training"
+        )
+    return latest
+
+
+def reported_weights(run_dir: Path) -> str:
+    """The checkpoint a finished run's report describes: early stopping's best epoch when the run
+    restored it, else the latest (an interrupted run has no report: its latest checkpoint)."""
+    try:
+        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+        restored = (report.get("early_stopping") or {}).get("restored_epoch")
+    except (OSError, ValueError, AttributeError):
+        return "latest"
+    return "best" if restored is not None else "latest"
+
+
+def export_target(run_dir: Path, checkpoint: str) -> Path:
+    """Where `runner export` writes: the run directory while it holds no export yet; beside what it
+    holds otherwise (`exports/<checkpoint>/`, `-2`, `-3`… when taken): a run's artifacts are never
+    overwritten."""
+    from runner.export import artifacts as export
+
+    taken = [
+        export.EXPORT_DIR,
+        *(export.artifact_path(f, c) for f in ("keras", "saved_model") for c in (False, True)),
+    ]
+    if not any((run_dir / path).exists() for path in taken):
+        return run_dir
+    base = run_dir / "exports" / checkpoint
+    target, n = base, 1
+    while target.exists():
+        n += 1
+        target = base.with_name(f"{checkpoint}-{n}")
+    return target
+
+
+def export_experiment(run_dir: Path, formats: list[str] | None, which: str | None = None) -> ExportOutcome:
+    """`runner export`: rebuild the run's model from its spec.toml, restore a checkpoint's model
+    variables (by default the weights the run reported), export it and check the round trip; for any
+    finished or interrupted run, never over what the run (or an earlier export) wrote."""
+    from runner.export import artifacts as export
+
+    spec, _ = choices.kept_policy(run_dir, load_spec(run_dir / "spec.toml"))
+    if spec.precision.policy == "auto":
+        raise BadInput(f"{run_dir}: its policy was never chosen (no speed.json): nothing was trained")
+    spec = spec.model_copy(update={"distribution": DistributionSpec()})  # one device: a model to save
+    chosen = formats or list(spec.export.formats) or ["keras"]
+    with runs.run_lock(run_dir):
+        name, meta = _checkpoint_to_export(run_dir, which or reported_weights(run_dir))
+        target = export_target(run_dir, name)
+        target.mkdir(parents=True, exist_ok=True)
+        setup = prepare(spec, Role())
+        with compat.native_stderr_to(run_dir / "tensorflow.log"):
+            with training_scope(spec):
+                model, _ = build(spec, setup.splits)
+                try:
+                    checkpoints.restore(run_dir, name, meta, model, groups=("model",))
+                except checkpoints.CheckpointError as exc:
+                    raise BadInput(f"{run_dir}: {exc}") from None
+            batch = export.fixed_batch(setup.splits)
+            finding, record = export.export_model(target, model, spec, batch, chosen, checkpoint=name)
+    code = exits.CHECK_FAILED if checks.is_blocking(finding) else exits.COMPLETED
+    return ExportOutcome(code, finding, record, target)
