@@ -152,6 +152,18 @@ Parallel = Annotated[
 ]
 
 
+@contextlib.contextmanager
+def _bad_input_exits(spec_file: Path) -> Iterator[None]:
+    """Bad input met while a command works, as exit 2: a spec value refused (`spec_file` named
+    first), or any other BadInput as it words itself."""
+    try:
+        yield
+    except SpecValueError as exc:
+        raise _fail(f"{spec_file}: {exc}") from None
+    except BadInput as exc:
+        raise _fail(str(exc)) from None
+
+
 @app.command()
 @_interruptible
 def validate(
@@ -205,9 +217,26 @@ def _validate_data(variants: list[Variant]) -> None:
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of an experiment spec."""
-    typer.echo(json.dumps(json_schema(), indent=2))
+def schema(
+    report: Annotated[bool, typer.Option("--report", help="report.json's schema instead.")] = False,
+    comparison: Annotated[bool, typer.Option("--comparison", help="comparison.json's instead.")] = False,
+    sweep: Annotated[bool, typer.Option("--sweep", help="A sweep directory's sweep.json's instead.")] = False,
+    export: Annotated[bool, typer.Option("--export", help="export/export.json's instead.")] = False,
+) -> None:
+    """Print the JSON Schema of an experiment spec (or of a file runner writes, with its schema_version)."""
+    chosen = [
+        name
+        for name, on in (("report", report), ("comparison", comparison), ("sweep", sweep), ("export", export))
+        if on
+    ]
+    if len(chosen) > 1:
+        raise _fail(f"expected at most one of --report, --comparison, --sweep, --export; got {len(chosen)}")
+    if not chosen:
+        typer.echo(json.dumps(json_schema(), indent=2))
+        return
+    from runner.reporting.report import json_schema as file_schema
+
+    typer.echo(json.dumps(file_schema(chosen[0]), indent=2))
 
 
 @app.command()
@@ -264,7 +293,7 @@ def _print_plan(plan: Any) -> None:
 
     out = _stdout()
     for outcome in plan.outcomes:
-        out.print(render_run(outcome.report))
+        out.print(render_run(outcome.record))
         if outcome.status == "interrupted":
             _stderr().print(
                 f"resume with: [bold]{escape(resume_command(outcome.run_dir))}[/]", soft_wrap=True
@@ -316,14 +345,9 @@ def resume(
             f"{run_dir}: a multi_worker run resumes on all its workers at once: `{command}` on this machine, "
             "or your cluster manager's job with TF_CONFIG set for each worker"
         )
-    try:
-        with _terminal_events() as events:
-            outcome = resume_experiment(run_dir, events, mlflow)
-    except SpecValueError as exc:
-        raise _fail(f"{run_dir / 'spec.toml'}: {exc}") from None
-    except BadInput as exc:
-        raise _fail(str(exc)) from None
-    _stdout().print(render_run(outcome.report))
+    with _bad_input_exits(run_dir / "spec.toml"), _terminal_events() as events:
+        outcome = resume_experiment(run_dir, events, mlflow)
+    _stdout().print(render_run(outcome.record))
     if outcome.status == "interrupted":
         _stderr().print(f"resume with: [bold]{escape(resume_command(outcome.run_dir))}[/]", soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
@@ -366,9 +390,10 @@ def compare(
 ) -> None:
     """Side-by-side table of finished runs: speed and memory against float32, accuracy, loss scale, checks."""
     from runner.reporting import compare as comparing
+    from runner.reporting.report import load_report
 
     try:
-        reports = [comparing.load_report(d) for d in comparing.expand_run_dirs(run_dirs)]
+        reports = [load_report(d) for d in comparing.expand_run_dirs(run_dirs)]
         comparison = comparing.compare(reports)
     except BadInput as exc:
         raise _fail(str(exc)) from None
@@ -382,7 +407,7 @@ def compare(
         try:
             require_writable(output)
             output.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(output / "comparison.json", comparison)
+            write_json_atomic(output / "comparison.json", comparison.to_json())
             write_comparison_documents(output, comparison, reports)
         except BadInput as exc:
             raise _fail(str(exc)) from None
@@ -397,7 +422,7 @@ def report(
     format: Annotated[str, typer.Option("--format", "-f", help="terminal, md, html or json.")] = "terminal",
 ) -> None:
     """Re-render a finished run: terminal, rewrite report.md / report.html, or print report.json."""
-    from runner.reporting.compare import load_report
+    from runner.reporting.report import load_report
 
     if format not in {"terminal", "md", "html", "json"}:
         raise _fail(f'--format: expected one of terminal, md, html, json; got "{format}"')
@@ -406,7 +431,7 @@ def report(
     except BadInput as exc:
         raise _fail(str(exc)) from None
     if format == "json":
-        typer.echo(json.dumps(data, indent=2))
+        typer.echo(json.dumps(data.to_json(), indent=2))
     elif format == "terminal":
         from runner.reporting.views import render_run
 
@@ -462,14 +487,9 @@ def check(
     from runner.reporting.views import render_check
 
     (spec,) = _load_all([path], overrides)
-    try:
+    with _bad_input_exits(path):
         outcome = check_experiment(spec, steps)
-    except SpecValueError as exc:
-        raise _fail(f"{path}: {exc}") from None
-    except BadInput as exc:
-        raise _fail(str(exc)) from None
-    findings = [f.as_dict() for f in outcome.findings]
-    _stdout().print(render_check(outcome.audit, findings, outcome.speed))
+    _stdout().print(render_check(outcome.audit, outcome.findings, outcome.speed))
     raise typer.Exit(outcome.exit_code)
 
 
@@ -511,15 +531,11 @@ def export(
         raise _fail(f'--checkpoint: expected latest or best; got "{checkpoint}"')
     if not (run_dir / "spec.toml").is_file():
         raise _fail(f"{run_dir}: not a run directory (no spec.toml)")
-    try:
+    with _bad_input_exits(run_dir / "spec.toml"):
         outcome = export_experiment(run_dir, list(dict.fromkeys(formats or [])), checkpoint)
-    except SpecValueError as exc:
-        raise _fail(f"{run_dir / 'spec.toml'}: {exc}") from None
-    except BadInput as exc:
-        raise _fail(str(exc)) from None
     from runner.reporting.views import render_export
 
-    _stdout().print(render_export(outcome.written_to, outcome.finding.as_dict(), outcome.record))
+    _stdout().print(render_export(outcome.written_to, outcome.finding, outcome.record))
     raise typer.Exit(outcome.exit_code)
 
 

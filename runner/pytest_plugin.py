@@ -150,10 +150,10 @@ class SpecItem(pytest.Item):
         factory: pytest.TempPathFactory = self.config._tmp_path_factory  # type: ignore[attr-defined]
         outcome = run_experiment(self.variant.spec, factory.mktemp(self.variant.spec.name))
         self.user_properties.append(("run_dir", str(outcome.run_dir)))
-        found = [checks.Finding(**f) for f in outcome.report["checks"]]
+        found = [checks.Finding(**f.model_dump()) for f in outcome.record.checks]
         failed = any(map(checks.fails_a_test, found))
         if outcome.status != "completed" or failed:
-            error = outcome.report["error"]
+            error = outcome.record.error
             ended = f"the run ended {outcome.status}: {error}" if outcome.status != "completed" else ""
             described = (
                 checks.describe_failures(found, f"{self.variant.source}: runner run") if failed else ""

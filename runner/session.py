@@ -27,8 +27,9 @@ from runner.events import EventSink, Note, RunFinished, RunStarted, ignore
 from runner.precision import checks
 from runner.preflight import choices
 from runner.preflight.gate import build, compiled_as, preflight, ready_to_train, training_scope
-from runner.reporting import compare, documents, tracking
-from runner.reporting.record import RunState, make_report, memory_figures, performance
+from runner.reporting import documents, tracking
+from runner.reporting.record import RunState, make_report, memory_figures, performance, write_report
+from runner.reporting.report import Performance, RunReport, load_report
 from runner.spec import (
     BadInput,
     ExperimentSpec,
@@ -54,7 +55,12 @@ class RunOutcome:
     status: str
     exit_code: int
     run_dir: Path
-    report: dict[str, Any]
+    record: RunReport  # what report.json holds, typed
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """report.json's content as JSON types (what the file holds)."""
+        return self.record.to_json()
 
 
 def _observers(
@@ -380,8 +386,8 @@ def resume_experiment(run_dir: Path, emit: EventSink = ignore, mlflow: bool = Fa
         tracking.require_mlflow()
     role = workers.role_of(spec)
     with nothing_to_save(), runs.run_lock(run_dir) if role.is_chief else contextlib.nullcontext():
-        previous = compare.load_report(run_dir) if (run_dir / "report.json").exists() else {}
-        if previous.get("status") == "completed":
+        previous = load_report(run_dir) if (run_dir / "report.json").exists() else None
+        if previous is not None and previous.status == "completed":
             raise BadInput(f"{run_dir}: this run completed; nothing to resume")
         setup = workers.prepare(spec, role)
         found, skipped = checkpoints.latest_restorable(run_dir)
@@ -393,10 +399,10 @@ def resume_experiment(run_dir: Path, emit: EventSink = ignore, mlflow: bool = Fa
             chosen, choice, timed = choices.policy_for_run(spec, setup)
         state = _new_state(chosen, run_dir, setup)
         state.policy_choice, state.timed = choice, timed
-        state.started_at = previous.get("started_at", state.started_at)
+        state.started_at = (previous and previous.started_at) or state.started_at
         state.resume_from = found
         state.resumes = [
-            *previous.get("resumes", []),
+            *(r.model_dump(by_alias=True) for r in (previous.resumes if previous else [])),
             {"at": runs.utc_now(), "from": found[0] if found else None, "skipped": skipped},
         ]
         if found is not None:
@@ -445,24 +451,25 @@ def _execute(state: RunState, setup: Setup, emit: EventSink) -> RunOutcome:
         (state.run_dir / "error.txt").unlink(missing_ok=True)
     state.findings = state.findings + _post_findings(state, policy_before)
     with state.memory.phase("report"):
-        data = make_report(state, performance(state.log, state.spec.data.batch_size, state.memory))
+        report = make_report(state, performance(state.log, state.spec.data.batch_size, state.memory))
         if state.role.workers > 1:
             ended = {"status": state.status, "error": state.error, "steps": state.log.steps}
             workers.write_worker_file(
                 state.run_dir, state.role, ended | {"weights_sha256": state.weights_sha256}
             )
         if chief:
-            runs.write_json_atomic(state.run_dir / "report.json", data)
-            _write_documents(state.run_dir, data, emit)
+            write_report(report)
+            _write_documents(state.run_dir, report, emit)
     if chief:  # the report's own memory (the plots) too, now that it is known
-        data["performance"].update(memory_figures(state.memory))
-        runs.write_json_atomic(state.run_dir / "report.json", data)
+        figures = report.performance.model_dump() | memory_figures(state.memory)
+        report.performance = Performance.model_validate(figures)
+        write_report(report)
     if chief and state.spec.tracking.mlflow and bad_input is None:  # last: from the files above; never fails
-        data["tracking"] = tracking.track_run(state.run_dir, emit)
-        runs.write_json_atomic(state.run_dir / "report.json", data)
+        report.tracking = tracking.track_run(state.run_dir, emit)
+        write_report(report)
     if bad_input is not None:
         raise bad_input
-    outcome = RunOutcome(state.status, _exit_code(state), state.run_dir, data)
+    outcome = RunOutcome(state.status, _exit_code(state), state.run_dir, report)
     emit(RunFinished(outcome.run_dir, outcome.status, outcome.exit_code))
     return outcome
 
@@ -472,11 +479,11 @@ STRICT_DOCUMENTS = (
 )
 
 
-def _write_documents(run_dir: Path, data: dict[str, Any], emit: EventSink) -> None:
+def _write_documents(run_dir: Path, report: RunReport, emit: EventSink) -> None:
     """report.md and report.html; report.json is already safe, so a failure here only warns (a
     finished run is never lost to a plotting problem), except under STRICT_DOCUMENTS."""
     try:
-        documents.write_run_documents(run_dir, data)
+        documents.write_run_documents(run_dir, report)
     except Exception as exc:
         if os.environ.get(STRICT_DOCUMENTS):
             raise

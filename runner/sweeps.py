@@ -27,10 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from runner import exits, runs
 from runner.events import EventSink, VariantStarted, ignore
 from runner.reporting import compare, documents, tracking
-from runner.reporting.compare import RunDirError
+from runner.reporting.report import (
+    Comparison,
+    PlannedVariant,
+    RunDirError,
+    RunReport,
+    SweepPlan,
+    field_error,
+    load_report,
+    migrate_plan,
+)
 from runner.session import RunOutcome, run_experiment
 from runner.spec import (
     ExperimentSpec,
@@ -54,7 +65,7 @@ class PlanOutcome:
     outcomes: list[RunOutcome]
     exit_code: int
     group_dir: Path | None = None
-    comparison: dict[str, Any] | None = None
+    comparison: Comparison | None = None
 
 
 @contextlib.contextmanager
@@ -127,7 +138,7 @@ def _status(run_dir: Path | None) -> str | None:
     if run_dir is None:
         return None
     try:
-        return str(compare.load_report(run_dir)["status"])
+        return load_report(run_dir).status
     except RunDirError:
         return "unfinished"
 
@@ -202,45 +213,46 @@ def run_plan(
 
 def write_plan(group_dir: Path, variants: list[Variant]) -> None:
     """sweep.json: every variant's resolved spec, in order, so a resume needs no spec file."""
-    plan = {
-        "variants": [
-            {
-                "name": v.spec.name,
-                "settings": v.settings,
-                "group": v.group,
-                "source": v.source,
-                "spec_hash": spec_hash(v.spec),
-                "spec": spec_to_dict(v.spec),
-            }
+    plan = SweepPlan(
+        variants=[
+            PlannedVariant(
+                name=v.spec.name,
+                settings=v.settings,
+                group=v.group,
+                source=v.source,
+                spec_hash=spec_hash(v.spec),
+                spec=spec_to_dict(v.spec),
+            )
             for v in variants
         ],
-        "objective": variants[0].objective,
-        "created_at": runs.utc_now(),
-    }
-    runs.write_json_atomic(group_dir / SWEEP_FILE, plan)
+        objective=variants[0].objective,
+        created_at=runs.utc_now(),
+    )
+    runs.write_json_atomic(group_dir / SWEEP_FILE, plan.to_json())
 
 
 def read_plan(group_dir: Path) -> list[Variant]:
     """The variants sweep.json holds; a missing or damaged plan is bad input naming the file."""
     path = group_dir / SWEEP_FILE
     try:
-        plan = json.loads(path.read_text(encoding="utf-8"))
-        objective = plan.get("objective")
+        plan = SweepPlan.model_validate(migrate_plan(json.loads(path.read_text(encoding="utf-8"))))
         return [
             Variant(
-                spec_from_dict(v["spec"], source=f"{path} [{v['name']}]"),
-                v["settings"],
-                v["group"],
-                v["source"],
-                tuple(objective) if objective else None,
+                spec_from_dict(v.spec, source=f"{path} [{v.name}]"),
+                v.settings,
+                v.group,
+                v.source,
+                plan.objective,
             )
-            for v in plan["variants"]
+            for v in plan.variants
         ]
     except FileNotFoundError:
         raise RunDirError(
             f"{group_dir}: no {SWEEP_FILE}; expected a sweep directory made by `runner run` (sweeps made "
             "before runner could resume them have none: resume their runs one by one)"
         ) from None
+    except ValidationError as exc:
+        raise field_error(exc, f"{path} (a sweep plan)") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RunDirError(f"{path}: unreadable sweep plan ({type(exc).__name__}: {exc})") from None
 
@@ -304,26 +316,26 @@ def _execute(
     outcomes = []
     for index in sorted(finished):
         with contextlib.suppress(RunDirError):
-            data = compare.load_report(finished[index])
-            code = codes.get(index, _exit_code_of(data))
-            outcomes.append(RunOutcome(data["status"], code, finished[index], data))
+            report = load_report(finished[index])
+            code = codes.get(index, _exit_code_of(report))
+            outcomes.append(RunOutcome(report.status, code, finished[index], report))
     code = max([stop, *(o.exit_code for o in outcomes)])
     if not outcomes:
         return PlanOutcome(outcomes, code, group_dir)
-    reports = [o.report for o in outcomes]
+    reports = [o.record for o in outcomes]
     comparison = compare.compare(reports, variants[0].objective)
-    runs.write_json_atomic(group_dir / "comparison.json", comparison)
+    runs.write_json_atomic(group_dir / "comparison.json", comparison.to_json())
     documents.write_comparison_documents(group_dir, comparison, reports)
     tracking.close_sweep(group_dir, emit)
     return PlanOutcome(outcomes, code, group_dir, comparison)
 
 
-def _exit_code_of(report: dict[str, Any]) -> int:
+def _exit_code_of(report: RunReport) -> int:
     """A kept variant's exit code, from its report (as its run ended)."""
     from runner.precision.checks import is_blocking
 
-    code = exits.BY_STATUS.get(report["status"], exits.RUN_FAILED)
-    if code == exits.COMPLETED and any(is_blocking(c) for c in report["checks"]):
+    code = exits.BY_STATUS.get(report.status, exits.RUN_FAILED)
+    if code == exits.COMPLETED and any(is_blocking(c) for c in report.checks):
         return exits.CHECK_FAILED
     return code
 

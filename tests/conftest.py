@@ -118,3 +118,36 @@ def inprocess_pytest():
     for module in pkgutil.walk_packages(runner.__path__, "runner."):
         if module.name not in {"runner.cluster.ray", "runner.__main__"}:  # ray: an optional extra
             importlib.import_module(module.name)
+
+
+# What runner writes for others to read, each against the JSON Schema `runner schema` publishes for it
+# (not pydantic's own validation: the published schema is what users' tools hold it to).
+WRITTEN_FILES = {"report.json": "report", "comparison.json": "comparison", "sweep.json": "sweep"}
+
+
+@pytest.fixture(autouse=True)
+def written_files_match_their_schemas(request):
+    """Every report.json, comparison.json, sweep.json and export.json a test's runs wrote under its
+    tmp_path validates against its published JSON Schema. Files a test wrote by hand to be broken or
+    old carry no current schema_version, and are left to that test."""
+    # Taken now: at teardown the tmp_path fixture is gone (its folder stays, as pytest keeps them).
+    folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if folder is None:
+        return
+    import json
+
+    import jsonschema
+
+    from runner.reporting.report import SCHEMAS, json_schema
+
+    found = [(p, WRITTEN_FILES[p.name]) for p in folder.rglob("*.json") if p.name in WRITTEN_FILES]
+    found += [(p, "export") for p in folder.rglob("export/export.json")]
+    for path, kind in found:
+        try:
+            written = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        current = SCHEMAS[kind].model_fields["schema_version"].default
+        if isinstance(written, dict) and written.get("schema_version") == current:
+            jsonschema.validate(written, json_schema(kind))

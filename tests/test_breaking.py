@@ -23,6 +23,7 @@ from runner.data import image_folder as folders
 from runner.data import npz
 from runner.data.files import DataError
 from runner.reporting import plots
+from runner.reporting.report import Epoch
 from runner.spec import SpecError, load_plan
 from runner.training import distribution
 from runner.training.distribution import ClusterError
@@ -307,39 +308,41 @@ def test_swept_floats_are_shown_as_short_as_keeps_them_apart():
 def test_a_random_search_comparison_fits_80_columns_best_first(tmp_path):
     from rich.console import Console
 
+    from runner.reporting.report import Baseline, Comparison, ComparisonRow
     from runner.reporting.views import comparison_table
 
     rates = [0.004217892109349711, 0.0009112345678901, 0.0123456789012345]
     rows = [
-        {
-            "label": f"v{i}",
-            "name": f"search-{i:02d}",
-            "settings": {"training.learning_rate": rate},
-            "status": "completed",
-            "images_per_second": 1000.0 + i,
-            "speed_ratio": 1.0,
-            "peak_host_memory_mb": 900.0,
-            "test_accuracy": accuracy,
-            "accuracy_delta": 0.0,
-            "skipped_steps": 0,
-            "loss_scale_final": None,
-            "loss_scale_min": None,
-            "checks_passed": 3,
-            "checks_total": 3,
-            "failed_checks": [],
-        }
+        ComparisonRow(
+            label=f"v{i}",
+            name=f"search-{i:02d}",
+            settings={"training.learning_rate": rate},
+            policy="float32",
+            status="completed",
+            images_per_second=1000.0 + i,
+            speed_ratio=1.0,
+            peak_host_memory_mb=900.0,
+            test_accuracy=accuracy,
+            accuracy_delta=0.0,
+            skipped_steps=0,
+            loss_scale_final=None,
+            loss_scale_min=None,
+            checks_passed=3,
+            checks_total=3,
+            failed_checks=[],
+        )
         for i, (rate, accuracy) in enumerate(zip(rates, [0.81, 0.93, 0.62], strict=True))
     ]
     from runner.reporting.compare import rank
 
     options, _ = search.read_sweep({"method": "random", "samples": 3, "seed": [1, 2, 3]}, "s.toml")
     assert options.objective == ("test_accuracy", "max")  # a random search ranks without being told
-    comparison = {
-        "baseline": {"name": "search-00", "label": "v0", "index": 0, "note": "baseline: v0"},
-        "differing_fields": ["training.learning_rate"],
-        "objective": rank(rows, options.objective),
-        "rows": rows,
-    }
+    comparison = Comparison(
+        baseline=Baseline(name="search-00", label="v0", index=0, note="baseline: v0"),
+        differing_fields=["training.learning_rate"],
+        objective=rank(rows, options.objective),
+        rows=rows,
+    )
     console = Console(width=80, record=True, file=io.StringIO())
     console.print(comparison_table(comparison))
     text = console.export_text()
@@ -353,7 +356,7 @@ def test_a_random_search_comparison_fits_80_columns_best_first(tmp_path):
 
 
 def test_names_with_dollars_and_missing_glyphs_plot_without_a_warning(caplog, recwarn):
-    records = [{"epoch": 1, "loss": 1.0, "val_loss": 1.1}, {"epoch": 2, "loss": 0.5, "val_loss": 0.6}]
+    records = [Epoch(epoch=1, loss=1.0, val_loss=1.1), Epoch(epoch=2, loss=0.5, val_loss=0.6)]
     with caplog.at_level(logging.WARNING):
         svg = plots.metric_curves({"a$x^2$": records, "b$\\alpha$ 猫": records}, "loss", "loss $y$")
     assert svg.startswith("<")

@@ -428,9 +428,10 @@ def test_compare_runs_of_one_spec_shows_each_under_its_policy(tmp_path):
     for i, policy in enumerate(("float32", "mixed_float16", "mixed_bfloat16")):
         run_dir = tmp_path / f"quickstart-{i}"
         run_dir.mkdir()
-        report = fake_report("quickstart", policy, 1000.0 * (i + 1), 0.9, run_dir=str(run_dir))
-        report["metrics"]["epochs"] = fake_epochs(1.0, 1000.0 * (i + 1))
-        (run_dir / "report.json").write_text(json.dumps(report))
+        ips = 1000.0 * (i + 1)
+        epochs = fake_epochs(1.0, ips)
+        report = fake_report("quickstart", policy, ips, 0.9, run_dir=str(run_dir), epochs=epochs)
+        (run_dir / "report.json").write_text(json.dumps(report.to_json()))
         dirs.append(str(run_dir))
     result = cli.invoke(app, ["compare", *dirs, "--output", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output

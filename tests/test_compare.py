@@ -1,4 +1,4 @@
-"""Comparisons are pure functions over report.json dicts."""
+"""Comparisons are pure functions over reports (report.json's model, RunReport)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,8 @@ import json
 
 import pytest
 
-from runner.reporting.compare import (
-    RunDirError,
-    compare,
-    differing_fields,
-    expand_run_dirs,
-    load_report,
-    run_labels,
-)
+from runner.reporting.compare import compare, differing_fields, expand_run_dirs, run_labels
+from runner.reporting.report import RunDirError, RunReport, load_report, parse_report
 
 
 def fake_epochs(loss, ips, epochs=2):
@@ -34,12 +28,13 @@ def fake_epochs(loss, ips, epochs=2):
 
 def fake_report(
     name, policy, ips, accuracy, status="completed", lr=0.001, failed=(), run_dir=None, epochs=(), batch=32
-):
+) -> RunReport:
+    """A report of a run (report.json's content, validated as the model)."""
     checks = [{"name": "output_dtype", "passed": True, "severity": "error", "detail": ""}]
     checks += [{"name": n, "passed": False, "severity": "error", "detail": ""} for n in failed]
     checks += [{"name": "tensor_core_alignment", "passed": False, "severity": "hint", "detail": ""}]
     lso = policy == "mixed_float16"
-    return {
+    raw = {
         "name": name,
         "status": status,
         "started_at": name,
@@ -50,6 +45,7 @@ def fake_report(
             "data": {"batch_size": batch},
             "training": {"learning_rate": lr, "epochs": 3},
         },
+        "spec_hash": f"hash-{name}-{policy}-{lr}-{batch}",
         "precision": {
             "policy": policy,
             "loss_scale": {
@@ -62,6 +58,7 @@ def fake_report(
         "performance": {"images_per_second": ips, "step_time_ms": 10.0, "peak_host_memory_mb": 700.0},
         "checks": checks,
     }
+    return parse_report(raw, f"fake report {name}")
 
 
 def test_ratios_and_deltas_against_the_float32_run():
@@ -71,32 +68,24 @@ def test_ratios_and_deltas_against_the_float32_run():
         fake_report("c", "mixed_bfloat16", 3000.0, 0.89, failed=["min_test_accuracy"]),
     ]
     result = compare(reports)
-    assert result["baseline"]["name"] == "b" and "float32 run b" in result["baseline"]["note"]
-    assert result["differing_fields"] == ["precision.policy"]
-    rows = {r["name"]: r for r in result["rows"]}
-    assert (
-        rows["a"]["speed_ratio"] == 0.25
-        and rows["c"]["speed_ratio"] == 1.5
-        and rows["b"]["speed_ratio"] == 1.0
-    )
-    assert rows["a"]["accuracy_delta"] == pytest.approx(0.01) and rows["c"][
-        "accuracy_delta"
-    ] == pytest.approx(-0.01)
-    assert (rows["a"]["loss_scale_final"], rows["a"]["loss_scale_min"], rows["a"]["skipped_steps"]) == (
-        1024.0,
-        512.0,
-        5,
-    )
-    assert rows["c"]["failed_checks"] == ["min_test_accuracy"]
-    assert (rows["c"]["checks_passed"], rows["c"]["checks_total"]) == (1, 2)  # hints do not count
-    assert rows["a"]["settings"] == {"precision.policy": "mixed_float16"}
+    assert result.baseline.name == "b" and "float32 run b" in (result.baseline.note or "")
+    assert result.differing_fields == ["precision.policy"]
+    rows = {r.name: r for r in result.rows}
+    assert rows["a"].speed_ratio == 0.25 and rows["c"].speed_ratio == 1.5 and rows["b"].speed_ratio == 1.0
+    assert rows["a"].accuracy_delta == pytest.approx(0.01)
+    assert rows["c"].accuracy_delta == pytest.approx(-0.01)
+    scale = (rows["a"].loss_scale_final, rows["a"].loss_scale_min, rows["a"].skipped_steps)
+    assert scale == (1024.0, 512.0, 5)
+    assert rows["c"].failed_checks == ["min_test_accuracy"]
+    assert (rows["c"].checks_passed, rows["c"].checks_total) == (1, 2)  # hints do not count
+    assert rows["a"].settings == {"precision.policy": "mixed_float16"}
 
 
 def test_without_a_float32_run_the_first_run_is_the_baseline_and_it_says_so():
     reports = [fake_report("x", "mixed_float16", 500.0, 0.9), fake_report("y", "mixed_bfloat16", 1000.0, 0.8)]
     result = compare(reports)
-    assert result["baseline"]["index"] == 0 and "no completed float32 run" in result["baseline"]["note"]
-    assert result["rows"][1]["speed_ratio"] == 2.0
+    assert result.baseline.index == 0 and "no completed float32 run" in (result.baseline.note or "")
+    assert result.rows[1].speed_ratio == 2.0
 
 
 def test_a_failed_float32_run_is_not_a_baseline():
@@ -104,7 +93,7 @@ def test_a_failed_float32_run_is_not_a_baseline():
         fake_report("x", "mixed_float16", 500.0, 0.9),
         fake_report("f", "float32", None, None, status="failed"),
     ]
-    assert compare(reports)["baseline"]["name"] == "x"
+    assert compare(reports).baseline.name == "x"
 
 
 def test_differing_fields_ignore_names():
@@ -121,10 +110,10 @@ def test_runs_of_one_spec_are_labelled_by_the_policy_that_differs():
         )
     ]
     result = compare(reports)
-    assert [r["label"] for r in result["rows"]] == ["float32", "mixed_float16", "mixed_bfloat16"]
-    assert [r["name"] for r in result["rows"]] == ["quickstart"] * 3  # comparison.json keeps its keys
-    assert [r["run_dir"] for r in result["rows"]] == [f"reports/quickstart-{i}" for i in range(3)]
-    assert result["baseline"]["label"] == "float32" and result["baseline"]["index"] == 0
+    assert [r.label for r in result.rows] == ["float32", "mixed_float16", "mixed_bfloat16"]
+    assert [r.name for r in result.rows] == ["quickstart"] * 3  # comparison.json keeps its keys
+    assert [r.run_dir for r in result.rows] == [f"reports/quickstart-{i}" for i in range(3)]
+    assert result.baseline.label == "float32" and result.baseline.index == 0
 
 
 def _run(name="q", policy="float32", lr=0.001, batch=32, run_dir=None):
@@ -164,9 +153,9 @@ def test_labels_name_what_differs_and_are_distinct(reports, labels):
 
 def test_labels_spell_out_fields_whose_last_words_collide():
     a, b = _run(), _run()
-    a["spec"]["model"], b["spec"]["model"] = {"kind": "seed_cnn"}, {"kind": "mlp"}
-    a["spec"]["training"]["optimizer"] = {"kind": "adam"}
-    b["spec"]["training"]["optimizer"] = {"kind": "sgd"}
+    a.spec["model"], b.spec["model"] = {"kind": "seed_cnn"}, {"kind": "mlp"}
+    a.spec["training"]["optimizer"] = {"kind": "adam"}
+    b.spec["training"]["optimizer"] = {"kind": "sgd"}
     assert run_labels([a, b], differing_fields([a, b])) == [
         "model.kind=seed_cnn, training.optimizer.kind=adam",
         "model.kind=mlp, training.optimizer.kind=sgd",
@@ -175,8 +164,8 @@ def test_labels_spell_out_fields_whose_last_words_collide():
 
 def test_a_field_one_run_lacks_is_left_out_of_its_label():
     a, b = _run(), _run()
-    a["spec"]["model"] = {"kind": "seed_cnn", "filters": [32, 64]}
-    b["spec"]["model"] = {"kind": "mlp", "hidden_units": [16]}
+    a.spec["model"] = {"kind": "seed_cnn", "filters": [32, 64]}
+    b.spec["model"] = {"kind": "mlp", "hidden_units": [16]}
     assert run_labels([a, b], differing_fields([a, b])) == [
         "filters=[32, 64], kind=seed_cnn",
         "hidden_units=[16], kind=mlp",
@@ -187,7 +176,8 @@ def test_run_directories_and_sweep_directories(tmp_path):
     sweep = tmp_path / "sweep"
     for name in ("r2", "r1"):
         (sweep / name).mkdir(parents=True)
-        (sweep / name / "report.json").write_text(json.dumps(fake_report(name, "float32", 1.0, 0.5)))
+        report = fake_report(name, "float32", 1.0, 0.5)
+        (sweep / name / "report.json").write_text(json.dumps(report.to_json()))
     (sweep / "plots").mkdir()
     assert [p.name for p in expand_run_dirs([sweep])] == ["r1", "r2"]  # in the order they ran
     assert expand_run_dirs([sweep / "r2"]) == [sweep / "r2"]

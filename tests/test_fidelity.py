@@ -125,8 +125,7 @@ def test_jit_compile_probes_compiled_and_check_shows_the_numerics():
     assert outcome.audit["numerics"]["probe_compiled"] == "xla"
     assert [f.name for f in checks.blocking(outcome.findings)] == []
     console = Console(width=100, file=io.StringIO(), color_system=None)
-    findings = [f.as_dict() for f in outcome.findings]
-    console.print(render_check(outcome.audit, findings, None))
+    console.print(render_check(outcome.audit, outcome.findings, None))
     text = console.file.getvalue()
     assert "first step probed xla" in text and "gradient_fidelity" in text
     assert "against a float32 copy" in text

@@ -17,7 +17,16 @@ import pytest
 
 from runner.training.distribution import local_cluster
 from tests.conftest import ROOT
-from tests.test_resume import checkpoint_position, model_metrics, only_run, report, runner, wait_for
+from tests.test_resume import (
+    checkpoint_position,
+    model_metrics,
+    only_run,
+    ran,
+    report,
+    runner,
+    spec_file_of,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow  # every test here trains in `runner` processes
 
@@ -51,18 +60,13 @@ EXIT_BOUND_S = 60  # a worker lost or stopped: every other one ends within this 
 
 @pytest.fixture(scope="module")
 def spec_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("spec") / "mw.toml"
-    path.write_text(SPEC)
-    return path
+    return spec_file_of(tmp_path_factory, "mw.toml", SPEC)
 
 
 @pytest.fixture(scope="module")
 def launched(spec_file, tmp_path_factory) -> Path:
     """`runner launch --workers 2`: the uninterrupted reference run."""
-    out = tmp_path_factory.mktemp("launched")
-    result = runner("launch", "--workers", "2", spec_file, "--output", out)
-    assert result.returncode == 0, result.stderr + result.stdout
-    return only_run(out)
+    return ran(tmp_path_factory, "launched", "launch", "--workers", "2", spec_file)
 
 
 def workers(spec_file: Path, out: Path, *args: str) -> list[subprocess.Popen]:

@@ -97,19 +97,29 @@ def in_mid_epoch(position: dict, epoch: int) -> bool:
     return position.get("epoch") == epoch and position.get("step", 0) > 0
 
 
-@pytest.fixture(scope="module")
-def spec_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("spec") / "det.toml"
-    path.write_text(DETERMINISTIC)
+def spec_file_of(tmp_path_factory, name: str, text: str) -> Path:
+    """A spec file of `text`, written once for a module's fixtures."""
+    path = tmp_path_factory.mktemp("spec") / name
+    path.write_text(text)
     return path
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(spec_file, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("uninterrupted")
-    result = runner("run", spec_file, "--output", out)
-    assert result.returncode == 0, result.stderr
+def spec_file(tmp_path_factory) -> Path:
+    return spec_file_of(tmp_path_factory, "det.toml", DETERMINISTIC)
+
+
+def ran(tmp_path_factory, folder: str, *command: str | Path) -> Path:
+    """The run directory `runner COMMAND... --output <a new folder>` made, which must exit 0."""
+    out = tmp_path_factory.mktemp(folder)
+    result = runner(*command, "--output", out)
+    assert result.returncode == 0, result.stderr + result.stdout
     return only_run(out)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(spec_file, tmp_path_factory) -> Path:
+    return ran(tmp_path_factory, "uninterrupted", "run", spec_file)
 
 
 def test_sigint_mid_epoch_then_resume_equals_the_uninterrupted_run(spec_file, uninterrupted, tmp_path):

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from runner import sweeps
 from runner.cli import app
 from runner.reporting import compare
+from runner.reporting.report import Best, ComparisonRow
 from tests.conftest import TINY_SPEC
 from tests.test_resume import model_metrics, runner, wait_for
 
@@ -161,8 +162,16 @@ def test_core_shares_split_the_cpu_or_give_each_variant_a_gpu(monkeypatch):
     }
 
 
-def row(label: str, status: str, accuracy: float | None) -> dict:
-    return {"label": label, "name": label, "status": status, "test_accuracy": accuracy}
+def row(label: str, status: str, accuracy: float | None) -> ComparisonRow:
+    return ComparisonRow(
+        label=label,
+        name=label,
+        status=status,
+        test_accuracy=accuracy,
+        policy="float32",
+        checks_passed=1,
+        checks_total=1,
+    )
 
 
 def test_ranking_numbers_completed_rows_by_the_objective_and_names_the_best():
@@ -173,8 +182,8 @@ def test_ranking_numbers_completed_rows_by_the_objective_and_names_the_best():
         row("d", "completed", 0.5),
     ]
     objective = compare.rank(rows, ("test_accuracy", "max"))
-    assert [r["rank"] for r in rows] == [2, None, 1, 2]
-    assert objective["best"] == {"label": "c", "name": "c", "value": 0.7}
+    assert [r.rank for r in rows] == [2, None, 1, 2]
+    assert objective is not None and objective.best == Best(label="c", name="c", value=0.7)
     compare.rank(rows, ("test_accuracy", "min"))
-    assert [r["rank"] for r in rows] == [1, None, 3, 1]
+    assert [r.rank for r in rows] == [1, None, 3, 1]
     assert compare.rank(rows, None) is None

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from runner import compat
 from runner.precision import checks
 from runner.precision import policy as precision
+from runner.reporting.report import RunReport, parse_report
 from runner.spec import ChecksSpec, Mlp, PrecisionSpec, spec_from_dict, spec_to_toml
 from runner.testing import (
     assert_finite_first_step,
@@ -100,23 +101,29 @@ def test_the_first_step_is_finite_on_real_pixels_and_not_on_nan_ones():
     assert compat.global_policy_name() == "float32"
 
 
-def report(loss=0.5, seconds=1.0, sha="ab12"):
+def report(loss=0.5, seconds=1.0, sha="ab12") -> RunReport:
     epoch = {"epoch": 1, "loss": loss, "accuracy": 0.8, "loss_scale": 32768.0, "seconds": seconds}
-    return {
+    raw = {
+        "name": "resumed",
+        "status": "completed",
+        "spec": {"name": "resumed"},
+        "spec_hash": "0123abcd",
         "metrics": {"epochs": [epoch], "test_loss": 0.4, "test_accuracy": 0.9},
-        "precision": {"loss_scale": {"overflow_steps": 2, "final": 32768.0}},
+        "precision": {"policy": "mixed_float16", "loss_scale": {"overflow_steps": 2, "final": 32768.0}},
         "weights_sha256": sha,
     }
+    return parse_report(raw, "test report")
 
 
 def test_resume_differences_name_what_training_computed_differently_and_ignore_the_clock():
-    assert resume_differences(report(seconds=1.0), report(seconds=9.0)) == []
+    # report.json's content or the model: both are read the same
+    assert resume_differences(report(seconds=1.0).to_json(), report(seconds=9.0)) == []
     assert resume_differences(report(loss=0.5, sha="cd34"), report(loss=0.25)) == [
         "epoch 1 loss: 0.5 resumed, 0.25 uninterrupted",
         "final weights SHA-256: 'cd34' resumed, 'ab12' uninterrupted",
     ]
     shorter = report()
-    shorter["metrics"]["epochs"] = []
+    shorter.metrics.epochs = []
     assert "epochs: 0 resumed, 1 uninterrupted" in resume_differences(shorter, report())
 
 

@@ -16,12 +16,25 @@ from typer.testing import CliRunner
 from runner.cli import app
 from runner.events import Note
 from runner.reporting import tracking
+from runner.reporting.report import Epoch, LossScaleSummary, RunReport, parse_report
 from runner.spec import flatten_table, spec_from_dict, spec_hash, spec_to_dict
 from tests.conftest import ROOT, TINY_SPEC
 
 cli = CliRunner()
 
 # ---------------------------------------------------------------- pure functions
+
+
+def report_of(**sections) -> RunReport:
+    """A report with `sections` (report.json's, as JSON) and whatever else a report needs."""
+    raw = {
+        "name": "t",
+        "status": "completed",
+        "spec": {"name": "t"},
+        "spec_hash": "abcd1234",
+        "precision": {"policy": "float32"},
+    }
+    return parse_report({**raw, **sections}, "test report")
 
 
 def test_params_are_the_spec_flattened_with_dotted_keys_and_tracking_left_out():
@@ -41,14 +54,14 @@ def test_a_param_longer_than_mlflows_limit_is_cut_to_it():
 
 
 def test_tags_say_what_the_run_is():
-    report = {
-        "precision": {"policy": "mixed_bfloat16"},
-        "status": "diverged",
-        "spec_hash": "abcd1234",
-        "environment": {"tensorflow": "2.21.0", "keras": "3.15.1", "device": "CPU"},
-        "run_dir": "/r/x",
-        "error": "loss scale collapsed",
-    }
+    report = report_of(
+        precision={"policy": "mixed_bfloat16"},
+        status="diverged",
+        spec_hash="abcd1234",
+        environment={"tensorflow": "2.21.0", "keras": "3.15.1", "device": "CPU"},
+        run_dir="/r/x",
+        error="loss scale collapsed",
+    )
     tags = tracking.tags_of(report, {"git_commit": "f00"})
     assert tags["policy"] == "mixed_bfloat16" and tags["status"] == "diverged"
     assert tags["spec_hash"] == "abcd1234" and tags["mlflow.source.git.commit"] == "f00"
@@ -59,8 +72,8 @@ def test_tags_say_what_the_run_is():
 
 def test_epoch_metrics_are_numbers_at_step_epoch():
     records = [
-        {"epoch": 1, "loss": 2.0, "val_loss": None, "loss_scale": 4096.0, "learning_rate": 0.1, "seconds": 1},
-        {"epoch": 2, "loss": 1.5, "val_loss": 1.7, "loss_scale": 8192.0, "learning_rate": 0.05, "seconds": 1},
+        Epoch(epoch=1, loss=2.0, val_loss=None, loss_scale=4096.0, learning_rate=0.1, seconds=1),
+        Epoch(epoch=2, loss=1.5, val_loss=1.7, loss_scale=8192.0, learning_rate=0.05, seconds=1),
     ]
     got = tracking.epoch_metrics(records)
     assert ("loss", 2.0, 1) in got and ("loss", 1.5, 2) in got and ("val_loss", 1.7, 2) in got
@@ -80,20 +93,21 @@ LOSS_SCALE = {
 
 
 def test_the_loss_scale_series_is_its_change_points_and_the_last_step():
-    series = tracking.loss_scale_series(LOSS_SCALE)
+    series = tracking.loss_scale_series(LossScaleSummary.model_validate(LOSS_SCALE))
     scale = [(step, value) for key, value, step in series if key == "loss_scale"]
     skipped = [(step, value) for key, value, step in series if key == "skipped_steps"]
     assert scale == [(0, 32768.0), (2, 8192.0), (5, 4096.0), (30, 8192.0), (40, 8192.0)]
     assert skipped == [(0, 0.0), (2, 2.0), (5, 3.0), (30, 3.0), (40, 3.0)]  # the last: the exact count
-    assert tracking.loss_scale_series(None) == [] and tracking.loss_scale_series({"history": []}) == []
+    assert tracking.loss_scale_series(None) == []
+    assert tracking.loss_scale_series(LossScaleSummary(history=[])) == []
 
 
 def test_summary_metrics_are_the_test_metrics_throughput_and_the_scales_end():
-    report = {
-        "metrics": {"test_loss": 0.5, "test_accuracy": 0.9},
-        "performance": {"images_per_second": 1000.0, "step_time_ms": 32.0, "peak_device_memory_mb": None},
-        "precision": {"loss_scale": LOSS_SCALE},
-    }
+    report = report_of(
+        metrics={"test_loss": 0.5, "test_accuracy": 0.9},
+        performance={"images_per_second": 1000.0, "step_time_ms": 32.0, "peak_device_memory_mb": None},
+        precision={"policy": "mixed_float16", "loss_scale": LOSS_SCALE},
+    )
     got = tracking.summary_metrics(report)
     assert got["test_accuracy"] == 0.9 and got["throughput_images_per_second"] == 1000.0
     assert got["overflow_steps"] == 3.0 and got["final_loss_scale"] == 8192.0
@@ -150,9 +164,15 @@ def test_tracking_is_not_part_of_the_spec_hash_and_names_its_field():
 def test_a_comparison_does_not_tell_runs_apart_by_where_they_were_logged():
     from runner.reporting.compare import differing_fields
 
-    plain = spec_to_dict(spec_from_dict({"name": "a"}))
-    tracked = spec_to_dict(spec_from_dict({"name": "b", "tracking": {"mlflow": True, "experiment": "e"}}))
-    assert differing_fields([{"spec": plain}, {"spec": tracked}]) == []
+    specs = [
+        spec_from_dict({"name": "a"}),
+        spec_from_dict({"name": "b", "tracking": {"mlflow": True, "experiment": "e"}}),
+    ]
+    reports = [
+        report_of(name=s.name, spec=spec_to_dict(s), spec_hash=spec_hash(s), precision={"policy": "float32"})
+        for s in specs
+    ]
+    assert differing_fields(reports) == []
 
 
 # ---------------------------------------------------------------- without the extra

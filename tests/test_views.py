@@ -6,6 +6,7 @@ import io
 
 from rich.console import Console
 
+from runner.reporting.report import RunReport, parse_report
 from runner.reporting.views import render_environment, render_run
 
 
@@ -22,7 +23,8 @@ def table_rows(text: str) -> list[list[str]]:
     ]
 
 
-def sample_report(status="completed", passed=True):
+def sample_raw(status="completed", passed=True):
+    """report.json's content: a report from before issue 31 (its precision has the old `advice`)."""
     layer = {
         "name": "dense",
         "class": "Dense",
@@ -36,6 +38,8 @@ def sample_report(status="completed", passed=True):
         "status": status,
         "error": None,
         "run_dir": "reports/demo-x",
+        "spec": {"name": "demo", "precision": {"policy": "mixed_float16"}},
+        "spec_hash": "0123abcd",
         "environment": {"device": "CPU: test"},
         "precision": {
             "policy": "mixed_float16",
@@ -82,6 +86,11 @@ def sample_report(status="completed", passed=True):
     }
 
 
+def sample_report(status="completed", passed=True, **sections) -> RunReport:
+    """sample_raw as the model, with `sections` (report.json's, as JSON) in place of its own."""
+    return parse_report({**sample_raw(status, passed), **sections}, "sample report")
+
+
 def test_run_report_shows_status_precision_checks_metrics_and_path():
     text = render(render_run(sample_report()))
     for fragment in (
@@ -104,21 +113,19 @@ def test_run_report_shows_status_precision_checks_metrics_and_path():
 
 
 def test_a_distributed_run_says_where_its_replicas_were_and_a_single_device_one_does_not():
-    distributed = {
-        **sample_report(),
-        "distribution": {
-            "strategy": "multi_worker",
-            "workers": 2,
-            "replicas": 4,
-            "global_batch": 64,
-            "per_replica_batch": 16,
-            "devices": [],
-        },
+    placement = {
+        "strategy": "multi_worker",
+        "workers": 2,
+        "replicas": 4,
+        "global_batch": 64,
+        "per_replica_batch": 16,
+        "devices": [],
     }
+    distributed = sample_report(distribution=placement)
     assert "multi_worker: 2 workers, 4 replicas · global batch 64, 16 per replica" in render(
         render_run(distributed)
     )
-    single = {**sample_report(), "distribution": {**distributed["distribution"], "strategy": "none"}}
+    single = sample_report(distribution={**placement, "strategy": "none"})
     assert "replicas" not in render(render_run(single))
     assert "replicas" not in render(render_run(sample_report()))  # a report from before issue 17
 
@@ -231,7 +238,7 @@ def test_terminal_events_keep_a_bounded_number_of_epoch_bars():
 
 
 def test_a_run_that_exported_names_its_files_and_one_that_did_not_says_nothing():
-    exported = {**sample_report(), "export": {"files": [{"path": "model.keras"}, {"path": "saved_model"}]}}
+    exported = sample_report(export={"files": [{"path": "model.keras"}, {"path": "saved_model"}]})
     assert "exported: model.keras, saved_model · runner predict" in render(render_run(exported))
-    assert "exported" not in render(render_run({**sample_report(), "export": None}))
+    assert "exported" not in render(render_run(sample_report(export=None)))
     assert "exported" not in render(render_run(sample_report()))  # a report from before issue 19

@@ -6,5 +6,5 @@ without runner (it imports nothing of runner); `predict.py` runs an exported mod
 through the run's own preprocessing; `finished_run.py` is `runner export RUN_DIR`, the same for a
 finished run's checkpoint, later.
 
-Imports: spec, compat, runs, exits, data, models, precision, training, preflight.
+Imports: spec, compat, runs, exits, data, models, precision, training, preflight, reporting.
 """

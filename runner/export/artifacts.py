@@ -29,6 +29,7 @@ from runner import compat, runs
 from runner.models import build_model
 from runner.precision import policy as precision
 from runner.precision.checks import Finding
+from runner.reporting.report import ExportRecord
 from runner.spec import COMPUTE_DTYPE, ExperimentSpec
 
 EXPORT_DIR = "export"
@@ -268,5 +269,6 @@ def export_model(
         return Finding("export_roundtrip", False, detail[:1000]), {**head, "error": detail[:1000]}
     finding, record = verify(run_dir, artifacts, spec)
     record = {**head, **record, "seconds": round(time.perf_counter() - start, 2)}
+    record = ExportRecord.model_validate(record).to_json()  # the shape export.json promises
     runs.write_json_atomic(run_dir / EXPORT_DIR / "export.json", record)
     return finding, record

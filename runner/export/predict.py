@@ -7,7 +7,6 @@ rounded to uint8); the model scales them itself, as in training.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from runner import compat
 from runner.data.image_folder import IMAGE_EXTENSIONS, op_message, partial_decoder, shown
+from runner.reporting.report import load_report
 from runner.spec import BadInput
 
 IMAGE_CHANNELS = (1, 3, 4)  # what decode_image makes of a file: grey, RGB, RGBA
@@ -47,11 +47,12 @@ def image_files(paths: list[Path]) -> list[Path]:
 def class_names(run_dir: Path, count: int) -> list[str]:
     """report.json's data.class_names (an image folder's subfolders), else the class indices."""
     try:
-        names = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))["data"]["class_names"]
-    except (OSError, ValueError, KeyError, TypeError):
-        names = None
-    if isinstance(names, list) and len(names) == count:
-        return [str(n) for n in names]
+        data = load_report(run_dir).data
+    except BadInput:
+        data = None
+    names = data.class_names if data is not None else None
+    if names is not None and len(names) == count:
+        return names
     return [str(i) for i in range(count)]
 
 

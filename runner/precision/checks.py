@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from runner.spec import (
     COMPUTE_DTYPE,
@@ -408,11 +408,20 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def is_blocking(finding: Finding | Mapping[str, Any]) -> bool:
-    """A finding that fails a run: a failed error, not a warning or a hint. Takes a Finding or its
-    report.json form, so the run, the report and a comparison judge alike."""
-    found = finding.as_dict() if isinstance(finding, Finding) else finding
-    return not found["passed"] and found["severity"] == "error"
+class Judged(Protocol):
+    """A finding as the run holds it (Finding) or as report.json holds it (report.CheckResult)."""
+
+    @property
+    def passed(self) -> bool: ...
+
+    @property
+    def severity(self) -> str: ...
+
+
+def is_blocking(finding: Judged) -> bool:
+    """A finding that fails a run: a failed error, not a warning or a hint; the run, the report and a
+    comparison judge alike."""
+    return not finding.passed and finding.severity == "error"
 
 
 def blocking(findings: Sequence[Finding]) -> list[Finding]:
@@ -429,15 +438,15 @@ def describe_failures(findings: Sequence[Finding], what: str) -> str:
     """The failed findings of `what`, one per line with its mark, as an assertion message."""
     failed = [f for f in findings if fails_a_test(f)]
     lines = [f"{what}: {len(failed)} of {len(findings)} checks failed"]
-    return "\n".join([*lines, *(f"  {mark(f.as_dict())} {f.name}: {f.detail}" for f in failed)])
+    return "\n".join([*lines, *(f"  {mark(f)} {f.name}: {f.detail}" for f in failed)])
 
 
 MARKS: dict[str, str] = {"passed": "✓", "error": "✗", "warning": "!", "hint": "i"}
 
 
-def mark(finding: Mapping[str, Any]) -> str:
+def mark(finding: Judged) -> str:
     """✓ for a passed finding, else its severity's mark: the same in the terminal, md and html."""
-    return MARKS["passed"] if finding["passed"] else MARKS[finding["severity"]]
+    return MARKS["passed"] if finding.passed else MARKS[finding.severity]
 
 
 def check_replicas_in_sync(digests: Sequence[str], differing_copies: Sequence[str]) -> Finding:

@@ -17,6 +17,7 @@ import tomli_w
 from runner.precision.checks import MARKS, describe_variables, mark
 from runner.reporting import plots
 from runner.reporting.compare import objective_note
+from runner.reporting.report import Comparison, ComparisonRow, RunReport
 from runner.runs import write_text_atomic
 
 CSS = """
@@ -52,37 +53,33 @@ def _cell(value: Any) -> str:
 # ---------------------------------------------------------------- a run
 
 
-def run_summary(report: dict[str, Any]) -> list[str]:
+def run_summary(report: RunReport) -> list[str]:
     """The paragraphs that open a run's document: status, dtypes, speed, memory, test metrics, loss scale."""
-    p, perf, metrics = report["precision"], report["performance"], report["metrics"]
-    scale = p.get("loss_scale") or {}
-    audit = report.get("audit") or {"output_dtype": None, "optimizer": None}
-    device_memory = perf["peak_device_memory_mb"]
+    p, perf, metrics = report.precision, report.performance, report.metrics
+    audit = report.audit or {"output_dtype": None, "optimizer": None}
+    device_memory = perf.peak_device_memory_mb
     summary = [
-        f"Status: {report['status']}" + (f" — {report['error']}" if report.get("error") else ""),
-        f"Policy {p['policy']}: compute {p['compute_dtype']}, variables {p['variable_dtype']}, "
+        f"Status: {report.status}" + (f" — {report.error}" if report.error else ""),
+        f"Policy {p.policy}: compute {p.compute_dtype}, variables {p.variable_dtype}, "
         f"output {audit['output_dtype']}, optimizer {audit['optimizer']}.",
-        f"{_cell(perf['images_per_second'])} images/s, {_cell(perf['step_time_ms'])} ms per step, "
-        f"peak host memory {_cell(perf['peak_host_memory_mb'])} MB"
+        f"{_cell(perf.images_per_second)} images/s, {_cell(perf.step_time_ms)} ms per step, "
+        f"peak host memory {_cell(perf.peak_host_memory_mb)} MB"
         + (f", peak device memory {_cell(device_memory)} MB." if device_memory else "."),
-        f"Test loss {_cell(metrics['test_loss'])}, test accuracy {_cell(metrics['test_accuracy'])}.",
+        f"Test loss {_cell(metrics.test_loss)}, test accuracy {_cell(metrics.test_accuracy)}.",
     ]
-    if scale.get("initial") is not None:
-        summary.append(
-            f"Loss scale {_cell(scale['initial'])} → {_cell(scale['final'])} (min {_cell(scale['min'])}), "
-            f"{scale['overflow_steps']} skipped step(s) of {scale.get('steps', '?')}."
-        )
-    measured = report.get("speed") or {}
+    scale = p.loss_scale.described(of_steps=True) if p.loss_scale else None
+    if scale:
+        summary.append(f"Loss scale {scale}.")
+    measured = report.speed or {}
     if measured.get("statement"):
-        summary.append(f"{measured['statement']}; XLA: {measured['xla']['why']}.")
-    elif (p.get("advice") or {}).get("faster") is False:  # reports from before speed was measured
-        summary.append(p["advice"]["detail"])
-    distribution = report.get("distribution")
-    if distribution and distribution["strategy"] != "none":
+        xla = (measured.get("xla") or {}).get("why")
+        summary.append(measured["statement"] + (f"; XLA: {xla}." if xla else "."))
+    distribution = report.distribution
+    if distribution is not None and distribution.strategy != "none":
         summary.append(
-            f"Distribution {distribution['strategy']}: {distribution['workers']} worker(s), "
-            f"{distribution['replicas']} replicas, global batch {distribution['global_batch']} "
-            f"({distribution['per_replica_batch']} per replica)."
+            f"Distribution {distribution.strategy}: {distribution.workers} worker(s), "
+            f"{distribution.replicas} replicas, global batch {distribution.global_batch} "
+            f"({distribution.per_replica_batch} per replica)."
         )
     return summary
 
@@ -99,56 +96,57 @@ EPOCH_COLUMNS = [
 ]
 
 
-def run_sections(report: dict[str, Any]) -> list[Section]:
-    audit = report.get("audit") or {"layers": []}
+def run_sections(report: RunReport) -> list[Section]:
+    audit = report.audit or {"layers": []}
     layers = [
         [x["name"], x["class"], x["compute_dtype"], describe_variables(x), x["output_dtype"]]
         for x in audit["layers"]
     ]
+    environment = report.environment.model_dump(exclude_none=True)
     return [
-        Section(f"{report['name']} — runner report", paragraphs=run_summary(report)),
+        Section(f"{report.name} — runner report", paragraphs=run_summary(report)),
         Section(
             "Checks",
             headers=["", "check", "severity", "detail"],
-            rows=[[mark(c), c["name"], c["severity"], c["detail"]] for c in report["checks"]],
+            rows=[[mark(c), c.name, c.severity, c.detail] for c in report.checks],
         ),
         Section(
             "Metrics per epoch",
             headers=[c.replace("images_per_second", "images/s") for c in EPOCH_COLUMNS],
-            rows=[[e.get(c) for c in EPOCH_COLUMNS] for e in report["metrics"]["epochs"]],  # older: no rate
+            rows=[[getattr(e, c) for c in EPOCH_COLUMNS] for e in report.metrics.epochs],
         ),
         Section("Plots", plots=run_plots(report)),
         Section(
             "Audit: every layer", headers=["layer", "class", "compute", "variables", "output"], rows=layers
         ),
-        Section("Environment", headers=["", ""], rows=[[k, v] for k, v in report["environment"].items()]),
-        Section("Spec", paragraphs=[f"spec hash {report['spec_hash']}"], pre=tomli_w.dumps(report["spec"])),
+        Section("Environment", headers=["", ""], rows=[[k, v] for k, v in environment.items()]),
+        Section("Spec", paragraphs=[f"spec hash {report.spec_hash}"], pre=tomli_w.dumps(report.spec)),
     ]
 
 
-def run_plots(report: dict[str, Any]) -> dict[str, str]:
-    records = report["metrics"]["epochs"]
+def run_plots(report: RunReport) -> dict[str, str]:
+    records = report.metrics.epochs
     found: dict[str, str] = {}
     if records:
-        runs = {report["name"]: records}
+        runs = {report.name: records}
         found["loss"] = plots.metric_curves(runs, "loss", "Loss per epoch")
         found["accuracy"] = plots.metric_curves(runs, "accuracy", "Accuracy per epoch")
-        per_epoch = {str(r["epoch"]): r["images_per_second"] for r in records}
+        per_epoch = {str(r.epoch): r.images_per_second for r in records}
         found["throughput"] = plots.throughput_bars(per_epoch, "Throughput per epoch", "epoch")
-        if len({r.get("learning_rate") for r in records}) > 1:  # a schedule that moved the rate
+        if len({r.learning_rate for r in records}) > 1:  # a schedule that moved the rate
             found["learning_rate"] = plots.learning_rate_curve(records)
-    scale = report["precision"].get("loss_scale") or {}
-    if scale.get("history"):
-        found["loss_scale"] = plots.loss_scale_plot(scale["history"], scale.get("steps") or 0)
+    scale = report.precision.loss_scale
+    if scale is not None and scale.history:
+        found["loss_scale"] = plots.loss_scale_plot(scale.history, scale.steps or 0)
     return found
 
 
 # ---------------------------------------------------------------- a comparison
 
 
-def comparison_sections(comparison: dict[str, Any], reports: list[dict[str, Any]]) -> list[Section]:
-    fields = comparison["differing_fields"]
-    objective = comparison.get("objective")
+def comparison_sections(comparison: Comparison, reports: list[RunReport]) -> list[Section]:
+    fields = comparison.differing_fields
+    objective = comparison.objective
     headers = [
         *(["rank"] if objective else []),
         "run",
@@ -166,31 +164,11 @@ def comparison_sections(comparison: dict[str, Any], reports: list[dict[str, Any]
         "skipped",
         "checks",
     ]
-    rows = [
-        [
-            *([r.get("rank")] if objective else []),
-            r["label"],
-            *(r["settings"][f] for f in fields),
-            r["status"] + (f": {r['error']}" if r.get("error") and r["status"] != "completed" else ""),
-            r["images_per_second"],
-            r["speed_ratio"],
-            r["step_time_ms"],
-            r["peak_host_memory_mb"],
-            r["peak_device_memory_mb"],
-            r["test_accuracy"],
-            r["accuracy_delta"],
-            r["loss_scale_final"],
-            r["loss_scale_min"],
-            r["skipped_steps"],
-            f"{r['checks_passed']}/{r['checks_total']}"
-            + (f" ✗ {', '.join(r['failed_checks'])}" if r["failed_checks"] else ""),
-        ]
-        for r in comparison["rows"]
-    ]
+    rows = [[*([r.rank] if objective else []), *_comparison_cells(r, fields)] for r in comparison.rows]
     return [
         Section(
             "Comparison",
-            paragraphs=[comparison["baseline"]["note"] + objective_note(objective)],
+            paragraphs=[(comparison.baseline.note or "") + objective_note(objective)],
             headers=headers,
             rows=rows,
         ),
@@ -198,19 +176,35 @@ def comparison_sections(comparison: dict[str, Any], reports: list[dict[str, Any]
     ]
 
 
-def comparison_plots(comparison: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, str]:
+def _comparison_cells(r: ComparisonRow, fields: list[str]) -> list[Any]:
+    return [
+        r.label,
+        *(r.settings[f] for f in fields),
+        r.status + (f": {r.error}" if r.error and r.status != "completed" else ""),
+        r.images_per_second,
+        r.speed_ratio,
+        r.step_time_ms,
+        r.peak_host_memory_mb,
+        r.peak_device_memory_mb,
+        r.test_accuracy,
+        r.accuracy_delta,
+        r.loss_scale_final,
+        r.loss_scale_min,
+        r.skipped_steps,
+        f"{r.checks_passed}/{r.checks_total}"
+        + (f" ✗ {', '.join(r.failed_checks)}" if r.failed_checks else ""),
+    ]
+
+
+def comparison_plots(comparison: Comparison, reports: list[RunReport]) -> dict[str, str]:
     """Curves and bars keyed by the rows' labels, which are distinct where names need not be."""
-    rows = comparison["rows"]  # one per report, in the same order
-    runs = {
-        row["label"]: r["metrics"]["epochs"]
-        for row, r in zip(rows, reports, strict=True)
-        if r["metrics"]["epochs"]
-    }
+    rows = comparison.rows  # one per report, in the same order
+    runs = {row.label: r.metrics.epochs for row, r in zip(rows, reports, strict=True) if r.metrics.epochs}
     found: dict[str, str] = {}
     if runs:
         found["loss"] = plots.metric_curves(runs, "loss", "Loss per epoch")
         found["accuracy"] = plots.metric_curves(runs, "accuracy", "Accuracy per epoch")
-    throughput = {row["label"]: row["images_per_second"] for row in rows}
+    throughput = {row.label: row.images_per_second for row in rows}
     found["throughput"] = plots.throughput_bars(throughput, "Throughput", "run", per_run=True)
     return found
 
@@ -284,11 +278,9 @@ def write_documents(folder: Path, stem: str, sections: list[Section]) -> None:
     write_text_atomic(folder / f"{stem}.html", to_html(sections))
 
 
-def write_run_documents(run_dir: Path, report: dict[str, Any]) -> None:
+def write_run_documents(run_dir: Path, report: RunReport) -> None:
     write_documents(run_dir, "report", run_sections(report))
 
 
-def write_comparison_documents(
-    folder: Path, comparison: dict[str, Any], reports: list[dict[str, Any]]
-) -> None:
+def write_comparison_documents(folder: Path, comparison: Comparison, reports: list[RunReport]) -> None:
     write_documents(folder, "comparison", comparison_sections(comparison, reports))

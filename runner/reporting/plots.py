@@ -9,9 +9,11 @@ import io
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+
+from runner.reporting.report import Epoch
 
 # Colours that stay apart for colour-blind readers (Okabe-Ito).
 COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
@@ -60,12 +62,12 @@ def inline_svg(svg: str) -> str:
     return svg.replace("xlink:href", "href").strip()
 
 
-def _epochs(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+def _epochs(records: Sequence[Epoch], key: str) -> tuple[list[int], list[float]]:
+    points = [(r.epoch, getattr(r, key)) for r in records if getattr(r, key) is not None]
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def metric_curves(runs: dict[str, list[dict[str, Any]]], metric: str, title: str) -> str:
+def metric_curves(runs: dict[str, list[Epoch]], metric: str, title: str) -> str:
     """Training (solid) and validation (dashed) `metric` per epoch, one colour per run."""
     from matplotlib.ticker import MaxNLocator
 
@@ -88,7 +90,7 @@ def metric_curves(runs: dict[str, list[dict[str, Any]]], metric: str, title: str
     return to_svg(ax)
 
 
-def learning_rate_curve(records: list[dict[str, Any]]) -> str:
+def learning_rate_curve(records: Sequence[Epoch]) -> str:
     """The rate the optimizer used at each epoch's last step (what metrics.jsonl records)."""
     from matplotlib.ticker import MaxNLocator
 
@@ -98,7 +100,7 @@ def learning_rate_curve(records: list[dict[str, Any]]) -> str:
     return to_svg(ax)
 
 
-def loss_scale_plot(history: list[list[float]], steps: int) -> str:
+def loss_scale_plot(history: Sequence[tuple[int, float]], steps: int) -> str:
     """The loss scale over steps (log scale), from its change points; skipped steps marked."""
     with _figure("Loss scale", "step", "loss scale (log)") as ax:
         xs = [p[0] for p in history] + [max(steps, history[-1][0])]

@@ -1,5 +1,6 @@
-"""What a run recorded: its state while it runs (`RunState`) and the report.json it becomes, which
-`runner report`, `runner compare`, the documents and the terminal views all read. No rich here:
+"""What a run recorded: its state while it runs (`RunState`) and the report.json it becomes (the
+model report.RunReport), which `runner report`, `runner compare`, the documents and the terminal
+views all read. No rich here:
 how a record is shown is views.py's and documents.py's business.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 from runner import runs
 from runner.memory import MemoryPhases
 from runner.precision.checks import NON_COMPUTING, Finding, exemption
+from runner.reporting.report import RunReport
 from runner.spec import ExperimentSpec, spec_hash, spec_to_dict
 from runner.training import checkpoints
 from runner.training.distribution import Role
@@ -69,39 +71,48 @@ def precision_summary(state: RunState) -> dict[str, Any]:
     }
 
 
-def make_report(state: RunState, performance: dict[str, Any]) -> dict[str, Any]:
+def make_report(state: RunState, performance: dict[str, Any]) -> RunReport:
+    """report.json of the run as it stands, validated by its model (a writer's mistake fails here)."""
     env = state.environment
     checkpoint = _latest_checkpoint(state)  # read once: the divergence names it too
-    return {
-        "name": state.spec.name,
-        "status": state.status,
-        "error": state.error,
-        "started_at": state.started_at,
-        "run_dir": str(state.run_dir),
-        "spec": spec_to_dict(state.spec),
-        "spec_hash": spec_hash(state.spec),
-        "environment": {k: env.get(k) for k in ("python", "tensorflow", "keras", "device", "threads")},
-        "data": state.data,
-        "precision": precision_summary(state),
-        "audit": state.audit,
-        "checks": [f.as_dict() for f in state.findings],
-        "metrics": {
-            "epochs": [e.as_dict() for e in state.log.epochs],
-            "test_loss": state.test_metrics.get("test_loss"),
-            "test_accuracy": state.test_metrics.get("test_accuracy"),
-        },
-        "performance": performance | {"xla": {"used": state.xla[0], "why": state.xla[1]}},
-        "speed": state.speed,
-        "distribution": state.distribution or None,
-        "learning_rate": _learning_rate(state),
-        "early_stopping": _early_stopping(state),
-        "fine_tuning": state.fine_tuning,
-        "divergence": _divergence(state, checkpoint),
-        "resumes": state.resumes,
-        "checkpoint": checkpoint,
-        "weights_sha256": state.weights_sha256,  # of the weights the test metrics are of
-        "export": state.export,
-    }
+    return RunReport.model_validate(
+        {
+            "name": state.spec.name,
+            "status": state.status,
+            "error": state.error,
+            "started_at": state.started_at,
+            "run_dir": str(state.run_dir),
+            "spec": spec_to_dict(state.spec),
+            "spec_hash": spec_hash(state.spec),
+            "environment": {k: env.get(k) for k in ("python", "tensorflow", "keras", "device", "threads")},
+            "data": state.data,
+            "precision": precision_summary(state),
+            "audit": state.audit,
+            "checks": [f.as_dict() for f in state.findings],
+            "metrics": {
+                "epochs": [e.as_dict() for e in state.log.epochs],
+                "test_loss": state.test_metrics.get("test_loss"),
+                "test_accuracy": state.test_metrics.get("test_accuracy"),
+            },
+            "performance": performance | {"xla": {"used": state.xla[0], "why": state.xla[1]}},
+            "speed": state.speed,
+            "distribution": state.distribution or None,
+            "learning_rate": _learning_rate(state),
+            "early_stopping": _early_stopping(state),
+            "fine_tuning": state.fine_tuning,
+            "divergence": _divergence(state, checkpoint),
+            "resumes": state.resumes,
+            "checkpoint": checkpoint,
+            "weights_sha256": state.weights_sha256,  # of the weights the test metrics are of
+            "export": state.export,
+        }
+    )
+
+
+def write_report(report: RunReport) -> None:
+    """report.json in the report's run directory, atomically."""
+    assert report.run_dir is not None
+    runs.write_json_atomic(Path(report.run_dir) / "report.json", report.to_json())
 
 
 def _learning_rate(state: RunState) -> dict[str, Any]:

@@ -21,13 +21,14 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner import __version__, runs
 from runner.events import EventSink, Note
+from runner.reporting.report import Epoch, LossScaleSummary, RunReport, load_comparison, load_report
 from runner.spec import BadInput, experiment_fields, flatten_table
 
 MARKER = "tracking.json"
@@ -84,52 +85,52 @@ def params_of(spec: Mapping[str, Any]) -> dict[str, str]:
     return {key: value[:PARAM_VALUE_LIMIT] for key, value in text.items()}
 
 
-def tags_of(report: Mapping[str, Any], environment: Mapping[str, Any]) -> dict[str, str]:
+def tags_of(report: RunReport, environment: Mapping[str, Any]) -> dict[str, str]:
     """What a run is, for filtering in MLflow's UI (`tags.policy = "mixed_float16"`)."""
-    env = report.get("environment") or {}
+    env = report.environment
     tags = {
-        "policy": report["precision"]["policy"],
-        "status": report["status"],
-        "spec_hash": report.get("spec_hash"),
-        "tensorflow": env.get("tensorflow"),
-        "keras": env.get("keras"),
-        "device": env.get("device"),
+        "policy": report.precision.policy,
+        "status": report.status,
+        "spec_hash": report.spec_hash,
+        "tensorflow": env.tensorflow,
+        "keras": env.keras,
+        "device": env.device,
         "runner_version": __version__,
-        "runner.run_dir": report.get("run_dir"),
+        "runner.run_dir": report.run_dir,
         "mlflow.source.git.commit": environment.get("git_commit"),
-        "mlflow.note.content": report.get("error"),
+        "mlflow.note.content": report.error,
     }
     return {key: str(value) for key, value in tags.items() if value is not None}
 
 
-def epoch_metrics(records: list[Mapping[str, Any]]) -> list[tuple[str, float, int]]:
+def epoch_metrics(records: list[Epoch]) -> list[tuple[str, float, int]]:
     """(key, value, step = epoch) for each number of each epoch's record (loss, val_accuracy,
     learning_rate, images_per_second, seconds, ...)."""
     return [
-        (key, float(value), int(record["epoch"]))
+        (key, float(value), record.epoch)
         for record in records
-        for key, value in record.items()
+        for key, value in record.model_dump().items()
         if key not in EPOCH_SERIES_SKIPPED and isinstance(value, int | float) and not isinstance(value, bool)
     ]
 
 
-def loss_scale_series(loss_scale: Mapping[str, Any] | None) -> list[tuple[str, float, int]]:
+def loss_scale_series(loss_scale: LossScaleSummary | None) -> list[tuple[str, float, int]]:
     """The loss scale per training step, from report.json's change points ([step, scale]) and the last
     step, and `skipped_steps` (cumulative): one per halving at the change points (a step with
     non-finite gradients halves the scale), and the optimizer's exact count at the last step."""
-    if not loss_scale or not loss_scale.get("history"):
+    if loss_scale is None or not loss_scale.history:
         return []
     series: list[tuple[str, float, int]] = []
     skipped, previous = 0, None
-    for step, scale in loss_scale["history"]:
+    for step, scale in loss_scale.history:
         if previous is not None and scale < previous:
             skipped += max(round(_log2(previous / scale)), 1)
         series += [("loss_scale", float(scale), int(step)), ("skipped_steps", float(skipped), int(step))]
         previous = scale
-    last = int(loss_scale.get("steps") or 0)
-    if last > series[-1][2]:
-        series.append(("loss_scale", float(loss_scale["final"]), last))
-    series.append(("skipped_steps", float(loss_scale.get("overflow_steps") or 0), max(last, series[-1][2])))
+    last = loss_scale.steps or 0
+    if last > series[-1][2] and loss_scale.final is not None:
+        series.append(("loss_scale", float(loss_scale.final), last))
+    series.append(("skipped_steps", float(loss_scale.overflow_steps), max(last, series[-1][2])))
     return series
 
 
@@ -139,27 +140,26 @@ def _log2(ratio: float) -> float:
     return math.log2(ratio)
 
 
-def summary_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+def summary_metrics(report: RunReport) -> dict[str, float]:
     """One value each: test metrics, throughput, memory, the loss scale's end."""
-    metrics, perf = report.get("metrics") or {}, report.get("performance") or {}
-    scale = (report.get("precision") or {}).get("loss_scale") or {}
+    metrics, perf, scale = report.metrics, report.performance, report.precision.loss_scale
     found = {
-        "test_loss": metrics.get("test_loss"),
-        "test_accuracy": metrics.get("test_accuracy"),
-        "throughput_images_per_second": perf.get("images_per_second"),
-        "step_time_ms": perf.get("step_time_ms"),
-        "peak_host_memory_mb": perf.get("peak_host_memory_mb"),
-        "peak_device_memory_mb": perf.get("peak_device_memory_mb"),
-        "overflow_steps": scale.get("overflow_steps"),
-        "final_loss_scale": scale.get("final"),
-        "min_loss_scale": scale.get("min"),
+        "test_loss": metrics.test_loss,
+        "test_accuracy": metrics.test_accuracy,
+        "throughput_images_per_second": perf.images_per_second,
+        "step_time_ms": perf.step_time_ms,
+        "peak_host_memory_mb": perf.peak_host_memory_mb,
+        "peak_device_memory_mb": perf.peak_device_memory_mb,
+        "overflow_steps": scale.overflow_steps if scale else None,
+        "final_loss_scale": scale.final if scale else None,
+        "min_loss_scale": scale.min if scale else None,
     }
     return {key: float(value) for key, value in found.items() if isinstance(value, int | float)}
 
 
-def report_digest(report: Mapping[str, Any]) -> str:
+def report_digest(report: RunReport) -> str:
     """What was logged, to see whether a run changed since (its `tracking` section left out)."""
-    logged = {key: value for key, value in report.items() if key != "tracking"}
+    logged = {key: value for key, value in report.to_json().items() if key != "tracking"}
     return hashlib.sha256(json.dumps(logged, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -296,13 +296,13 @@ class Logged:
 
 
 def target_for(
-    run_dir: Path, report: Mapping[str, Any], uri: str | None = None, experiment: str | None = None
+    run_dir: Path, report: RunReport, uri: str | None = None, experiment: str | None = None
 ) -> Target:
     """The run's own [tracking] unless overridden; nested under its sweep's parent run if it has one."""
-    tracking = (report.get("spec") or {}).get("tracking") or {}
+    tracking = report.spec.get("tracking") or {}
     uri = uri or resolve_uri(tracking.get("tracking_uri"), reports_dir(run_dir))
     parent = read_marker(run_dir.parent).get(uri) if is_sweep_dir(run_dir.parent) else None
-    name = experiment or tracking.get("experiment") or report["name"]
+    name = experiment or tracking.get("experiment") or report.name
     return Target(uri, name, parent)
 
 
@@ -317,8 +317,6 @@ def log_run(run_dir: Path, target: Target) -> Logged:
 
 
 def _log_run(run_dir: Path, target: Target) -> Logged:
-    from runner.reporting.compare import load_report
-
     report = load_report(run_dir)
     digest = report_digest(report)
     old = read_marker(run_dir).get(target.uri, {})
@@ -335,15 +333,13 @@ def _log_run(run_dir: Path, target: Target) -> Logged:
     tags = tags_of(report, _environment(run_dir))
     if parent:
         tags["mlflow.parentRunId"] = parent["run_id"]
-    start = _millis(report.get("started_at"))
-    run_id = client.create_run(
-        experiment_id, start_time=start, tags=tags, run_name=report["name"]
-    ).info.run_id
+    start = _millis(report.started_at)
+    run_id = client.create_run(experiment_id, start_time=start, tags=tags, run_name=report.name).info.run_id
     record = {"experiment_id": experiment_id, "run_id": run_id, "state": "logging", "digest": digest}
     _write_marker(run_dir, target.uri, record)
     client.log_batch(run_id, metrics=_metrics(report, start), params=_params(report))
     _log_files(client, run_id, run_dir, ARTIFACT_FILES, ARTIFACT_DIRS)
-    client.set_terminated(run_id, MLFLOW_STATUS.get(report["status"], "FAILED"))
+    client.set_terminated(run_id, MLFLOW_STATUS.get(report.status, "FAILED"))
     _write_marker(run_dir, target.uri, {**record, "state": "logged", "logged_at": runs.utc_now()})
     return Logged(run_dir, target.uri, experiment_id, run_id, new=True)
 
@@ -356,30 +352,28 @@ def _environment(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _params(report: Mapping[str, Any]) -> list[Any]:
+def _params(report: RunReport) -> list[Any]:
     from mlflow.entities import Param
 
-    return [Param(key, value) for key, value in params_of(report["spec"]).items()]
+    return [Param(key, value) for key, value in params_of(report.spec).items()]
 
 
-def _metrics(report: Mapping[str, Any], start: int) -> list[Any]:
+def _metrics(report: RunReport, start: int) -> list[Any]:
     """Epochs at their time in the run (start + the seconds so far), everything else at its end."""
     from mlflow.entities import Metric
 
-    epochs = report["metrics"]["epochs"]
+    epochs = report.metrics.epochs
     elapsed, at = 0.0, {}
     for record in epochs:
-        elapsed += record.get("seconds") or 0.0
-        at[record["epoch"]] = start + int(elapsed * 1000)
+        elapsed += record.seconds or 0.0
+        at[record.epoch] = start + int(elapsed * 1000)
     end = start + int(elapsed * 1000)
     found = [Metric(key, value, at[step], step) for key, value, step in epoch_metrics(epochs)]
-    found += [Metric(key, value, end, step) for key, value, step in loss_scale_series(_loss_scale(report))]
+    found += [
+        Metric(key, value, end, step) for key, value, step in loss_scale_series(report.precision.loss_scale)
+    ]
     found += [Metric(key, value, end, 0) for key, value in summary_metrics(report).items()]
     return found
-
-
-def _loss_scale(report: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    return (report.get("precision") or {}).get("loss_scale")
 
 
 def _log_files(client: Any, run_id: str, folder: Path, files: tuple[str, ...], dirs: tuple[str, ...]) -> None:
@@ -394,7 +388,6 @@ def _log_files(client: Any, run_id: str, folder: Path, files: tuple[str, ...], d
 def track_run(run_dir: Path, emit: EventSink) -> dict[str, Any]:
     """At a run's end, its report.json written: log it, or warn once and go on. Never raises.
     Returns report.json's `tracking` section (where it was logged, or why not)."""
-    from runner.reporting.compare import load_report
 
     uri = None
     try:
@@ -495,12 +488,12 @@ def close_sweep(sweep_dir: Path, emit: EventSink) -> None:
 def _close_parent(sweep_dir: Path, uri: str, record: Mapping[str, Any]) -> Logged:
     from mlflow.entities import RunTag
 
-    comparison = json.loads((sweep_dir / "comparison.json").read_text(encoding="utf-8"))
-    digest = hashlib.sha256(json.dumps(comparison, sort_keys=True).encode()).hexdigest()[:16]
+    comparison = load_comparison(sweep_dir)
+    digest = hashlib.sha256(json.dumps(comparison.to_json(), sort_keys=True).encode()).hexdigest()[:16]
     new = not (record.get("state") == "logged" and record.get("digest") == digest)
     if new:
         client = _client(uri)
-        statuses = [row["status"] for row in comparison.get("rows", [])]
+        statuses = [row.status for row in comparison.rows]
         status = sweep_status(statuses)
         tags = [RunTag("status", status.lower()), RunTag("variants", str(len(statuses)))]
         client.log_batch(record["run_id"], tags=tags)
@@ -510,7 +503,7 @@ def _close_parent(sweep_dir: Path, uri: str, record: Mapping[str, Any]) -> Logge
     return Logged(sweep_dir, uri, record["experiment_id"], record["run_id"], new)
 
 
-def sweep_status(statuses: list[str]) -> str:
+def sweep_status(statuses: Sequence[str]) -> str:
     """The parent run's MLflow status: the worst of its variants'."""
     mapped = {MLFLOW_STATUS.get(s, "FAILED") for s in statuses}
     return next((s for s in ("KILLED", "FAILED") if s in mapped), "FINISHED")
@@ -527,7 +520,7 @@ def sync(paths: list[Path], uri: str | None = None, experiment: str | None = Non
     """Log finished runs and sweeps (a parent run, its variants nested) that were not logged, or
     changed since; each once. Bad input (not a run, MLflow unreachable) raises BadInput."""
     require_mlflow()
-    from runner.reporting.compare import expand_run_dirs, load_report
+    from runner.reporting.compare import expand_run_dirs
 
     done: list[Logged] = []
     for path in paths:
@@ -550,13 +543,12 @@ def sync(paths: list[Path], uri: str | None = None, experiment: str | None = Non
 
 
 def _sync_sweep(sweep_dir: Path, variants: list[Path], uri: str, experiment: str | None) -> list[Logged]:
-    from runner.reporting.compare import load_report
 
-    tracking = load_report(variants[0])["spec"].get("tracking") or {}
+    tracking = load_report(variants[0]).spec.get("tracking") or {}
     name = experiment or tracking.get("experiment") or sweep_group(sweep_dir)
     parent = _open_parent(sweep_dir, uri, name, running=False)
     done = [log_run(v, Target(uri, "", parent)) for v in variants]
     if (sweep_dir / "comparison.json").exists():
         return [_close_parent(sweep_dir, uri, read_marker(sweep_dir)[uri]), *done]
-    _client(uri).set_terminated(parent["run_id"], sweep_status([load_report(v)["status"] for v in variants]))
+    _client(uri).set_terminated(parent["run_id"], sweep_status([load_report(v).status for v in variants]))
     return done

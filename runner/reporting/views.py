@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rich import box
@@ -21,9 +21,19 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.events import EpochStarted, Event, Note, RunFinished, RunStarted, StepsDone, VariantStarted
-from runner.precision.checks import NON_COMPUTING, describe_variables, is_blocking, mark
+from runner.precision.checks import NON_COMPUTING, Finding, describe_variables, is_blocking, mark
 from runner.preflight.speed import ratio_text
 from runner.reporting.compare import objective_note
+from runner.reporting.report import (
+    CheckResult,
+    Comparison,
+    ComparisonRow,
+    Distribution,
+    EarlyStopping,
+    Metrics,
+    Performance,
+    RunReport,
+)
 from runner.spec import COMPUTE_DTYPE
 
 STATUS_STYLE = {"completed": "green", "failed": "red", "diverged": "red", "interrupted": "yellow"}
@@ -62,15 +72,15 @@ def audit_summary(audit: dict[str, Any] | None, policy: str | None = None) -> Ta
 STYLE = {"passed": "green", "error": "red", "warning": "yellow", "hint": "cyan"}
 
 
-def checks_table(findings: list[dict[str, Any]]) -> Table:
+def checks_table(findings: Sequence[Finding | CheckResult]) -> Table:
     table = Table(title="Checks", show_header=True, header_style="bold")
     table.add_column("", width=1)
     table.add_column("check")
     table.add_column("detail", overflow="fold")
     for f in findings:
-        style = STYLE["passed" if f["passed"] else f["severity"]]
-        name_style = "" if f["passed"] else style
-        table.add_row(Text(mark(f), style=style), Text(f["name"], style=name_style), Text(f["detail"]))
+        style = STYLE["passed" if f.passed else f.severity]
+        name_style = "" if f.passed else style
+        table.add_row(Text(mark(f), style=style), Text(f.name, style=name_style), Text(f.detail))
     return table
 
 
@@ -127,8 +137,8 @@ def speed_table(record: dict[str, Any]) -> Table:
     return table
 
 
-def render_check(audit: dict[str, Any], findings: list[dict[str, Any]], speed: dict | None) -> Group:
-    counts = Counter(f["severity"] for f in findings if not f["passed"])
+def render_check(audit: dict[str, Any], findings: Sequence[Finding], speed: dict | None) -> Group:
+    counts = Counter(f.severity for f in findings if not f.passed)
     summary = ", ".join(f"{counts.get(k, 0)} {k}(s)" for k in ("error", "warning", "hint"))
     style = "red" if counts.get("error") else "green"
     parts: list[RenderableType] = [audit_table(audit), checks_table(findings)]
@@ -171,123 +181,111 @@ def numerics_statement(numerics: dict[str, Any]) -> str:
     return "Numerics: " + "; ".join(parts) + f" ({numerics['seconds']:.2f} s)"
 
 
-def metrics_table(metrics: dict[str, Any]) -> Table:
+def metrics_table(metrics: Metrics) -> Table:
     table = Table(title="Metrics", show_header=True, header_style="bold")
     # The rate column only when it moved: a constant rate is in the spec already.
-    moving = len({e.get("learning_rate") for e in metrics["epochs"]}) > 1
+    moving = len({e.learning_rate for e in metrics.epochs}) > 1
     columns = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", *(("lr",) if moving else ()))
     for col in (*columns, "images/s", "seconds"):
         table.add_column(col, justify="right")
-    for e in metrics["epochs"]:
+    for e in metrics.epochs:
         table.add_row(
-            str(e["epoch"]),
-            _fmt(e["loss"]),
-            _fmt(e["accuracy"]),
-            _fmt(e["val_loss"]),
-            _fmt(e["val_accuracy"]),
-            *((_fmt(e.get("learning_rate"), ".3g"),) if moving else ()),
-            _fmt(e["images_per_second"], ",.0f"),
-            _fmt(e["seconds"], ".1f"),
+            str(e.epoch),
+            _fmt(e.loss),
+            _fmt(e.accuracy),
+            _fmt(e.val_loss),
+            _fmt(e.val_accuracy),
+            *((_fmt(e.learning_rate, ".3g"),) if moving else ()),
+            _fmt(e.images_per_second, ",.0f"),
+            _fmt(e.seconds, ".1f"),
         )
-    table.caption = f"test loss {_fmt(metrics['test_loss'])} · test accuracy {_fmt(metrics['test_accuracy'])}"
+    table.caption = f"test loss {_fmt(metrics.test_loss)} · test accuracy {_fmt(metrics.test_accuracy)}"
     return table
 
 
-def _headline(data: dict[str, Any]) -> Text:
-    style = STATUS_STYLE.get(data["status"], "red")
-    failed = [c for c in data["checks"] if is_blocking(c)]
-    status = data["status"] + (f", {len(failed)} check(s) failed" if failed else "")
-    p = data["precision"]
+def _headline(report: RunReport) -> Text:
+    style = STATUS_STYLE.get(report.status, "red")
+    failed = [c for c in report.checks if is_blocking(c)]
+    status = report.status + (f", {len(failed)} check(s) failed" if failed else "")
+    p = report.precision
     text = Text.assemble(
-        (f"{data['name']}  ", "bold"),
+        (f"{report.name}  ", "bold"),
         (status, f"bold {style}"),
-        f"\npolicy {p['policy']} · compute {p['compute_dtype']} · variables {p['variable_dtype']}",
+        f"\npolicy {p.policy} · compute {p.compute_dtype} · variables {p.variable_dtype}",
     )
-    scale = p.get("loss_scale") or {}
-    if scale.get("initial") is not None:
-        text.append(
-            f"\nloss scale {scale['initial']:g} → {_fmt(scale['final'], 'g')} "
-            f"(min {_fmt(scale['min'], 'g')}, {scale['overflow_steps']} skipped step"
-            f"{'' if scale['overflow_steps'] == 1 else 's'})"
-        )
-    perf = data["performance"]
-    text.append(
-        f"\n{_fmt(perf['images_per_second'], ',.0f')} images/s · step {_fmt(perf['step_time_ms'], '.1f')} ms"
-        f" · peak host memory {_fmt(perf['peak_host_memory_mb'], ',.0f')} MB"
-    )
-    if perf.get("peak_device_memory_mb") is not None:
-        text.append(f" · peak device memory {perf['peak_device_memory_mb']:,.0f} MB")
-    if perf.get("steps_per_execution") is not None:
-        text.append(
-            f"\n{perf['steps_per_execution']} steps per execution ({perf['steps_per_execution_why']})"
-        )
-    xla = perf.get("xla") or {}
-    if xla.get("why"):
-        text.append(f"\n{'compiled by XLA' if xla.get('used') else 'no XLA'} ({xla['why']})")
-    text.append(f"\n{data['environment']['device']}")
-    augmentation = (data.get("data") or {}).get("augmentation")
-    if augmentation:
-        text.append(f"\naugmentation: {', '.join(augmentation)}")
-    placement = distribution_line(data.get("distribution"))
-    if placement:
-        text.append(f"\n{placement}")
-    stopping = early_stopping_line(data.get("early_stopping"))
-    if stopping:
-        text.append(f"\n{stopping}")
-    measured = data.get("speed") or {}
-    advice = p.get("advice") or {}  # reports written before runner measured its speed statements
+    scale = p.loss_scale.described() if p.loss_scale else None
+    if scale:
+        text.append(f"\nloss scale {scale}")
+    _performance_lines(text, report.performance)
+    text.append(f"\n{report.environment.device}")
+    augmentation = report.data.augmentation if report.data else []
+    lines = [
+        f"augmentation: {', '.join(augmentation)}" if augmentation else None,
+        distribution_line(report.distribution),
+        early_stopping_line(report.early_stopping),
+    ]
+    for line in lines:
+        if line:
+            text.append(f"\n{line}")
+    measured = report.speed or {}
     if measured.get("policy"):
         text.append(f"\npolicy chosen: {measured['policy']['why']}")
     if measured.get("statement"):
         text.append(f"\n{measured['statement']}", style="yellow" if measured.get("slow") else "")
-    elif advice.get("faster") is False:
-        text.append(f"\n{advice['detail']}", style="yellow")
-    if data.get("error"):
-        text.append(f"\n{data['error']}", style=style)
+    if report.error:
+        text.append(f"\n{report.error}", style=style)
     return text
 
 
-def early_stopping_line(stopping: dict[str, Any] | None) -> str | None:
+def _performance_lines(text: Text, perf: Performance) -> None:
+    text.append(
+        f"\n{_fmt(perf.images_per_second, ',.0f')} images/s · step {_fmt(perf.step_time_ms, '.1f')} ms"
+        f" · peak host memory {_fmt(perf.peak_host_memory_mb, ',.0f')} MB"
+    )
+    if perf.peak_device_memory_mb is not None:
+        text.append(f" · peak device memory {perf.peak_device_memory_mb:,.0f} MB")
+    if perf.steps_per_execution is not None:
+        text.append(f"\n{perf.steps_per_execution} steps per execution ({perf.steps_per_execution_why})")
+    if perf.xla is not None and perf.xla.why:
+        text.append(f"\n{'compiled by XLA' if perf.xla.used else 'no XLA'} ({perf.xla.why})")
+
+
+def early_stopping_line(stopping: EarlyStopping | None) -> str | None:
     """Where early stopping ended the run and which weights it ended with (None without it)."""
-    if not stopping or stopping.get("best_epoch") is None:
+    if stopping is None or stopping.best_epoch is None:
         return None
     where = (
-        f"stopped after epoch {stopping['stopped_at_epoch']}"
-        if stopping["stopped_at_epoch"]
-        else "ran every epoch"
+        f"stopped after epoch {stopping.stopped_at_epoch}" if stopping.stopped_at_epoch else "ran every epoch"
     )
-    best = f"best epoch {stopping['best_epoch']} ({stopping['monitor']} {stopping['best_value']:.4g})"
+    best = f"best epoch {stopping.best_epoch} ({stopping.monitor} {_fmt(stopping.best_value, '.4g')})"
     weights = (
-        "its weights restored for the test"
-        if stopping.get("restored_epoch")
-        else "the last epoch's weights kept"
+        "its weights restored for the test" if stopping.restored_epoch else "the last epoch's weights kept"
     )
     return f"early stopping: {where}, {best}, {weights}"
 
 
-def distribution_line(distribution: dict[str, Any] | None) -> str | None:
+def distribution_line(distribution: Distribution | None) -> str | None:
     """Where the replicas were, for a run that was not on one device (older reports have none)."""
-    if not distribution or distribution["strategy"] == "none":
+    if distribution is None or distribution.strategy == "none":
         return None
-    workers = distribution["workers"]
-    where = f"{workers} workers, " if workers > 1 else ""
+    where = f"{distribution.workers} workers, " if distribution.workers > 1 else ""
     return (
-        f"{distribution['strategy']}: {where}{distribution['replicas']} replicas · global batch "
-        f"{distribution['global_batch']}, {distribution['per_replica_batch']} per replica"
+        f"{distribution.strategy}: {where}{distribution.replicas} replicas · global batch "
+        f"{distribution.global_batch}, {distribution.per_replica_batch} per replica"
     )
 
 
-def render_run(data: dict[str, Any]) -> RenderableType:
+def render_run(report: RunReport) -> RenderableType:
     """The end-of-run report: headline, audit summary, checks, metrics, where the files are."""
-    parts: list[RenderableType] = [_headline(data), audit_summary(data["audit"], data["precision"]["policy"])]
-    parts.append(checks_table(data["checks"]))
-    if data["metrics"]["epochs"]:
-        parts.append(metrics_table(data["metrics"]))
-    exported = [line["path"] for line in (data.get("export") or {}).get("files", [])]
+    parts: list[RenderableType] = [_headline(report), audit_summary(report.audit, report.precision.policy)]
+    parts.append(checks_table(report.checks))
+    if report.metrics.epochs:
+        parts.append(metrics_table(report.metrics))
+    exported = [line["path"] for line in (report.export or {}).get("files", [])]
     if exported:
         parts.append(Text(f"exported: {', '.join(exported)} · runner predict RUN_DIR IMAGES...", style="dim"))
-    parts.append(Text(f"run directory: {data['run_dir']}", style="dim"))
-    return Panel(Group(*parts), title="runner report", border_style=STATUS_STYLE.get(data["status"], "red"))
+    parts.append(Text(f"run directory: {report.run_dir}", style="dim"))
+    return Panel(Group(*parts), title="runner report", border_style=STATUS_STYLE.get(report.status, "red"))
 
 
 def render_environment(env: dict[str, Any], machine: dict[str, Any] | None) -> RenderableType:
@@ -378,20 +376,20 @@ def _ratio_text(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
-def _result_text(row: dict[str, Any]) -> Text:
-    failed = row["failed_checks"]
-    if row["status"] == "completed" and not failed:
-        return Text(f"✓ {row['checks_passed']}/{row['checks_total']}", style="green")
-    if row["status"] == "completed":
+def _result_text(row: ComparisonRow) -> Text:
+    failed = row.failed_checks
+    if row.status == "completed" and not failed:
+        return Text(f"✓ {row.checks_passed}/{row.checks_total}", style="green")
+    if row.status == "completed":
         return Text("✗ " + ", ".join(failed), style="red")
-    reason = row.get("error")  # why it failed, diverged or was interrupted
-    return Text(row["status"] + (f": {reason}" if reason else ""), style="red")
+    reason = row.error  # why it failed, diverged or was interrupted
+    return Text(row.status + (f": {reason}" if reason else ""), style="red")
 
 
-def _scale_text(row: dict[str, Any]) -> str:
-    scale = _fmt(row["loss_scale_final"], "g")
-    if row["loss_scale_min"] not in (None, row["loss_scale_final"]):
-        scale += f" (min {row['loss_scale_min']:g})"
+def _scale_text(row: ComparisonRow) -> str:
+    scale = _fmt(row.loss_scale_final, "g")
+    if row.loss_scale_min not in (None, row.loss_scale_final):
+        scale += f" (min {row.loss_scale_min:g})"
     return scale
 
 
@@ -407,21 +405,21 @@ def setting_texts(values: list[Any]) -> list[str]:
     return [shown[v] if isinstance(v, float) else str(v) for v in values]
 
 
-def comparison_table(comparison: dict[str, Any]) -> Table:
+def comparison_table(comparison: Comparison) -> Table:
     """One row per run, narrow enough for 80 columns: the spec fields that differ (and the run's label
     where they do not tell the runs apart), speed and memory against the baseline, accuracy, loss
     scale, result. With an objective (a random search has test_accuracy by default), ranked best first.
     Step times and device memory are in comparison.json/.md/.html."""
-    fields = comparison["differing_fields"]
-    rows = comparison["rows"]
-    objective = comparison.get("objective")  # older comparisons have none
-    columns = [setting_texts([r["settings"][f] for r in rows]) for f in fields]
+    fields = comparison.differing_fields
+    rows = comparison.rows
+    objective = comparison.objective
+    columns = [setting_texts([r.settings[f] for r in rows]) for f in fields]
     settings = list(zip(*columns, strict=True)) if fields else [() for _ in rows]
     run_column = ["run"] if not fields or len(set(settings)) < len(settings) else []
     table = Table(
         title="Comparison",
         header_style="bold",
-        caption=comparison["baseline"]["note"] + objective_note(objective),
+        caption=(comparison.baseline.note or "") + objective_note(objective),
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
@@ -433,20 +431,20 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
     table.add_column("result", overflow="fold", min_width=12)
     order = list(range(len(rows)))
     if objective:  # best first; unranked rows (failed, no metric) last, in their order
-        order.sort(key=lambda i: (rows[i].get("rank") is None, rows[i].get("rank") or 0))
+        order.sort(key=lambda i: (rows[i].rank is None, rows[i].rank or 0))
     for i in order:
         r, values = rows[i], settings[i]
         table.add_row(
-            *([_fmt(r.get("rank"), "d")] if ranked else []),
-            *([r["label"]] if run_column else []),
+            *([_fmt(r.rank, "d")] if ranked else []),
+            *([r.label] if run_column else []),
             *values,
-            _fmt(r["images_per_second"], ",.0f"),
-            _ratio_text(r["speed_ratio"]),
-            _fmt(r["peak_host_memory_mb"], ",.0f"),
-            _fmt(r["test_accuracy"], ".3f"),
-            _fmt(r["accuracy_delta"], "+.3f"),
+            _fmt(r.images_per_second, ",.0f"),
+            _ratio_text(r.speed_ratio),
+            _fmt(r.peak_host_memory_mb, ",.0f"),
+            _fmt(r.test_accuracy, ".3f"),
+            _fmt(r.accuracy_delta, "+.3f"),
             _scale_text(r),
-            str(r["skipped_steps"]),
+            str(r.skipped_steps),
             _result_text(r),
         )
     return table
@@ -529,7 +527,7 @@ def export_table(record: dict[str, Any]) -> Table:
     return table
 
 
-def render_export(run_dir: Any, finding: dict[str, Any], record: dict[str, Any]) -> RenderableType:
+def render_export(run_dir: Any, finding: Finding, record: dict[str, Any]) -> RenderableType:
     """`runner export`: the files written, the round-trip check, where they are."""
     checkpoint = record.get("checkpoint")
     parts: list[RenderableType] = [export_table(record), checks_table([finding])]

@@ -9,7 +9,7 @@ Each assertion raises AssertionError listing the failed findings, with the audit
 TensorFlow: each assertion loads it when called. Hypothesis strategies: `strategies`
 (`runner.testing.strategies`).
 
-Imports: spec, precision, training, session.
+Imports: spec, precision, training, reporting, session.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.precision import checks
+from runner.reporting.report import RunReport, parse_report
 from runner.spec import ExperimentSpec, ExportSpec, PrecisionSpec, load_spec
 
 __all__ = [
@@ -100,25 +101,31 @@ def assert_finite_first_step(model: Any, batch: tuple[Any, Any]) -> None:
 TIMING = {"seconds", "images_per_second"}
 
 
-def _computed(report: dict[str, Any]) -> dict[str, Any]:
+def _computed(report: RunReport) -> dict[str, Any]:
     """What training computed, by name: each epoch's metrics and loss scale, the test metrics, the
     skipped steps, the final loss scale and the final weights (SHA-256)."""
-    scale = report["precision"]["loss_scale"] or {}
-    epochs = report["metrics"]["epochs"]
+    scale = report.precision.loss_scale
+    epochs = [e.model_dump(exclude=TIMING | {"epoch"}) | {"epoch": e.epoch} for e in report.metrics.epochs]
     return {
-        **{f"epoch {e['epoch']} {k}": v for e in epochs for k, v in e.items() if k not in TIMING | {"epoch"}},
+        **{f"epoch {e['epoch']} {k}": v for e in epochs for k, v in e.items() if k != "epoch"},
         "epochs": len(epochs),
-        "test_loss": report["metrics"]["test_loss"],
-        "test_accuracy": report["metrics"]["test_accuracy"],
-        "skipped steps": scale.get("overflow_steps"),
-        "final loss scale": scale.get("final"),
-        "final weights SHA-256": report["weights_sha256"],
+        "test_loss": report.metrics.test_loss,
+        "test_accuracy": report.metrics.test_accuracy,
+        "skipped steps": scale.overflow_steps if scale else None,
+        "final loss scale": scale.final if scale else None,
+        "final weights SHA-256": report.weights_sha256,
     }
 
 
-def resume_differences(resumed: dict[str, Any], uninterrupted: dict[str, Any]) -> list[str]:
-    """Where two report.json documents differ in what training computed (empty: none)."""
-    a, b = _computed(resumed), _computed(uninterrupted)
+def resume_differences(
+    resumed: RunReport | dict[str, Any], uninterrupted: RunReport | dict[str, Any]
+) -> list[str]:
+    """Where two reports (report.json's content, or the model) differ in what training computed
+    (empty: none)."""
+    a, b = (
+        _computed(r if isinstance(r, RunReport) else parse_report(r, "report"))
+        for r in (resumed, uninterrupted)
+    )
     keys = dict.fromkeys([*b, *a])
     return [
         f"{key}: {a.get(key)!r} resumed, {b.get(key)!r} uninterrupted"
@@ -137,15 +144,15 @@ def _for_resume(spec: ExperimentSpec) -> ExperimentSpec:
     return spec.model_copy(update={"runtime": runtime, "export": ExportSpec(formats=[])})
 
 
-def _ended(outcome: Any, expected: str, what: str) -> dict[str, Any]:
+def _ended(outcome: Any, expected: str, what: str) -> RunReport:
     __tracebackhide__ = True  # pytest shows the assertion, not runner's frames
-    report: dict[str, Any] = outcome.report
+    report: RunReport = outcome.record
     if outcome.status != expected:
-        found = [checks.Finding(**f) for f in report["checks"]]
+        found = [checks.Finding(**f.model_dump()) for f in report.checks]
         failed = any(map(checks.fails_a_test, found))
         raise AssertionError(
             f"{what}: expected {expected}; it ended {outcome.status}"
-            + (f" ({report['error']})" if report["error"] else "")
+            + (f" ({report.error})" if report.error else "")
             + f"; run directory: {outcome.run_dir}"
             + (f"\n{checks.describe_failures(found, 'its checks')}" if failed else "")
         )
@@ -175,7 +182,7 @@ def assert_resume_is_exact(spec: ExperimentSpec | str | Path, steps: int, output
     if differences:
         raise AssertionError(
             f"expected the run resumed after {steps} steps to equal the uninterrupted one; "
-            f"{len(differences)} difference(s) ({stopped.run_dir} against {whole['run_dir']}):\n  "
+            f"{len(differences)} difference(s) ({stopped.run_dir} against {whole.run_dir}):\n  "
             + "\n  ".join(differences[:10])
         )
     if output is None:

@@ -17,11 +17,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from runner.training.schedules import EarlyStoppingState, PlateauState
 
 
-@dataclass
-class EpochRecord:
+class EpochRecord(BaseModel):
+    """One epoch's metrics, as metrics.jsonl and report.json's `metrics.epochs` hold them (None: not
+    measured, or not finite)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     epoch: int
     loss: float | None = None
     accuracy: float | None = None
@@ -33,7 +39,7 @@ class EpochRecord:
     learning_rate: float | None = None  # the optimizer's rate at the epoch's last step
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: _finite_or_none(v) for k, v in self.__dict__.items()}
+        return {k: _finite_or_none(v) for k, v in self.model_dump().items()}
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -1,0 +1,478 @@
+"""The files runner writes for others to read, as typed, versioned models: report.json (`RunReport`),
+comparison.json (`Comparison`), sweep.json (`SweepPlan`) and export/export.json (`ExportRecord`).
+
+Every writer builds one of these models and every reader in runner loads one (`read_report`, …), so
+the shape of each file is written down once, here, with a `schema_version`; `runner schema --report`
+prints its JSON Schema for your own tools. A file written by an earlier version is brought to this
+one by one explicit migration (`migrate_report`), and a file from a newer runner is refused by name.
+
+Sections whose content belongs to another room and varies with it (the audit's layers, the speed
+measurements, an export's files, the spec itself, whose own schema is `runner schema`) are typed
+as JSON objects here and described where they are made.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runner.spec import BadInput
+from runner.training.telemetry import EpochRecord as Epoch  # one epoch's metrics: its own model
+
+REPORT_VERSION = 2  # 1: report.json before it had a version (runner before issue 31)
+COMPARISON_VERSION = 1
+SWEEP_VERSION = 1
+EXPORT_VERSION = 1
+
+Status = Literal["completed", "failed", "diverged", "interrupted"]
+JsonObject = dict[str, Any]
+
+
+class RunDirError(BadInput):
+    """A run directory, or a file runner wrote, that cannot be read back: where, which field, what was
+    expected."""
+
+
+class Record(BaseModel):
+    """A section whose fields are all named here: an unknown one is a writer's mistake."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class OpenRecord(BaseModel):
+    """A section whose named fields every writer gives, and which a source or a version may extend."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+# ---------------------------------------------------------------- report.json
+
+
+class Threads(Record):
+    """TensorFlow's thread pools as the run had them, and why (a parallel sweep's share, or the defaults)."""
+
+    intra_op: int | None = None
+    inter_op: int | None = None
+    why: str = ""
+
+
+class Environment(Record):
+    """The versions and the device a run had (environment.json holds the rest)."""
+
+    python: str | None = None
+    tensorflow: str | None = None
+    keras: str | None = None
+    device: str | None = None
+    threads: Threads | None = None
+
+
+class SkippedFiles(Record):
+    """Files `data.skip_bad_files` left out: how many, and the first of them by name."""
+
+    count: int
+    first: list[str]
+
+
+class DataSummary(OpenRecord):
+    """The data a run read: every source gives the first six fields; a folder adds its class names,
+    counts, fingerprint and skipped files, a TFDS dataset where it came from (`tfds`)."""
+
+    source: str
+    input_shape: list[int]
+    num_classes: int
+    train: int
+    validation: int
+    test: int
+    notes: list[str] = Field(default_factory=list, description="what loading changed, in words")
+    augmentation: list[str] = Field(default_factory=list, description="the augmentation, in words")
+    class_names: list[str] | None = None
+    counts: dict[str, dict[str, int]] | None = None
+    fingerprint: dict[str, str] | None = None
+    skipped_files: SkippedFiles | None = None
+    tfds: JsonObject | None = None
+
+
+class LossScaleSummary(Record):
+    """The loss scale over training: its change points (step, scale) and the skipped steps."""
+
+    initial: float | None = None
+    final: float | None = None
+    min: float | None = None
+    overflow_steps: int = 0
+    steps: int | None = None
+    history: list[tuple[int, float]] = Field(default_factory=list)
+    history_thinned: bool = False
+    skipped_per_interval: list[float] | None = Field(
+        default=None, description="the fraction of steps skipped in each growth interval"
+    )
+
+    def described(self, of_steps: bool = False) -> str | None:
+        """'32768 → 4096 (min 4096, 3 skipped steps)' (`of_steps`: '… of 60)'); None without a scale."""
+        if self.initial is None:
+            return None
+        shown = {k: "—" if v is None else f"{v:g}" for k, v in (("final", self.final), ("min", self.min))}
+        skipped = f"{self.overflow_steps} skipped step{'' if self.overflow_steps == 1 else 's'}"
+        total = f" of {'?' if self.steps is None else self.steps}" if of_steps else ""
+        return f"{self.initial:g} → {shown['final']} (min {shown['min']}, {skipped}{total})"
+
+
+class PrecisionSummary(Record):
+    """The dtypes as the built model has them (not as the spec asked) and the loss scale."""
+
+    policy: str
+    compute_dtype: str | None = None
+    variable_dtype: str | None = None
+    loss_scale: LossScaleSummary | None = None
+
+
+class CheckResult(Record):
+    """One check's finding: a failed `error` fails the run, a `warning` or `hint` does not."""
+
+    name: str
+    passed: bool
+    detail: str
+    severity: Literal["error", "warning", "hint"] = "error"
+
+
+class Metrics(Record):
+    epochs: list[Epoch] = Field(default_factory=list)
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+
+
+class XlaUse(Record):
+    """Whether the training step was compiled by XLA, and why (measured, or set by the spec)."""
+
+    used: bool
+    why: str
+
+
+class MemoryPhase(Record):
+    """Resident host memory (MB) at a phase's start, its peak and end, and its rise above the start."""
+
+    phase: str
+    start_mb: float
+    peak_mb: float
+    end_mb: float
+    rise_mb: float
+
+
+class Performance(Record):
+    """Throughput, step time, memory and the execution plan of the run's timed epochs."""
+
+    images_per_second: float | None = None
+    step_time_ms: float | None = None
+    peak_device_memory_mb: float | None = None
+    steps_per_execution: int | None = None
+    steps_per_execution_why: str | None = None
+    peak_host_memory_mb: float | None = None
+    memory_phases: list[MemoryPhase] = Field(default_factory=list)
+    memory_phases_exact: bool | None = None
+    xla: XlaUse | None = None
+
+
+class Distribution(Record):
+    """How the run was spread: the tf.distribute strategy, its workers and replicas, the batch split."""
+
+    strategy: str
+    workers: int
+    replicas: int
+    global_batch: int
+    per_replica_batch: int
+    devices: list[str] = Field(default_factory=list)
+
+
+class Divergence(Record):
+    """Where a diverged run went wrong, what it had reached, and the checkpoint kept from before."""
+
+    step: int
+    diagnosis: str | None = None
+    last_good_epoch: Epoch | None = None
+    checkpoint: str | None = None
+
+
+class Resume(Record):
+    """One resume of the run: when, from which checkpoint, and the checkpoints skipped as unreadable."""
+
+    at: str
+    from_checkpoint: str | None = Field(default=None, alias="from")
+    skipped: list[str] = Field(default_factory=list)
+
+
+class EarlyStopping(OpenRecord):
+    """[training.early_stopping] as given (its fields), and where it stopped the run."""
+
+    monitor: str
+    mode: str
+    stopped_at_epoch: int | None = None
+    best_epoch: int | None = None
+    best_value: float | None = None
+    values: list[float | None] = Field(default_factory=list)
+    restored_epoch: int | None = None
+
+
+class RunReport(Record):
+    """report.json: what one run did, whatever its end (`status`)."""
+
+    schema_version: Literal[2] = 2
+    name: str
+    status: Status
+    error: str | None = None
+    started_at: str | None = None
+    run_dir: str | None = None
+    spec: JsonObject = Field(description="the resolved spec (its schema: `runner schema`)")
+    spec_hash: str
+    environment: Environment = Field(default_factory=Environment)
+    data: DataSummary | None = None
+    precision: PrecisionSummary
+    audit: JsonObject | None = Field(default=None, description="every layer's dtypes, and the probes")
+    checks: list[CheckResult] = Field(default_factory=list)
+    metrics: Metrics = Field(default_factory=Metrics)
+    performance: Performance = Field(default_factory=Performance)
+    speed: JsonObject | None = Field(default=None, description="the candidates timed here (speed.json)")
+    distribution: Distribution | None = None
+    learning_rate: JsonObject | None = None
+    early_stopping: EarlyStopping | None = None
+    fine_tuning: JsonObject | None = None
+    divergence: Divergence | None = None
+    resumes: list[Resume] = Field(default_factory=list)
+    checkpoint: str | None = None
+    weights_sha256: str | None = Field(default=None, description="of the weights the test metrics are of")
+    export: JsonObject | None = Field(default=None, description="as export/export.json (ExportRecord)")
+    tracking: JsonObject | None = Field(default=None, description="where MLflow logged the run")
+
+    def to_json(self) -> JsonObject:
+        """What report.json holds: JSON types only, the aliases as written."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.metrics.test_accuracy
+
+
+def migrate_report(raw: JsonObject, where: str) -> JsonObject:
+    """A report.json of any earlier version, as this version writes it. The one place that knows
+    what changed between versions:
+    - 1 → 2: `schema_version` added; `precision.advice` (a statement from CPU flags, from before runner
+      measured speed) becomes `speed.statement`, marked as not measured; missing sections are filled
+      with their defaults by the model."""
+    version = raw.get("schema_version", 1)
+    if not isinstance(version, int) or version < 1:
+        raise RunDirError(
+            f"{where}: schema_version: expected an integer 1..{REPORT_VERSION}; got {version!r}"
+        )
+    if version > REPORT_VERSION:
+        raise RunDirError(
+            f"{where}: schema_version {version} was written by a newer runner; this one reads up to "
+            f"{REPORT_VERSION}: upgrade runner to read it"
+        )
+    if version == 1:
+        raw = dict(raw)
+        precision = dict(raw.get("precision") or {})
+        advice = precision.pop("advice", None) or {}
+        raw["precision"] = precision
+        if raw.get("speed") is None and advice.get("faster") is False:
+            raw["speed"] = {"statement": advice.get("detail"), "slow": True, "measured": False}
+        raw["schema_version"] = 2
+    return raw
+
+
+def field_error(exc: ValidationError, where: str) -> RunDirError:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(the whole file)"
+    got = first.get("input")
+    shown = json.dumps(got)[:80] if not isinstance(got, dict) else "an object"
+    return RunDirError(f"{where}: {field}: {first['msg'].lower()}; got {shown}")
+
+
+def parse_report(raw: Any, where: str) -> RunReport:
+    """A report.json's content (any version) as this version's model; one RunDirError otherwise."""
+    if not isinstance(raw, dict):
+        raise RunDirError(f"{where}: expected a JSON object (a runner report); got {type(raw).__name__}")
+    try:
+        return RunReport.model_validate(migrate_report(raw, where))
+    except ValidationError as exc:
+        raise field_error(exc, where) from None
+
+
+def load_report(run_dir: Path) -> RunReport:
+    """A run directory's report.json, of any version, as this version's model; one RunDirError
+    naming the directory or the field otherwise."""
+    path = run_dir / "report.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if (run_dir / "spec.toml").is_file():  # a run that was killed (or is still training)
+            raise RunDirError(
+                f"{run_dir}: no report.json yet: the run was killed before it could write one, or is "
+                f"still training; continue it with: runner resume {run_dir}"
+            ) from None
+        raise RunDirError(f"{run_dir}: not a run directory (no report.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path}: unreadable ({exc})") from None
+    missing = {"name", "status", "spec", "precision"} - set(raw) if isinstance(raw, dict) else set()
+    if missing:
+        raise RunDirError(f"{path}: expected a runner report; missing {', '.join(sorted(missing))}")
+    return parse_report(raw, str(path))
+
+
+# ---------------------------------------------------------------- comparison.json
+
+
+class Baseline(Record):
+    """The run the ratios and deltas are against: the first completed float32 run, else the first."""
+
+    name: str
+    label: str
+    index: int
+    note: str | None = None
+
+
+class Best(Record):
+    """The best-ranked run by the objective, and its value."""
+
+    label: str
+    name: str
+    value: float
+
+
+class Objective(Record):
+    """What a comparison ranks by: a row's figure (`metric`) and whether higher or lower is better."""
+
+    metric: str
+    mode: Literal["max", "min"]
+    best: Best | None = None
+
+
+class ComparisonRow(Record):
+    """One run of a comparison: its label, its figures, and against the baseline its speed ratio and
+    accuracy delta; `settings` holds the values of the spec fields that differ between the runs."""
+
+    label: str
+    name: str
+    run_dir: str | None = None
+    settings: JsonObject = Field(default_factory=dict)
+    policy: str
+    status: Status
+    images_per_second: float | None = None
+    speed_ratio: float | None = None
+    step_time_ms: float | None = None
+    peak_host_memory_mb: float | None = None
+    peak_device_memory_mb: float | None = None
+    error: str | None = Field(default=None, description="why a failed, diverged or interrupted run ended")
+    test_accuracy: float | None = None
+    test_loss: float | None = None
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    accuracy_delta: float | None = None
+    loss_scale_final: float | None = None
+    loss_scale_min: float | None = None
+    skipped_steps: int = 0
+    checks_passed: int
+    checks_total: int
+    failed_checks: list[str] = Field(default_factory=list)
+    rank: int | None = Field(default=None, description="by the objective: 1 = best, ties share a rank")
+
+    def figure(self, metric: str) -> float | None:
+        """The row's value of an objective's metric (a figure of the row); None when it has none."""
+        value = getattr(self, metric, None)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class Comparison(Record):
+    """comparison.json: runs side by side against a baseline, ranked when there is an objective."""
+
+    schema_version: Literal[1] = 1
+    baseline: Baseline
+    differing_fields: list[str]
+    objective: Objective | None = None
+    rows: list[ComparisonRow]
+
+    def to_json(self) -> JsonObject:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def load_comparison(folder: Path) -> Comparison:
+    """A folder's comparison.json as the model; one RunDirError naming the file or the field."""
+    path = folder / "comparison.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path}: unreadable ({exc})") from None
+    if isinstance(raw, dict) and "schema_version" not in raw:  # written before it had a version
+        raw = {**raw, "schema_version": COMPARISON_VERSION}
+    try:
+        return Comparison.model_validate(raw)
+    except ValidationError as exc:
+        raise field_error(exc, str(path)) from None
+
+
+# ---------------------------------------------------------------- sweep.json
+
+
+class PlannedVariant(Record):
+    """One experiment of a sweep: its resolved spec, the settings that made it, where it came from."""
+
+    name: str
+    settings: JsonObject
+    group: str
+    source: str
+    spec_hash: str
+    spec: JsonObject
+
+
+class SweepPlan(Record):
+    """sweep.json: every variant's resolved spec, in order, so `runner resume SWEEP_DIR` needs no file."""
+
+    schema_version: Literal[1] = 1
+    variants: list[PlannedVariant]
+    objective: tuple[str, str] | None = Field(default=None, description='(metric, "max" or "min")')
+    created_at: str
+
+    def to_json(self) -> JsonObject:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def migrate_plan(raw: Any) -> Any:
+    """A sweep.json of any earlier version as this one: before versions it had no `schema_version`."""
+    if isinstance(raw, dict) and "schema_version" not in raw:
+        raw = {**raw, "schema_version": SWEEP_VERSION}
+    return raw
+
+
+# ---------------------------------------------------------------- export/export.json
+
+
+class ExportRecord(OpenRecord):
+    """export/export.json (and report.json's `export`): what was exported, from which checkpoint, and
+    each file's round trip in a fresh process (`files`)."""
+
+    schema_version: Literal[1] = 1
+    formats: list[str]
+    float32_copy: bool = False
+    checkpoint: str | None = None
+    files: list[JsonObject] = Field(default_factory=list)
+    skipped: str | None = None
+    error: str | None = Field(default=None, description="why the export failed (the run still completed)")
+    batch: JsonObject | None = Field(default=None, description="the fixed batch every file was run on")
+    reload_seconds: float | None = None
+    seconds: float | None = None
+
+    def to_json(self) -> JsonObject:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "report": RunReport,
+    "comparison": Comparison,
+    "sweep": SweepPlan,
+    "export": ExportRecord,
+}
+
+
+def json_schema(kind: str) -> JsonObject:
+    """The JSON Schema of one of the files (SCHEMAS' keys), as runner writes it."""
+    return SCHEMAS[kind].model_json_schema(by_alias=True, mode="serialization")
