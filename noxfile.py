@@ -23,13 +23,16 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 nox.needs_version = ">=2025.2.9"  # nox.project.python_versions
-nox.options.default_venv_backend = "venv"
+# uv where it is installed (it resolves and installs in seconds), else the standard library's venv.
+nox.options.default_venv_backend = "uv|venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "typecheck"]
 
 ROOT = Path(__file__).resolve().parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 PYTHONS = nox.project.python_versions(PYPROJECT)  # from the classifiers
+# pyproject's [dependency-groups] test: what the suite needs besides the project and its extras.
+TEST_GROUP = nox.project.dependency_groups(PYPROJECT, "test")
 
 
 def tensorflow_releases(dependencies: list[str]) -> list[str]:
@@ -107,7 +110,7 @@ def _tests(
     versions: dict[str, Any] = {}
     try:
         session.install(f"tensorflow=={tensorflow}.*")
-        session.install("-e", ".[dev,ray,mlflow]")
+        session.install("-e", ".[ray,mlflow]", *TEST_GROUP)
         versions = _installed_versions(session)
         session.run("python", "-m", "runner", "env", env=env)  # the versions found, and whether supported
         session.run("python", "-m", "pytest", f"--junitxml={junit}", *pytest_args, *session.posargs, env=env)
@@ -233,7 +236,7 @@ def _gate(session: nox.Session, *commands: tuple[str, ...]) -> None:
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
-    session.install("ruff")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
     paths = ("runner", "tests", "benchmarks", "noxfile.py", "examples")
     _gate(session, ("ruff", "check", *paths), ("ruff", "format", "--check", *paths))
 

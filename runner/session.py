@@ -4,7 +4,8 @@ This is the only module that knows the order of the steps (of a run and of a res
 function of the resolved spec and the run directory, and lives in its room: the data and the
 worker's setup (training/workers.py), the automatic choices and the gate (preflight/), the loop
 (training/), the record and its documents (reporting/), the export (export/). `runner check` is
-preflight/check.py, `runner export RUN_DIR` export/finished_run.py.
+preflight/check.py, `runner export RUN_DIR` export/finished_run.py; both entry points are still
+importable from here (`runner.session.check_experiment`, `export_experiment`), their path before.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from runner import compat, exits, runs
 from runner.data.pipeline import TrainingBatches
 from runner.data.sources import Source
 from runner.events import EventSink, Note, RunFinished, RunStarted, ignore
+from runner.export.finished_run import export_experiment as export_experiment
 from runner.precision import checks
 from runner.preflight import choices
+from runner.preflight.check import check_experiment as check_experiment
 from runner.preflight.gate import build, compiled_as, preflight, ready_to_train, training_scope
 from runner.reporting import documents, tracking
 from runner.reporting.record import RunState, make_report, memory_figures, performance, write_report

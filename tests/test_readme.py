@@ -43,6 +43,14 @@ def _bash_lines(text: str) -> list[str]:
     return [line.strip() for block in _blocks(text, "bash") for line in block.splitlines() if line.strip()]
 
 
+UV_RUN = "uv run "  # how the README runs every command: in the locked environment uv makes
+
+
+def _commands(text: str) -> list[str]:
+    """The README's command lines as they run inside that environment (`uv run ` taken off)."""
+    return [line.removeprefix(UV_RUN) for line in _bash_lines(text)]
+
+
 def _runner_args(line: str) -> list[str]:
     """`runner validate a.toml --set x=1   # why` → ["validate", "a.toml", "--set", "x=1"]."""
     words = shlex.split(line, comments=True)
@@ -61,7 +69,7 @@ def _overrides(args: list[str]) -> list[str]:
     return after_flag + [arg.removeprefix("--set=") for arg in args if arg.startswith("--set=")]
 
 
-RUNNER_LINES = [line for line in _bash_lines(_readme()) if line.startswith("runner ")]
+RUNNER_LINES = [line for line in _commands(_readme()) if line.startswith("runner ")]
 SPEC_LINES = [line for line in RUNNER_LINES if _spec_paths(_runner_args(line))]
 
 
@@ -70,19 +78,31 @@ def test_readme_is_at_most_12000_bytes():
     assert size <= MAX_BYTES, f"README.md is {size} bytes; move detail into docs/"
 
 
-def test_readme_has_exactly_one_install_command():
-    installs = [line for line in _readme().splitlines() if "pip install -e" in line]
-    assert len(installs) == 1, installs
+FIRST = [
+    "command -v uv || pip install uv  # uv, where it is missing",
+    "uv run runner run specs/quickstart.toml",
+]
 
 
-SUITE = "python -m pytest -n 2 --dist loadfile"  # the whole suite, as CI runs it
+def test_the_first_command_sets_up_and_runs_the_quickstart():
+    """On a fresh clone: uv where it is missing, then one `uv run` that installs the locked
+    environment and runs the quickstart. No other line of the README installs anything."""
+    first = _blocks(_readme(), "bash")[0]
+    assert [line.strip() for line in first.splitlines() if line.strip()] == FIRST
+    installs = [line for line in _bash_lines(_readme()) if "install" in line or "uv sync" in line]
+    assert installs == FIRST[:1]
+    assert all(line.startswith(UV_RUN) for line in _bash_lines(_readme())[1:]), "every command in uv run"
+
+
+SUITE = "uv run --all-extras python -m pytest -n 2 --dist loadfile"  # the whole suite, as CI runs it
 
 
 def test_readme_shows_the_offline_first_run_and_the_test_commands():
     lines = _bash_lines(_readme())
-    assert "runner run specs/quickstart.toml" in lines
+    assert "uv run runner run specs/quickstart.toml" in lines
     assert SUITE in lines
-    assert 'python -m pytest -m "not slow" -n 2 --dist loadfile' in lines  # the fast loop, same processes
+    fast = 'uv run --all-extras python -m pytest -m "not slow" -n 2 --dist loadfile'
+    assert fast in lines  # the fast loop, same processes
 
 
 def test_ci_runs_the_readmes_test_command():

@@ -250,3 +250,20 @@ def test_private_imports_are_found():
     by_attribute = ast.parse("from runner.data import archives\narchives._complete(1)")
     assert private_imports("x", by_name) == ["runner.data.files._stat"]
     assert private_imports("x", by_attribute) == ["archives._complete"]
+
+
+PUBLIC_API = (
+    "from runner.session import RunOutcome, run_experiment, resume_experiment, check_experiment, "
+    "export_experiment; from runner.sweeps import run_plan; from runner.testing import "
+    "assert_mixed_precision_invariants, assert_resume_is_exact, resume_differences; "
+    "import runner.pytest_plugin, runner.cli, runner.testing.strategies"
+)
+
+
+def test_the_public_api_keeps_its_import_paths():
+    """What users import (README, docs/testing.md) loads from the paths it always had, whatever room
+    its code lives in now."""
+    result = subprocess.run(
+        [sys.executable, "-c", PUBLIC_API], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
