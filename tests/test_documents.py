@@ -132,3 +132,21 @@ def test_tensorboard_event_files_hold_the_scalars(sweep):
     assert float32.report["spec"]["precision"]["policy"] == "float32"
     assert (float32.run_dir / "tensorboard" / "train").is_dir()
     assert not (float32.run_dir / "tensorboard" / "precision").exists()
+
+
+def test_long_labels_are_cut_so_the_plots_keep_their_axes():
+    """Runs that differ in many fields have labels of a hundred characters and more: whole, they
+    squeeze the axes to nothing (matplotlib's constrained-layout warning); cut, the plots keep them."""
+    import warnings
+
+    from runner.reporting import plots
+    from runner.reporting.report import Epoch
+
+    names = [f"run {i}: " + ", ".join(f"field_{k}=value_{k}" for k in range(8)) for i in range(2)]
+    epochs = [Epoch(epoch=e, loss=1.0 / e, accuracy=0.5, val_loss=1.0, val_accuracy=0.5) for e in (1, 2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.throughput_bars(dict.fromkeys(names, 100.0), "Throughput", "run", per_run=True)
+        plots.metric_curves(dict.fromkeys(names, epochs), "loss", "Loss per epoch")
+    assert plots.shown_label(names[0]).endswith("…") and len(plots.shown_label(names[0])) == plots.LABEL_CHARS
+    assert plots.shown_label("mixed_float16") == "mixed_float16"

@@ -15,6 +15,10 @@ from typing import Any
 
 from runner.reporting.report import Epoch
 
+# A label longer than this is cut (…) in a plot: runs that differ in many fields have long labels,
+# which would squeeze the axes to nothing; the tables beside each plot carry them whole.
+LABEL_CHARS = 40
+
 # Colours that stay apart for colour-blind readers (Okabe-Ito).
 COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 
@@ -62,6 +66,11 @@ def inline_svg(svg: str) -> str:
     return svg.replace("xlink:href", "href").strip()
 
 
+def shown_label(label: str) -> str:
+    """`label` as a plot shows it: at most LABEL_CHARS characters."""
+    return label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
+
+
 def _epochs(records: Sequence[Epoch], key: str) -> tuple[list[int], list[float]]:
     points = [(r.epoch, getattr(r, key)) for r in records if getattr(r, key) is not None]
     return [p[0] for p in points], [p[1] for p in points]
@@ -73,7 +82,7 @@ def metric_curves(runs: dict[str, list[Epoch]], metric: str, title: str) -> str:
 
     with _figure(title, "epoch", metric) as ax:
         for i, (colour, (name, records)) in enumerate(zip(COLOURS * 4, runs.items(), strict=False)):
-            label = f"{name} " if len(runs) > 1 else ""
+            label = f"{shown_label(name)} " if len(runs) > 1 else ""
             # An SVG id per curve and bar: a reader (or a test) finds each run's line in the file.
             ax.plot(
                 *_epochs(records, metric), marker="o", color=colour, label=f"{label}train", gid=f"train-{i}"
@@ -126,6 +135,7 @@ def throughput_bars(values: dict[str, float | None], title: str, xlabel: str, pe
         bars = ax.bar(range(len(labels)), heights, color=colours)
         for i, bar in enumerate(bars):
             bar.set_gid(f"bar-{i}")
-        ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0, ha="right")
+        shown = [shown_label(label) for label in labels]
+        ax.set_xticks(range(len(labels)), shown, rotation=20 if len(labels) > 3 else 0, ha="right")
         ax.bar_label(bars, fmt="%.0f", fontsize="small")
     return to_svg(ax)
