@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.syntax import Syntax
 
 from runner import exits
-from runner.runs import resume_command
+from runner.reporting.report import resume_command
 from runner.spec import (
     BadInput,
     ExperimentSpec,

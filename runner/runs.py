@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from runner.spec import BadInput, read_toml
+from runner.spec import BadInput
 
 
 def utc_stamp(now: dt.datetime | None = None) -> str:
@@ -187,23 +187,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def resume_command(run_dir: Path) -> str:
-    """The command that continues an interrupted run: `runner resume`, or for a multi_worker run
-    (which resumes on all its workers at once) `runner launch --workers N` on this machine."""
-    report = read_json(run_dir / "report.json") or {}
-    distribution = report.get("distribution") or {}
-    if distribution.get("strategy") != "multi_worker":
-        try:
-            strategy = (read_toml(run_dir / "spec.toml").get("distribution") or {}).get("strategy")
-        except (BadInput, AttributeError):
-            strategy = None
-        if strategy != "multi_worker":
-            return f"runner resume {run_dir}"
-    workers = distribution.get("workers")
-    count = workers if isinstance(workers, int) and workers > 0 else "N"
-    return f"runner launch --workers {count} {run_dir}"
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from runner import runs, search, spec
+from runner import search, spec
 from runner.cli import app
 from runner.data import image_folder as folders
 from runner.data import npz
 from runner.data.files import DataError
 from runner.reporting import plots
-from runner.reporting.report import Epoch
+from runner.reporting.report import Epoch, resume_command
 from runner.spec import SpecError, load_plan
 from runner.training import distribution
 from runner.training.distribution import ClusterError
@@ -261,26 +261,26 @@ def _multi_worker_run(tmp_path: Path, workers: int) -> Path:
     run_dir.mkdir()
     text = TINY_SPEC + '\n[distribution]\nstrategy = "multi_worker"\ncluster = "tf_config"\n'
     (run_dir / "spec.toml").write_text(text)
-    (run_dir / "report.json").write_text(
-        json.dumps(
-            {"status": "interrupted", "distribution": {"strategy": "multi_worker", "workers": workers}}
-        )
-    )
+    placement = {"strategy": "multi_worker", "workers": workers, "replicas": workers}
+    placement |= {"global_batch": 32, "per_replica_batch": 32 // workers, "devices": []}
+    report = {"name": "tiny", "status": "interrupted", "spec": {}, "spec_hash": "0", "schema_version": 2}
+    report |= {"precision": {"policy": "mixed_float16"}, "distribution": placement}
+    (run_dir / "report.json").write_text(json.dumps(report))
     return run_dir
 
 
 def test_an_interrupted_multi_worker_run_names_the_command_that_resumes_it(tmp_path, monkeypatch):
     run_dir = _multi_worker_run(tmp_path, 3)
-    assert runs.resume_command(run_dir) == f"runner launch --workers 3 {run_dir}"
+    assert resume_command(run_dir) == f"runner launch --workers 3 {run_dir}"
     (run_dir / "report.json").unlink()  # killed before its report: the spec says multi_worker
-    assert runs.resume_command(run_dir) == f"runner launch --workers N {run_dir}"
+    assert resume_command(run_dir) == f"runner launch --workers N {run_dir}"
     monkeypatch.delenv("TF_CONFIG", raising=False)
     result = cli.invoke(app, ["resume", str(run_dir)])
     assert result.exit_code == 2 and f"runner launch --workers N {run_dir}" in joined(result.stderr)
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "spec.toml").write_text(TINY_SPEC)
-    assert runs.resume_command(plain) == f"runner resume {plain}"
+    assert resume_command(plain) == f"runner resume {plain}"
 
 
 def test_bad_input_every_worker_refused_is_printed_once(tmp_path, capfd):

@@ -4,7 +4,6 @@ run's own export, beside what the run holds: never over it."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from runner import compat, exits, runs
 from runner.precision import checks
 from runner.preflight import choices
 from runner.preflight.gate import build, training_scope
+from runner.reporting.report import load_report
 from runner.spec import (
     BadInput,
     DistributionSpec,
@@ -56,11 +56,10 @@ def reported_weights(run_dir: Path) -> str:
     """The checkpoint a finished run's report describes: early stopping's best epoch when the run
     restored it, else the latest (an interrupted run has no report: its latest checkpoint)."""
     try:
-        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-        restored = (report.get("early_stopping") or {}).get("restored_epoch")
-    except (OSError, ValueError, AttributeError):
+        stopping = load_report(run_dir).early_stopping
+    except BadInput:
         return "latest"
-    return "best" if restored is not None else "latest"
+    return "best" if stopping is not None and stopping.restored_epoch is not None else "latest"
 
 
 def export_target(run_dir: Path, checkpoint: str) -> Path:

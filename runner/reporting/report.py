@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runner.spec import BadInput
+from runner.spec import BadInput, read_toml
 from runner.training.telemetry import EpochRecord as Epoch  # one epoch's metrics: its own model
 
 REPORT_VERSION = 2  # 1: report.json before it had a version (runner before issue 31)
@@ -317,6 +317,25 @@ def load_report(run_dir: Path) -> RunReport:
     if missing:
         raise RunDirError(f"{path}: expected a runner report; missing {', '.join(sorted(missing))}")
     return parse_report(raw, str(path))
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues an interrupted run: `runner resume`, or for a multi_worker run
+    (which resumes on all its workers at once) `runner launch --workers N` on this machine. From the
+    report when the run wrote one, else from its spec (a run killed before its first report)."""
+    try:
+        distribution = load_report(run_dir).distribution
+    except BadInput:
+        distribution = None
+    if distribution is None or distribution.strategy != "multi_worker":
+        try:
+            strategy = (read_toml(run_dir / "spec.toml").get("distribution") or {}).get("strategy")
+        except (BadInput, AttributeError):
+            strategy = None
+        if strategy != "multi_worker":
+            return f"runner resume {run_dir}"
+    count = distribution.workers if distribution is not None and distribution.workers > 0 else "N"
+    return f"runner launch --workers {count} {run_dir}"
 
 
 # ---------------------------------------------------------------- comparison.json
