@@ -25,7 +25,7 @@ from runner.data.sources import LOADERS, Source, load_splits
 from runner.session import run_experiment
 from runner.spec import DataSpec, SourceName, SpecError, load_spec, spec_from_dict
 from tests.conftest import ROOT, TINY_SPEC
-from tests.test_data import DROPPED_CONNECTIONS, _fake_urlopen
+from tests.test_data import DROPPED_CONNECTIONS, _fake_urlopen, unpack
 
 cli = CliRunner()
 RNG = np.random.default_rng(0)
@@ -256,8 +256,7 @@ def test_cifar100_from_keras_cache_and_its_extracted_folder(tmp_path):
     cache.mkdir(parents=True)
     expected = make_cifar100_archive(cache / "cifar-100-python.tar.gz", n_train=40, n_test=10)
     assert len(load_splits(DataSpec(source="cifar100", validation_fraction=0), 0).y_train) == 40
-    with tarfile.open(cache / "cifar-100-python.tar.gz") as tar:
-        tar.extractall(tmp_path / "unpacked", filter="data")
+    unpack(cache / "cifar-100-python.tar.gz", tmp_path / "unpacked")
     for path in (tmp_path / "unpacked", tmp_path / "unpacked" / "cifar-100-python"):
         splits = load_splits(DataSpec(source="cifar100", path=str(path), label_mode="coarse"), 0)
         np.testing.assert_array_equal(splits.y_test, expected["test"][2])
