@@ -297,7 +297,7 @@ def test_the_float16_softmax_cast_is_fixed_by_returning_logits():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("application", ["mobilenetv2", "resnet50"])
+@pytest.mark.parametrize("application", ["mobilenetv2"])  # ResNet: ResNet50V2 below (resnet50.toml: 27 s)
 def test_check_keras_applications_in_mixed_float16(application):
     # The audit of a model we did not write, not XLA: "auto" would compile the probe with XLA on a
     # CPU without float16 arithmetic (tens of seconds for these models; test_fidelity covers XLA).

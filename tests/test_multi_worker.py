@@ -304,6 +304,8 @@ def test_batch_normalization_statistics_stay_one_model_across_mirrored_replicas(
         "distribution.replicas=2",
         "--set",
         "training.epochs=1",
+        "--set",
+        "data.train_size=480",  # 15 steps, each followed by the averaging: as telling as 50
         "--output",
         tmp_path,
     )
