@@ -248,10 +248,6 @@ class RunReport(Record):
         """What report.json holds: JSON types only, the aliases as written."""
         return self.model_dump(mode="json", by_alias=True)
 
-    @property
-    def test_accuracy(self) -> float | None:
-        return self.metrics.test_accuracy
-
 
 def migrate_report(raw: JsonObject, where: str) -> JsonObject:
     """A report.json of any earlier version, as this version writes it. The one place that knows
