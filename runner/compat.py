@@ -195,6 +195,28 @@ def _keras2() -> bool:
 # What differs between Keras 2 and Keras 3. Nothing else in runner asks which one it drives.
 
 
+def needs_keras_3(what: str) -> str | None:
+    """None under Keras 3; else one sentence saying that `what` needs it and what runs here."""
+    if not _keras2():
+        return None
+    return (
+        f"{what} needs Keras 3; this is Keras {keras_version()} (TensorFlow "
+        f"{tensorflow().__version__}). Use TensorFlow >= 2.16 with Keras 3"
+    )
+
+
+def sublayers(layer: Any) -> list[Any]:
+    """The layers `layer` holds directly (a model's layers, an attention layer's dense and softmax
+    layers), in the order it tracks them; both Keras keep this private method on every layer."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def set_layer_policy(layer: Any, policy: str) -> None:
+    """Give one built layer its own dtype policy (Keras 3: the layer casts its inputs to the new
+    compute dtype on its next call; its variables, float32 under a mixed policy, stay as they are)."""
+    layer.dtype_policy = keras().DTypePolicy(policy)
+
+
 def global_policy() -> Any:
     return keras().mixed_precision.global_policy()  # Keras 3 keeps the Keras 2 name too
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import socket
 import sys
 from collections.abc import Callable
@@ -22,10 +23,12 @@ from runner.spec import (
     PROBABILITY_ACTIVATIONS,
     Factory,
     KerasApplication,
+    KerasHub,
     Mlp,
     ResNet,
     SeedCnn,
     SpecValueError,
+    Vit,
 )
 
 OUTPUT_CAST = "output_cast"  # the layer runner appends to give a foreign model a float32 output
@@ -124,6 +127,104 @@ def build_resnet(
         x = layers.Dropout(spec.dropout, name="dropout")(x)
     model_name = f"resnet{spec.depth}"
     return compat.keras().Model(images, _head(x, num_classes, output_dtype), name=model_name)
+
+
+def _encoder_block(x: Any, spec: Vit, mlp_width: int, name: str) -> Any:
+    """One pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
+    layers = compat.keras().layers
+    y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_norm1")(x)
+    y = layers.MultiHeadAttention(
+        spec.heads, spec.width // spec.heads, dropout=spec.attention_dropout, name=f"{name}_attention"
+    )(y, y)
+    x = layers.Add(name=f"{name}_add1")([x, y])
+    y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_norm2")(x)
+    y = layers.Dense(mlp_width, activation="gelu", name=f"{name}_mlp1")(y)
+    y = layers.Dense(spec.width, name=f"{name}_mlp2")(y)
+    if spec.dropout:
+        y = layers.Dropout(spec.dropout, name=f"{name}_dropout")(y)
+    return layers.Add(name=f"{name}_add2")([x, y])
+
+
+def build_vit(spec: Vit, input_shape: tuple[int, ...], num_classes: int, output_dtype: str | None) -> Any:
+    layers = compat.keras().layers
+    images, x = _inputs(input_shape)
+    rows, columns = input_shape[0] // spec.patch_size, input_shape[1] // spec.patch_size
+    if rows < 1 or columns < 1:
+        raise ModelError(
+            f"model.patch_size: expected at most the images' side ({min(input_shape[:2])}); "
+            f"got {spec.patch_size}"
+        )
+    if spec.stem == "conv":
+        x = layers.Conv2D(spec.width // 2, 3, padding="same", activation="relu", name="stem_conv")(x)
+    x = layers.Conv2D(spec.width, spec.patch_size, strides=spec.patch_size, name="patch_embedding")(x)
+    x = layers.Reshape((rows * columns, spec.width), name="patches")(x)  # (batch, patches, width)
+    # A learned position embedding from built-in layers only (a saved model loads without runner):
+    # a linear map of each token plus a bias per (patch, channel), which is the embedding.
+    x = layers.EinsumDense(
+        "bpc,cd->bpd", output_shape=(rows * columns, spec.width), bias_axes="pd", name="position_embedding"
+    )(x)
+    for i in range(spec.depth):
+        x = _encoder_block(x, spec, spec.mlp_width or 2 * spec.width, f"block_{i}")
+    x = layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    if spec.dropout:
+        x = layers.Dropout(spec.dropout, name="dropout")(x)
+    return compat.keras().Model(images, _head(x, num_classes, output_dtype), name="vit")
+
+
+KERAS_HUB_EXTRA = "pip install -e '.[keras_hub]'"
+
+
+def _keras_hub_backbone(spec: KerasHub) -> Any:
+    """The backbone class keras_hub names `spec.backbone`; a missing extra or Keras 2 is one ModelError."""
+    refused = compat.needs_keras_3('model.kind = "keras_hub"')
+    if refused:
+        raise ModelError(refused)
+    try:
+        keras_hub = importlib.import_module("keras_hub")
+    except ImportError as exc:
+        raise ModelError(
+            f'model.kind: "keras_hub" needs the keras_hub extra ({exc}): {KERAS_HUB_EXTRA}'
+        ) from None
+    constructor = getattr(keras_hub.models, spec.backbone, None)
+    if not isinstance(constructor, type):
+        known = sorted(n for n in dir(keras_hub.models) if n.endswith("Backbone") and n != "Backbone")
+        close = difflib.get_close_matches(spec.backbone, known, n=1, cutoff=0.5)
+        hint = f'; did you mean "{close[0]}"?' if close else ""
+        raise ModelError(
+            f"model.backbone: expected a keras_hub backbone ({', '.join(known[:12])}, …); "
+            f'got "{spec.backbone}"{hint}'
+        )
+    return constructor
+
+
+def build_keras_hub(
+    spec: KerasHub, input_shape: tuple[int, ...], num_classes: int, output_dtype: str | None
+) -> Any:
+    keras = compat.keras()
+    constructor = _keras_hub_backbone(spec)
+    arguments: dict[str, Any] = dict(spec.arguments)
+    if "image_shape" in inspect.signature(constructor).parameters:
+        arguments["image_shape"] = tuple(input_shape)
+    try:
+        backbone = constructor(**arguments)
+    except Exception as exc:  # noqa: BLE001 - the backbone's own argument checks, reported as the spec's
+        raise ModelError(
+            f"model.arguments: keras_hub.models.{spec.backbone} cannot be built from {arguments}: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
+    images, x = _inputs(input_shape)
+    features = backbone(x)
+    pooling = {3: keras.layers.GlobalAveragePooling1D, 4: keras.layers.GlobalAveragePooling2D}
+    if len(features.shape) in pooling:  # tokens (batch, tokens, dim) or a feature map (batch, H, W, C)
+        features = pooling[len(features.shape)](name="pool")(features)
+    elif len(features.shape) != 2:
+        raise ModelError(
+            f"model.backbone: expected {spec.backbone} to return tokens, a feature map or a vector; "
+            f"got shape {tuple(features.shape)}"
+        )
+    name = spec.backbone.lower().removesuffix("backbone") or "backbone"
+    return keras.Model(images, _head(features, num_classes, output_dtype), name=name)
 
 
 def _activation_name(layer: Any) -> str | None:
@@ -374,6 +475,8 @@ MODEL_BUILDERS: dict[str, Builder] = {
     "resnet": build_resnet,
     "keras_application": build_keras_application,
     "factory": build_factory,
+    "vit": build_vit,
+    "keras_hub": build_keras_hub,
 }
 
 

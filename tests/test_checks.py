@@ -112,7 +112,7 @@ def test_one_float32_layer_is_a_warning_naming_it_unless_declared():
     a["layers"][2]["compute_dtype"] = "float32"
     (finding,) = [f for f in preflight(a) if not f.passed]
     assert (finding.name, finding.severity) == ("compute_dtype", "warning")
-    assert "dense (Dense) computes in float32" in finding.detail and "float32_layers" in finding.detail
+    assert "dense (Dense) computes in float32" in finding.detail and "[precision.layers]" in finding.detail
     declared = preflight(a, declared=ChecksSpec(float32_layers=["dense"]))
     assert all(f.passed for f in declared)
     assert "dense kept in float32 as declared" in declared[0].detail

@@ -59,10 +59,14 @@ def check_compute_dtype(audit: dict[str, Any], policy: str, float32_layers: Sequ
     """
     expected = COMPUTE_DTYPE[policy]
     weighted = _weighted(audit)
-    off = [x for x in weighted if x["compute_dtype"] != expected and x["name"] not in float32_layers]
+    off = [
+        x
+        for x in weighted
+        if x["compute_dtype"] != expected and x["name"] not in float32_layers and not _as_declared(x)
+    ]
     fix = (
-        "Fix: build every layer while the policy is in force (no dtype= on layers), or list "
-        "deliberate float32 layers in [checks] float32_layers."
+        "Fix: build every layer while the policy is in force (no dtype= on layers), or declare "
+        'deliberate float32 layers in [precision.layers] ("<layer path>" = "float32").'
     )
     if off and len(off) == len(weighted):
         return Finding(
@@ -80,7 +84,20 @@ def check_compute_dtype(audit: dict[str, Any], policy: str, float32_layers: Sequ
         )
     listed = [x["name"] for x in weighted if x["name"] in float32_layers]
     kept = f" ({', '.join(listed)} kept in float32 as declared)" if listed else ""
+    declared = [x for x in audit["layers"] if _as_declared(x) and x["compute_dtype"] != expected]
+    if declared:
+        dtypes = sorted({x["compute_dtype"] for x in declared})
+        kept += (
+            f"; {len(declared)} layer(s) in {'/'.join(dtypes)} as [precision.layers] declares "
+            f"({_layer_list(declared, lambda x: x.get('path', x['name']), 4)})"
+        )
     return Finding("compute_dtype", True, f"every layer with weights computes in {expected}{kept}")
+
+
+def _as_declared(layer: Mapping[str, Any]) -> bool:
+    """A layer [precision.layers] gave a policy, computing in that policy's dtype."""
+    declared = layer.get("declared")
+    return declared is not None and COMPUTE_DTYPE[declared] == layer["compute_dtype"]
 
 
 def is_floating(dtype: str) -> bool:
@@ -487,11 +504,14 @@ def numerics_findings(
     """Gradient fidelity, underflow and activation headroom from `fidelity.numerics_probe`'s data."""
     if "skipped" in numerics:
         return []
-    return [
+    found = [
         check_gradient_fidelity(numerics, declared, precision.policy),
         check_gradient_underflow(numerics, precision, declared),
         check_activation_headroom(numerics["activations"]),
     ]
+    if numerics.get("internals"):  # a model with attention or normalisation layers
+        found.append(check_attention_headroom(numerics["internals"]))
+    return found
 
 
 def _layer_list(rows: Sequence[Mapping[str, Any]], describe: Any, limit: int = 5) -> str:
@@ -550,8 +570,8 @@ def check_gradient_fidelity(numerics: Mapping[str, Any], declared: ChecksSpec, p
             False,
             f"expected the gradient within cosine >= {min_cosine:g} and relative error "
             f"<= {max_error:g} of float32's under {policy}; got {measured}; most of it from "
-            f'{_layer_list(rows, describe, 3)}. Fix: keep these layers in float32 (dtype="float32", '
-            "listed in [checks] float32_layers), or look for a large intermediate value they compute",
+            f"{_layer_list(rows, describe, 3)}. Fix: keep these layers in float32 ([precision.layers] "
+            '"<layer path>" = "float32"), or look for a large intermediate value they compute',
             "warning",
         )
     return Finding(
@@ -625,6 +645,72 @@ def check_activation_headroom(ranges: Sequence[Mapping[str, Any]]) -> Finding:
         f"{len(ranges)} layers' outputs stay finite; least headroom {top['layer']} "
         f"(max |x| {top['max_abs']:.4g}, {headroom:.3g}x below {top['dtype']}'s maximum)",
         "warning",
+    )
+
+
+def headroom_misses(
+    rows: Sequence[Mapping[str, Any]],
+) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """(rows that overflow their dtype: inf, NaN or at least its maximum; rows within HEADROOM_FACTOR
+    of it), each in the order given (the order the model computed them)."""
+
+    def limit(r: Mapping[str, Any]) -> float:
+        return DTYPE_MAX.get(r["dtype"], math.inf)
+
+    over = [r for r in rows if r["nonfinite"] or r["max_abs"] >= limit(r)]
+    near = [r for r in rows if r not in over and r["max_abs"] * HEADROOM_FACTOR > limit(r)]
+    return over, near
+
+
+def check_attention_headroom(internals: Sequence[Mapping[str, Any]]) -> Finding:
+    """The tensors inside attention and normalisation layers (fidelity.recording_internals): the
+    first one, in the order the model computes them, that overflows its dtype (inf, NaN, or beyond
+    its maximum: an error, the step is lost) or comes within HEADROOM_FACTOR of it (a warning)."""
+
+    def limit(r: Mapping[str, Any]) -> float:
+        return DTYPE_MAX.get(r["dtype"], math.inf)
+
+    over, near = headroom_misses(internals)
+
+    def describe(r: Mapping[str, Any]) -> str:
+        measured = "inf/NaN" if r["nonfinite"] and not r["max_abs"] else f"max |x| {r['max_abs']:.4g}"
+        if r["nonfinite"] and r["max_abs"]:
+            measured += " and inf/NaN"
+        return f"{r['layer']} ({r['class']}): {r['tensor']} {measured} against {r['dtype']}'s {limit(r):,.0f}"
+
+    fix = (
+        "Fix: `runner check SPEC --fix` proposes the [precision.layers] override (this layer in float32) "
+        "and proves it; or mixed_bfloat16, whose range is float32's"
+    )
+    if over:
+        more = (
+            f"; {len(over) - 1} tensor(s) computed after it overflow too or take its inf/NaN"
+            if len(over) > 1
+            else ""
+        )
+        return Finding(
+            "attention_headroom",
+            False,
+            f"expected the values inside attention and normalisation layers to fit their dtype; the first "
+            f"to overflow is {describe(over[0])}{more}. {fix}",
+        )
+    if near:
+        return Finding(
+            "attention_headroom",
+            False,
+            f"expected the values inside attention and normalisation layers below 1/{HEADROOM_FACTOR:g} of "
+            f"their dtype's maximum; the first within it is {describe(near[0])}. {fix}",
+            "warning",
+        )
+    top = max(internals, key=lambda r: r["max_abs"] / limit(r))
+    layers = len({r["layer"] for r in internals})
+    headroom = limit(top) / top["max_abs"] if top["max_abs"] else math.inf
+    return Finding(
+        "attention_headroom",
+        True,
+        f"{len(internals)} tensors inside {layers} attention/normalisation layers fit their dtype; least "
+        f"headroom {top['layer']}: {top['tensor']} max |x| {top['max_abs']:.4g} "
+        f"({headroom:.3g}x below {top['dtype']}'s maximum)",
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from runner import compat
 from runner.precision.checks import DTYPE_MAX, FLOAT16_TINY
+from runner.precision.layers import layer_paths
 
 FLOAT16_MAX = DTYPE_MAX["float16"]
 # Layers that draw random numbers in training: off while both runs are compared (float16 and
@@ -93,6 +94,106 @@ def output_range(tf: Any, tensor: Any, dtype: str) -> dict[str, Any]:
         "nonfinite": bool(finite.size < values.size),
         "tiny_fraction": float((nonzero < FLOAT16_TINY).mean()) if nonzero.size else 0.0,
     }
+
+
+ATTENTION_CLASS = "MultiHeadAttention"  # Keras' and its subclasses (keras_hub's, a user's)
+NORMALISATION_CLASSES = ("LayerNormalization", "RMSNormalization", "GroupNormalization")
+
+
+@contextlib.contextmanager
+def recording_internals(model: Any, internals: list[dict[str, Any]]) -> Iterator[None]:
+    """Record, in the order they are computed while the block calls the model eagerly, the tensors
+    inside layers that a layer's output does not show: each attention layer's logits (Q·Kᵀ, as its
+    path computes them: scaled before the product on Keras' explicit path, after it on the fused
+    one) and its softmax's output, and each normalisation layer's variance (what its statistics
+    square). Appends one row per tensor to `internals`; the layers are restored after the block."""
+    tf = compat.tensorflow()
+    wrapped = []
+    for path, layer in layer_paths(model):
+        if _is_a(layer, ATTENTION_CLASS) and hasattr(layer, "_compute_attention"):
+            attribute, recorder = "_compute_attention", _attention_recorder(tf, layer, path, internals)
+        elif any(_is_a(layer, c) for c in NORMALISATION_CLASSES) and _low_precision(layer):
+            attribute, recorder = "call", _variance_recorder(tf, layer, path, internals)
+        else:
+            continue
+        wrapped.append((layer, attribute, vars(layer).get(attribute)))  # another recorder's, or None
+        setattr(layer, attribute, recorder)
+    try:
+        yield
+    finally:
+        for layer, attribute, previous in wrapped:
+            if previous is None:
+                vars(layer).pop(attribute, None)
+            else:
+                setattr(layer, attribute, previous)
+
+
+def _low_precision(layer: Any) -> bool:
+    return str(layer.dtype_policy.compute_dtype) in DTYPE_MAX
+
+
+def _row(path: str, layer: Any, tensor: str, dtype: str, values: np.ndarray) -> dict[str, Any]:
+    finite = values[np.isfinite(values)]
+    return {
+        "layer": path,
+        "class": type(layer).__name__,
+        "tensor": tensor,
+        "dtype": dtype,
+        "max_abs": float(np.abs(finite).max()) if finite.size else 0.0,
+        "nonfinite": bool(finite.size < values.size),
+    }
+
+
+def _attention_recorder(tf: Any, layer: Any, path: str, internals: list[dict[str, Any]]) -> Any:
+    compute = layer._compute_attention
+    softmax = getattr(layer, "_softmax", None)
+
+    def record(query: Any, key: Any, *args: Any, **kwargs: Any) -> Any:
+        calls: list[Any] = []
+        if softmax is not None:  # the explicit path calls it; the fused one does not
+            vars(softmax)["call"] = _calls_counted(softmax.call, calls)
+        try:
+            outputs = compute(query, key, *args, **kwargs)
+        finally:
+            if softmax is not None:
+                vars(softmax).pop("call", None)
+        dtype = compat.dtype_name(query.dtype)
+        q = tf.cast(query, "float64")
+        if calls:  # Keras scales the query first, then takes the product in the layer's dtype
+            q = q / math.sqrt(float(layer._key_dim))
+            tensor = "attention logits (Q/√d)·Kᵀ"
+        else:  # fused: the product in the layer's dtype, scaled after its cast to float32
+            tensor = "attention logits Q·Kᵀ (scaled after)"
+        logits = tf.einsum(layer._dot_product_equation, tf.cast(key, "float64"), q).numpy()
+        internals.append(_row(path, layer, tensor, dtype, logits))
+        if calls and outputs[1] is not None:
+            internals.append(
+                _row(path, layer, "softmax output", compat.dtype_name(outputs[1].dtype), outputs[1].numpy())
+            )
+        return outputs
+
+    return record
+
+
+def _calls_counted(call: Any, calls: list[Any]) -> Any:
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(True)
+        return call(*args, **kwargs)
+
+    return counted
+
+
+def _variance_recorder(tf: Any, layer: Any, path: str, internals: list[dict[str, Any]]) -> Any:
+    call = layer.call
+
+    def record(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        x = tf.cast(inputs, "float64").numpy()
+        squares = np.square(x - x.mean(axis=-1, keepdims=True)) if x.size else x
+        # Keras computes these statistics in float32 whatever the policy; the dtype says so.
+        internals.append(_row(path, layer, "normalisation variance", "float32", squares))
+        return call(inputs, *args, **kwargs)
+
+    return record
 
 
 def _layer_slices(model: Any) -> list[tuple[str, list[int]]]:
@@ -198,8 +299,11 @@ def numerics_probe(model: Any, reference: Any, x: Any, y: Any) -> dict[str, Any]
     snapshot = [v.numpy() for v in model.variables]
     reference.set_weights(model.get_weights())
     ranges: dict[str, dict[str, Any]] = {}
+    internals: list[dict[str, Any]] = []
     try:
         with without_randomness(model), recording_outputs(model, ranges):
+            with recording_internals(model, internals):
+                model(x, training=True)  # once, recorded: the gradient steps below call it again
             loss, mixed, scaling = scaled_gradients(model, x, y)
         with without_randomness(reference):
             reference_loss, exact = step_gradients(reference, x, y)
@@ -220,4 +324,5 @@ def numerics_probe(model: Any, reference: Any, x: Any, y: Any) -> dict[str, Any]
         "overall": overall,
         "layers": rows,
         "activations": [{"layer": name, **r} for name, r in ranges.items()],
+        "internals": internals,
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from runner import compat
 from runner.models import OUTPUT_ACTIVATION, OUTPUT_CAST, final_activation
+from runner.precision.layers import layer_paths, match
 from runner.spec import COMPUTE_DTYPE, PrecisionSpec
 
 
@@ -81,13 +82,6 @@ def wrap_optimizer(optimizer: Any, precision: PrecisionSpec) -> Any:
     return compat.loss_scale_optimizer(optimizer, precision.initial_scale, precision.growth_interval)
 
 
-def _walk_layers(model: Any) -> Iterator[Any]:
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):  # a nested Model or Sequential
-            yield from _walk_layers(layer)
-
-
 def _output_dtype(layer: Any) -> str | None:
     try:
         output = layer.output
@@ -115,15 +109,21 @@ def _weight_record(variable: Any) -> dict[str, Any]:
     }
 
 
-def audit_model(model: Any, optimizer: Any) -> dict[str, Any]:
-    """Every layer's compute, variable and output dtype, the model's output dtype, the optimizer."""
+def audit_model(model: Any, optimizer: Any, declared: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Every layer's compute, variable and output dtype, the model's output dtype, the optimizer.
+    Layers inside layers (an attention layer's dense and softmax layers, a nested model's) are
+    audited themselves, their parent holding none of their variables. `declared`: the spec's
+    [precision.layers], whose layers are marked with their pattern's policy."""
     layers = []
-    for layer in _walk_layers(model):
+    for path, layer in layer_paths(model):
         policy = layer.dtype_policy
-        container = hasattr(layer, "layers")  # a nested model: audited through its own layers
+        # A nested model or a layer made of layers: audited through its own layers.
+        container = bool(compat.sublayers(layer))
+        found = match(path, declared or {})
         layers.append(
             {
                 "name": layer.name,
+                "path": path,
                 "class": type(layer).__name__,
                 "container": container,
                 "compute_dtype": str(policy.compute_dtype),
@@ -133,6 +133,7 @@ def audit_model(model: Any, optimizer: Any) -> dict[str, Any]:
                 "width": getattr(layer, "units", None) or getattr(layer, "filters", None),
                 # The dtypes variables really have, not what the policy says they should.
                 "weights": [] if container else [_weight_record(v) for v in layer.weights],
+                **({"declared": found[1], "pattern": found[0]} if found else {}),
             }
         )
     return {

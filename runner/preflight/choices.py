@@ -112,7 +112,7 @@ def fails_its_audit(spec: ExperimentSpec, splits: Source) -> str | None:
     run will stop at its preflight and there is nothing to choose. Built aside from the run."""
     with precision.policy_scope(spec.precision.policy), precision.built_aside():
         model, optimizer = build(spec, splits)
-        audit = precision.audit_model(model, optimizer)
+        audit = precision.audit_model(model, optimizer, spec.precision.layers)
     found = checks.preflight_findings(audit, spec.precision, spec.checks, spec.data.batch_size)
     return "not timed: the model fails its audit (see the checks)" if checks.blocking(found) else None
 

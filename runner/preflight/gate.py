@@ -73,7 +73,7 @@ def preflight(
     Returns the audit, the findings, and the probe (loss, gradients, its time). `xla_auto`: XLA
     was chosen by "auto", so a model XLA cannot compile is probed (and trained) without it; the
     probe then says why in "xla_refused"."""
-    audit = precision.audit_model(model, optimizer)
+    audit = precision.audit_model(model, optimizer, spec.precision.layers)
     found = checks.preflight_findings(audit, spec.precision, spec.checks, spec.data.batch_size)
     x, y = splits.first_batch(spec.data.batch_size)
     xla = spec.training.jit_compile is True

@@ -67,6 +67,13 @@ def run_summary(report: RunReport) -> list[str]:
         + (f", peak device memory {_cell(device_memory)} MB." if device_memory else "."),
         f"Test loss {_cell(metrics.test_loss)}, test accuracy {_cell(metrics.test_accuracy)}.",
     ]
+    if p.layers_per_dtype:
+        counts = ", ".join(f"{n} in {dtype}" for dtype, n in p.layers_per_dtype.items())
+        summary.append(f"Layers that compute: {counts}.")
+    if p.declared_layers:
+        shown = ", ".join(f"{x.path} ({x.compute_dtype})" for x in p.declared_layers[:8])
+        more = f" and {len(p.declared_layers) - 8} more" if len(p.declared_layers) > 8 else ""
+        summary.append(f"Declared in [precision.layers]: {shown}{more}.")
     scale = p.loss_scale.described(of_steps=True) if p.loss_scale else None
     if scale:
         summary.append(f"Loss scale {scale}.")
@@ -99,7 +106,7 @@ EPOCH_COLUMNS = [
 def run_sections(report: RunReport) -> list[Section]:
     audit = report.audit or {"layers": []}
     layers = [
-        [x["name"], x["class"], x["compute_dtype"], describe_variables(x), x["output_dtype"]]
+        [x.get("path", x["name"]), x["class"], x["compute_dtype"], describe_variables(x), x["output_dtype"]]
         for x in audit["layers"]
     ]
     environment = report.environment.model_dump(exclude_none=True)

@@ -63,11 +63,23 @@ def precision_summary(state: RunState) -> dict[str, Any]:
     layers = (state.audit or {}).get("layers", [])
     computing = [x["compute_dtype"] for x in layers if x["class"] not in NON_COMPUTING and x["weights"]]
     variables = [w["dtype"] for x in layers for w in x["weights"] if not exemption(x, w)]
+    leaves = [x for x in layers if x["class"] not in NON_COMPUTING and not x.get("container")]
     return {
         "policy": state.spec.precision.policy,
         "compute_dtype": _most_common(computing),
         "variable_dtype": _most_common(variables),
         "loss_scale": state.loss_scale or None,
+        "layers_per_dtype": dict(sorted(Counter(x["compute_dtype"] for x in leaves).items())),
+        "declared_layers": [
+            {
+                "path": x["path"],
+                "pattern": x["pattern"],
+                "policy": x["declared"],
+                "compute_dtype": x["compute_dtype"],
+            }
+            for x in layers
+            if x.get("declared")
+        ],
     }
 
 

@@ -119,6 +119,15 @@ class LossScaleSummary(Record):
         return f"{self.initial:g} → {shown['final']} (min {shown['min']}, {skipped}{total})"
 
 
+class DeclaredLayer(Record):
+    """A layer that [precision.layers] gave its own policy, and the dtype it computed in."""
+
+    path: str
+    pattern: str
+    policy: str
+    compute_dtype: str
+
+
 class PrecisionSummary(Record):
     """The dtypes as the built model has them (not as the spec asked) and the loss scale."""
 
@@ -126,6 +135,10 @@ class PrecisionSummary(Record):
     compute_dtype: str | None = None
     variable_dtype: str | None = None
     loss_scale: LossScaleSummary | None = None
+    layers_per_dtype: dict[str, int] = Field(
+        default_factory=dict, description="the layers that compute (not containers), per compute dtype"
+    )
+    declared_layers: list[DeclaredLayer] = Field(default_factory=list)
 
 
 class CheckResult(Record):

@@ -64,9 +64,11 @@ def build_for_training(
     call inside the policy scope (precision.policy_scope), under the strategy's scope."""
     from runner.models import build_model
     from runner.precision import policy as precision
+    from runner.precision.layers import apply_layer_policies
 
     output_dtype = "float32" if spec.precision.output_dtype == "float32" else None
     model = build_model(spec.model, input_shape, num_classes, output_dtype)
+    apply_layer_policies(model, spec.precision.layers)
     optimizer = precision.wrap_optimizer(make_optimizer(spec.training), spec.precision)
     compile_model(model, optimizer, spec.training)
     return model, optimizer

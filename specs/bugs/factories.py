@@ -61,3 +61,29 @@ def float16_softmax(input_shape, num_classes):
 def logits(input_shape, num_classes):
     """The same network without its softmax: with model.output = "logits", runner adds it in float32."""
     return _cnn(input_shape, num_classes, {}, softmax=False)
+
+
+def attention_overflow(input_shape, num_classes, gain=100.0):
+    """A small vision transformer whose attention query and key projections are `gain` times too
+    large (a careless initialiser, or weights scaled for another model): their product Q·Kᵀ passes
+    float16's 65,504 in the first block's attention layer, which is otherwise a correct mixed model.
+    Keras computes Q·Kᵀ in the layer's dtype: float16 under mixed_float16, float32 once the layer is
+    declared float32 ([precision.layers], what `runner check --fix` proposes)."""
+    layers = keras.layers
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(32, 4, strides=4, name="patch_embedding")(inputs)
+    x = layers.Reshape((-1, 32), name="patches")(x)  # (batch, 64 patches, 32)
+    attentions = []
+    for i in range(2):
+        y = layers.LayerNormalization(name=f"block_{i}_norm")(x)
+        attention = layers.MultiHeadAttention(4, 8, name=f"block_{i}_attention")
+        x = layers.Add(name=f"block_{i}_add")([x, attention(y, y)])
+        attentions.append(attention)
+    x = layers.GlobalAveragePooling1D(name="pool")(layers.LayerNormalization(name="norm")(x))
+    x = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="overflowing_vit")
+    first = attentions[0]
+    for dense in (first._query_dense, first._key_dense):  # both Keras 2 and 3 name them so
+        dense.kernel.assign(dense.kernel * gain)
+    return model

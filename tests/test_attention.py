@@ -1,0 +1,238 @@
+"""Attention models, a dtype policy per layer, and the tensors measured inside attention layers
+(runner/models.py's ViT and keras_hub kinds, runner/precision/layers.py, fidelity.recording_internals)."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runner import compat
+from runner.models import ModelError, build_model
+from runner.precision import checks, fidelity
+from runner.precision import policy as precision
+from runner.precision.layers import apply_layer_policies, layer_paths, match
+from runner.spec import COMPUTE_DTYPE, KerasHub, Vit
+
+VIT = Vit(depth=1, heads=2, width=16)
+IMAGES = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
+
+
+def vit(policy: str, spec: Vit = VIT, patterns: dict[str, str] | None = None):
+    with precision.policy_scope(policy):
+        model = build_model(spec, (32, 32, 3), 10, "float32")
+        rows = apply_layer_policies(model, patterns or {})
+    return model, rows
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_a_vit_holds_every_invariant_in_each_policy(policy):
+    model, _ = vit(policy)
+    audit = precision.audit_model(model, compat.keras().optimizers.Adam())
+    found = [
+        checks.check_compute_dtype(audit, policy),
+        checks.check_variable_dtype(audit),
+        checks.check_output_dtype(audit, policy, "float32"),
+    ]
+    assert all(f.passed for f in found), found
+    assert model.output_shape == (None, 10)
+    paths = {x["path"]: x for x in audit["layers"]}
+    # The attention layer is audited through its own layers: the softmax (no weights) among them.
+    softmax = next(p for p in paths if p.startswith("block_0_attention/softmax"))
+    assert paths[softmax]["compute_dtype"] == COMPUTE_DTYPE[policy]
+    assert paths["block_0_attention"]["container"] and paths["block_0_attention"]["weights"] == []
+
+
+def test_a_vit_refuses_patches_larger_than_its_images():
+    with precision.policy_scope("float32"), pytest.raises(ModelError, match="patch_size"):
+        build_model(Vit(patch_size=32), (16, 16, 3), 10, "float32")
+
+
+def test_layer_paths_reach_the_layers_inside_an_attention_layer():
+    model, _ = vit("float32")
+    paths = [p for p, _ in layer_paths(model)]
+    inside = [p for p in paths if p.startswith("block_0_attention/")]
+    assert {p.split("/")[1].rstrip("_0123456789") for p in inside} >= {"query", "key", "value", "softmax"}
+    assert paths.index("block_0_attention") < min(paths.index(p) for p in inside)  # parents first
+
+
+def test_declared_layers_compute_in_their_policy_the_rest_in_the_global_one():
+    patterns = {"*softmax*": "float32", "block_0_mlp1": "mixed_bfloat16", "block_0_attention/*": "float32"}
+    model, rows = vit("mixed_float16", patterns=patterns)
+    by_path = dict(layer_paths(model))
+    for row in rows:
+        assert str(by_path[row["path"]].dtype_policy.compute_dtype) == COMPUTE_DTYPE[row["policy"]]
+    # The first pattern that matches wins: the softmax by "*softmax*", not "block_0_attention/*".
+    softmax = next(r for r in rows if "softmax" in r["path"])
+    assert softmax["pattern"] == "*softmax*"
+    assert str(by_path["block_0_mlp2"].dtype_policy.compute_dtype) == "float16"
+    audit = precision.audit_model(model, compat.keras().optimizers.Adam(), patterns)
+    finding = checks.check_compute_dtype(audit, "mixed_float16")
+    assert finding.passed and "as [precision.layers] declares" in finding.detail, finding
+    # Without the declaration the same layers are off the policy: a warning naming them.
+    undeclared = precision.audit_model(model, compat.keras().optimizers.Adam())
+    assert checks.check_compute_dtype(undeclared, "mixed_float16").severity == "warning"
+
+
+def test_a_pattern_that_matches_no_layer_names_the_paths_there_are():
+    with pytest.raises(ModelError, match=r'precision.layers."block_9\*": .*matches none \(paths: '):
+        vit("mixed_float16", patterns={"block_9*": "float32"})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["a", "b", "a/b", "a/*", "*", "*b", "b/*"]), min_size=1, max_size=4, unique=True
+    ),
+    st.sampled_from(["a", "b", "a/b", "a/b/c", "c"]),
+)
+def test_property_the_first_matching_pattern_wins(patterns, path):
+    table = {p: f"policy-{i}" for i, p in enumerate(patterns)}
+    found = match(path, table)
+    import fnmatch
+
+    matching = [p for p in patterns if fnmatch.fnmatchcase(path, p)]
+    assert found == ((matching[0], table[matching[0]]) if matching else None)
+
+
+def recorded(model, images=IMAGES):
+    internals: list[dict] = []
+    with fidelity.without_randomness(model), fidelity.recording_internals(model, internals):
+        model(images, training=True)
+    return internals
+
+
+def reference_logits(model, images=IMAGES) -> np.ndarray:
+    """Q·Kᵀ of block_0_attention computed here in float64 from its input and weights."""
+    keras = compat.keras()
+    norm = keras.Model(model.inputs, model.get_layer("block_0_norm1").output)
+    x = np.asarray(norm(images), dtype="float64")  # (batch, tokens, width)
+    attention = model.get_layer("block_0_attention")
+    q_kernel, q_bias, k_kernel, k_bias = (np.asarray(w, "float64") for w in attention.get_weights()[:4])
+    q = np.einsum("btw,whd->bthd", x, q_kernel) + q_bias
+    k = np.einsum("btw,whd->bthd", x, k_kernel) + k_bias
+    return np.einsum("bshd,bthd->bhts", k, q)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1], ids=["fused", "explicit"])
+def test_the_logits_recorded_are_q_k_as_the_layer_computes_them(dropout):
+    """Keras' fused path (no dropout) takes Q·Kᵀ in the layer's dtype and scales after; its explicit
+    path (dropout > 0) scales Q first and calls its softmax layer. The probe records which, and the
+    maximum it records is the product computed independently here."""
+    model, _ = vit("float32", Vit(depth=1, heads=2, width=16, attention_dropout=dropout))
+    rows = [r for r in recorded(model) if r["layer"] == "block_0_attention"]
+    logits = next(r for r in rows if r["tensor"].startswith("attention logits"))
+    expected = np.abs(reference_logits(model)).max() / (math.sqrt(8) if dropout else 1.0)
+    assert logits["max_abs"] == pytest.approx(expected, rel=1e-4)
+    assert ("scaled after" in logits["tensor"]) == (dropout == 0.0)
+    assert any(r["tensor"] == "softmax output" for r in rows) == (dropout > 0)
+
+
+def overflowing_vit(policy: str, patterns: dict[str, str] | None = None, gain: float = 300.0):
+    model, rows = vit(policy, patterns=patterns)
+    attention = model.get_layer("block_0_attention")
+    for dense in (attention._query_dense, attention._key_dense):
+        dense.kernel.assign(dense.kernel * gain)
+    return model
+
+
+def test_an_overflowing_attention_layer_is_the_first_named_with_its_measured_maximum():
+    model = overflowing_vit("mixed_float16")
+    internals = recorded(model)
+    expected = float(np.abs(reference_logits(model)).max())
+    assert expected > 65504  # the product does not fit float16 ...
+    finding = checks.check_attention_headroom(internals)
+    assert (finding.passed, finding.severity) == (False, "error")
+    # ... and the probe says where and by how much (measured in float64 from the float16 operands).
+    assert (
+        "the first to overflow is block_0_attention (MultiHeadAttention): attention logits" in finding.detail
+    )
+    first = checks.headroom_misses(internals)[0][0]
+    assert first["max_abs"] == pytest.approx(expected, rel=2e-2)
+    assert f"{first['max_abs']:.4g}" in finding.detail and "65,504" in finding.detail
+
+
+def test_the_same_attention_layer_declared_float32_computes_its_logits_in_float32():
+    model = overflowing_vit(
+        "mixed_float16", {"block_0_attention": "float32", "block_0_attention/*": "float32"}
+    )
+    internals = recorded(model)
+    logits = next(r for r in internals if r["tensor"].startswith("attention logits"))
+    assert logits["dtype"] == "float32" and not logits["nonfinite"]
+    assert checks.check_attention_headroom(internals).passed
+    assert np.isfinite(np.asarray(model(IMAGES))).all()
+
+
+def test_under_bfloat16_the_same_logits_fit():
+    internals = recorded(overflowing_vit("mixed_bfloat16"))
+    assert checks.check_attention_headroom(internals).passed
+
+
+def row(
+    layer="a", tensor="attention logits Q·Kᵀ (scaled after)", dtype="float16", max_abs=1.0, nonfinite=False
+):
+    return {"layer": layer, "class": "MultiHeadAttention", "tensor": tensor, "dtype": dtype,
+            "max_abs": max_abs, "nonfinite": nonfinite}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rows", "passed", "severity", "named"),
+    [
+        ([row(max_abs=100.0)], True, "error", None),
+        ([row(max_abs=5000.0)], False, "warning", "a (MultiHeadAttention)"),
+        ([row(max_abs=70000.0)], False, "error", "a (MultiHeadAttention)"),
+        ([row("a", max_abs=5000.0), row("b", nonfinite=True)], False, "error", "b (MultiHeadAttention)"),
+        ([row("a", max_abs=1e9, dtype="bfloat16")], True, "error", None),
+    ],
+    ids=["fits", "near", "over", "over-beats-near", "bfloat16-range"],
+)
+def test_attention_headroom(rows, passed, severity, named):
+    finding = checks.check_attention_headroom(rows)
+    assert (finding.passed, finding.severity) == (passed, severity)
+    if named:
+        assert f"is {named}" in finding.detail
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 2e5), st.booleans()), min_size=1, max_size=8))
+def test_property_the_first_overflow_in_order_is_named(values):
+    rows = [row(f"layer{i}", max_abs=v, nonfinite=bad) for i, (v, bad) in enumerate(values)]
+    over = [r for r in rows if r["nonfinite"] or r["max_abs"] >= 65504]
+    finding = checks.check_attention_headroom(rows)
+    if over:
+        assert finding.severity == "error" and f"is {over[0]['layer']} " in finding.detail
+    else:
+        assert finding.severity == "warning" or finding.passed
+
+
+def test_keras_hub_backbone_is_built_without_weights_with_runners_head():
+    pytest.importorskip("keras_hub")
+    spec = KerasHub(
+        backbone="ViTBackbone",
+        arguments={"patch_size": 8, "num_layers": 1, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32},
+    )
+    with precision.policy_scope("mixed_float16"):
+        model = build_model(spec, (32, 32, 3), 10, "float32")
+    audit = precision.audit_model(model, compat.keras().optimizers.Adam())
+    assert checks.check_compute_dtype(audit, "mixed_float16").passed
+    assert checks.check_output_dtype(audit, "mixed_float16", "float32").passed
+    assert model.output_shape == (None, 10)
+    internals = recorded(model)
+    assert any(r["tensor"].startswith("attention logits") and "/mha" in r["layer"] for r in internals)
+
+
+def test_keras_hub_unknown_backbone_suggests_the_close_one():
+    pytest.importorskip("keras_hub")
+    with precision.policy_scope("float32"), pytest.raises(ModelError, match='did you mean "ViTBackbone"'):
+        build_model(KerasHub(backbone="VitBackbone"), (32, 32, 3), 10, "float32")
+
+
+def test_without_keras_hub_one_message_names_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # import keras_hub raises ImportError
+    with precision.policy_scope("float32"), pytest.raises(ModelError) as raised:
+        build_model(KerasHub(backbone="ViTBackbone"), (32, 32, 3), 10, "float32")
+    assert "pip install -e '.[keras_hub]'" in str(raised.value) or "needs Keras 3" in str(raised.value)
