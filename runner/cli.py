@@ -64,6 +64,16 @@ Overrides = Annotated[
 ]
 
 
+Patches = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--patch",
+        help="A TOML file merged into the spec (what `runner check --fix` writes; repeatable).",
+        show_default=False,
+    ),
+]
+
+
 def _stdout() -> Console:
     return Console(highlight=False)
 
@@ -118,14 +128,18 @@ def _fail(message: str, code: int = exits.BAD_INPUT) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load_all(paths: list[Path], overrides: list[str] | None) -> list[ExperimentSpec]:
+def _load_all(
+    paths: list[Path], overrides: list[str] | None, patches: list[Path] | None = None
+) -> list[ExperimentSpec]:
     """Single experiments (no [sweep]): every file's errors at once, then exit 2."""
-    return _collect(paths, lambda path: [load_spec(path, overrides or ())])
+    return _collect(paths, lambda path: [load_spec(path, overrides or (), patches or ())])
 
 
-def _load_plans(paths: list[Path], overrides: list[str] | None) -> list[Variant]:
+def _load_plans(
+    paths: list[Path], overrides: list[str] | None, patches: list[Path] | None = None
+) -> list[Variant]:
     """Every experiment the files ask for, sweeps expanded: every file's errors at once, then exit 2."""
-    return _collect(paths, lambda path: load_plan(path, overrides or ()))
+    return _collect(paths, lambda path: load_plan(path, overrides or (), patches or ()))
 
 
 def _collect(paths: list[Path], load: Callable[[Path], list[T]]) -> list[T]:
@@ -243,6 +257,7 @@ def schema(
 def run(
     paths: SpecPaths,
     overrides: Overrides = None,
+    patches: Patches = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where run directories go.")] = Path(
         "reports"
     ),
@@ -267,13 +282,13 @@ def run(
     from runner.sweeps import run_plan
 
     settings = [*(overrides or []), *(["tracking.mlflow=true"] if mlflow else [])]
-    size = sum(_collect(paths, lambda path: [plan_size(path, settings)]))  # counted before made
+    size = sum(_collect(paths, lambda path: [plan_size(path, settings, patches or ())]))  # before made
     if size > CONFIRM_ABOVE and not yes:
         raise _fail(
             f"{size:,} experiments planned (more than {CONFIRM_ABOVE}): check the [sweep] lists, "
             "then run them with --yes"
         )
-    variants = _load_plans(paths, settings)
+    variants = _load_plans(paths, settings, patches)
     if len(variants) > 1:
         how = f"{parallel} at a time" if parallel > 1 else "one after another"
         _stderr().print(f"{len(variants)} experiments planned, run {how}")
@@ -475,21 +490,45 @@ def mlflow_sync(
 def check(
     path: Annotated[Path, typer.Argument(help="Experiment spec file (TOML).", show_default=False)],
     overrides: Overrides = None,
+    patches: Patches = None,
     steps: Annotated[
         int, typer.Option(help="Most steps per timed execution (0: nothing timed, no XLA for auto).", min=0)
     ] = 5,
+    fix: Annotated[
+        bool,
+        typer.Option(
+            "--fix",
+            help="If a layer overflows inside (attention), write the smallest \\[precision.layers] override "
+            "that removes it as SPEC.fix.toml, proven by checking again with it; mixed_bfloat16 beside it.",
+        ),
+    ] = False,
 ) -> None:
     """Preflight without training: build under the policy, audit every layer, probe one step, time it.
 
-    Exit codes: 0 no errors · 1 an invariant failed · 2 bad input.
+    Exit codes: 0 no errors (with --fix: the patched spec has none) · 1 an invariant failed · 2 bad input.
     """
     from runner.preflight.check import check_experiment
     from runner.reporting.views import render_check
 
-    (spec,) = _load_all([path], overrides)
+    (spec,) = _load_all([path], overrides, patches)
+    if fix:
+        _check_and_fix(spec, path, steps)
     with _bad_input_exits(path):
         outcome = check_experiment(spec, steps)
     _stdout().print(render_check(outcome.audit, outcome.findings, outcome.speed))
+    raise typer.Exit(outcome.exit_code)
+
+
+def _check_and_fix(spec: ExperimentSpec, path: Path, steps: int) -> None:
+    from runner.preflight.fix import fix_experiment
+    from runner.reporting.views import render_check, render_fix
+
+    with _bad_input_exits(path):
+        outcome = fix_experiment(spec, path, steps)
+    out = _stdout()
+    before = outcome.before
+    out.print(render_check(before.audit, before.findings, before.speed))
+    out.print(render_fix(outcome, path, spec.precision.policy))
     raise typer.Exit(outcome.exit_code)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -21,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.events import EpochStarted, Event, Note, RunFinished, RunStarted, StepsDone, VariantStarted
-from runner.precision.checks import NON_COMPUTING, Finding, describe_variables, is_blocking, mark
+from runner.precision.checks import DTYPE_MAX, NON_COMPUTING, Finding, describe_variables, is_blocking, mark
 from runner.preflight.speed import ratio_text
 from runner.reporting.compare import objective_note
 from runner.reporting.report import (
@@ -35,6 +36,10 @@ from runner.reporting.report import (
     RunReport,
 )
 from runner.spec import COMPUTE_DTYPE
+
+if TYPE_CHECKING:
+    from runner.preflight.check import CheckOutcome
+    from runner.preflight.fix import FixOutcome
 
 STATUS_STYLE = {"completed": "green", "failed": "red", "diverged": "red", "interrupted": "yellow"}
 
@@ -91,7 +96,11 @@ def audit_table(audit: dict[str, Any]) -> Table:
         table.add_column(column, overflow="fold")
     for x in audit["layers"]:
         compute = Text(x["compute_dtype"], style="yellow" if x["compute_dtype"] == "float32" else "")
-        table.add_row(x["name"], x["class"], compute, describe_variables(x), x["output_dtype"] or "—")
+        if x.get("declared"):
+            compute.append(" (declared)", style="cyan")
+        table.add_row(
+            x.get("path", x["name"]), x["class"], compute, describe_variables(x), x["output_dtype"] or "—"
+        )
     table.caption = (
         f"model output {audit['output_dtype']}{_output_note(audit)} · optimizer {audit['optimizer']}"
     )
@@ -549,3 +558,99 @@ def predictions_table(found: list[dict[str, Any]]) -> Table:
             escape(item["file"]), escape(first["class"]), f"{first['probability']:.3f}", escape(others)
         )
     return table
+
+
+INVARIANTS = (
+    "compute_dtype",
+    "variable_dtype",
+    "output_dtype",
+    "loss_scale_optimizer",
+    "loss_scale",
+    "policy_in_force",
+)
+
+
+def _fix_column(outcome: CheckOutcome | None, policy: str) -> list[str]:
+    """One column of the --fix table: exit, first overflow, invariants, fidelity, step time."""
+    from runner.preflight.fix import first_overflow, step_ms
+
+    if outcome is None:
+        return ["—"] * 6
+    failed = [f.name for f in outcome.findings if is_blocking(f)]
+    overflow = first_overflow(outcome)
+    where = "none"
+    if overflow is not None:
+        measured = "inf/NaN" if overflow["nonfinite"] else f"max |x| {overflow['max_abs']:.4g}"
+        limit = DTYPE_MAX.get(overflow["dtype"], 0)
+        where = f"{overflow['layer']}: {overflow['tensor']} {measured} ({overflow['dtype']} max {limit:,.0f})"
+    invariants = [f for f in outcome.findings if f.name in INVARIANTS]
+    held = sum(f.passed for f in invariants)
+    overall = (outcome.audit.get("numerics") or {}).get("overall") or {}
+    fidelity = (
+        f"cosine {overall['cosine']:.4f}, error {overall['relative_error']:.3g}"
+        if overall.get("finite")
+        else "not finite"
+        if overall
+        else "not measured"
+    )
+    step, reference = step_ms(outcome, policy), step_ms(outcome, "float32")
+    timed = (
+        "not timed"
+        if step is None
+        else f"{step:.1f} ms" + (f" ({step / reference:.2f}× float32)" if reference else "")
+    )
+    return [
+        f"{outcome.exit_code}" + (f" ({', '.join(failed)})" if failed else ""),
+        where,
+        f"{held} of {len(invariants)} hold",
+        fidelity,
+        timed,
+        mark_of(outcome),
+    ]
+
+
+def mark_of(outcome: CheckOutcome) -> str:
+    attention = next((f for f in outcome.findings if f.name == "attention_headroom"), None)
+    return (
+        "—"
+        if attention is None
+        else f"{mark(attention)} {attention.severity if not attention.passed else 'passed'}"
+    )
+
+
+def render_fix(outcome: FixOutcome, spec_path: Path, policy: str) -> Group:
+    """`runner check --fix`: the spec as written, patched, and under mixed_bfloat16, side by side."""
+    table = Table(
+        title="--fix: the spec as written, with the patch, and under mixed_bfloat16", header_style="bold"
+    )
+    table.add_column("")
+    table.add_column(f"as written ({policy})", overflow="fold")
+    table.add_column("patched", overflow="fold")
+    table.add_column("mixed_bfloat16 (unpatched)", overflow="fold")
+    columns = [
+        _fix_column(outcome.before, policy),
+        _fix_column(outcome.after, policy),
+        _fix_column(outcome.bfloat16, "mixed_bfloat16"),
+    ]
+    names = [
+        "exit code",
+        "first overflow",
+        "invariants",
+        "gradient vs float32",
+        "step time",
+        "attention headroom",
+    ]
+    for i, name in enumerate(names):
+        table.add_row(name, *(column[i] for column in columns))
+    parts: list[RenderableType] = [table]
+    for proposal, code in outcome.tried:
+        tried = ", ".join(f'"{k}" = "{v}"' for k, v in proposal.items())
+        parts.append(Text(f"tried {tried}: exit {code}{' ✓' if proposal == outcome.patch else ''}"))
+    if outcome.patch_file is not None:
+        parts.append(
+            Text(f"patch written: {outcome.patch_file} (the spec is not edited)", style="bold green")
+        )
+        parts.append(Text(f"apply it: runner run {spec_path} --patch {outcome.patch_file}"))
+    if outcome.reason:
+        parts.append(Text(outcome.reason, style="bold yellow"))
+    return Group(*parts)

@@ -1,0 +1,103 @@
+"""`runner check --fix` (runner/preflight/fix.py) and `--patch`: the override proposed, proven, applied."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from runner.cli import app
+from runner.preflight.fix import candidates, patch_text, patched
+from runner.spec import SpecError, load_spec, spec_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+BUG = ROOT / "specs/bugs/attention_overflow.toml"
+
+
+def test_candidates_grow_from_the_softmax_to_the_whole_layer():
+    assert candidates("vit/block_0_attention") == [
+        {"vit/block_0_attention/softmax*": "float32"},
+        {"vit/block_0_attention": "float32", "vit/block_0_attention/*": "float32"},
+    ]
+
+
+def test_the_patch_file_is_toml_that_loads_as_the_patched_spec(tmp_path):
+    spec_path = tmp_path / "vit.toml"
+    spec_path.write_text(
+        'name = "vit"\n[precision]\nlayers = {"*norm*" = "float32"}\n[model]\nkind = "vit"\n'
+    )
+    patch = {"block_0_attention": "float32", "block_0_attention/*": "float32"}
+    text = patch_text(spec_path, patch, ["block_0_attention"])
+    assert tomllib.loads(text) == {"precision": {"layers": patch}}
+    (tmp_path / "vit.fix.toml").write_text(text)
+    loaded = load_spec(spec_path, patches=[tmp_path / "vit.fix.toml"])
+    spec = load_spec(spec_path)
+    # What --fix checked is what --patch loads: the spec's own pattern first, then the patch's.
+    assert loaded == patched(spec, patch)
+    assert list(loaded.precision.layers) == ["*norm*", *patch]
+    assert spec_hash(loaded) != spec_hash(spec)  # the hash covers the map
+
+
+def test_a_patch_with_a_wrong_policy_names_both_files_and_the_field(tmp_path):
+    spec_path = tmp_path / "vit.toml"
+    spec_path.write_text('name = "vit"\n[model]\nkind = "vit"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[precision.layers]\n"block_0*" = "float64"\n')
+    with pytest.raises(SpecError) as raised:
+        load_spec(spec_path, patches=[bad])
+    message = str(raised.value)
+    assert f"{spec_path} + {bad}" in message and "precision.layers" in message and "float64" in message
+
+
+def test_a_missing_patch_file_is_exit_2(tmp_path):
+    result = CliRunner().invoke(app, ["check", str(BUG), "--patch", str(tmp_path / "none.toml")])
+    assert result.exit_code == 2 and "none.toml: file not found" in result.output
+
+
+@pytest.mark.slow
+def test_check_refuses_the_overflow_and_fix_writes_a_patch_that_passes(tmp_path, monkeypatch):
+    """The issue's acceptance: exit 1 naming the attention layer and its measured maximum; --fix writes
+    a patch beside the spec (never editing it) with which the same check exits 0."""
+    monkeypatch.chdir(ROOT)  # the spec's factory is specs.bugs.factories, found from here
+    spec = tmp_path / "attention_overflow.toml"
+    shutil.copy(BUG, spec)
+    written = spec.read_bytes()
+    cli = CliRunner()
+    before = cli.invoke(app, ["check", str(spec), "--steps", "0"])
+    assert before.exit_code == 1, before.output
+    flat = " ".join(before.output.split())  # the table wraps its cells
+    assert re.search(
+        r"overflow is overflowing_vit/block_0_attention", flat.replace("│ ", "").replace(" │", "")
+    )
+    assert re.search(r"max \|x\| [0-9.]+e\+0[5-9]", flat) and "65,504" in flat
+
+    fixed = cli.invoke(app, ["check", str(spec), "--fix", "--steps", "0"])
+    assert fixed.exit_code == 0, fixed.output
+    patch = spec.with_name("attention_overflow.fix.toml")
+    assert tomllib.loads(patch.read_text())["precision"]["layers"] == {
+        "overflowing_vit/block_0_attention": "float32",
+        "overflowing_vit/block_0_attention/*": "float32",
+    }
+    assert spec.read_bytes() == written  # the user's spec is never edited
+    assert "mixed_bfloat16" in fixed.output and "patch written" in fixed.output
+
+    again = cli.invoke(app, ["check", str(spec), "--patch", str(patch), "--steps", "0"])
+    assert again.exit_code == 0, again.output
+    assert "(declared)" in again.output  # the audit marks the layers the patch declared
+
+    output = tmp_path / "reports"
+    settings = ["--set", "training.epochs=1", "--set", "data.train_size=512", "--set", "data.test_size=128"]
+    trained = cli.invoke(app, ["run", str(spec), "--patch", str(patch), "-o", str(output), *settings])
+    assert trained.exit_code == 0, trained.output
+    (run_dir,) = output.iterdir()
+    import json
+
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["metrics"]["test_loss"] < 10 and report["status"] == "completed"
+    declared = {x["path"] for x in report["precision"]["declared_layers"]}
+    assert "overflowing_vit/block_0_attention/query" in declared
+    assert report["precision"]["layers_per_dtype"]["float32"] >= len(declared)
