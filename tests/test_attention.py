@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +17,19 @@ from runner.models import ModelError, build_model
 from runner.precision import checks, fidelity
 from runner.precision import policy as precision
 from runner.precision.layers import apply_layer_policies, layer_paths, match
-from runner.spec import COMPUTE_DTYPE, KerasHub, Vit
+from runner.session import run_experiment
+from runner.spec import COMPUTE_DTYPE, KerasHub, Vit, load_spec
 
 VIT = Vit(depth=1, heads=2, width=16)
 IMAGES = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
 
 
 def vit(policy: str, spec: Vit = VIT, patterns: dict[str, str] | None = None):
+    refused = compat.needs_keras_3("precision.layers")
+    if patterns and refused:  # Keras 2 has no per-layer policies here: one clear refusal instead
+        with precision.policy_scope(policy), pytest.raises(ModelError, match="needs Keras 3"):
+            apply_layer_policies(build_model(spec, (32, 32, 3), 10, "float32"), patterns)
+        pytest.skip(f"refused as it should be: {refused}")
     with precision.policy_scope(policy):
         model = build_model(spec, (32, 32, 3), 10, "float32")
         rows = apply_layer_policies(model, patterns or {})
@@ -236,3 +243,31 @@ def test_without_keras_hub_one_message_names_the_install(monkeypatch):
     with precision.policy_scope("float32"), pytest.raises(ModelError) as raised:
         build_model(KerasHub(backbone="ViTBackbone"), (32, 32, 3), 10, "float32")
     assert "pip install -e '.[keras_hub]'" in str(raised.value) or "needs Keras 3" in str(raised.value)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_the_vit_spec_trains_in_each_policy_with_every_invariant(policy, tmp_path):
+    """The issue's acceptance: specs/vit.toml with one encoder block and 5 epochs reaches its
+    min_test_accuracy (0.9) in float32 and mixed_bfloat16 (measured 0.956 and 0.962, about 20 s of
+    training each on a 2-core AMD EPYC); under mixed_float16 (emulated on most CPUs: slow) one short
+    epoch proves the invariants and a finite loss. Every check passes, the attention probe's included.
+    XLA and the export are left out: they are tested elsewhere, and here they would double the time."""
+    settings = [f"precision.policy={policy}", "model.depth=1", "training.epochs=5"]
+    settings += ["training.jit_compile=false", "export.formats=[]"]
+    if policy == "mixed_float16":
+        settings += ["training.epochs=1", "data.train_size=1024", "checks.min_test_accuracy=0.0"]
+    spec = load_spec(ROOT / "specs/vit.toml", settings)
+    outcome = run_experiment(spec, tmp_path)
+    report = outcome.record
+    assert report.status == "completed", report.error
+    failed = [c for c in report.checks if not c.passed and c.severity != "hint"]
+    assert failed == [], failed
+    names = {c.name for c in report.checks}
+    assert policy == "float32" or "attention_headroom" in names
+    assert math.isfinite(report.metrics.test_loss)
+    if policy != "mixed_float16":
+        assert report.metrics.test_accuracy >= 0.9

@@ -11,7 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from runner.cli import app
-from runner.preflight.fix import candidates, patch_text, patched
+from runner.precision.checks import Finding
+from runner.preflight.check import CheckOutcome
+from runner.preflight.fix import FixOutcome, bfloat16_verdict, candidates, patch_text, patched
 from runner.spec import SpecError, load_spec, spec_hash
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,16 +69,13 @@ def test_check_refuses_the_overflow_and_fix_writes_a_patch_that_passes(tmp_path,
     shutil.copy(BUG, spec)
     written = spec.read_bytes()
     cli = CliRunner()
-    before = cli.invoke(app, ["check", str(spec), "--steps", "0"])
-    assert before.exit_code == 1, before.output
-    flat = " ".join(before.output.split())  # the table wraps its cells
-    assert re.search(
-        r"overflow is overflowing_vit/block_0_attention", flat.replace("│ ", "").replace(" │", "")
-    )
-    assert re.search(r"max \|x\| [0-9.]+e\+0[5-9]", flat) and "65,504" in flat
-
     fixed = cli.invoke(app, ["check", str(spec), "--fix", "--steps", "0"])
     assert fixed.exit_code == 0, fixed.output
+    # The check as written comes first: the first layer that overflows and by how much, exit 1.
+    flat = " ".join(fixed.output.split()).replace("│ ", "").replace(" │", "")  # the tables wrap cells
+    assert "overflow is overflowing_vit/block_0_attention" in flat
+    assert re.search(r"max \|x\| [0-9.]+e\+0[5-9]", flat) and "65,504" in flat
+    assert re.search(r"FAILED: [1-9] error\(s\)", flat)  # the check as written fails (exit 1 alone)
     patch = spec.with_name("attention_overflow.fix.toml")
     assert tomllib.loads(patch.read_text())["precision"]["layers"] == {
         "overflowing_vit/block_0_attention": "float32",
@@ -101,3 +100,32 @@ def test_check_refuses_the_overflow_and_fix_writes_a_patch_that_passes(tmp_path,
     declared = {x["path"] for x in report["precision"]["declared_layers"]}
     assert "overflowing_vit/block_0_attention/query" in declared
     assert report["precision"]["layers_per_dtype"]["float32"] >= len(declared)
+
+
+def outcome_of(code: int, policy: str, step: float | None) -> CheckOutcome:
+    speed = (
+        None
+        if step is None
+        else {"xla": {"used": False}, "timings": [{"policy": policy, "xla": False, "step_ms": step}]}
+    )
+    return CheckOutcome(code, {}, [Finding("attention_headroom", code == 0, "")], speed, {})
+
+
+@pytest.mark.parametrize(
+    ("after", "bf16", "says"),
+    [
+        (outcome_of(0, "mixed_float16", 20.0), outcome_of(0, "mixed_bfloat16", 15.0), "is the better answer"),
+        (
+            outcome_of(0, "mixed_float16", 20.0),
+            outcome_of(0, "mixed_bfloat16", 25.0),
+            "the patch is the faster",
+        ),
+        (outcome_of(0, "mixed_float16", 20.0), outcome_of(1, "mixed_bfloat16", 15.0), None),
+        (None, outcome_of(0, "mixed_bfloat16", None), "passes this check without any override"),
+    ],
+    ids=["bf16-faster", "patch-faster", "bf16-fails", "no-patch-found"],
+)
+def test_bfloat16_is_named_the_better_answer_only_when_measured_so(after, bf16, says):
+    fix = FixOutcome(1, outcome_of(1, "mixed_float16", 60.0), after=after, bfloat16=bf16)
+    verdict = bfloat16_verdict(fix, "mixed_float16")
+    assert (verdict is None) if says is None else (says in verdict)

@@ -163,6 +163,11 @@ BUG_MESSAGES = {
     "float32_layer": ["dense (Dense) computes in float32", "Fix: build every layer"],
     "float32_model": ["conv1 (Conv2D) computes in float32", "Fix: build every layer"],
     "overflow": ["overflow float16 (e.g. conv1/kernel)", "Fix: a lower precision.initial_scale"],
+    "attention_overflow": [
+        "overflowing_vit/block_0_attention (MultiHeadAttention): attention logits",
+        "against float16's 65,504",
+        "runner check SPEC --fix",
+    ],
 }
 
 

@@ -167,3 +167,28 @@ def first_overflow(outcome: CheckOutcome | None) -> dict[str, Any] | None:
     internals = (outcome.audit.get("numerics") or {}).get("internals") or []
     over, near = checks.headroom_misses(internals)
     return dict((over or near)[0]) if over or near else None
+
+
+def bfloat16_verdict(outcome: FixOutcome, policy: str) -> str | None:
+    """When mixed_bfloat16 is the better answer, say so with the measurements: it passes unpatched,
+    and its step is no slower than the patched spec's (or nothing was found to patch)."""
+    bf16 = outcome.bfloat16
+    if bf16 is None or not fixed(bf16):
+        return None
+    mine, theirs = step_ms(outcome.after or outcome.before, policy), step_ms(bf16, "mixed_bfloat16")
+    if outcome.after is None:
+        if fixed(outcome.before):
+            return None  # nothing to answer
+        return 'mixed_bfloat16 passes this check without any override: precision.policy = "mixed_bfloat16"'
+    if mine is None or theirs is None:
+        return None
+    if theirs <= mine:
+        return (
+            f"mixed_bfloat16 needs no override and its step is {theirs:.1f} ms against the patched "
+            f'spec\'s {mine:.1f} ms here: precision.policy = "mixed_bfloat16" is the better answer on '
+            "this machine"
+        )
+    return (
+        f"mixed_bfloat16 needs no override but its step is {theirs:.1f} ms against the patched spec's "
+        f"{mine:.1f} ms here: the patch is the faster answer on this machine"
+    )

@@ -67,9 +67,11 @@ def audit_summary(audit: dict[str, Any] | None, policy: str | None = None) -> Ta
         table.add_row(
             dtype, str(len(layers)), str(len(weighted)), off if expected and dtype != expected else ""
         )
+    declared = [x for x in audit["layers"] if x.get("declared")]
     table.caption = (
         f"output {audit['output_dtype']} ({', '.join(audit['output_layers'])}) · "
         f"optimizer {audit['optimizer']}"
+        + (f" · {len(declared)} layer(s) as [precision.layers] declares" if declared else "")
     )
     return table
 
@@ -653,4 +655,9 @@ def render_fix(outcome: FixOutcome, spec_path: Path, policy: str) -> Group:
         parts.append(Text(f"apply it: runner run {spec_path} --patch {outcome.patch_file}"))
     if outcome.reason:
         parts.append(Text(outcome.reason, style="bold yellow"))
+    from runner.preflight.fix import bfloat16_verdict
+
+    verdict = bfloat16_verdict(outcome, policy)
+    if verdict:
+        parts.append(Text(verdict, style="bold"))
     return Group(*parts)
