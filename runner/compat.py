@@ -205,6 +205,15 @@ def needs_keras_3(what: str) -> str | None:
     )
 
 
+def dense(gradient: Any, dtype: str) -> Any:
+    """A gradient as a dense tensor of `dtype`: an embedding's gradient is an IndexedSlices (the rows
+    the batch touched), which has no .numpy() and which tf.math.is_finite does not take."""
+    tf = tensorflow()
+    if isinstance(gradient, tf.IndexedSlices):
+        gradient = tf.convert_to_tensor(gradient)
+    return tf.cast(gradient, dtype)
+
+
 def sublayers(layer: Any) -> list[Any]:
     """The layers `layer` holds directly (a model's layers, an attention layer's dense and softmax
     layers), in the order it tracks them; both Keras keep this private method on every layer."""

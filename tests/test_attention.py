@@ -11,14 +11,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from runner import compat
+from runner.cli import app
 from runner.models import ModelError, build_model
 from runner.precision import checks, fidelity
 from runner.precision import policy as precision
 from runner.precision.layers import apply_layer_policies, layer_paths, match
 from runner.session import run_experiment
-from runner.spec import COMPUTE_DTYPE, KerasHub, Vit, load_spec
+from runner.spec import COMPUTE_DTYPE, KerasHub, Vit, load_spec, spec_from_dict
+from runner.testing.strategies import layer_policies, policies, small_models
 
 VIT = Vit(depth=1, heads=2, width=16)
 IMAGES = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
@@ -216,6 +219,7 @@ def test_property_the_first_overflow_in_order_is_named(values):
         assert finding.severity == "warning" or finding.passed
 
 
+@pytest.mark.slow  # keras_hub's import alone takes about 5 s
 def test_keras_hub_backbone_is_built_without_weights_with_runners_head():
     pytest.importorskip("keras_hub")
     spec = KerasHub(
@@ -232,6 +236,7 @@ def test_keras_hub_backbone_is_built_without_weights_with_runners_head():
     assert any(r["tensor"].startswith("attention logits") and "/mha" in r["layer"] for r in internals)
 
 
+@pytest.mark.slow  # keras_hub's import
 def test_keras_hub_unknown_backbone_suggests_the_close_one():
     pytest.importorskip("keras_hub")
     with precision.policy_scope("float32"), pytest.raises(ModelError, match='did you mean "ViTBackbone"'):
@@ -271,3 +276,78 @@ def test_the_vit_spec_trains_in_each_policy_with_every_invariant(policy, tmp_pat
     assert math.isfinite(report.metrics.test_loss)
     if policy != "mixed_float16":
         assert report.metrics.test_accuracy >= 0.9
+
+
+@settings(max_examples=10, deadline=None)
+@given(small_models(), policies(), st.data())
+def test_property_every_layer_computes_as_the_map_or_the_policy_says_and_variables_stay_float32(
+    table, policy, data
+):
+    """Random built-in models (ViTs among them) with a random [precision.layers] over their own paths:
+    each layer computes in the dtype of the first pattern that matches it, else as it was built (the
+    policy's dtype, or float32 for runner's output softmax); every floating variable is float32
+    whatever its layer computes in."""
+    spec = spec_from_dict({"name": "p", "model": table}).model
+    with precision.policy_scope(policy):
+        model = build_model(spec, (32, 32, 3), 10, "float32")
+    built = {path: str(layer.dtype_policy.compute_dtype) for path, layer in layer_paths(model)}
+    assert set(built.values()) <= {COMPUTE_DTYPE[policy], "float32"}
+    patterns = data.draw(layer_policies(list(built)), label="[precision.layers]")
+    if patterns and compat.needs_keras_3("precision.layers"):
+        with pytest.raises(ModelError, match="needs Keras 3"):
+            apply_layer_policies(model, patterns)
+        return
+    apply_layer_policies(model, patterns)
+    for path, layer in layer_paths(model):
+        found = match(path, patterns)
+        expected = COMPUTE_DTYPE[found[1]] if found else built[path]
+        assert str(layer.dtype_policy.compute_dtype) == expected, (path, found)
+    audit = precision.audit_model(model, compat.keras().optimizers.Adam(), patterns)
+    assert checks.check_variable_dtype(audit).passed
+    assert checks.check_compute_dtype(audit, policy).passed
+
+
+VIT_SPEC = 'name = "v"\n[model]\nkind = "vit"\ndepth = 1\nheads = 2\nwidth = 16\n'
+SMALL_DATA = '[data]\nsource = "shapes"\nbatch_size = 8\ntrain_size = 32\ntest_size = 8\n'
+
+
+@pytest.mark.parametrize(
+    ("layers", "says"),
+    [
+        (
+            '"block_7*" = "float32"',
+            'precision.layers."block_7*": expected a pattern that matches a layer path',
+        ),
+        ('"block_0*" = "float64"', "precision.layers.block_0*: expected one of float32, mixed_float16"),
+    ],
+    ids=["matches-no-layer", "bad-policy"],
+)
+def test_a_bad_precision_layers_entry_is_exit_2_naming_it(write_spec, layers, says):
+    path = write_spec(f"{VIT_SPEC}{SMALL_DATA}[precision.layers]\n{layers}\n")
+    result = CliRunner().invoke(app, ["check", str(path), "--steps", "0"])
+    refused = compat.needs_keras_3("precision.layers")
+    assert result.exit_code == 2, result.output
+    assert (says if not refused or "float64" in layers else "needs Keras 3") in " ".join(
+        result.stderr.split()
+    )
+
+
+KERAS_HUB_SPEC = """name = "hub"
+[precision]
+policy = "{policy}"
+[model]
+kind = "keras_hub"
+backbone = "ViTBackbone"
+arguments = {{patch_size = 8, num_layers = 1, num_heads = 2, hidden_dim = 16, mlp_dim = 32}}
+"""
+
+
+@pytest.mark.slow  # keras_hub's import alone takes about 5 s
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_a_keras_hub_backbone_passes_runner_check_in_each_policy(write_spec, policy):
+    pytest.importorskip("keras_hub")
+    path = write_spec(KERAS_HUB_SPEC.format(policy=policy) + SMALL_DATA)
+    result = CliRunner().invoke(app, ["check", str(path), "--steps", "0"])
+    assert result.exit_code == 0, result.output
+    assert "0 error(s), 0 warning(s)" in result.stdout
+    assert policy == "float32" or "attention_headroom" in result.stdout

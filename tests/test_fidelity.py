@@ -70,7 +70,7 @@ def test_the_probe_leaves_the_model_and_keras_state_as_they_were():
     assert found["activations"] and found["loss_scale"] == 32768.0
     assert all((v.numpy() == b).all() for v, b in zip(model.variables, before, strict=True))
     assert compat.global_policy_name() == policy
-    assert all("call" not in vars(layer) for layer in fidelity.leaf_layers(model))  # hooks removed
+    assert all("call" not in vars(layer) for _, layer in fidelity.leaf_layers(model))  # hooks removed
     assert model.get_layer("dropout").rate == 0.5
     assert (model(x, training=False).numpy() == output).all()
 

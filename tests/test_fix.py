@@ -84,22 +84,22 @@ def test_check_refuses_the_overflow_and_fix_writes_a_patch_that_passes(tmp_path,
     assert spec.read_bytes() == written  # the user's spec is never edited
     assert "mixed_bfloat16" in fixed.output and "patch written" in fixed.output
 
-    again = cli.invoke(app, ["check", str(spec), "--patch", str(patch), "--steps", "0"])
-    assert again.exit_code == 0, again.output
-    assert "(declared)" in again.output  # the audit marks the layers the patch declared
-
     output = tmp_path / "reports"
     settings = ["--set", "training.epochs=1", "--set", "data.train_size=512", "--set", "data.test_size=128"]
     trained = cli.invoke(app, ["run", str(spec), "--patch", str(patch), "-o", str(output), *settings])
-    assert trained.exit_code == 0, trained.output
+    assert trained.exit_code == 0, trained.output  # its preflight is the check with the patch: passed
     (run_dir,) = output.iterdir()
     import json
 
     report = json.loads((run_dir / "report.json").read_text())
     assert report["metrics"]["test_loss"] < 10 and report["status"] == "completed"
+    (compute,) = [c for c in report["checks"] if c["name"] == "compute_dtype"]
+    assert compute["passed"] and "as [precision.layers] declares" in compute["detail"]
     declared = {x["path"] for x in report["precision"]["declared_layers"]}
     assert "overflowing_vit/block_0_attention/query" in declared
     assert report["precision"]["layers_per_dtype"]["float32"] >= len(declared)
+    document = " ".join((run_dir / "report.md").read_text().split())
+    assert "Declared in [precision.layers]: overflowing_vit/block_0_attention (float32)" in document
 
 
 def outcome_of(code: int, policy: str, step: float | None) -> CheckOutcome:

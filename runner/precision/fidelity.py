@@ -25,19 +25,19 @@ FLOAT16_MAX = DTYPE_MAX["float16"]
 RANDOM_LAYER_FIELDS = {"Dropout": "rate", "GaussianDropout": "rate", "GaussianNoise": "stddev"}
 
 
-def leaf_layers(model: Any) -> Iterator[Any]:
-    for layer in model.layers:
-        if hasattr(layer, "layers"):  # a nested Model or Sequential: its own layers
-            yield from leaf_layers(layer)
-        else:
-            yield layer
+def leaf_layers(model: Any) -> Iterator[tuple[str, Any]]:
+    """(path, layer) of every layer that holds no layers: a nested model's, and those inside an
+    attention layer (its query, key and value projections, its softmax) or any composite layer."""
+    for path, layer in layer_paths(model):
+        if not compat.sublayers(layer):
+            yield path, layer
 
 
 @contextlib.contextmanager
 def without_randomness(model: Any) -> Iterator[None]:
     """Dropout and noise layers off for the block (their rate or stddev 0), restored afterwards."""
     saved = []
-    for layer in leaf_layers(model):
+    for _, layer in leaf_layers(model):
         field = next((f for c, f in RANDOM_LAYER_FIELDS.items() if _is_a(layer, c)), None)
         if field and isinstance(getattr(layer, field, None), int | float):
             saved.append((layer, field, getattr(layer, field)))
@@ -60,12 +60,12 @@ def recording_outputs(model: Any, ranges: dict[str, dict[str, Any]]) -> Iterator
     below float16's smallest normal. The layers' `call` is wrapped for the block only."""
     tf = compat.tensorflow()
     wrapped = []
-    for layer in leaf_layers(model):
+    for path, layer in leaf_layers(model):
         dtype = str(layer.dtype_policy.compute_dtype)
         if dtype not in DTYPE_MAX or _is_a(layer, "InputLayer"):
             continue
         wrapped.append(layer)
-        layer.call = _recorder(tf, layer, layer.call, dtype, ranges)
+        layer.call = _recorder(tf, layer, path, layer.call, dtype, ranges)
     try:
         yield
     finally:
@@ -73,12 +73,14 @@ def recording_outputs(model: Any, ranges: dict[str, dict[str, Any]]) -> Iterator
             vars(layer).pop("call", None)
 
 
-def _recorder(tf: Any, layer: Any, call: Any, dtype: str, ranges: dict[str, dict[str, Any]]) -> Any:
+def _recorder(
+    tf: Any, layer: Any, path: str, call: Any, dtype: str, ranges: dict[str, dict[str, Any]]
+) -> Any:
     def record(*args: Any, **kwargs: Any) -> Any:
         outputs = call(*args, **kwargs)
         first = outputs[0] if isinstance(outputs, list | tuple) else outputs
         if hasattr(first, "dtype") and compat.dtype_name(first.dtype) in DTYPE_MAX:
-            ranges[layer.name] = {"class": type(layer).__name__, **output_range(tf, first, dtype)}
+            ranges[path] = {"class": type(layer).__name__, **output_range(tf, first, dtype)}
         return outputs
 
     return record
@@ -197,14 +199,17 @@ def _variance_recorder(tf: Any, layer: Any, path: str, internals: list[dict[str,
 
 
 def _layer_slices(model: Any) -> list[tuple[str, list[int]]]:
-    """(layer name, indices into model.trainable_variables) for every layer with trainable weights."""
+    """(layer path, indices into model.trainable_variables) for every layer with trainable weights of
+    its own (a composite layer's own, such as a class token, apart from its layers')."""
     index = {id(v): i for i, v in enumerate(model.trainable_variables)}
-    table = []
-    for layer in leaf_layers(model):
-        owned = [index[id(v)] for v in layer.trainable_weights if id(v) in index]
+    table: list[tuple[str, list[int]]] = []
+    taken: set[int] = set()
+    for path, layer in reversed(list(layer_paths(model))):  # a layer's layers before the layer
+        owned = [index[id(v)] for v in layer.trainable_weights if id(v) in index and id(v) not in taken]
+        taken.update(id(v) for v in layer.trainable_weights)
         if owned:
-            table.append((layer.name, owned))
-    return table
+            table.append((path, owned))
+    return table[::-1]
 
 
 def step_gradients(model: Any, x: Any, y: Any, scale: float = 1.0) -> tuple[float, list[np.ndarray]]:
@@ -218,7 +223,7 @@ def step_gradients(model: Any, x: Any, y: Any, scale: float = 1.0) -> tuple[floa
         target = loss * tf.constant(scale, loss.dtype) if scale != 1.0 else loss
     grads = tape.gradient(target, variables)
     arrays = [
-        np.zeros(v.shape) if g is None else tf.cast(g, "float32").numpy().astype(np.float64) / scale
+        np.zeros(v.shape) if g is None else compat.dense(g, "float32").numpy().astype(np.float64) / scale
         for g, v in zip(grads, variables, strict=True)
     ]
     return float(loss), arrays
@@ -301,9 +306,11 @@ def numerics_probe(model: Any, reference: Any, x: Any, y: Any) -> dict[str, Any]
     ranges: dict[str, dict[str, Any]] = {}
     internals: list[dict[str, Any]] = []
     try:
-        with without_randomness(model), recording_outputs(model, ranges):
-            with recording_internals(model, internals):
-                model(x, training=True)  # once, recorded: the gradient steps below call it again
+        with (
+            without_randomness(model),
+            recording_outputs(model, ranges),
+            recording_internals(model, internals),
+        ):
             loss, mixed, scaling = scaled_gradients(model, x, y)
         with without_randomness(reference):
             reference_loss, exact = step_gradients(reference, x, y)
@@ -324,5 +331,17 @@ def numerics_probe(model: Any, reference: Any, x: Any, y: Any) -> dict[str, Any]
         "overall": overall,
         "layers": rows,
         "activations": [{"layer": name, **r} for name, r in ranges.items()],
-        "internals": internals,
+        # The forward pass is the same at every loss scale tried: its first recording of each tensor.
+        "internals": first_of_each(internals),
     }
+
+
+def first_of_each(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each (layer, tensor)'s first row, in the order they came."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for row in rows:
+        if (row["layer"], row["tensor"]) not in seen:
+            seen.add((row["layer"], row["tensor"]))
+            kept.append(row)
+    return kept

@@ -43,16 +43,16 @@ def apply_layer_policies(model: Any, patterns: Mapping[str, str]) -> list[dict[s
     if refused:
         raise ModelError(refused)
     paths = list(layer_paths(model))
-    rows, used = [], set()
+    rows = []
     for path, layer in paths:
         found = match(path, patterns)
         if found is None:
             continue
         pattern, policy = found
-        used.add(pattern)
         compat.set_layer_policy(layer, policy)
         rows.append({"path": path, "class": type(layer).__name__, "pattern": pattern, "policy": policy})
-    unused = [p for p in patterns if p not in used]
+    # A pattern an earlier one shadows still matches a layer: only one that matches none is a mistake.
+    unused = [p for p in patterns if not any(fnmatch.fnmatchcase(path, p) for path, _ in paths)]
     if unused:
         shown = ", ".join(path for path, _ in paths[:SHOWN_PATHS])
         more = f" and {len(paths) - SHOWN_PATHS} more" if len(paths) > SHOWN_PATHS else ""

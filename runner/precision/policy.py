@@ -156,7 +156,7 @@ def _nonfinite(tf: Any, grads: list, variables: list) -> list[str]:
     return [
         compat.variable_path(v)
         for g, v in zip(grads, variables, strict=True)
-        if g is not None and not bool(tf.reduce_all(tf.math.is_finite(tf.cast(g, "float32"))))
+        if g is not None and not bool(tf.reduce_all(tf.math.is_finite(compat.dense(g, "float32"))))
     ]
 
 

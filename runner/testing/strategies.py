@@ -13,15 +13,23 @@ Needs hypothesis (`pip install "runner[testing]"`); imports no TensorFlow.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, get_args
 
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from runner.spec import ExperimentSpec, OptimizerKind, Policy, spec_from_dict
+from runner.spec import ExperimentSpec, LayerPolicy, OptimizerKind, Policy, spec_from_dict
 
-__all__ = ["loss_scale_settings", "model_tables", "policies", "small_data", "small_models", "specs"]
+__all__ = [
+    "layer_policies",
+    "loss_scale_settings",
+    "model_tables",
+    "policies",
+    "small_data",
+    "small_models",
+    "specs",
+]
 
 POLICIES: tuple[str, ...] = get_args(Policy)
 ACTIVATIONS = ("relu", "gelu", "swish", "tanh")
@@ -47,8 +55,8 @@ def loss_scale_settings(max_initial_scale: float = 2.0**40) -> st.SearchStrategy
 def model_tables(
     max_units: int = 12, max_layers: int = 4, max_depth: int = 14
 ) -> st.SearchStrategy[dict[str, Any]]:
-    """A [model] table of a built-in kind (seed_cnn, mlp, resnet) up to these sizes: units or
-    filters per layer, layers, and ResNet depth (6n + 2)."""
+    """A [model] table of a built-in kind (seed_cnn, mlp, resnet, vit) up to these sizes: units or
+    filters per layer, layers, and ResNet depth (6n + 2); a ViT of one or two small blocks."""
     activations, fractions = st.sampled_from(ACTIVATIONS), st.sampled_from([0.0, 0.25])
     units = st.lists(st.integers(1, max_units), min_size=1, max_size=max_layers)
     return st.one_of(
@@ -78,7 +86,28 @@ def model_tables(
             width=st.integers(1, max(6, max_units // 8)),
             activation=activations,
         ),
+        st.builds(
+            dict,
+            kind=st.just("vit"),
+            patch_size=st.sampled_from([4, 8]),
+            depth=st.integers(1, min(2, max_layers)),
+            heads=st.sampled_from([1, 2]),
+            width=st.sampled_from([8, 16]),
+            stem=st.sampled_from(["conv", "patch"]),
+            dropout=fractions,
+            attention_dropout=fractions,
+        ),
     )
+
+
+def layer_policies(paths: Sequence[str]) -> st.SearchStrategy[dict[str, str]]:
+    """A [precision.layers] table over a built model's layer paths (`runner.precision.layers.
+    layer_paths`): some paths exactly, some as a pattern ending in `*` (a layer and everything
+    inside it), each to one of the policies a layer may take."""
+    if not paths:
+        return st.just({})
+    pattern = st.sampled_from(list(paths)).flatmap(lambda path: st.sampled_from([path, f"{path}*"]))
+    return st.dictionaries(pattern, st.sampled_from(get_args(LayerPolicy)), max_size=4)
 
 
 def small_models() -> st.SearchStrategy[dict[str, Any]]:
