@@ -264,7 +264,7 @@ def test_the_vit_spec_trains_in_each_policy_with_every_invariant(policy, tmp_pat
     settings = [f"precision.policy={policy}", "model.depth=1", "training.epochs=5"]
     settings += ["training.jit_compile=false", "export.formats=[]"]
     if policy == "mixed_float16":
-        settings += ["training.epochs=1", "data.train_size=1024", "checks.min_test_accuracy=0.0"]
+        settings += ["training.epochs=1", "data.train_size=256", "checks.min_test_accuracy=0.0"]
     spec = load_spec(ROOT / "specs/vit.toml", settings)
     outcome = run_experiment(spec, tmp_path)
     report = outcome.record
