@@ -136,13 +136,14 @@ def test_the_logits_recorded_are_q_k_as_the_layer_computes_them(dropout):
     model, _ = vit("float32", Vit(depth=1, heads=2, width=16, attention_dropout=dropout))
     rows = [r for r in recorded(model) if r["layer"] == "block_0_attention"]
     logits = next(r for r in rows if r["tensor"].startswith("attention logits"))
-    expected = np.abs(reference_logits(model)).max() / (math.sqrt(8) if dropout else 1.0)
+    explicit = dropout > 0 or compat.needs_keras_3("the fused path") is not None  # Keras 2 has no other
+    expected = np.abs(reference_logits(model)).max() / (math.sqrt(8) if explicit else 1.0)
     assert logits["max_abs"] == pytest.approx(expected, rel=1e-4)
-    assert ("scaled after" in logits["tensor"]) == (dropout == 0.0)
-    assert any(r["tensor"] == "softmax output" for r in rows) == (dropout > 0)
+    assert ("scaled after" in logits["tensor"]) == (not explicit)
+    assert any(r["tensor"] == "softmax output" for r in rows) == explicit
 
 
-def overflowing_vit(policy: str, patterns: dict[str, str] | None = None, gain: float = 300.0):
+def overflowing_vit(policy: str, patterns: dict[str, str] | None = None, gain: float = 600.0):
     model, rows = vit(policy, patterns=patterns)
     attention = model.get_layer("block_0_attention")
     for dense in (attention._query_dense, attention._key_dense):
@@ -153,7 +154,8 @@ def overflowing_vit(policy: str, patterns: dict[str, str] | None = None, gain: f
 def test_an_overflowing_attention_layer_is_the_first_named_with_its_measured_maximum():
     model = overflowing_vit("mixed_float16")
     internals = recorded(model)
-    expected = float(np.abs(reference_logits(model)).max())
+    explicit = compat.needs_keras_3("the fused path") is not None  # Keras 2 scales Q before Q·Kᵀ
+    expected = float(np.abs(reference_logits(model)).max()) / (math.sqrt(8) if explicit else 1.0)
     assert expected > 65504  # the product does not fit float16 ...
     finding = checks.check_attention_headroom(internals)
     assert (finding.passed, finding.severity) == (False, "error")
@@ -261,7 +263,10 @@ def test_the_vit_spec_trains_in_each_policy_with_every_invariant(policy, tmp_pat
     training each on a 2-core AMD EPYC); under mixed_float16 (emulated on most CPUs: slow) one short
     epoch proves the invariants and a finite loss. Every check passes, the attention probe's included.
     XLA and the export are left out: they are tested elsewhere, and here they would double the time."""
-    settings = [f"precision.policy={policy}", "model.depth=1", "training.epochs=5"]
+    # Keras 2's initialisers draw other weights from the same seed: there one block took longer
+    # (mixed_bfloat16: 0.871 after 5 epochs with tf-keras 2.21, measured).
+    epochs = 5 if compat.needs_keras_3("") is None else 7
+    settings = [f"precision.policy={policy}", "model.depth=1", f"training.epochs={epochs}"]
     settings += ["training.jit_compile=false", "export.formats=[]"]
     if policy == "mixed_float16":
         settings += ["training.epochs=1", "data.train_size=256", "checks.min_test_accuracy=0.0"]
@@ -291,7 +296,7 @@ def test_property_every_layer_computes_as_the_map_or_the_policy_says_and_variabl
     with precision.policy_scope(policy):
         model = build_model(spec, (32, 32, 3), 10, "float32")
     built = {path: str(layer.dtype_policy.compute_dtype) for path, layer in layer_paths(model)}
-    assert set(built.values()) <= {COMPUTE_DTYPE[policy], "float32"}
+    assert {d for d in built.values() if checks.is_floating(d)} <= {COMPUTE_DTYPE[policy], "float32"}
     patterns = data.draw(layer_policies(list(built)), label="[precision.layers]")
     if patterns and compat.needs_keras_3("precision.layers"):
         with pytest.raises(ModelError, match="needs Keras 3"):

@@ -15,11 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from runner import exits
+from runner import compat, exits
 from runner.precision import checks
 from runner.preflight.check import CheckOutcome, check_experiment
 from runner.preflight.gate import with_policy
-from runner.spec import ExperimentSpec
+from runner.spec import ExperimentSpec, SpecValueError
 
 ATTENTION_TENSORS = ("attention logits", "softmax output")  # fidelity's rows inside attention layers
 
@@ -77,6 +77,9 @@ def fix_experiment(spec: ExperimentSpec, spec_path: Path, timing_steps: int = 5)
     the first that removes that layer's overflow. The override that leaves none is checked again as
     the run would be (timed as asked), the spec under mixed_bfloat16 beside it, and written beside
     the spec as a patch; the spec itself is never edited."""
+    refused = compat.needs_keras_3("runner check --fix (its fixes are [precision.layers] overrides)")
+    if refused:
+        raise SpecValueError(refused)
     before = check_experiment(spec, timing_steps)
     outcome, current = FixOutcome(exits.CHECK_FAILED, before), before
     for _ in range(len(attention_layers(before))):
