@@ -532,7 +532,8 @@ def _check_and_fix(spec: ExperimentSpec, path: Path, steps: int) -> None:
     raise typer.Exit(outcome.exit_code)
 
 
-EXPORT_FORMATS = ("keras", "saved_model")  # spec.ExportFormat's values (tests hold them equal)
+EXPORT_FORMATS = ("keras", "saved_model", "litert", "onnx")  # spec.ExportFormat's (tests hold them equal)
+QUANTIZATIONS = ("float16", "int8_dynamic", "int8", "keras_int8")  # spec.Quantization's
 
 
 @app.command()
@@ -546,7 +547,16 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            help="keras or saved_model (repeatable); default: the spec's [export].",
+            help="keras, saved_model, litert or onnx (repeatable); default: the spec's [export].",
+            show_default=False,
+        ),
+    ] = None,
+    quantize: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--quantize",
+            "-q",
+            help="float16, int8_dynamic, int8 (LiteRT, ONNX: int8_dynamic) or keras_int8 (repeatable).",
             show_default=False,
         ),
     ] = None,
@@ -558,23 +568,32 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export a run's model (model.keras, saved_model/) from a checkpoint, reloaded and checked in a
-    fresh process; beside what the run already holds (exports/<checkpoint>/), never over it.
-    Exit codes: 0 exported and checked · 1 the round trip failed · 2 bad input."""
+    """Export a run's model from a checkpoint (model.keras, saved_model/, model.tflite, model.onnx, and
+    quantized copies), each run by its own runtime in a fresh process on the test split; beside what
+    the run already holds (exports/<checkpoint>/), never over it.
+    Exit codes: 0 exported and checked · 1 a round trip or the accuracy budget failed · 2 bad input."""
     from runner.export.finished_run import export_experiment
 
     for given in formats or []:
         if given not in EXPORT_FORMATS:
             raise _fail(f'--format: expected one of {", ".join(EXPORT_FORMATS)}; got "{given}"')
+    for given in quantize or []:
+        if given not in QUANTIZATIONS:
+            raise _fail(f'--quantize: expected one of {", ".join(QUANTIZATIONS)}; got "{given}"')
     if checkpoint not in {None, "latest", "best"}:
         raise _fail(f'--checkpoint: expected latest or best; got "{checkpoint}"')
     if not (run_dir / "spec.toml").is_file():
         raise _fail(f"{run_dir}: not a run directory (no spec.toml)")
     with _bad_input_exits(run_dir / "spec.toml"):
-        outcome = export_experiment(run_dir, list(dict.fromkeys(formats or [])), checkpoint)
+        outcome = export_experiment(
+            run_dir,
+            list(dict.fromkeys(formats or [])),
+            checkpoint,
+            list(dict.fromkeys(quantize)) if quantize else None,
+        )
     from runner.reporting.views import render_export
 
-    _stdout().print(render_export(outcome.written_to, outcome.finding, outcome.record))
+    _stdout().print(render_export(outcome.written_to, outcome.findings, outcome.record))
     raise typer.Exit(outcome.exit_code)
 
 
@@ -582,7 +601,12 @@ def export(
 @_interruptible
 def predict(
     run_dir: Annotated[
-        Path, typer.Argument(help="A run directory with an exported model.keras.", show_default=False)
+        Path,
+        typer.Argument(
+            help="A run directory (its model.keras), or a file it exported: .keras, .tflite, .onnx, "
+            "or a SavedModel folder.",
+            show_default=False,
+        ),
     ],
     images: Annotated[
         list[Path], typer.Argument(help="Image files, or folders of them.", show_default=False)
@@ -594,7 +618,8 @@ def predict(
         typer.Option("--strict", help="Exit 2 when any file cannot be decoded (the rest still predicted)."),
     ] = False,
 ) -> None:
-    """Class names and probabilities for images, from the run's exported model and its preprocessing.
+    """Class names and probabilities for images, from the run's exported model (run by its own runtime:
+    Keras, TensorFlow, LiteRT or ONNX Runtime) and its preprocessing.
 
     A file that cannot be decoded is skipped and named on stderr; the others are predicted. Exit codes:
     0 predicted · 2 bad input (no file decodes; with --strict, any file that does not)."""

@@ -25,6 +25,7 @@ from runner import compat, exits, runs
 from runner.data.pipeline import TrainingBatches
 from runner.data.sources import Source
 from runner.events import EventSink, Note, RunFinished, RunStarted, ignore
+from runner.export import conversions
 from runner.export.finished_run import export_experiment as export_experiment
 from runner.precision import checks
 from runner.preflight import choices
@@ -294,10 +295,10 @@ def _export(state: RunState, model: Any, splits: Source) -> None:
         state.export = {"formats": [], "skipped": f"{export.SKIP_ENV} is set"}
         return
     if formats:
-        finding, state.export = export.export_model(
-            state.run_dir, model, state.spec, export.fixed_batch(splits), formats
+        found, state.export = export.export_model(
+            state.run_dir, model, state.spec, export.fixed_batch(splits), formats, splits=splits
         )
-        state.findings.append(finding)
+        state.findings.extend(found)
 
 
 def _post_findings(state: RunState, policy_before: str) -> list[checks.Finding]:
@@ -358,6 +359,7 @@ def run_experiment(
     role = workers.role_of(spec)  # a bad TF_CONFIG is bad input before anything loads
     if spec.tracking.mlflow:
         tracking.require_mlflow()
+    conversions.require_extra(spec.export.formats)
     runs.require_writable(output)  # before the data and TensorFlow take their seconds
     with nothing_to_save():  # until training starts (the CLI may then end it at once on a signal)
         return _run(spec, output, role, emit, stop)
@@ -387,6 +389,7 @@ def resume_experiment(run_dir: Path, emit: EventSink = ignore, mlflow: bool = Fa
         spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"mlflow": True})})
     if spec.tracking.mlflow:
         tracking.require_mlflow()
+    conversions.require_extra(spec.export.formats)
     role = workers.role_of(spec)
     with nothing_to_save(), runs.run_lock(run_dir) if role.is_chief else contextlib.nullcontext():
         previous = load_report(run_dir) if (run_dir / "report.json").exists() else None

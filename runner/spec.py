@@ -586,6 +586,9 @@ class ChecksSpec(StrictModel):
     # Under loss scaling: the scale at or below 1 for more than this many steps in a row is a warning
     # (the model is not learning in float16). None: not checked.
     max_steps_at_min_scale: PositiveInt | None = 1000
+    # Each exported artifact's test accuracy, measured by its own runtime, may be at most this far
+    # below the run's model's on the same images (docs/export.md); a miss names the artifact (exit 1).
+    max_export_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
 class RuntimeSpec(StrictModel):
@@ -623,28 +626,57 @@ class DistributionSpec(StrictModel):
         return self
 
 
-ExportFormat = Literal["keras", "saved_model"]
+ExportFormat = Literal["keras", "saved_model", "litert", "onnx"]
+Quantization = Literal["float16", "int8_dynamic", "int8", "keras_int8"]
+# The formats each quantization applies to (runner/export/conversions.py APPLIES_TO; a test holds them equal).
+QUANTIZATION_FORMATS: dict[str, tuple[str, ...]] = {
+    "float16": ("litert",),
+    "int8_dynamic": ("litert", "onnx"),
+    "int8": ("litert",),
+    "keras_int8": ("keras",),
+}
 
 
 class ExportSpec(StrictModel):
-    """What a completed run leaves to deploy, each file reloaded in a fresh process and checked
-    (`export_roundtrip`): `model.keras` (keras.saving.load_model) and/or `saved_model/`
-    (tf.saved_model.load). Both take the uint8 images the run trained on and return float32
-    probabilities. `formats = []` exports nothing (`runner export` can still do it later)."""
+    """What a completed run leaves to deploy (docs/export.md). Every file is run by its own runtime in
+    a fresh process without runner (`export_roundtrip`) on the fixed batch and on the whole test
+    split: accuracy, agreement with the run's model, size and latency per artifact. `model.keras`
+    (Keras), `saved_model/` (TensorFlow), `model.tflite` (LiteRT) and `model.onnx` (ONNX Runtime)
+    take the uint8 images the run trained on and return float32 probabilities. LiteRT, ONNX and
+    keras_int8 are converted from the float32 copy. `formats = []` exports nothing (`runner export`
+    can still do it later)."""
 
     formats: list[ExportFormat] = ["keras"]
     # Under a mixed policy also a float32 copy (model-float32.keras, saved_model-float32/): the same
     # weights in the model built under float32, for hardware without fast float16 (keras#16129).
     float32: bool = True
+    # Quantized artifacts beside the float32 ones: float16 (LiteRT: float16 weights), int8_dynamic
+    # (LiteRT dynamic range; ONNX Runtime quantize_dynamic), int8 (LiteRT full integer, calibrated on
+    # `calibration_images` training images), keras_int8 (Keras model.quantize("int8"), Keras 3).
+    quantize: list[Quantization] = []
+    # Training images full-int8 calibration sees, spread evenly over the training split.
+    calibration_images: Annotated[int, Field(ge=1, le=10_000)] = 256
 
     @model_validator(mode="after")
     def _formats_once_each(self) -> ExportSpec:
-        twice = sorted({f for f in self.formats if self.formats.count(f) > 1})
-        if twice:
-            raise ValueError(
-                f"export.formats: expected each format once (keras, saved_model); got {list(self.formats)} "
-                f"({', '.join(twice)} twice)"
-            )
+        named: list[tuple[str, list[str]]] = [
+            ("formats", list(self.formats)),
+            ("quantize", list(self.quantize)),
+        ]
+        for field, values in named:
+            twice = sorted({f for f in values if values.count(f) > 1})
+            if twice:
+                raise ValueError(
+                    f"export.{field}: expected each value once; got {list(values)} ({', '.join(twice)} twice)"
+                )
+        for quantization in self.quantize:
+            applies = QUANTIZATION_FORMATS[quantization]
+            if not any(f in self.formats for f in applies):
+                raise ValueError(
+                    f'export.quantize: "{quantization}" quantizes the {" or ".join(applies)} export; '
+                    f"expected {' or '.join(repr(f) for f in applies)} in export.formats; got "
+                    f"{list(self.formats)}"
+                )
         return self
 
 

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from runner import exits, runs
 from runner.events import EventSink, VariantStarted, ignore
+from runner.export import conversions
 from runner.reporting import compare, documents, tracking
 from runner.reporting.report import (
     Comparison,
@@ -193,6 +194,7 @@ def run_plan(
         )
     if any(v.spec.tracking.mlflow for v in variants):
         tracking.require_mlflow()
+    conversions.require_extra(sorted({f for v in variants for f in v.spec.export.formats}))
     runs.require_writable(output)
     groups = {v.group for v in variants}
     group_dir = runs.create_run_dir(
@@ -271,6 +273,7 @@ def resume_plan(
     variants = read_plan(group_dir)
     if any(v.spec.tracking.mlflow for v in variants):
         tracking.require_mlflow()
+    conversions.require_extra(sorted({f for v in variants for f in v.spec.export.formats}))
     tracking.open_sweep(variants[0].spec, group_dir, emit)  # the parent run again, if it had one
     return _execute(
         group_dir, variants, emit, retry_failed=retry_failed, fail_fast=fail_fast, parallel=parallel

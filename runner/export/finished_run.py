@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from runner import compat, exits, runs
 from runner.precision import checks
 from runner.preflight import choices
@@ -16,6 +18,7 @@ from runner.reporting.report import load_report
 from runner.spec import (
     BadInput,
     DistributionSpec,
+    ExportSpec,
     load_spec,
 )
 from runner.training import checkpoints
@@ -26,7 +29,7 @@ from runner.training.workers import prepare
 @dataclass
 class ExportOutcome:
     exit_code: int
-    finding: checks.Finding
+    findings: list[checks.Finding]
     record: dict[str, Any]
     written_to: Path  # the run directory, or exports/<checkpoint>/ beside what it already holds
 
@@ -68,10 +71,7 @@ def export_target(run_dir: Path, checkpoint: str) -> Path:
     overwritten."""
     from runner.export import artifacts as export
 
-    taken = [
-        export.EXPORT_DIR,
-        *(export.artifact_path(f, c) for f in ("keras", "saved_model") for c in (False, True)),
-    ]
+    taken = [export.EXPORT_DIR, *export.every_artifact_path()]
     if not any((run_dir / path).exists() for path in taken):
         return run_dir
     base = run_dir / "exports" / checkpoint
@@ -82,17 +82,40 @@ def export_target(run_dir: Path, checkpoint: str) -> Path:
     return target
 
 
-def export_experiment(run_dir: Path, formats: list[str] | None, which: str | None = None) -> ExportOutcome:
+def asked_export(spec: ExportSpec, formats: list[str] | None, quantize: list[str] | None) -> ExportSpec:
+    """The [export] `runner export` does: the spec's, or what --format/--quantize name instead (formats
+    given on the command line come without the spec's quantizations unless --quantize names some),
+    validated as the spec's is."""
+    if not formats and quantize is None:
+        chosen = spec if spec.formats else spec.model_copy(update={"formats": ["keras"]})
+        return chosen
+    fields = spec.model_dump()
+    fields["formats"] = formats or list(spec.formats) or ["keras"]
+    fields["quantize"] = quantize or []
+    try:
+        return ExportSpec.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise BadInput(f"--format/--quantize: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def export_experiment(
+    run_dir: Path, formats: list[str] | None, which: str | None = None, quantize: list[str] | None = None
+) -> ExportOutcome:
     """`runner export`: rebuild the run's model from its spec.toml, restore a checkpoint's model
-    variables (by default the weights the run reported), export it and check the round trip; for any
-    finished or interrupted run, never over what the run (or an earlier export) wrote."""
+    variables (by default the weights the run reported), export it, run each file by its runtime and
+    measure it on the test split; for any finished or interrupted run, never over what the run (or an
+    earlier export) wrote."""
     from runner.export import artifacts as export
+    from runner.export import conversions
 
     spec, _ = choices.kept_policy(run_dir, load_spec(run_dir / "spec.toml"))
     if spec.precision.policy == "auto":
         raise BadInput(f"{run_dir}: its policy was never chosen (no speed.json): nothing was trained")
-    spec = spec.model_copy(update={"distribution": DistributionSpec()})  # one device: a model to save
-    chosen = formats or list(spec.export.formats) or ["keras"]
+    asked = asked_export(spec.export, formats, quantize)
+    conversions.require_extra(asked.formats, "--format")
+    spec = spec.model_copy(update={"distribution": DistributionSpec(), "export": asked})  # one device
+    chosen = list(asked.formats)
     with runs.run_lock(run_dir):
         name, meta = _checkpoint_to_export(run_dir, which or reported_weights(run_dir))
         target = export_target(run_dir, name)
@@ -106,6 +129,8 @@ def export_experiment(run_dir: Path, formats: list[str] | None, which: str | Non
                 except checkpoints.CheckpointError as exc:
                     raise BadInput(f"{run_dir}: {exc}") from None
             batch = export.fixed_batch(setup.splits)
-            finding, record = export.export_model(target, model, spec, batch, chosen, checkpoint=name)
-    code = exits.CHECK_FAILED if checks.is_blocking(finding) else exits.COMPLETED
-    return ExportOutcome(code, finding, record, target)
+            findings, record = export.export_model(
+                target, model, spec, batch, chosen, checkpoint=name, splits=setup.splits
+            )
+    code = exits.CHECK_FAILED if checks.blocking(findings) else exits.COMPLETED
+    return ExportOutcome(code, findings, record, target)

@@ -16,7 +16,7 @@ import numpy as np
 
 from runner import compat
 from runner.data.image_folder import IMAGE_EXTENSIONS, op_message, partial_decoder, shown
-from runner.reporting.report import load_report
+from runner.reporting.report import RUNTIME_NAMES, load_report
 from runner.spec import BadInput
 
 IMAGE_CHANNELS = (1, 3, 4)  # what decode_image makes of a file: grey, RGB, RGBA
@@ -44,10 +44,10 @@ def image_files(paths: list[Path]) -> list[Path]:
     return found
 
 
-def class_names(run_dir: Path, count: int) -> list[str]:
+def class_names(run_dir: Path | None, count: int) -> list[str]:
     """report.json's data.class_names (an image folder's subfolders), else the class indices."""
     try:
-        data = load_report(run_dir).data
+        data = load_report(run_dir).data if run_dir is not None else None
     except BadInput:
         data = None
     names = data.class_names if data is not None else None
@@ -56,20 +56,68 @@ def class_names(run_dir: Path, count: int) -> list[str]:
     return [str(i) for i in range(count)]
 
 
-def load_exported(run_dir: Path) -> Any:
-    """model.keras, loaded with Keras; a missing or damaged file is bad input naming it."""
-    path = run_dir / MODEL_FILE
-    if not path.is_file():
+SUFFIXES = {".keras": "keras", ".tflite": "litert", ".onnx": "onnx"}
+RUN_DIR_LEVELS = 3  # an artifact's run directory: its folder, or up to exports/<checkpoint>/ above it
+
+
+@dataclass(frozen=True)
+class Target:
+    """What `runner predict` runs: the artifact, its format, and the run it came from (class names)."""
+
+    artifact: Path
+    format: str
+    run_dir: Path | None
+
+
+def resolve(given: Path) -> Target:
+    """A run directory (its model.keras) or an exported artifact: a .keras, .tflite or .onnx file or a
+    SavedModel folder; anything else is bad input naming what is expected."""
+    if given.is_dir() and (given / "spec.toml").is_file():
+        path = given / MODEL_FILE
+        if not path.is_file():
+            raise BadInput(
+                f"{path}: not found; expected the run's exported model: run `runner export {given}` first"
+            )
+        return Target(path, "keras", given)
+    if given.is_dir() and (given / "saved_model.pb").is_file():
+        fmt = "saved_model"
+    elif given.is_file() and given.suffix.lower() in SUFFIXES:
+        fmt = SUFFIXES[given.suffix.lower()]
+    elif not given.exists():
+        raise BadInput(f"{given}: no such file or folder; expected a run directory or an exported model")
+    else:
+        what = "not a run directory (no spec.toml) nor a SavedModel" if given.is_dir() else "not a model file"
         raise BadInput(
-            f"{path}: not found; expected the run's exported model: run `runner export {run_dir}` first"
+            f"{given}: {what}; expected a run directory, a .keras, .tflite or .onnx file or a SavedModel "
+            "folder"
         )
+    run_dir = next((p for p in given.resolve().parents[:RUN_DIR_LEVELS] if (p / "spec.toml").is_file()), None)
+    return Target(given, fmt, run_dir)
+
+
+def load_exported(target: Target) -> Any:
+    """The artifact loaded by its own runtime (runner/export/fresh_reload.py, as the export check runs
+    it); a missing runtime or a damaged file is bad input naming it."""
+    from runner.export import conversions, fresh_reload
+
+    if target.format in conversions.NEEDS:
+        conversions.require_extra([target.format], str(target.artifact))
+    if target.format in ("keras", "saved_model"):
+        compat.tensorflow()  # imported quietly (its C++ notices go where runner sends them)
+    runtime = RUNTIME_NAMES[target.format]
     try:
-        return compat.keras().models.load_model(str(path))
-    except Exception as exc:  # noqa: BLE001 - a truncated zip, bad weights, a foreign file: all the same to the user
+        return fresh_reload.load(str(target.artifact), target.format)
+    except Exception as exc:  # noqa: BLE001 - a truncated file, bad weights, a foreign file: all the same to the user
+        again = f"runner export {target.run_dir}" if target.run_dir else "runner export RUN_DIR"
         raise BadInput(
-            f"{path}: cannot be loaded ({type(exc).__name__}: {str(exc)[:200]}); expected a Keras model "
-            f"written by runner: export it again with `runner export {run_dir}`"
+            f"{target.artifact}: {runtime} cannot load it ({type(exc).__name__}: {_first_line(exc)}); "
+            f"expected a {target.format} model written by runner: export it again with `{again}`"
         ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else "")[:200]
 
 
 MAX_SKIPPED_SHOWN = 20  # `runner predict` names this many undecodable files, and counts them all
@@ -101,26 +149,32 @@ def decode(
     return batch, decoded, skipped
 
 
-def predict_files(run_dir: Path, paths: list[Path], top: int) -> Predictions:
-    """Each image's `top` classes, most probable first; a file that does not decode is skipped and
-    named (none decoding at all is bad input)."""
-    if not (run_dir / "spec.toml").is_file():
-        raise BadInput(f"{run_dir}: not a run directory (no spec.toml)")
+def predict_files(target: Path, paths: list[Path], top: int) -> Predictions:
+    """Each image's `top` classes, most probable first, from a run's model.keras or any artifact it
+    exported (run by its runtime); a file that does not decode is skipped and named (none decoding at
+    all is bad input)."""
     files = image_files(paths)
-    with compat.native_stderr_to(os.devnull):  # TensorFlow's C++ notices, not the user's output
-        return _predict(run_dir, files, top)
+    found = resolve(target)
+    with compat.native_stderr_to(os.devnull):  # the runtimes' C++ notices, not the user's output
+        return _predict(found, files, top)
 
 
-def _predict(run_dir: Path, files: list[Path], top: int) -> Predictions:
-    model = load_exported(run_dir)
-    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    if len(shape) != 3:
+def _image_shape(target: Target, declared: tuple[Any, ...]) -> tuple[int, int, int]:
+    if len(declared) != 3 or not all(isinstance(d, int) and d > 0 for d in declared):
         raise BadInput(
-            f"{run_dir / MODEL_FILE}: expected a model of (height, width, channels) images; got {shape}"
+            f"{target.artifact}: expected a model of (height, width, channels) images; got {declared}"
         )
+    return int(declared[0]), int(declared[1]), int(declared[2])
+
+
+def _predict(target: Target, files: list[Path], top: int) -> Predictions:
+    model = load_exported(target)
+    shape = _image_shape(
+        target, tuple(d if d is None or isinstance(d, str) else int(d) for d in model.input_shape)
+    )
     if shape[2] not in IMAGE_CHANNELS:  # e.g. an npz of 5-band arrays: no image file decodes to that
         raise BadInput(
-            f"{run_dir / MODEL_FILE}: takes images of {shape[2]} channels; image files decode to "
+            f"{target.artifact}: takes images of {shape[2]} channels; image files decode to "
             f"{', '.join(map(str, IMAGE_CHANNELS))} channels: this model predicts from arrays, "
             "not image files"
         )
@@ -130,8 +184,16 @@ def _predict(run_dir: Path, files: list[Path], top: int) -> Predictions:
         raise BadInput(
             f"none of the {len(files)} file(s) can be decoded; expected BMP, GIF, JPEG or PNG images:{named}"
         )
-    probabilities = np.asarray(model.predict(batch, verbose=0), dtype=np.float64)
-    names = class_names(run_dir, probabilities.shape[1])
+    try:
+        from runner.export.fresh_reload import predict_all
+
+        probabilities = np.asarray(predict_all(model, batch), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - a file that loads but cannot run (a damaged tensor)
+        raise BadInput(
+            f"{target.artifact}: {type(exc).__name__} while running it ({_first_line(exc)}); expected "
+            "a model written by runner"
+        ) from None
+    names = class_names(target.run_dir, probabilities.shape[1])
     found = []
     for path, row in zip(decoded, probabilities, strict=True):
         best = np.argsort(-row, kind="stable")[:top]

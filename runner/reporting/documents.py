@@ -17,7 +17,14 @@ import tomli_w
 from runner.precision.checks import MARKS, describe_variables, mark
 from runner.reporting import plots
 from runner.reporting.compare import objective_note
-from runner.reporting.report import Comparison, ComparisonRow, RunReport
+from runner.reporting.report import (
+    EXPORT_COLUMNS,
+    Comparison,
+    ComparisonRow,
+    RunReport,
+    export_caption,
+    export_rows,
+)
 from runner.runs import write_text_atomic
 
 CSS = """
@@ -123,11 +130,28 @@ def run_sections(report: RunReport) -> list[Section]:
             rows=[[getattr(e, c) for c in EPOCH_COLUMNS] for e in report.metrics.epochs],
         ),
         Section("Plots", plots=run_plots(report)),
+        *_export_sections(report),
         Section(
             "Audit: every layer", headers=["layer", "class", "compute", "variables", "output"], rows=layers
         ),
         Section("Environment", headers=["", ""], rows=[[k, v] for k, v in environment.items()]),
         Section("Spec", paragraphs=[f"spec hash {report.spec_hash}"], pre=tomli_w.dumps(report.spec)),
+    ]
+
+
+def _export_sections(report: RunReport) -> list[Section]:
+    """The exported files and their measured figures (none when nothing was exported)."""
+    record = report.export or {}
+    if not record.get("files"):
+        return []
+    caption = export_caption(record)
+    return [
+        Section(
+            "Exported",
+            paragraphs=[caption] if caption else [],
+            headers=EXPORT_COLUMNS,
+            rows=[list(row) for row in export_rows(record)],
+        )
     ]
 
 

@@ -476,21 +476,110 @@ def migrate_plan(raw: Any) -> Any:
 
 class ExportRecord(OpenRecord):
     """export/export.json (and report.json's `export`): what was exported, from which checkpoint, and
-    each file's round trip in a fresh process (`files`)."""
+    each file's run by its own runtime in a fresh process (`files`: one row per artifact, with its
+    round trip on the fixed batch and its figures on the evaluation split)."""
 
     schema_version: Literal[1] = 1
     formats: list[str]
+    quantize: list[str] = Field(default_factory=list)
     float32_copy: bool = False
     checkpoint: str | None = None
+    policy: str | None = Field(
+        default=None, description="the run's policy (conversions use its float32 copy)"
+    )
     files: list[JsonObject] = Field(default_factory=list)
     skipped: str | None = None
     error: str | None = Field(default=None, description="why the export failed (the run still completed)")
     batch: JsonObject | None = Field(default=None, description="the fixed batch every file was run on")
+    evaluation: JsonObject | None = Field(
+        default=None,
+        description="the split every file was measured on: split, images, the run's model's accuracy, "
+        "the latency batch and the CPU",
+    )
     reload_seconds: float | None = None
     seconds: float | None = None
 
     def to_json(self) -> JsonObject:
         return self.model_dump(mode="json", by_alias=True)
+
+
+EXPORT_COLUMNS = [
+    "file",
+    "runtime",
+    "precision",
+    "size",
+    "accuracy",
+    "Δ vs run",
+    "agreement",
+    "max Δp",
+    "ms/image",
+    "round trip",
+]
+
+
+def export_caption(record: JsonObject) -> str | None:
+    """What the figures were measured on: the split, the run's model's accuracy there, the CPU."""
+    evaluation = record.get("evaluation")
+    if not evaluation:
+        return None
+    return (
+        f"Measured on {evaluation['images']:,} {evaluation['split']} images, each file by its own runtime "
+        f"in a fresh process; the run's model: accuracy {evaluation['accuracy']:.4f}. Latency: median of "
+        f"repeated batches of {evaluation['latency_batch']} on {evaluation.get('cpu') or 'this CPU'}. "
+        f"Conversions start from the float32 copy (run policy {record.get('policy')})."
+        + (f" Runtimes: {', '.join(runtimes)}." if (runtimes := _runtimes(record)) else "")
+    )
+
+
+RUNTIME_NAMES = {"keras": "Keras", "saved_model": "TensorFlow", "litert": "LiteRT", "onnx": "ONNX Runtime"}
+# The EXPORT_COLUMNS an 80-column terminal shows (the file's suffix names its runtime), and their headers.
+TERMINAL_COLUMNS = {0: "file", 2: "precision", 3: "MB", 4: "accuracy", 5: "Δ", 6: "agree", 8: "ms/img"}
+
+
+def _runtimes(record: JsonObject) -> list[str]:
+    return list(dict.fromkeys(x["runtime"] for x in record.get("files", []) if x.get("runtime")))
+
+
+def _or_dash(value: Any, form: str) -> str:
+    return "—" if value is None else format(value, form)
+
+
+def export_rows(record: JsonObject) -> list[list[str]]:
+    """One row per artifact (EXPORT_COLUMNS), for the terminal, Markdown and HTML alike: its runtime,
+    precision, size, accuracy and drop against the run's model, top-1 agreement, the largest
+    probability difference, latency per image, and its round trip (or why it was not made)."""
+    rows = []
+    for line in record.get("files", []):
+        size = line.get("bytes")
+        if line.get("skipped"):
+            trip = f"skipped: {line['skipped']}"
+        elif not line.get("passed"):
+            trip = f"✗ {line.get('problem', '')}"
+        elif line.get("tolerance") is None and line.get("max_abs_diff") is not None:
+            trip = "✓ runs (quantized)"
+        else:
+            trip = f"✓ {_or_dash(line.get('max_abs_diff'), '.2g')}"
+        if str(line.get("delegate", "")).startswith("none"):
+            trip += " · built-in kernels: XNNPACK refused it"
+        runtime = RUNTIME_NAMES.get(line.get("format", ""), "—")
+        precision = line.get("precision", "—")
+        if precision == "policy":
+            precision = record.get("policy") or precision
+        rows.append(
+            [
+                line["path"],
+                runtime,
+                precision,
+                "—" if size is None else f"{size / 2**20:.2f} MB",
+                _or_dash(line.get("accuracy"), ".4f"),
+                "—" if line.get("accuracy_drop") is None else f"{0.0 - line['accuracy_drop']:+.4f}",
+                _or_dash(line.get("agreement"), ".4f"),
+                _or_dash(line.get("max_probability_diff"), ".2g"),
+                _or_dash(line.get("latency_ms_per_image"), ".3f"),
+                trip,
+            ]
+        )
+    return rows
 
 
 SCHEMAS: dict[str, type[BaseModel]] = {

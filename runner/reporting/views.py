@@ -26,6 +26,7 @@ from runner.precision.checks import DTYPE_MAX, NON_COMPUTING, Finding, describe_
 from runner.preflight.speed import ratio_text
 from runner.reporting.compare import objective_note
 from runner.reporting.report import (
+    TERMINAL_COLUMNS,
     CheckResult,
     Comparison,
     ComparisonRow,
@@ -34,6 +35,8 @@ from runner.reporting.report import (
     Metrics,
     Performance,
     RunReport,
+    export_caption,
+    export_rows,
 )
 from runner.spec import COMPUTE_DTYPE
 
@@ -292,9 +295,12 @@ def render_run(report: RunReport) -> RenderableType:
     parts.append(checks_table(report.checks))
     if report.metrics.epochs:
         parts.append(metrics_table(report.metrics))
-    exported = [line["path"] for line in (report.export or {}).get("files", [])]
+    exported = (report.export or {}).get("files", [])
+    if any(line.get("accuracy") is not None for line in exported):
+        parts.append(export_table(report.export or {}))
     if exported:
-        parts.append(Text(f"exported: {', '.join(exported)} · runner predict RUN_DIR IMAGES...", style="dim"))
+        names = ", ".join(line["path"] for line in exported if not line.get("skipped"))
+        parts.append(Text(f"exported: {names} · runner predict RUN_DIR[/FILE] IMAGES...", style="dim"))
     parts.append(Text(f"run directory: {report.run_dir}", style="dim"))
     return Panel(Group(*parts), title="runner report", border_style=STATUS_STYLE.get(report.status, "red"))
 
@@ -521,27 +527,21 @@ def _megabytes(size: int | None) -> str:
 
 
 def export_table(record: dict[str, Any]) -> Table:
-    """Each exported file: format, precision, size, and how far its reload is from what it must equal."""
-    table = Table(title="Exported", show_header=True, header_style="bold")
-    for column in ("file", "format", "precision", "size", "max |Δ| reloaded", "max |Δ| from run's model"):
-        table.add_column(column)
-    for line in record.get("files", []):
-        off = line.get("max_abs_diff_from_run_model")
-        table.add_row(
-            line["path"],
-            line["format"],
-            line["precision"],
-            _megabytes(line.get("bytes")),
-            _fmt(line.get("max_abs_diff"), ".2g"),
-            "—" if off is None else f"{off:.2g} (≤ {line['tolerance_from_run_model']:g})",
-        )
+    """Each exported file: its runtime, precision, size, accuracy against the run's, latency, round trip."""
+    table = Table(title="Exported", show_header=True, header_style="bold", caption=export_caption(record))
+    table.box, table.padding, table.pad_edge = box.SIMPLE_HEAD, (0, 1), False
+    for i, header in TERMINAL_COLUMNS.items():
+        right = i >= 3
+        table.add_column(header, overflow="fold", justify="right" if right else "left", no_wrap=right)
+    for row in export_rows(record):
+        table.add_row(*(escape(row[i].removesuffix(" MB")) for i in TERMINAL_COLUMNS))
     return table
 
 
-def render_export(run_dir: Any, finding: Finding, record: dict[str, Any]) -> RenderableType:
-    """`runner export`: the files written, the round-trip check, where they are."""
+def render_export(run_dir: Any, findings: Sequence[Finding], record: dict[str, Any]) -> RenderableType:
+    """`runner export`: the files written and measured, the checks, where they are."""
     checkpoint = record.get("checkpoint")
-    parts: list[RenderableType] = [export_table(record), checks_table([finding])]
+    parts: list[RenderableType] = [export_table(record), checks_table(list(findings))]
     parts.append(Text(f"from checkpoint {checkpoint} · written to {run_dir}", style="dim"))
     return Group(*parts)
 

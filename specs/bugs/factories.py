@@ -87,3 +87,27 @@ def attention_overflow(input_shape, num_classes, gain=100.0):
     for dense in (first._query_dense, first._key_dense):  # both Keras 2 and 3 name them so
         dense.kernel.assign(dense.kernel * gain)
     return model
+
+
+def int8_outliers(input_shape, num_classes, gain=1000.0):
+    """A small CNN with one hidden channel offset by `gain` and the offset taken away again after a
+    ReLU: an identity in floating point, but the offset tensor's range is [0, gain]. Full-int8 LiteRT
+    quantizes each activation tensor with one scale from its calibrated range, so the other channels
+    (ranges of a few units) round to a handful of levels and the accuracy collapses; float16 weights
+    and dynamic-range int8 (which quantizes the Dense input, after the offset is gone) keep it.
+    Built from Keras layers only (Rescaling with a per-channel offset), so the exports load anywhere."""
+    layers = keras.layers
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(32, 3, activation="relu", name="conv1")(inputs)
+    x = layers.MaxPooling2D(name="pool1")(x)
+    x = layers.Conv2D(64, 3, activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D(name="pool2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(64, activation="relu", name="hidden")(x)
+    offset = [float(gain)] + [0.0] * 63
+    x = layers.Rescaling(1.0, offset=offset, name="outlier")(x)  # channel 0 in [gain, gain + a few]
+    x = layers.ReLU(name="outlier_relu")(x)  # keeps the converter from folding the two offsets
+    x = layers.Rescaling(1.0, offset=[-v for v in offset], name="outlier_removed")(x)
+    x = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="int8_outliers")
