@@ -251,6 +251,10 @@ PACKAGES = (
     "matplotlib",
     "tensorboard",
     "h5py",
+    "ai-edge-litert",  # the export extra: LiteRT and ONNX artifacts are run by these
+    "tf2onnx",
+    "onnx",
+    "onnxruntime",
 )
 
 

@@ -164,3 +164,14 @@ def stuck_in_tensorflow(input_shape, num_classes, marker):
 
     spin()
     raise AssertionError("never built")
+
+
+def convolutions_only(input_shape, num_classes):
+    """No Dense layer: a 1x1 convolution to the classes, averaged over the image (keras_int8 has
+    nothing to quantize here)."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.Conv2D(num_classes, 1, name="classes")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="average")(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="convolutions_only")

@@ -91,9 +91,10 @@ def _keras_model():
     return keras, model
 
 
-values = st.lists(
-    st.floats(0.0, 10.0, width=32, allow_subnormal=False), min_size=1, max_size=12
-)  # as metrics are
+# Metrics on a grid of 1/64 (exact in float32 and float64): Keras 3 compares `value + min_delta` with the
+# best in float32 (keras.ops.less), tf-keras in float64, so a value within float32 rounding of the
+# min_delta boundary is decided differently by the two (found: 0.1 after 0.6 with min_delta 0.5).
+values = st.lists(st.integers(0, 640).map(lambda i: i / 64), min_size=1, max_size=12)
 
 
 @settings(max_examples=40, deadline=None)

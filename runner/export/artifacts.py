@@ -73,7 +73,7 @@ class Artifact:
         """ "policy" (the run's), "float32", or the quantization."""
         if self.quantization is not None:
             return self.quantization
-        return "float32" if self.float32_copy else "policy"
+        return "float32" if self.float32_copy or self.converted else "policy"
 
 
 def artifact_path(fmt: str, float32_copy: bool) -> str:

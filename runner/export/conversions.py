@@ -179,8 +179,15 @@ class Converter:
     # ------------------------------------------------------------ ONNX
 
     def _onnx(self, quantization: str | None, target: Path) -> dict[str, Any]:
-        import onnx
-        import tf2onnx
+        try:
+            import onnx
+            import tf2onnx
+        except Exception as exc:  # noqa: BLE001 - installed but not importable beside this TensorFlow
+            raise ConversionSkipped(
+                f"tf2onnx/onnx do not import beside TensorFlow {compat.tensorflow().__version__} "
+                f"({_last_line(exc)}; measured: onnx 1.19 needs a newer ml_dtypes than TensorFlow "
+                "2.16-2.18 pin, and the export extra takes onnx<1.18 there: pip install -e '.[export]')"
+            ) from None
 
         tf = compat.tensorflow()
         shape = tuple(self.model.inputs[0].shape[1:])
@@ -203,9 +210,9 @@ class Converter:
         onnx.save(proto, str(plain))
         if quantization is None:
             return done
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         try:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
             with _quiet():
                 quantize_dynamic(str(plain), str(target), weight_type=QuantType.QInt8)
         except Exception as exc:  # noqa: BLE001
