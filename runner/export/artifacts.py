@@ -336,7 +336,6 @@ def _measured(
     if not saved.is_file():
         return {}
     got = np.load(saved)
-    saved.unlink()
     if got.shape != evaluation.expected.shape:
         return {}
     accuracy = _accuracy(got, evaluation.labels)
@@ -430,11 +429,11 @@ def verify(
     images = _evaluation_file(run_dir, evaluation)
     try:
         results, why = _reload(run_dir, made, sys_path, images)
-    finally:
-        if images is not None:
-            images.unlink(missing_ok=True)
-    compute = COMPUTE_DTYPE[spec.precision.policy]
-    lines = [_compare(run_dir, a, results.get(Path(a.path).name), compute, evaluation) for a in made]
+        compute = COMPUTE_DTYPE[spec.precision.policy]
+        lines = [_compare(run_dir, a, results.get(Path(a.path).name), compute, evaluation) for a in made]
+    finally:  # the evaluation images and predictions are scratch, whatever happened (a timeout included)
+        for scratch in (run_dir / EXPORT_DIR).glob(".*.npy"):
+            scratch.unlink(missing_ok=True)
     lines += [
         {
             "path": a.path,
