@@ -32,6 +32,7 @@ from runner.spec import (
     json_schema,
     load_plan,
     load_spec,
+    load_study,
     plan_size,
     spec_hash,
     spec_to_toml,
@@ -193,6 +194,12 @@ def validate(
     """Check spec files against the schema; print resolved specs and sweep variants (no TensorFlow
     unless --data: then each spec's data is read, and every file that does not decode is named)."""
     out = _stdout()
+    studies = _collect(paths, lambda path: [load_study(path, overrides or ())])
+    if any(studies):
+        _print_studies([s for s in studies if s is not None])
+        paths = [p for p, s in zip(paths, studies, strict=True) if s is None]
+        if not paths:
+            return
     variants = _load_plans(paths, overrides)
     for variant in variants[:SHOWN_VARIANTS]:
         spec = variant.spec
@@ -206,6 +213,28 @@ def validate(
     out.print(f"[green]✓[/] {len(paths)} spec file(s) valid: {len(variants)} experiment(s) planned{planned}")
     if data:
         _validate_data(variants)
+
+
+def _print_studies(studies: list[Any]) -> None:
+    """What `runner validate` says of a study: its points are chosen as it runs, so its search space."""
+    out = _stdout()
+    for study in studies:
+        options = study.options
+        out.rule(
+            f"{study.group} · a study: {options.trials} trials, method {options.method}, seed {study.seed}"
+        )
+        for key, axis in study.axes.items():
+            out.print(f"  {key}: {escape(json.dumps(axis))}")
+        metric, mode = options.objective
+        pruning = options.pruning
+        pruned = f"{pruning.kind} pruning"
+        if pruning.kind == "median":
+            pruned += f" (after {pruning.startup_trials} trials, from epoch {pruning.warmup_epochs + 1})"
+        out.print(f"  objective {metric} ({mode}) · {pruned} · storage {options.storage or 'sqlite'}")
+        out.print(
+            f"[green]✓[/] {study.source} valid: a study of {options.trials} trials (each value of the search "
+            "space tried against the spec); Optuna chooses each trial's point as the study runs"
+        )
 
 
 def _validate_data(variants: list[Variant]) -> None:
@@ -235,16 +264,15 @@ def schema(
     report: Annotated[bool, typer.Option("--report", help="report.json's schema instead.")] = False,
     comparison: Annotated[bool, typer.Option("--comparison", help="comparison.json's instead.")] = False,
     sweep: Annotated[bool, typer.Option("--sweep", help="A sweep directory's sweep.json's instead.")] = False,
+    study: Annotated[bool, typer.Option("--study", help="A study's study.json's instead.")] = False,
     export: Annotated[bool, typer.Option("--export", help="export/export.json's instead.")] = False,
 ) -> None:
     """Print the JSON Schema of an experiment spec (or of a file runner writes, with its schema_version)."""
-    chosen = [
-        name
-        for name, on in (("report", report), ("comparison", comparison), ("sweep", sweep), ("export", export))
-        if on
-    ]
+    flags = {"report": report, "comparison": comparison, "sweep": sweep, "study": study, "export": export}
+    chosen = [name for name, on in flags.items() if on]
     if len(chosen) > 1:
-        raise _fail(f"expected at most one of --report, --comparison, --sweep, --export; got {len(chosen)}")
+        shown = ", ".join(f"--{name}" for name in flags)
+        raise _fail(f"expected at most one of {shown}; got {len(chosen)}")
     if not chosen:
         typer.echo(json.dumps(json_schema(), indent=2))
         return
@@ -288,6 +316,9 @@ def run(
             f"{size:,} experiments planned (more than {CONFIRM_ABOVE}): check the [sweep] lists, "
             "then run them with --yes"
         )
+    studies = _collect(paths, lambda path: [load_study(path, settings, patches or ())])
+    if any(studies):
+        _run_study(paths, studies, output, fail_fast, parallel)
     variants = _load_plans(paths, settings, patches)
     if len(variants) > 1:
         how = f"{parallel} at a time" if parallel > 1 else "one after another"
@@ -302,9 +333,50 @@ def run(
     _print_plan(plan)
 
 
+def _run_study(paths: list[Path], studies: list[Any], output: Path, fail_fast: bool, parallel: int) -> None:
+    """`runner run` of a spec file whose [sweep] is a study (alone): make it, drive it, report it."""
+    from runner import studies as engine
+
+    if len(paths) > 1:
+        study = next(p for p, s in zip(paths, studies, strict=True) if s is not None)
+        raise _fail(f"{study}: a study runs alone; expected one spec file; got {len(paths)}")
+    if fail_fast or parallel > 1:
+        raise _fail(
+            f"{paths[0]}: --fail-fast and --parallel are a plan's: a study goes on past a failed trial (its "
+            "sampler learns from it); run more trials at once with `runner sweep-worker SWEEP_DIR` in more "
+            "processes (docs/studies.md)"
+        )
+    try:
+        with _bad_input_exits(paths[0]), _terminal_events() as events:
+            outcome = engine.run_study(studies[0], output, events)
+    except KeyboardInterrupt:
+        raise _fail("interrupted before a trial started", exits.INTERRUPTED) from None
+    _print_study(outcome)
+
+
+def _print_study(outcome: Any) -> None:
+    """A study's comparison, its trials' states, where it is; exit with the study's code."""
+    from collections import Counter
+
+    from runner.reporting.views import comparison_table
+
+    out = _stdout()
+    if outcome.comparison is not None:
+        out.print(comparison_table(outcome.comparison))
+    counts = Counter(outcome.states.values())
+    shown = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    best = outcome.comparison.objective.best if outcome.comparison and outcome.comparison.objective else None
+    found = f" · best: {best.label} ({best.value:.4g})" if best else ""
+    out.print(f"{len(outcome.states)} trials: {shown}{found}", soft_wrap=True)
+    out.print(f"[dim]sweep directory[/] {outcome.sweep_dir}", soft_wrap=True)
+    if outcome.exit_code == exits.INTERRUPTED:
+        _stderr().print(f"resume the study with: [bold]runner resume {outcome.sweep_dir}[/]", soft_wrap=True)
+    raise typer.Exit(outcome.exit_code)
+
+
 def _print_plan(plan: Any) -> None:
     """Every run's report, then a sweep's comparison and where it is; exit with the plan's code."""
-    from runner.reporting.views import comparison_table, render_run
+    from runner.reporting.views import comparison_table, parity_lines, render_run
 
     out = _stdout()
     for outcome in plan.outcomes:
@@ -315,6 +387,8 @@ def _print_plan(plan: Any) -> None:
             )
     if plan.comparison is not None:
         out.print(comparison_table(plan.comparison))
+        for line in parity_lines(plan.comparison):
+            out.print(line, soft_wrap=True)
         out.print(f"[dim]sweep directory[/] {plan.group_dir}", soft_wrap=True)
         if plan.exit_code == exits.INTERRUPTED:
             _stderr().print(f"resume the sweep with: [bold]runner resume {plan.group_dir}[/]", soft_wrap=True)
@@ -339,10 +413,23 @@ def resume(
 ) -> None:
     """Continue an interrupted run from its newest checkpoint; or a sweep: its completed variants
     kept, the interrupted one resumed, the rest run. Exit codes as `run`."""
+    from runner import studies
     from runner.reporting.views import render_run
     from runner.session import resume_experiment
     from runner.sweeps import SWEEP_FILE, resume_plan
 
+    if studies.is_study_dir(run_dir):
+        if fail_fast or parallel > 1 or retry_failed:
+            raise _fail(
+                f"{run_dir}: a study resumes its interrupted trials and runs the rest; --retry-failed, "
+                "--fail-fast and --parallel are a plan's (more at once: `runner sweep-worker`)"
+            )
+        try:
+            with _terminal_events() as events:
+                resumed = studies.drive(run_dir, events, adopt=True)
+        except BadInput as exc:
+            raise _fail(str(exc)) from None
+        _print_study(resumed)
     if (run_dir / SWEEP_FILE).is_file():
         try:
             with _terminal_events() as events:
@@ -366,6 +453,59 @@ def resume(
     if outcome.status == "interrupted":
         _stderr().print(f"resume with: [bold]{escape(resume_command(outcome.run_dir))}[/]", soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
+
+
+@app.command("sweep-worker")
+@_interruptible
+def sweep_worker(
+    sweep_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A study's sweep directory (`runner sweep-create` or `runner run` made it).",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    r"""Run a study's trials until it has them all, beside any other worker: each trial is claimed
+    from the shared study (its storage, and a lock in the sweep directory), so N workers (a Slurm job
+    array, a Kubernetes indexed Job, N processes here) never run one twice. docs/studies.md.
+
+    Exit codes as `run` (0: the study has its trials and one completed).
+    """
+    from runner import studies
+
+    if not studies.is_study_dir(sweep_dir):
+        raise _fail(f"{sweep_dir}: no {studies.STUDY_FILE}; expected a study's sweep directory")
+    try:
+        with _terminal_events() as events:
+            outcome = studies.drive(sweep_dir, events)
+    except BadInput as exc:
+        raise _fail(str(exc)) from None
+    _print_study(outcome)
+
+
+@app.command("sweep-create")
+def sweep_create(
+    path: Annotated[
+        Path, typer.Argument(help="A spec file whose \\[sweep] is a study (trials = N).", show_default=False)
+    ],
+    overrides: Overrides = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the sweep directory goes.")] = Path(
+        "reports"
+    ),
+) -> None:
+    r"""Make a study's sweep directory and its storage without running a trial, and print its path:
+    then start `runner sweep-worker SWEEP_DIR` as many times as you like (docs/studies.md)."""
+    from runner import studies
+
+    found = _collect([path], lambda p: [load_study(p, overrides or ())])[0]
+    if found is None:
+        raise _fail(
+            f"{path}: sweep: expected a study ([sweep] trials = N); got no [sweep] or a plan without trials"
+        )
+    with _bad_input_exits(path):
+        sweep_dir = studies.create(found, output)
+    typer.echo(str(sweep_dir))
 
 
 @app.command()
@@ -403,7 +543,8 @@ def compare(
         Path | None, typer.Option("--output", "-o", help="Also write comparison.{json,md,html} here.")
     ] = None,
 ) -> None:
-    """Side-by-side table of finished runs: speed and memory against float32, accuracy, loss scale, checks."""
+    """Side-by-side table of finished runs: speed and memory against float32, accuracy, loss scale, checks.
+    Runs over seeds with [checks] max_accuracy_drop_vs: the parity verdict (exit 1 when it fails)."""
     from runner.reporting import compare as comparing
     from runner.reporting.report import load_report
 
@@ -412,9 +553,11 @@ def compare(
         comparison = comparing.compare(reports)
     except BadInput as exc:
         raise _fail(str(exc)) from None
-    from runner.reporting.views import comparison_table
+    from runner.reporting.views import comparison_table, parity_lines
 
     _stdout().print(comparison_table(comparison))
+    for line in parity_lines(comparison):
+        _stdout().print(line, soft_wrap=True)
     if output is not None:
         from runner.reporting.documents import write_comparison_documents
         from runner.runs import require_writable, write_json_atomic
@@ -429,6 +572,8 @@ def compare(
         except OSError as exc:  # a disk that fills up between the probe and the writes
             raise _fail(f"--output {output}: cannot write the comparison ({exc.strerror})") from None
         _stdout().print(f"[dim]written[/] {output}/comparison.json, comparison.md, comparison.html")
+    if any(v.verdict == "fail" for v in comparison.parity):
+        raise typer.Exit(exits.CHECK_FAILED)
 
 
 @app.command()

@@ -8,6 +8,10 @@ sampled with the spec's seed), and the options that say which, and what the comp
     "training.learning_rate" = { log_uniform = [1e-4, 1e-2] }
     "training.optimizer.kind" = ["adam", "sgd"]         # a list: every value (grid), one of them (random)
 
+A sweep with `trials = N` (or `method = "tpe" | "cmaes"`, which need it) is a *study* instead: Optuna
+chooses each trial's point as the earlier trials end (runner/studies.py), with the options of
+STUDY_OPTIONS (`seed` as an integer is the sampler's seed; as a list it is the spec's seed, swept).
+
 Plain Python and NumPy: `runner validate` prints the variants without TensorFlow.
 """
 
@@ -20,7 +24,16 @@ from typing import Any
 
 import numpy as np
 
-OPTIONS = ("method", "samples", "objective", "mode")
+OPTIONS = ("method", "samples", "objective", "mode", "trials", "storage", "pruning", "seeds")
+MAX_SEEDS = 100  # repeats of each point: parity needs a few, not thousands
+STUDY_OPTIONS = ("trials", "storage", "pruning", "seed")  # a study's alone (`seed`: when an integer)
+METHODS = ("grid", "random", "tpe", "cmaes")
+STUDY_METHODS = ("tpe", "cmaes")  # adaptive: only a study can run them
+PRUNERS = ("median", "hyperband", "none")
+PRUNING_OPTIONS = ("kind", "startup_trials", "warmup_epochs")
+# What pruning can watch each epoch, for each objective: the validation metric (the training one
+# where the data has no validation split, said in the report). Speed and memory are not per epoch.
+PRUNABLE = {"test_accuracy": "accuracy", "val_accuracy": "accuracy", "test_loss": "loss", "val_loss": "loss"}
 DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "choice")
 # What the comparison can rank by (a row's field) and the direction that is better.
 OBJECTIVES = {
@@ -42,10 +55,28 @@ class SweepError(ValueError):
 
 
 @dataclass(frozen=True)
+class Pruning:
+    """[sweep.pruning]: Optuna's pruner and when it may start to prune."""
+
+    kind: str = "none"
+    startup_trials: int = 4  # trials that run to the end before any is pruned (median)
+    warmup_epochs: int = 1  # epochs of each trial that are never pruned (median)
+
+
+@dataclass(frozen=True)
 class SweepOptions:
     method: str = "grid"
     samples: int | None = None
     objective: tuple[str, str] | None = None  # (metric, "max" | "min")
+    trials: int | None = None  # a study's size: None for a plan fixed in advance
+    seed: int | None = None  # a study's sampler seed; None: the spec's
+    storage: str | None = None  # a study's Optuna storage; None: SQLite in the sweep directory
+    pruning: Pruning = Pruning()
+    seeds: int = 1  # each point run with the seeds seed, seed + 1, ... (parity over seeds)
+
+    @property
+    def is_study(self) -> bool:
+        return self.trials is not None
 
 
 def _is_distribution(value: Any) -> bool:
@@ -71,7 +102,10 @@ def read_sweep(sweep: Any, source: str) -> tuple[SweepOptions, dict[str, Any]]:
             f"{source}: sweep: expected a table of field paths to lists of values; got {_show(sweep)}"
         )
     sweep = dict(sweep)
-    options = _options({k: sweep.pop(k) for k in OPTIONS if k in sweep}, source)
+    given = {k: sweep.pop(k) for k in OPTIONS if k in sweep}
+    if "seed" in sweep and type(sweep["seed"]) is int:  # the sampler's seed; a list is the spec's, swept
+        given["seed"] = sweep.pop("seed")
+    options = _options(given, source)
     axes: dict[str, Any] = json.loads(json.dumps(_axes(sweep), default=str))  # TOML dates → strings
     if not axes:
         raise SweepError(
@@ -79,13 +113,40 @@ def read_sweep(sweep: Any, source: str) -> tuple[SweepOptions, dict[str, Any]]:
         )
     for key, value in axes.items():
         _check_axis(key, value, options.method, source)
+    if options.seeds > 1 and "seed" in axes:
+        raise SweepError(
+            f'{source}: sweep.seeds: repeats each point with seeds of its own; expected no "seed" axis '
+            f"beside it; got both"
+        )
+    if options.is_study and options.method == "grid":
+        size = math.prod(len(values) for values in axes.values())
+        if options.trials is not None and options.trials > size:
+            raise SweepError(
+                f"{source}: sweep.trials: a grid study runs each point once; expected at most {size} (the "
+                f"grid's points); got {options.trials}"
+            )
     return options, axes
 
 
 def _options(given: dict[str, Any], source: str) -> SweepOptions:
     method = given.get("method", "grid")
-    if method not in ("grid", "random"):
-        raise SweepError(f'{source}: sweep.method: expected "grid" or "random"; got {_show(method)}')
+    if method not in METHODS:
+        shown = " or ".join(f'"{m}"' for m in METHODS)
+        raise SweepError(f"{source}: sweep.method: expected {shown}; got {_show(method)}")
+    if method in STUDY_METHODS or "trials" in given:
+        return _study_options(given, method, source)
+    seeds = given.get("seeds", 1)
+    if type(seeds) is not int or not 1 <= seeds <= MAX_SEEDS:
+        raise SweepError(
+            f"{source}: sweep.seeds: expected an integer 1..{MAX_SEEDS} (each point's runs, with the seeds "
+            f"seed, seed + 1, ...); got {_show(seeds)}"
+        )
+    extra = [k for k in STUDY_OPTIONS if k in given]
+    if extra:
+        raise SweepError(
+            f"{source}: sweep.{extra[0]}: expected only in a study (sweep.trials = N, which Optuna runs); "
+            f"got {_show(given[extra[0]])} in a sweep without trials"
+        )
     samples = given.get("samples")
     if method == "random" and (type(samples) is not int or samples < 1):
         raise SweepError(
@@ -96,15 +157,18 @@ def _options(given: dict[str, Any], source: str) -> SweepOptions:
         raise SweepError(
             f'{source}: sweep.samples: expected only with method = "random"; got {_show(samples)}'
         )
-    objective = given.get("objective")
+    default = DEFAULT_OBJECTIVE if method == "random" else None  # a search is for the best: ranked
+    return SweepOptions(method, samples, _objective(given, source, default), seeds=seeds)
+
+
+def _objective(given: dict[str, Any], source: str, default: str | None) -> tuple[str, str] | None:
+    objective = given.get("objective", default)
     if objective is None:
         if "mode" in given:
             raise SweepError(
                 f"{source}: sweep.mode: expected only with sweep.objective; got {_show(given['mode'])}"
             )
-        if method == "random":  # a search is for the best: its comparison is ranked, best first
-            return SweepOptions(method, samples, (DEFAULT_OBJECTIVE, OBJECTIVES[DEFAULT_OBJECTIVE]))
-        return SweepOptions(method, samples)
+        return None
     if objective not in OBJECTIVES:
         raise SweepError(
             f"{source}: sweep.objective: expected one of {', '.join(OBJECTIVES)}; got {_show(objective)}"
@@ -112,7 +176,71 @@ def _options(given: dict[str, Any], source: str) -> SweepOptions:
     mode = given.get("mode", OBJECTIVES[objective])
     if mode not in ("max", "min"):
         raise SweepError(f'{source}: sweep.mode: expected "max" or "min"; got {_show(mode)}')
-    return SweepOptions(method, samples, (objective, mode))
+    return objective, mode
+
+
+def _study_options(given: dict[str, Any], method: str, source: str) -> SweepOptions:
+    """A study's options: its size, the sampler's seed, where it is stored, its pruner."""
+    trials = given.get("trials")
+    if type(trials) is not int or trials < 1:
+        raise SweepError(
+            f'{source}: sweep.trials: expected a positive integer (a study of method = "{method}" '
+            f"runs that many trials); got {_show(trials)}"
+        )
+    if "seeds" in given:
+        raise SweepError(
+            f"{source}: sweep.seeds: repeats the points of a plan (grid or random) for a parity verdict; "
+            f"expected no seeds in a study (trials = N); got {_show(given['seeds'])}"
+        )
+    if "samples" in given:
+        raise SweepError(
+            f"{source}: sweep.samples: a study's size is sweep.trials; expected no samples; "
+            f"got {_show(given['samples'])}"
+        )
+    seed = given.get("seed")
+    if seed is not None and (type(seed) is not int or seed < 0):
+        raise SweepError(f"{source}: sweep.seed: expected a non-negative integer; got {_show(seed)}")
+    storage = given.get("storage")
+    if storage is not None and (not isinstance(storage, str) or not storage.strip()):
+        raise SweepError(
+            f'{source}: sweep.storage: expected "sqlite" (the default), "journal", an Optuna RDB URL '
+            f'(e.g. "postgresql://host/db") or "journal:PATH"; got {_show(storage)}'
+        )
+    objective = _objective(given, source, DEFAULT_OBJECTIVE)
+    assert objective is not None  # a default was given
+    pruning = _pruning(given.get("pruning"), objective[0], source)
+    return SweepOptions(method, None, objective, trials, seed, storage, pruning)
+
+
+def _pruning(table: Any, objective: str, source: str) -> Pruning:
+    if table is None:
+        return Pruning()
+    if not isinstance(table, dict):
+        raise SweepError(f"{source}: sweep.pruning: expected a table {{ kind = ... }}; got {_show(table)}")
+    unknown = sorted(set(table) - set(PRUNING_OPTIONS))
+    if unknown:
+        raise SweepError(
+            f"{source}: sweep.pruning.{unknown[0]}: expected one of {', '.join(PRUNING_OPTIONS)}; "
+            f"got {_show(table[unknown[0]])}"
+        )
+    kind = table.get("kind", "median")
+    if kind not in PRUNERS:
+        shown = " or ".join(f'"{p}"' for p in PRUNERS)
+        raise SweepError(f"{source}: sweep.pruning.kind: expected {shown}; got {_show(kind)}")
+    numbers = {}
+    for key, low in (("startup_trials", 0), ("warmup_epochs", 0)):
+        value = table.get(key, getattr(Pruning, key))
+        if type(value) is not int or value < low:
+            raise SweepError(
+                f"{source}: sweep.pruning.{key}: expected an integer >= {low}; got {_show(value)}"
+            )
+        numbers[key] = value
+    if kind != "none" and objective not in PRUNABLE:
+        raise SweepError(
+            f"{source}: sweep.pruning: pruning watches the objective each epoch; expected an objective "
+            f'measured per epoch ({", ".join(PRUNABLE)}); got {_show(objective)} (set kind = "none")'
+        )
+    return Pruning(kind, **numbers)
 
 
 def _check_axis(key: str, value: Any, method: str, source: str) -> None:
@@ -134,7 +262,10 @@ def _check_axis(key: str, value: Any, method: str, source: str) -> None:
             f"{{ {' | '.join(DISTRIBUTIONS)} = [...] }}; got {_show(value)}"
         )
     if method == "grid":
-        raise SweepError(f'{where}: a distribution is sampled: expected sweep.method = "random"; got "grid"')
+        raise SweepError(
+            f'{where}: a distribution is sampled: expected sweep.method = "random", "tpe" or "cmaes"; '
+            'got "grid"'
+        )
     ((kind, bounds),) = value.items()
     if kind == "choice":
         if not isinstance(bounds, list) or not bounds:
@@ -158,21 +289,27 @@ def _is_number(value: Any) -> bool:
 def plan_size(options: SweepOptions, axes: dict[str, Any]) -> int:
     """How many variants `points` gives, counted without making them (a grid: the product of its
     lists' lengths)."""
+    if options.trials is not None:
+        return options.trials
     if options.method == "random":
         assert options.samples is not None  # read_sweep requires it for random
-        return options.samples
-    return math.prod(len(values) for values in axes.values())
+        return options.samples * options.seeds
+    return options.seeds * math.prod(len(values) for values in axes.values())
 
 
 def points(options: SweepOptions, axes: dict[str, Any], seed: int, source: str) -> list[dict[str, Any]]:
-    """The variants' settings (field path → value), in order."""
+    """The variants' settings (field path → value), in order; with `seeds`, each point's runs one
+    after another, with `"seed"` = seed, seed + 1, ..."""
     if options.method == "grid":
         combos: list[dict[str, Any]] = [{}]
         for key, values in axes.items():
             combos = [{**c, key: v} for c in combos for v in values]
+    else:
+        assert options.samples is not None  # read_sweep requires it for random
+        combos = sample(axes, options.samples, seed, source)
+    if options.seeds == 1:
         return combos
-    assert options.samples is not None  # read_sweep requires it for random
-    return sample(axes, options.samples, seed, source)
+    return [{**c, "seed": seed + k} for c in combos for k in range(options.seeds)]
 
 
 def draw(value: Any, rng: np.random.Generator) -> Any:

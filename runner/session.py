@@ -70,7 +70,7 @@ class RunOutcome:
 def _observers(
     state: RunState, segment: Any, n_train: int, emit: EventSink, restore_metrics: Any
 ) -> list[Any]:
-    from runner.training import callbacks  # imports TensorFlow: only when training
+    from runner.training import callbacks, trial  # import TensorFlow: only when training
 
     spec, run_dir, chief = state.spec, state.run_dir, state.role.is_chief
     batch = spec.data.batch_size
@@ -89,6 +89,7 @@ def _observers(
             write=chief,
         ),
         callbacks.ProgressEvents(emit, spec.training.epochs, segment.steps, batch, segment),
+        *([trial.TrialReports(state.trial_link)] if state.trial_link else []),  # after the checkpoint
     ]
 
 
@@ -150,6 +151,15 @@ def _train(state: RunState, engine: Any, splits: Source, emit: EventSink) -> Non
                 loop.train_segment(engine, data, segment, state.log, plan, observers, agree, rates_for)
             if state.log.diverged_at_step is not None:
                 state.status, state.error = "diverged", state.log.divergence
+                return
+            if state.trial_link is not None and state.trial_link.pruned_at_epoch is not None:
+                link = state.trial_link
+                state.status = "pruned"
+                value = link.reported[str(link.pruned_at_epoch)]
+                state.error = (
+                    f"pruned by the study's {link.pruning.get('kind')} pruner after epoch "
+                    f"{link.pruned_at_epoch} ({link.metric} {value:.4g}); checkpoint written"
+                )
                 return
             if state.log.early_stopping.stopped_at_epoch is not None:
                 break
@@ -393,8 +403,8 @@ def resume_experiment(run_dir: Path, emit: EventSink = ignore, mlflow: bool = Fa
     role = workers.role_of(spec)
     with nothing_to_save(), runs.run_lock(run_dir) if role.is_chief else contextlib.nullcontext():
         previous = load_report(run_dir) if (run_dir / "report.json").exists() else None
-        if previous is not None and previous.status == "completed":
-            raise BadInput(f"{run_dir}: this run completed; nothing to resume")
+        if previous is not None and previous.status in ("completed", "pruned"):
+            raise BadInput(f"{run_dir}: this run {previous.status}; nothing to resume")
         setup = workers.prepare(spec, role)
         found, skipped = checkpoints.latest_restorable(run_dir)
         for reason in skipped:
@@ -451,8 +461,18 @@ def _execute(state: RunState, setup: Setup, emit: EventSink) -> RunOutcome:
     native_log = (
         compat.native_stderr_to(state.run_dir / "tensorflow.log") if chief else contextlib.nullcontext()
     )
-    with native_log, stop_on_signals(state.stop):
+    from runner.training import trial
+
+    state.trial_link = trial.from_environment()  # a study's trial: reports each epoch, may be pruned
+    if state.trial_link is not None and state.resumes and (state.run_dir / "report.json").exists():
+        with contextlib.suppress(Exception):  # what was reported before the interruption, kept
+            before = load_report(state.run_dir).trial
+            if before is not None:
+                state.trial_link.reported.update(before.reported)
+    with native_log, stop_on_signals(state.stop), trial.stop_with_parent(state.trial_link, state.stop):
         bad_input = _attempt(state, setup, emit)
+    if state.trial_link is not None:
+        state.trial = state.trial_link.record()
     if state.status == "completed" and chief:  # a crash an earlier attempt left is not this run's error
         (state.run_dir / "error.txt").unlink(missing_ok=True)
     state.findings = state.findings + _post_findings(state, policy_before)

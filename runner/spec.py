@@ -560,6 +560,13 @@ class TrainingSpec(StrictModel):
         return found
 
 
+class AccuracyDropVs(StrictModel):
+    """`max_accuracy_drop_vs = { baseline = "float32", drop = 0.005 }`."""
+
+    baseline: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    drop: Annotated[float, Field(gt=0, le=1)]
+
+
 class ChecksSpec(StrictModel):
     """What a run must achieve; evaluated after training (the precision invariants always are)."""
 
@@ -589,6 +596,10 @@ class ChecksSpec(StrictModel):
     # Each exported artifact's test accuracy, measured by its own runtime, may be at most this far
     # below the run's model's on the same images (docs/export.md); a miss names the artifact (exit 1).
     max_export_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
+    # A sweep's verdict on the policy (runner/reporting/parity.py): each point's test accuracy against
+    # the baseline policy's point with the same other settings, paired by seed over [sweep] seeds; a
+    # drop the 95 % interval cannot rule out past `drop` fails the sweep (exit 1).
+    max_accuracy_drop_vs: AccuracyDropVs | None = None
 
 
 class RuntimeSpec(StrictModel):
@@ -889,10 +900,10 @@ MAX_PLAN = 10_000
 
 
 def _read_plan(
-    path: str | Path, overrides: Sequence[str], patches: Sequence[str | Path] = ()
+    path: str | Path, overrides: Sequence[str], patches: Sequence[str | Path] = (), study: bool = True
 ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """A spec file with a [sweep]: its base (patches and overrides applied), the sweep's options and
-    its axes."""
+    its axes. `study=False`: a study (trials = N) is refused, as no plan made in advance."""
     from runner import search
 
     raw, source = read_patched(path, patches)
@@ -903,6 +914,11 @@ def _read_plan(
         _refuse_unknown_distributions(axes, str(path))
     except search.SweepError as exc:
         raise SpecError(str(exc)) from None
+    if options.is_study and not study:
+        raise SpecError(
+            f"{path}: sweep: a study of {options.trials} trials (Optuna chooses each as the others end), "
+            "not a plan made in advance: run it alone, with `runner run` (runner.studies)"
+        )
     return base, options, axes
 
 
@@ -932,7 +948,7 @@ def load_plan(
     if "sweep" not in raw:
         spec = spec_from_dict(raw, source=source, overrides=overrides)
         return [Variant(spec, {}, spec.name, source)]
-    base, options, axes = _read_plan(path, overrides, patches)
+    base, options, axes = _read_plan(path, overrides, patches, study=False)
     size = search.plan_size(options, axes)
     if size > MAX_PLAN:
         raise SpecError(
@@ -973,6 +989,78 @@ def load_plan(
     if errors:
         raise SpecError("\n".join(_shared_error(e, w, str(path), size) for e, w in errors.items()))
     return variants
+
+
+@dataclass(frozen=True)
+class StudyDefinition:
+    """A spec file whose [sweep] is a study (`trials = N`): what runner/studies.py needs to make each
+    trial's spec from the point Optuna chooses. Validated: every list value, and each range's bounds,
+    applied to the base makes a valid spec."""
+
+    base: dict[str, Any]  # the spec's table, patches and --set applied, without [sweep]
+    options: Any  # search.SweepOptions (trials, method, seed, storage, pruning, objective)
+    axes: dict[str, Any]  # field path → list of values or { distribution = [...] }
+    source: str
+    group: str  # the name in the spec file: each trial's name extends it
+    seed: int  # the sampler's: [sweep] seed, else the spec's
+
+
+def load_study(
+    path: str | Path, overrides: Sequence[str] = (), patches: Sequence[str | Path] = ()
+) -> StudyDefinition | None:
+    """The study a spec file asks for, or None (no [sweep], or a plan fixed in advance)."""
+    raw, source = read_patched(path, patches)
+    if "sweep" not in raw:
+        return None
+    base, options, axes = _read_plan(path, overrides, patches)
+    if not options.is_study:
+        return None
+    seed = base.get("seed", 0) if type(base.get("seed", 0)) is int else 0
+    sampler_seed = options.seed if options.seed is not None else seed
+    definition = StudyDefinition(base, options, axes, str(path), str(base.get("name")), sampler_seed)
+    errors: dict[str, list[str]] = {}
+    probes = _study_probes(axes)
+    for settings in probes:  # each value once (the others at their first): a bad one is named
+        where = f"{path} [sweep {', '.join(f'{k}={v}' for k, v in settings.items())}]"
+        try:
+            trial_spec(definition, settings, 0, where)
+        except SpecError as exc:
+            for line in str(exc).splitlines():
+                errors.setdefault(line.removeprefix(f"{where}: "), []).append(where)
+    if errors:
+        raise SpecError("\n".join(_shared_error(e, w, str(path), len(probes)) for e, w in errors.items()))
+    return definition
+
+
+def _study_probes(axes: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Points that together try every list value and each range's two bounds."""
+    candidates = {}
+    for key, value in axes.items():
+        kind, bounds = next(iter(value.items())) if isinstance(value, dict) else ("choice", value)
+        candidates[key] = list(bounds)
+    first = {key: values[0] for key, values in candidates.items()}
+    probes, seen = [first], {json.dumps(first, sort_keys=True)}
+    for key, values in candidates.items():
+        for value in values[1:]:
+            point = {**first, key: value}
+            if json.dumps(point, sort_keys=True) not in seen:
+                seen.add(json.dumps(point, sort_keys=True))
+                probes.append(point)
+    return probes
+
+
+def trial_spec(
+    study: StudyDefinition, params: Mapping[str, Any], number: int, where: str | None = None
+) -> ExperimentSpec:
+    """Trial `number`'s experiment: the base with the chosen values, named `<name>-t<number>-<values>`
+    (the number makes each trial's name, and so its spec hash and run directory, its own)."""
+    data = json.loads(json.dumps(study.base))
+    for key, value in params.items():
+        _set_path(data, key.split("."), value, study.source, f"sweep.{key}")
+    suffix = f"t{number:03d}-" + "-".join(_slug(v) for v in params.values())
+    data["name"] = f"{study.group[: 63 - len(suffix)]}-{suffix}"[:64]
+    where = where or f"{study.source} [trial {number}: {', '.join(f'{k}={v}' for k, v in params.items())}]"
+    return spec_from_dict(data, source=where)
 
 
 def _shared_error(error: str, where: list[str], path: str, size: int) -> str:
@@ -1221,6 +1309,29 @@ def spec_hash(spec: ExperimentSpec) -> str:
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"  # the draft pydantic generates
 
 
+def _study_schema() -> dict[str, Any]:
+    """A study's options in [sweep] (runner/studies.py; docs/studies.md)."""
+    return {
+        "trials": {"type": "integer", "minimum": 1},
+        "seed": {
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "description": "a study's sampler seed"},
+                {"$ref": "#/$defs/SweepEntry"},
+            ]
+        },
+        "storage": {"type": "string", "minLength": 1},
+        "pruning": {
+            "type": "object",
+            "properties": {
+                "kind": {"enum": ["median", "hyperband", "none"], "default": "median"},
+                "startup_trials": {"type": "integer", "minimum": 0},
+                "warmup_epochs": {"type": "integer", "minimum": 0},
+            },
+            "additionalProperties": False,
+        },
+    }
+
+
 def _sweep_defs() -> dict[str, Any]:
     """A [sweep] as search.read_sweep reads it: its options, and dotted field paths (or tables nesting
     them) to non-empty lists or (method = "random") distribution tables."""
@@ -1229,13 +1340,16 @@ def _sweep_defs() -> dict[str, Any]:
         "Sweep": {
             "title": "Sweep",
             "description": "One experiment per point of the cartesian product of these lists (method = "
-            '"grid"), or `samples` random draws (method = "random"): e.g. "precision.policy" = ["float32", '
+            '"grid"), or `samples` random draws (method = "random"), each `seeds` times; or, with `trials`, '
+            'an Optuna study (docs/studies.md): e.g. "precision.policy" = ["float32", '
             '"mixed_float16"], "training.learning_rate" = { log_uniform = [1e-4, 1e-2] }',
             "type": "object",
             "minProperties": 1,
             "properties": {
-                "method": {"enum": ["grid", "random"], "default": "grid"},
+                "method": {"enum": ["grid", "random", "tpe", "cmaes"], "default": "grid"},
                 "samples": {"type": "integer", "minimum": 1},
+                "seeds": {"type": "integer", "minimum": 1, "maximum": 100, "default": 1},
+                **_study_schema(),
                 "objective": {
                     "enum": [
                         "test_accuracy",

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,7 @@ class Task:
     index: int  # 0-based, in the plan
     variant: Variant
     run_dir: Path | None  # None: not started yet
+    env: dict[str, str] = field(default_factory=dict)  # for its process (a study's trial: which)
 
 
 def _start(task: Task, output: Path, tmp: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -116,6 +117,7 @@ def _start(task: Task, output: Path, tmp: Path, env: dict[str, str]) -> subproce
         env={
             **os.environ,
             SPEC_SOURCE_VARIABLE: task.variant.source or command[4],
+            **task.env,
             **env,
         },  # errors name the real file
         start_new_session=True,
@@ -310,7 +312,7 @@ def _execute(
     """Run what is left of the plan, then compare every variant that has a report, in plan order
     (those kept from before included): the exit code is the worst of theirs and of what stopped it."""
     tasks, done = _tasks(group_dir, variants, retry_failed)
-    codes, stop = _run_tasks(tasks, group_dir, len(variants), emit, fail_fast, parallel)
+    codes, stop = run_tasks(tasks, group_dir, len(variants), emit, fail_fast, parallel)
     finished = dict(done)
     for task in tasks:
         run_dir = find_run_dir(group_dir, task.variant.spec)
@@ -327,6 +329,8 @@ def _execute(
         return PlanOutcome(outcomes, code, group_dir)
     reports = [o.record for o in outcomes]
     comparison = compare.compare(reports, variants[0].objective)
+    if any(v.verdict == "fail" for v in comparison.parity):  # a policy's drop not ruled out: exit 1
+        code = max(code, exits.CHECK_FAILED)
     runs.write_json_atomic(group_dir / "comparison.json", comparison.to_json())
     documents.write_comparison_documents(group_dir, comparison, reports)
     tracking.close_sweep(group_dir, emit)
@@ -343,7 +347,7 @@ def _exit_code_of(report: RunReport) -> int:
     return code
 
 
-def _run_tasks(
+def run_tasks(
     tasks: list[Task], group_dir: Path, count: int, emit: EventSink, fail_fast: bool, parallel: int
 ) -> tuple[dict[int, int], int]:
     """Run the tasks, `parallel` at a time, in order. Returns each task's exit code and the code that

@@ -123,7 +123,12 @@ def inprocess_pytest():
 
 # What runner writes for others to read, each against the JSON Schema `runner schema` publishes for it
 # (not pydantic's own validation: the published schema is what users' tools hold it to).
-WRITTEN_FILES = {"report.json": "report", "comparison.json": "comparison", "sweep.json": "sweep"}
+WRITTEN_FILES = {
+    "report.json": "report",
+    "comparison.json": "comparison",
+    "sweep.json": "sweep",
+    "study.json": "study",
+}
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,8 @@ cli = CliRunner()
 # The CLI contract (DESIGN.md): every command a user may type.
 COMMANDS = {
     "run",
+    "sweep-create",
+    "sweep-worker",
     "validate",
     "check",
     "compare",

@@ -73,7 +73,10 @@ SPEC = 'name = "r"\n[training]\noptimizer = {{ kind = "sgd" }}\n[sweep]\n{sweep}
             'sweep.samples: expected a positive integer with method = "random"',
         ),
         ('samples = 3\n"seed" = [1, 2]', 'sweep.samples: expected only with method = "random"'),
-        ('method = "bayes"\n"seed" = [1]', 'sweep.method: expected "grid" or "random"; got "bayes"'),
+        (
+            'method = "bayes"\n"seed" = [1]',
+            'sweep.method: expected "grid" or "random" or "tpe" or "cmaes"; got "bayes"',
+        ),
         (
             '"training.learning_rate" = { log_uniform = [1e-4, 1e-2] }',
             'a distribution is sampled: expected sweep.method = "random"',

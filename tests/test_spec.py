@@ -18,6 +18,7 @@ from runner.spec import (
     json_schema,
     load_plan,
     load_spec,
+    load_study,
     parse_override,
     spec_from_dict,
     spec_hash,
@@ -179,7 +180,7 @@ def test_shipped_specs_are_valid():
     paths = sorted((ROOT / "specs").rglob("*.toml"))
     assert {p.name for p in paths} >= {"mixed.toml", "float32.toml", "quickstart.toml"}
     for path in paths:
-        assert load_plan(path)
+        assert load_study(path) or load_plan(path)  # a study (specs/tune.toml) or a plan
     mixed = load_spec(ROOT / "specs" / "mixed.toml")
     assert (mixed.precision.policy, mixed.data.source, mixed.data.batch_size) == (
         "mixed_float16",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.precision.checks import is_blocking
+from runner.reporting import parity
 from runner.reporting.report import (
     Baseline,
     Best,
@@ -131,22 +132,33 @@ def comparison_row(report: RunReport, base: RunReport, fields: list[str], label:
     )
 
 
-def compare(reports: list[RunReport], objective: tuple[str, str] | None = None) -> Comparison:
+def compare(
+    reports: list[RunReport], objective: tuple[str, str] | None = None, trials: list[int] | None = None
+) -> Comparison:
     """comparison.json's content: the baseline, the fields that differ, one row per run, each with the
-    label that tables and plots show for it, and (with an objective) each run's rank and the best."""
+    label that tables and plots show for it, and (with an objective) each run's rank and the best.
+    `trials`: a study's trial numbers, one per report: each label starts with its `#number`."""
     if not reports:
         raise RunDirError("compare: expected at least one finished run; got none")
     index, note = _baseline(reports)
     fields = differing_fields(reports)
     labels = run_labels(reports, fields)
+    if trials is not None:
+        labels = [f"#{n} {label}" for n, label in zip(trials, labels, strict=True)]
     rows = [
         comparison_row(r, reports[index], fields, label) for label, r in zip(labels, reports, strict=True)
     ]
+    for row, number in zip(rows, trials or [], strict=False):
+        row.trial = number
+    wanted = reports[0].spec.get("checks", {}).get("max_accuracy_drop_vs")
+    seeded = "seed" in fields
     return Comparison(
         baseline=Baseline(name=reports[index].name, label=labels[index], index=index, note=note),
         differing_fields=fields,
         objective=rank(rows, objective),
         rows=rows,
+        points=parity.points(rows) if seeded else [],
+        parity=parity.verdicts(rows, wanted),
     )
 
 

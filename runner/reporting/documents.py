@@ -196,15 +196,59 @@ def comparison_sections(comparison: Comparison, reports: list[RunReport]) -> lis
         "checks",
     ]
     rows = [[*([r.rank] if objective else []), *_comparison_cells(r, fields)] for r in comparison.rows]
-    return [
+    sections = [
         Section(
             "Comparison",
             paragraphs=[(comparison.baseline.note or "") + objective_note(objective)],
             headers=headers,
             rows=rows,
         ),
+        *_seed_sections(comparison),
         Section("Plots", plots=comparison_plots(comparison, reports)),
     ]
+    return sections
+
+
+def _seed_sections(comparison: Comparison) -> list[Section]:
+    """With seeds: each point's mean test accuracy and its 95 % interval; the parity verdicts."""
+    found = []
+    if comparison.points:
+        found.append(
+            Section(
+                "Over seeds",
+                paragraphs=["Test accuracy per point: the mean over its seeds and its 95 % t interval."],
+                headers=["point", "runs", "completed", "mean test acc", "95 % interval"],
+                rows=[
+                    [
+                        ", ".join(f"{k}={v}" for k, v in p.settings.items()) or p.policy,
+                        p.runs,
+                        p.seeds,
+                        p.mean_test_accuracy,
+                        f"[{p.ci_low:.4f}, {p.ci_high:.4f}]"
+                        if p.ci_low is not None and p.ci_high is not None
+                        else "—",
+                    ]
+                    for p in comparison.points
+                ],
+            )
+        )
+    if comparison.parity:
+        found.append(
+            Section(
+                "Parity",
+                paragraphs=[
+                    "Each policy against the baseline policy with the same other settings, the test "
+                    "accuracies paired by seed: the mean difference and its 95 % t interval. Within: the "
+                    "interval's lower bound is above -drop ([checks] max_accuracy_drop_vs)."
+                ],
+                headers=["verdict", "statement"],
+                rows=[
+                    [{"pass": "✓ within", "fail": "✗ fails", "none": "no verdict"}[v.verdict], v.statement]
+                    for v in comparison.parity
+                ],
+            )
+        )
+    return found
 
 
 def _comparison_cells(r: ComparisonRow, fields: list[str]) -> list[Any]:

@@ -52,6 +52,8 @@ class RunState:
     speed: dict[str, Any] | None = None  # the candidates timed here and what they say (speed.json)
     policy_choice: dict[str, Any] | None = None  # precision.policy = "auto": what was chosen, and why
     timed: list[Any] = field(default_factory=list)  # speed.Timing taken before the run (the policy's)
+    trial: dict[str, Any] | None = None  # a study's trial: what its pruner saw (training/trial.py)
+    trial_link: Any = None  # training.trial.TrialLink: this process's trial, while it runs
 
 
 def _most_common(values: list[str]) -> str | None:
@@ -117,6 +119,7 @@ def make_report(state: RunState, performance: dict[str, Any]) -> RunReport:
             "checkpoint": checkpoint,
             "weights_sha256": state.weights_sha256,  # of the weights the test metrics are of
             "export": state.export,
+            "trial": state.trial,
         }
     )
 

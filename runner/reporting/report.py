@@ -27,7 +27,8 @@ COMPARISON_VERSION = 1
 SWEEP_VERSION = 1
 EXPORT_VERSION = 1
 
-Status = Literal["completed", "failed", "diverged", "interrupted"]
+# pruned: a study's trial its pruner stopped at an epoch's end (checkpoint written; not resumable).
+Status = Literal["completed", "failed", "diverged", "interrupted", "pruned"]
 JsonObject = dict[str, Any]
 
 
@@ -227,6 +228,18 @@ class EarlyStopping(OpenRecord):
     restored_epoch: int | None = None
 
 
+class TrialRecord(Record):
+    """A study's trial (runner/studies.py): which, what its pruner watched each epoch, and where it
+    stopped it (a pruned run)."""
+
+    study: str
+    number: int
+    metric: str | None = Field(default=None, description="the per-epoch value reported to the pruner")
+    pruner: str = "none"
+    reported: dict[str, float] = Field(default_factory=dict, description="epoch → the value reported")
+    pruned_at_epoch: int | None = None
+
+
 class RunReport(Record):
     """report.json: what one run did, whatever its end (`status`)."""
 
@@ -256,6 +269,7 @@ class RunReport(Record):
     weights_sha256: str | None = Field(default=None, description="of the weights the test metrics are of")
     export: JsonObject | None = Field(default=None, description="as export/export.json (ExportRecord)")
     tracking: JsonObject | None = Field(default=None, description="where MLflow logged the run")
+    trial: TrialRecord | None = Field(default=None, description="a study's trial: its number, its pruning")
 
     def to_json(self) -> JsonObject:
         """What report.json holds: JSON types only, the aliases as written."""
@@ -403,11 +417,40 @@ class ComparisonRow(Record):
     checks_total: int
     failed_checks: list[str] = Field(default_factory=list)
     rank: int | None = Field(default=None, description="by the objective: 1 = best, ties share a rank")
+    trial: int | None = Field(default=None, description="a study's trial number")
 
     def figure(self, metric: str) -> float | None:
         """The row's value of an objective's metric (a figure of the row); None when it has none."""
         value = getattr(self, metric, None)
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class PointSummary(Record):
+    """A point of a sweep with `seeds` (its settings but the seed): test accuracy over its seeds."""
+
+    settings: JsonObject
+    policy: str
+    runs: int
+    seeds: int = Field(description="the runs that completed with a test accuracy")
+    mean_test_accuracy: float | None = None
+    ci_low: float | None = Field(default=None, description="95 % t interval of the mean (2+ seeds)")
+    ci_high: float | None = None
+
+
+class ParityVerdict(Record):
+    """[checks] max_accuracy_drop_vs: a point's policy against the baseline policy's point with the
+    same other settings, paired by seed (runner/reporting/parity.py)."""
+
+    point: JsonObject
+    policy: str
+    baseline: str
+    drop: float
+    pairs: int
+    delta_mean: float | None = None
+    ci_low: float | None = Field(default=None, description="95 % t interval of the paired difference")
+    ci_high: float | None = None
+    verdict: Literal["pass", "fail", "none"]
+    statement: str
 
 
 class Comparison(Record):
@@ -418,6 +461,8 @@ class Comparison(Record):
     differing_fields: list[str]
     objective: Objective | None = None
     rows: list[ComparisonRow]
+    points: list[PointSummary] = Field(default_factory=list, description="with seeds: each point's mean")
+    parity: list[ParityVerdict] = Field(default_factory=list, description="max_accuracy_drop_vs verdicts")
 
     def to_json(self) -> JsonObject:
         return self.model_dump(mode="json", by_alias=True)
@@ -469,6 +514,31 @@ def migrate_plan(raw: Any) -> Any:
     if isinstance(raw, dict) and "schema_version" not in raw:
         raw = {**raw, "schema_version": SWEEP_VERSION}
     return raw
+
+
+# ---------------------------------------------------------------- study.json
+
+
+class StudyFile(Record):
+    """study.json: a study's definition (runner/studies.py), so `runner sweep-worker` and `runner
+    resume` need no spec file: the base spec, the search space, and how Optuna runs it."""
+
+    schema_version: Literal[1] = 1
+    study_name: str = Field(description="the study's name in its storage (the sweep directory's name)")
+    source: str
+    group: str
+    base: JsonObject = Field(description="the spec without [sweep], patches and --set applied")
+    axes: JsonObject = Field(description="field path → list of values or { distribution = [low, high] }")
+    method: Literal["grid", "random", "tpe", "cmaes"]
+    trials: int = Field(ge=1)
+    seed: int = Field(ge=0)
+    objective: tuple[str, Literal["max", "min"]]
+    pruning: JsonObject = Field(default_factory=dict)
+    storage: str | None = Field(default=None, description='as [sweep] storage gave it; None: "sqlite"')
+    created_at: str
+
+    def to_json(self) -> JsonObject:
+        return self.model_dump(mode="json", by_alias=True)
 
 
 # ---------------------------------------------------------------- export/export.json
@@ -586,6 +656,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "report": RunReport,
     "comparison": Comparison,
     "sweep": SweepPlan,
+    "study": StudyFile,
     "export": ExportRecord,
 }
 

@@ -46,7 +46,15 @@ ARTIFACT_FILES = (
 )
 ARTIFACT_DIRS = ("plots", "saved_model")
 SWEEP_ARTIFACTS = ("comparison.json", "comparison.md", "comparison.html")
-MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "diverged": "FAILED", "interrupted": "KILLED"}
+# A pruned trial ended as its study asked: MLflow has no such state, KILLED is the nearest (its `status`
+# tag says pruned).
+MLFLOW_STATUS = {
+    "completed": "FINISHED",
+    "failed": "FAILED",
+    "diverged": "FAILED",
+    "interrupted": "KILLED",
+    "pruned": "KILLED",
+}
 # MLflow's HTTP client retries with backoff for minutes by default: an unreachable server must cost
 # seconds. Set for the call only (the user's own values win); measured in docs/tracking.md.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
@@ -504,8 +512,9 @@ def _close_parent(sweep_dir: Path, uri: str, record: Mapping[str, Any]) -> Logge
 
 
 def sweep_status(statuses: Sequence[str]) -> str:
-    """The parent run's MLflow status: the worst of its variants'."""
-    mapped = {MLFLOW_STATUS.get(s, "FAILED") for s in statuses}
+    """The parent run's MLflow status: the worst of its variants' (a study's pruned trial is one of
+    its results, not a stop)."""
+    mapped = {MLFLOW_STATUS.get(s, "FAILED") for s in statuses if s != "pruned"}
     return next((s for s in ("KILLED", "FAILED") if s in mapped), "FINISHED")
 
 

@@ -44,7 +44,13 @@ if TYPE_CHECKING:
     from runner.preflight.check import CheckOutcome
     from runner.preflight.fix import FixOutcome
 
-STATUS_STYLE = {"completed": "green", "failed": "red", "diverged": "red", "interrupted": "yellow"}
+STATUS_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "diverged": "red",
+    "interrupted": "yellow",
+    "pruned": "yellow",
+}
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -399,8 +405,8 @@ def _result_text(row: ComparisonRow) -> Text:
         return Text(f"✓ {row.checks_passed}/{row.checks_total}", style="green")
     if row.status == "completed":
         return Text("✗ " + ", ".join(failed), style="red")
-    reason = row.error  # why it failed, diverged or was interrupted
-    return Text(row.status + (f": {reason}" if reason else ""), style="red")
+    reason = row.error  # why it failed, diverged, was interrupted or pruned
+    return Text(row.status + (f": {reason}" if reason else ""), style=STATUS_STYLE.get(row.status, "red"))
 
 
 def _scale_text(row: ComparisonRow) -> str:
@@ -441,8 +447,9 @@ def comparison_table(comparison: Comparison) -> Table:
         pad_edge=False,
     )
     ranked = ["#"] if objective else []
-    for name in ranked + run_column + fields:
-        table.add_column(name.split(".")[-1], no_wrap=True, min_width=1 if name == "#" else 7)
+    trials = ["trial"] if any(r.trial is not None for r in rows) else []  # a study's
+    for name in ranked + trials + run_column + fields:
+        table.add_column(name.split(".")[-1], no_wrap=True, min_width=1 if name in ("#", "trial") else 7)
     for name in ("img/s", "×base", "MB", "acc", "Δacc", "scale", "skip"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("result", overflow="fold", min_width=12)
@@ -453,6 +460,7 @@ def comparison_table(comparison: Comparison) -> Table:
         r, values = rows[i], settings[i]
         table.add_row(
             *([_fmt(r.rank, "d")] if ranked else []),
+            *([_fmt(r.trial, "d")] if trials else []),
             *([r.label] if run_column else []),
             *values,
             _fmt(r.images_per_second, ",.0f"),
@@ -465,6 +473,25 @@ def comparison_table(comparison: Comparison) -> Table:
             _result_text(r),
         )
     return table
+
+
+def parity_lines(comparison: Comparison) -> list[Text]:
+    """Under a comparison with seeds: each point's mean ± interval, and each parity verdict."""
+    lines = []
+    for point in comparison.points:
+        shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.settings.items()) or point.policy
+        interval = (
+            f" [{point.ci_low:.4f}, {point.ci_high:.4f}]"
+            if point.ci_low is not None and point.ci_high is not None
+            else ""
+        )
+        mean = "—" if point.mean_test_accuracy is None else f"{point.mean_test_accuracy:.4f}"
+        lines.append(Text(f"{shown}: test accuracy {mean}{interval} over {point.seeds} seed(s)"))
+    style = {"pass": ("✓ ", "green"), "fail": ("✗ ", "red"), "none": ("· ", "yellow")}
+    for verdict in comparison.parity:
+        mark, color = style[verdict.verdict]
+        lines.append(Text(mark + verdict.statement, style=color))
+    return lines
 
 
 SHOWN_EPOCHS = 10  # bars on screen: the newest epochs (the report lists every epoch's metrics)
