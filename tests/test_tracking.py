@@ -70,6 +70,24 @@ def test_tags_say_what_the_run_is():
     assert "mlflow.source.git.commit" not in tracking.tags_of(report, {"git_commit": None})
 
 
+@pytest.mark.parametrize(
+    ("status", "checks", "state"),
+    [
+        ("completed", [], "completed"),
+        ("pruned", [], "pruned"),
+        ("diverged", [], "failed"),
+        ("completed", [{"name": "float32_outputs", "passed": False, "detail": "float16 softmax"}], "failed"),
+    ],
+)
+def test_a_studys_trial_is_tagged_with_its_number_and_the_state_the_study_records(status, checks, state):
+    """MLflow has no pruned state (a pruned trial's run is KILLED) and a run whose invariant failed
+    is FINISHED: the tag says what the study says."""
+    report = report_of(status=status, checks=checks, trial={"study": "tune-1", "number": 3})
+    tags = tracking.tags_of(report, {})
+    assert (tags["study"], tags["trial"], tags["trial_state"]) == ("tune-1", "3", state)
+    assert "trial_state" not in tracking.tags_of(report_of(), {})
+
+
 def test_epoch_metrics_are_numbers_at_step_epoch():
     records = [
         Epoch(epoch=1, loss=2.0, val_loss=None, loss_scale=4096.0, learning_rate=0.1, seconds=1),
@@ -120,8 +138,9 @@ def test_summary_metrics_are_the_test_metrics_throughput_and_the_scales_end():
         (["completed", "completed"], "FINISHED"),
         (["completed", "diverged"], "FAILED"),
         (["failed", "interrupted"], "KILLED"),
+        (["completed", "pruned", "pruned"], "FINISHED"),
     ],
-    ids=["all-completed", "one-diverged", "one-interrupted"],
+    ids=["all-completed", "one-diverged", "one-interrupted", "a-studys-pruned-trials"],
 )
 def test_a_sweeps_parent_status_is_the_worst_of_its_variants(statuses, expected):
     assert tracking.sweep_status(statuses) == expected

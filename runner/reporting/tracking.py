@@ -107,8 +107,24 @@ def tags_of(report: RunReport, environment: Mapping[str, Any]) -> dict[str, str]
         "runner.run_dir": report.run_dir,
         "mlflow.source.git.commit": environment.get("git_commit"),
         "mlflow.note.content": report.error,
+        **(_trial_tags(report) if report.trial is not None else {}),
     }
     return {key: str(value) for key, value in tags.items() if value is not None}
+
+
+def _trial_tags(report: RunReport) -> dict[str, Any]:
+    """A study's trial (nested under the study's parent run): its number, and its state as the
+    study records it: pruned, failed (it did not complete, or a check failed), else completed."""
+    from runner.precision.checks import is_blocking
+
+    assert report.trial is not None
+    if report.status == "pruned":
+        state = "pruned"
+    elif report.status != "completed" or any(is_blocking(c) for c in report.checks):
+        state = "failed"
+    else:
+        state = "completed"
+    return {"study": report.trial.study, "trial": report.trial.number, "trial_state": state}
 
 
 def epoch_metrics(records: list[Epoch]) -> list[tuple[str, float, int]]:
