@@ -73,6 +73,7 @@ class SweepOptions:
     storage: str | None = None  # a study's Optuna storage; None: SQLite in the sweep directory
     pruning: Pruning = Pruning()
     seeds: int = 1  # each point run with the seeds seed, seed + 1, ... (parity over seeds)
+    front: tuple[tuple[str, str], ...] = ()  # several objectives: the comparison marks their Pareto front
 
     @property
     def is_study(self) -> bool:
@@ -158,25 +159,41 @@ def _options(given: dict[str, Any], source: str) -> SweepOptions:
             f'{source}: sweep.samples: expected only with method = "random"; got {_show(samples)}'
         )
     default = DEFAULT_OBJECTIVE if method == "random" else None  # a search is for the best: ranked
-    return SweepOptions(method, samples, _objective(given, source, default), seeds=seeds)
+    found = _objectives(given, source, default)
+    front = found if len(found) > 1 else ()
+    return SweepOptions(method, samples, found[0] if found else None, seeds=seeds, front=front)
 
 
 def _objective(given: dict[str, Any], source: str, default: str | None) -> tuple[str, str] | None:
+    """The objective the comparison ranks by: the first of a list."""
+    found = _objectives(given, source, default)
+    return found[0] if found else None
+
+
+def _objectives(given: dict[str, Any], source: str, default: str | None) -> tuple[tuple[str, str], ...]:
+    """`objective = "test_accuracy"` or a list of them (a Pareto front), each with its mode: `mode`
+    (a string for one objective, a list for several) or the metric's own direction."""
     objective = given.get("objective", default)
     if objective is None:
         if "mode" in given:
             raise SweepError(
                 f"{source}: sweep.mode: expected only with sweep.objective; got {_show(given['mode'])}"
             )
-        return None
-    if objective not in OBJECTIVES:
+        return ()
+    names = objective if isinstance(objective, list) else [objective]
+    if not names or len(set(map(str, names))) != len(names) or any(n not in OBJECTIVES for n in names):
         raise SweepError(
-            f"{source}: sweep.objective: expected one of {', '.join(OBJECTIVES)}; got {_show(objective)}"
+            f"{source}: sweep.objective: expected one of {', '.join(OBJECTIVES)}, or a list of distinct ones "
+            f"(a Pareto front); got {_show(objective)}"
         )
-    mode = given.get("mode", OBJECTIVES[objective])
-    if mode not in ("max", "min"):
-        raise SweepError(f'{source}: sweep.mode: expected "max" or "min"; got {_show(mode)}')
-    return objective, mode
+    modes = given.get("mode", [OBJECTIVES[n] for n in names])
+    modes = modes if isinstance(modes, list) else [modes]
+    if len(modes) != len(names) or any(m not in ("max", "min") for m in modes):
+        raise SweepError(
+            f'{source}: sweep.mode: expected "max" or "min" for each objective ({len(names)}); '
+            f"got {_show(given.get('mode'))}"
+        )
+    return tuple(zip(names, modes, strict=True))
 
 
 def _study_options(given: dict[str, Any], method: str, source: str) -> SweepOptions:
@@ -206,10 +223,20 @@ def _study_options(given: dict[str, Any], method: str, source: str) -> SweepOpti
             f'{source}: sweep.storage: expected "sqlite" (the default), "journal", an Optuna RDB URL '
             f'(e.g. "postgresql://host/db") or "journal:PATH"; got {_show(storage)}'
         )
-    objective = _objective(given, source, DEFAULT_OBJECTIVE)
-    assert objective is not None  # a default was given
-    pruning = _pruning(given.get("pruning"), objective[0], source)
-    return SweepOptions(method, None, objective, trials, seed, storage, pruning)
+    objectives = _objectives(given, source, DEFAULT_OBJECTIVE)
+    front = objectives if len(objectives) > 1 else ()
+    if front and method == "cmaes":
+        raise SweepError(
+            f'{source}: sweep.method: CMA-ES optimizes one objective; expected "tpe", "random" or "grid" '
+            f'for {len(front)} objectives; got "cmaes"'
+        )
+    pruning = _pruning(given.get("pruning"), objectives[0][0], source)
+    if front and pruning.kind != "none":
+        raise SweepError(
+            f'{source}: sweep.pruning: Optuna prunes on one objective; expected kind = "none" with '
+            f"{len(front)} objectives; got {_show(pruning.kind)}"
+        )
+    return SweepOptions(method, None, objectives[0], trials, seed, storage, pruning, front=front)
 
 
 def _pruning(table: Any, objective: str, source: str) -> Pruning:

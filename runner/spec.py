@@ -872,6 +872,7 @@ class Variant:
     group: str = ""  # the name in the spec file, which a sweep's variant names extend
     source: str = ""  # the spec file (and sweep values) it comes from, for messages
     objective: tuple[str, str] | None = None  # [sweep] objective and mode: the comparison ranks by it
+    front: tuple[tuple[str, str], ...] = ()  # several objectives: the comparison marks their Pareto front
 
 
 def flatten_table(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -985,7 +986,9 @@ def load_plan(
                 "(only their names differ); expected distinct variants (sweep over seed to repeat one)"
             )
         made[experiment] = where
-        variants.append(Variant(spec, settings, str(base.get("name")), where, options.objective))
+        variants.append(
+            Variant(spec, settings, str(base.get("name")), where, options.objective, options.front)
+        )
     if errors:
         raise SpecError("\n".join(_shared_error(e, w, str(path), size) for e, w in errors.items()))
     return variants
@@ -1351,19 +1354,27 @@ def _sweep_defs() -> dict[str, Any]:
                 "seeds": {"type": "integer", "minimum": 1, "maximum": 100, "default": 1},
                 **_study_schema(),
                 "objective": {
-                    "enum": [
-                        "test_accuracy",
-                        "test_loss",
-                        "val_accuracy",
-                        "val_loss",
-                        "images_per_second",
-                        "step_time_ms",
-                        "peak_host_memory_mb",
+                    "anyOf": [
+                        {"$ref": "#/$defs/SweepObjective"},
+                        {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/SweepObjective"}},
                     ]
                 },
-                "mode": {"enum": ["max", "min"]},
+                "mode": {
+                    "anyOf": [{"enum": ["max", "min"]}, {"type": "array", "items": {"enum": ["max", "min"]}}]
+                },
             },
             "additionalProperties": {"$ref": "#/$defs/SweepEntry"},
+        },
+        "SweepObjective": {
+            "enum": [
+                "test_accuracy",
+                "test_loss",
+                "val_accuracy",
+                "val_loss",
+                "images_per_second",
+                "step_time_ms",
+                "peak_host_memory_mb",
+            ]
         },
         "SweepEntry": {
             "anyOf": [

@@ -219,6 +219,11 @@ class Study:
         metric, mode = self.file.objective
         return metric, mode
 
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """Every objective, in order: one, or a multi-objective study's several."""
+        return [(m, d) for m, d in self.file.front] or [self.objective]
+
 
 def _definition(file: StudyFile) -> StudyDefinition:
     options = search.SweepOptions(
@@ -229,6 +234,7 @@ def _definition(file: StudyFile) -> StudyDefinition:
         file.seed,
         file.storage,
         search.Pruning(**file.pruning),
+        front=tuple((m, d) for m, d in file.front),
     )
     return StudyDefinition(file.base, options, file.axes, file.source, file.group, file.seed)
 
@@ -258,6 +264,7 @@ def create(definition: StudyDefinition, output: Path) -> Path:
         trials=options.trials,
         seed=definition.seed,
         objective=options.objective,
+        front=list(options.front),
         pruning=options.pruning.__dict__,
         storage=options.storage,
         created_at=runs.utc_now(),
@@ -300,10 +307,10 @@ def _open(file: StudyFile, sweep_dir: Path, create: bool) -> Study:
     url = tuning.storage_url(file.storage, sweep_dir)
     storage = tuning.open_storage(url)
     metric, mode = file.objective
+    directions = ["maximize" if d == "max" else "minimize" for _, d in (file.front or [file.objective])]
     sampler = make_sampler(
         file.method, file.seed, file.trials, grid_of(file.axes) if file.method == "grid" else None
     )
-    direction = "maximize" if mode == "max" else "minimize"
     try:
         if create:
             study = optuna.create_study(
@@ -311,9 +318,9 @@ def _open(file: StudyFile, sweep_dir: Path, create: bool) -> Study:
                 storage=storage,
                 sampler=sampler,
                 pruner=tuning.make_pruner(file.pruning),
-                direction=direction,
+                directions=directions,
             )
-            study.set_user_attr("runner.objective", [metric, mode])
+            study.set_user_attr("runner.objectives", [list(o) for o in file.front or [file.objective]])
         else:
             study = optuna.load_study(
                 study_name=file.study_name,
@@ -433,7 +440,8 @@ def trial_environment(study: Study, claimed: Claimed) -> dict[str, str]:
 def _variant(study: Study, claimed: Claimed) -> Variant:
     spec = trial_spec(study.definition, claimed.params, claimed.number)
     where = f"{study.file.source} [trial {claimed.number}]"
-    return Variant(spec, claimed.params, study.file.group, where, study.objective)
+    front = tuple(study.objectives) if len(study.objectives) > 1 else ()
+    return Variant(spec, claimed.params, study.file.group, where, study.objective, front)
 
 
 def _wait_unlocked(run_dir: Path, timeout_s: float) -> None:
@@ -497,14 +505,15 @@ def tell(study: Study, claimed: Claimed, code: int, run_dir: Path | None) -> str
     if report.status == "pruned":
         optuna_study.tell(claimed.number, state=TrialState.PRUNED)
         return "pruned"
-    reason = _failure(report, study.objective[0])
+    metrics = [metric for metric, _ in study.objectives]
+    reason = _failure(report, metrics)
     if reason is not None:
         _attrs(storage, trial_id, "failed", reason, learn=True, run_dir=run_dir)
         optuna_study.tell(claimed.number, state=TrialState.FAIL)
         return "failed"
-    value = _objective_value(report, study.objective[0])
-    assert value is not None  # _failure said it was measured
-    optuna_study.tell(claimed.number, value)
+    values = [_objective_value(report, metric) for metric in metrics]
+    assert all(v is not None for v in values)  # _failure said they were measured
+    optuna_study.tell(claimed.number, values if len(values) > 1 else values[0])
     return "completed"
 
 
@@ -525,7 +534,7 @@ def _objective_value(report: RunReport, metric: str) -> float | None:
     return None if value is None or value != value else value  # NaN: not a measurement
 
 
-def _failure(report: RunReport, metric: str) -> str | None:
+def _failure(report: RunReport, metrics: list[str]) -> str | None:
     """Why a run that did not complete cleanly fails its trial: None for a completed run with its
     objective measured and every invariant and declared check passed."""
     from runner.precision.checks import is_blocking
@@ -535,8 +544,9 @@ def _failure(report: RunReport, metric: str) -> str | None:
     failed = [c for c in report.checks if is_blocking(c)]
     if failed:
         return "failed checks: " + "; ".join(f"{c.name} ({c.detail})"[:200] for c in failed)
-    if _objective_value(report, metric) is None:
-        return f"completed without a {metric} to tell the study (no test or validation split?)"
+    missing = [metric for metric in metrics if _objective_value(report, metric) is None]
+    if missing:
+        return f"completed without a {missing[0]} to tell the study (no test or validation split?)"
     return None
 
 
@@ -596,8 +606,9 @@ def _trial_note(study: Study, number: int, state: str) -> Note:
     """`trial 3: completed (test_accuracy 0.91)`, `trial 4: pruned by ...`, `trial 5: failed (why)`."""
     trial = study.optuna_study.trials[number]
     reason = str(trial.user_attrs.get("reason") or "")
-    if state == "completed" and trial.value is not None:
-        return Note(f"trial {number}: completed ({study.objective[0]} {trial.value:.4g})")
+    if state == "completed" and trial.values:
+        shown = ", ".join(f"{m} {v:.4g}" for (m, _), v in zip(study.objectives, trial.values, strict=True))
+        return Note(f"trial {number}: completed ({shown})")
     if reason.startswith(state):
         return Note(f"trial {number}: {reason}", "warning" if state == "failed" else "note")
     shown = f"trial {number}: {state}" + (f" ({reason})" if reason else "")
@@ -633,7 +644,8 @@ def finish(study: Study, stop: int, emit: EventSink) -> StudyOutcome:
     reports, numbers, states = trial_reports(study)
     comparison = None
     if reports:
-        comparison = compare.compare(reports, study.objective, trials=numbers)
+        front = study.objectives if len(study.objectives) > 1 else []
+        comparison = compare.compare(reports, study.objective, trials=numbers, front=front)
         runs.write_json_atomic(study.sweep_dir / "comparison.json", comparison.to_json())
         documents.write_comparison_documents(study.sweep_dir, comparison, reports)
     tracking.close_sweep(study.sweep_dir, emit)

@@ -230,6 +230,7 @@ def write_plan(group_dir: Path, variants: list[Variant]) -> None:
             for v in variants
         ],
         objective=variants[0].objective,
+        front=[(m, "max" if d == "max" else "min") for m, d in variants[0].front],
         created_at=runs.utc_now(),
     )
     runs.write_json_atomic(group_dir / SWEEP_FILE, plan.to_json())
@@ -247,6 +248,7 @@ def read_plan(group_dir: Path) -> list[Variant]:
                 v.group,
                 v.source,
                 plan.objective,
+                tuple((m, d) for m, d in plan.front),
             )
             for v in plan.variants
         ]
@@ -328,7 +330,7 @@ def _execute(
     if not outcomes:
         return PlanOutcome(outcomes, code, group_dir)
     reports = [o.record for o in outcomes]
-    comparison = compare.compare(reports, variants[0].objective)
+    comparison = compare.compare(reports, variants[0].objective, front=variants[0].front)
     if any(v.verdict == "fail" for v in comparison.parity):  # a policy's drop not ruled out: exit 1
         code = max(code, exits.CHECK_FAILED)
     runs.write_json_atomic(group_dir / "comparison.json", comparison.to_json())

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from runner.reporting import compare as comparing
 from runner.reporting.compare import compare, differing_fields, expand_run_dirs, run_labels
-from runner.reporting.report import RunDirError, RunReport, load_report, parse_report
+from runner.reporting.report import ComparisonRow, RunDirError, RunReport, load_report, parse_report
 
 
 def fake_epochs(loss, ips, epochs=2):
@@ -191,3 +192,34 @@ def test_run_directories_and_sweep_directories(tmp_path):
     (sweep / "r1" / "report.json").write_text("{}")
     with pytest.raises(RunDirError, match="missing"):
         load_report(sweep / "r1")
+
+
+def test_the_pareto_front_is_the_rows_no_other_beats_in_every_objective():
+    """(accuracy, images/s): a (0.9, 100) and b (0.8, 200) trade one for the other; c (0.7, 150) is
+    beaten by b in both; d failed (no place on it); with step time (min) the faster step wins."""
+    rows = [
+        ComparisonRow(
+            label=n,
+            name=n,
+            policy="float32",
+            status=st,
+            test_accuracy=a,
+            images_per_second=i,
+            step_time_ms=t,
+            checks_passed=1,
+            checks_total=1,
+        )
+        for n, st, a, i, t in (
+            ("a", "completed", 0.9, 100.0, 5.0),
+            ("b", "completed", 0.8, 200.0, 2.0),
+            ("c", "completed", 0.7, 150.0, 1.0),
+            ("d", "diverged", None, 300.0, 1.0),
+        )
+    ]
+    comparing.mark_front(rows, [("test_accuracy", "max"), ("images_per_second", "max")])
+    assert [r.pareto for r in rows] == [True, True, False, None]
+    comparing.mark_front(rows, [("test_accuracy", "max"), ("step_time_ms", "min")])
+    assert [r.pareto for r in rows] == [True, True, True, None]
+    single = [r.model_copy(update={"pareto": None}) for r in rows]
+    comparing.mark_front(single, [("test_accuracy", "max")])
+    assert all(r.pareto is None for r in single)

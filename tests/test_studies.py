@@ -79,6 +79,25 @@ def write_study(
             "pruning watches the objective each epoch",
         ),
         ('method = "bayes"\n"seed" = [1]', 'expected "grid" or "random" or "tpe" or "cmaes"; got "bayes"'),
+        (
+            'method = "cmaes"\ntrials = 4\nobjective = ["test_accuracy", "images_per_second"]\n'
+            '"training.learning_rate" = { log_uniform = [1e-3, 1e-1] }',
+            "CMA-ES optimizes one objective",
+        ),
+        (
+            'method = "tpe"\ntrials = 4\nobjective = ["test_accuracy", "images_per_second"]\n'
+            '"training.learning_rate" = { log_uniform = [1e-3, 1e-1] }\n[sweep.pruning]\nkind = "median"',
+            "Optuna prunes on one objective",
+        ),
+        (
+            'method = "tpe"\ntrials = 4\nobjective = ["test_accuracy", "test_accuracy"]\n"seed" = [1, 2]',
+            "or a list of distinct ones (a Pareto front)",
+        ),
+        (
+            'method = "tpe"\ntrials = 4\nobjective = ["test_accuracy", "step_time_ms"]\nmode = "max"\n'
+            '"seed" = [1, 2]',
+            'sweep.mode: expected "max" or "min" for each objective (2)',
+        ),
     ],
     ids=[
         "tpe-without-trials",
@@ -91,6 +110,10 @@ def write_study(
         "unknown-pruning-option",
         "pruning-a-speed-objective",
         "unknown-method",
+        "cmaes-with-two-objectives",
+        "pruning-two-objectives",
+        "the-same-objective-twice",
+        "one-mode-for-two-objectives",
     ],
 )
 def test_a_malformed_study_is_one_message_naming_the_option(tmp_path, sweep, expected):
@@ -253,6 +276,33 @@ def test_the_learning_view_shows_a_precision_failure_as_the_worst_trial_and_hide
     assert [(t.number, t.state) for t in seen] == [(0, TrialState.COMPLETE), (1, TrialState.PRUNED)]
     assert seen[1].intermediate_values == {}  # ranked below every trial that reported
     assert study.trials[1].state == TrialState.FAIL  # the study itself is untouched
+
+
+def test_a_multi_objective_study_has_a_direction_per_objective_and_the_comparison_their_front(tmp_path):
+    path = write_study(
+        tmp_path,
+        'method = "tpe"\ntrials = 4\nobjective = ["test_accuracy", "step_time_ms"]\n'
+        '"training.learning_rate" = { log_uniform = [1e-3, 1e-1] }',
+    )
+    definition = load_study(path)
+    assert definition is not None and definition.options.front == (
+        ("test_accuracy", "max"),
+        ("step_time_ms", "min"),
+    )
+    study = studies.open_study(studies.create(definition, tmp_path / "out"))
+    assert [d.name for d in study.optuna_study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.objectives == [("test_accuracy", "max"), ("step_time_ms", "min")]
+
+
+def test_a_plan_made_in_advance_takes_several_objectives_too_and_sweep_json_keeps_them(tmp_path):
+    from runner import sweeps
+
+    path = write_study(tmp_path, 'objective = ["test_accuracy", "images_per_second"]\n"seed" = [1, 2]')
+    variants = load_plan(path)
+    assert variants[0].objective == ("test_accuracy", "max")
+    assert variants[0].front == (("test_accuracy", "max"), ("images_per_second", "max"))
+    sweeps.write_plan(tmp_path, variants)
+    assert sweeps.read_plan(tmp_path)[1].front == variants[0].front
 
 
 # ---------------------------------------------------------------- claiming trials in several processes
@@ -442,10 +492,12 @@ def test_a_tpe_study_with_median_pruning_survives_a_sigkill_and_resumes_to_its_t
 def test_two_sweep_workers_share_a_journal_study_and_a_diverging_trial_fails_with_its_reason(tmp_path):
     """`runner sweep-create`, then two `runner sweep-worker` processes at once on a journal file: 8
     trials between them, none twice. Half the points start at a loss scale of 1e20 under
-    mixed_float16 (every step overflows): those trials fail, with the reason, and the study goes on."""
+    mixed_float16 (every step overflows): those trials fail, with the reason, and the study goes on.
+    Two objectives (accuracy and speed): the comparison's Pareto front is Optuna's best trials."""
     path = write_study(
         tmp_path,
         'method = "random"\ntrials = 8\nseed = 2\nstorage = "journal"\n'
+        'objective = ["test_accuracy", "images_per_second"]\n'
         '"training.learning_rate" = { log_uniform = [1e-3, 0.1] }\n'
         '"precision.initial_scale" = [1024.0, 1e20]',
         epochs=1,
@@ -475,6 +527,14 @@ def test_two_sweep_workers_share_a_journal_study_and_a_diverging_trial_fails_wit
     assert {r["state"] for r in rows} == {"failed", "completed"}
     comparison = json.loads((sweep_dir / "comparison.json").read_text())
     assert sorted(row["trial"] for row in comparison["rows"]) == list(range(8))
+    # Two objectives: each completed trial told both, the comparison marks their Pareto front
+    assert comparison["front"] == [["test_accuracy", "max"], ["images_per_second", "max"]]
+    completed = [r for r in rows if r["state"] == "completed"]
+    assert all(len(r["trial"].values) == 2 for r in completed)
+    on_front = {row["trial"] for row in comparison["rows"] if row["pareto"]}
+    best = studies.open_study(sweep_dir).optuna_study.best_trials  # Optuna's own front
+    assert on_front == {t.number for t in best}
+    assert "Pareto front" in (sweep_dir / "comparison.html").read_text()
 
 
 def test_env_of_a_trial_process_that_is_not_json_is_bad_input(monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +134,16 @@ def comparison_row(report: RunReport, base: RunReport, fields: list[str], label:
 
 
 def compare(
-    reports: list[RunReport], objective: tuple[str, str] | None = None, trials: list[int] | None = None
+    reports: list[RunReport],
+    objective: tuple[str, str] | None = None,
+    trials: list[int] | None = None,
+    front: Sequence[tuple[str, str]] = (),
 ) -> Comparison:
     """comparison.json's content: the baseline, the fields that differ, one row per run, each with the
     label that tables and plots show for it, and (with an objective) each run's rank and the best.
-    `trials`: a study's trial numbers, one per report: each label starts with its `#number`."""
+    `trials`: a study's trial numbers, one per report: each label starts with its `#number`.
+    `front`: several objectives: each completed row with them all says whether it is on their
+    Pareto front (no other row at least as good in each and better in one)."""
     if not reports:
         raise RunDirError("compare: expected at least one finished run; got none")
     index, note = _baseline(reports)
@@ -150,6 +156,7 @@ def compare(
     ]
     for row, number in zip(rows, trials or [], strict=False):
         row.trial = number
+    mark_front(rows, front)
     wanted = reports[0].spec.get("checks", {}).get("max_accuracy_drop_vs")
     seeded = "seed" in fields
     return Comparison(
@@ -159,7 +166,29 @@ def compare(
         rows=rows,
         points=parity.points(rows) if seeded else [],
         parity=parity.verdicts(rows, wanted),
+        front=[(m, "max" if d == "max" else "min") for m, d in front],
     )
+
+
+def mark_front(rows: list[ComparisonRow], front: Sequence[tuple[str, str]]) -> None:
+    """Each completed row with every objective measured: on the Pareto front or not (None: not
+    comparable, or a single objective)."""
+    if len(front) < 2:
+        return
+    signs = [1.0 if mode == "max" else -1.0 for _, mode in front]
+    scored = {}
+    for i, row in enumerate(rows):
+        values = [row.figure(metric) for metric, _ in front]
+        if row.status == "completed" and all(v is not None for v in values):
+            scored[i] = [s * (v or 0.0) for s, v in zip(signs, values, strict=True)]
+    for i, mine in scored.items():
+        dominated = any(
+            all(o >= m for o, m in zip(other, mine, strict=True))
+            and any(o > m for o, m in zip(other, mine, strict=True))
+            for j, other in scored.items()
+            if j != i
+        )
+        rows[i].pareto = not dominated
 
 
 def rank(rows: list[ComparisonRow], objective: tuple[str, str] | None) -> Objective | None:

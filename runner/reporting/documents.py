@@ -232,6 +232,18 @@ def _seed_sections(comparison: Comparison) -> list[Section]:
                 ],
             )
         )
+    if comparison.front:
+        shown = " and ".join(f"{m} ({d})" for m, d in comparison.front)
+        on = [r.label for r in comparison.rows if r.pareto]
+        found.append(
+            Section(
+                "Pareto front",
+                paragraphs=[
+                    f"The runs no other run beats in every one of {shown}: {', '.join(on) or 'none'}. "
+                    "The plot below draws them against the rest."
+                ],
+            )
+        )
     if comparison.parity:
         found.append(
             Section(
@@ -281,6 +293,19 @@ def comparison_plots(comparison: Comparison, reports: list[RunReport]) -> dict[s
         found["accuracy"] = plots.metric_curves(runs, "accuracy", "Accuracy per epoch")
     throughput = {row.label: row.images_per_second for row in rows}
     found["throughput"] = plots.throughput_bars(throughput, "Throughput", "run", per_run=True)
+    if len(comparison.front) >= 2:  # the first two objectives: x the second, y the first
+        (y_metric, _), (x_metric, _) = comparison.front[:2]
+        points = {
+            row.label: (
+                float(row.figure(x_metric) or 0.0),
+                float(row.figure(y_metric) or 0.0),
+                bool(row.pareto),
+            )
+            for row in rows
+            if row.pareto is not None
+        }
+        if points:
+            found["pareto"] = plots.pareto_plot(points, x_metric, y_metric)
     return found
 
 

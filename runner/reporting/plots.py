@@ -139,3 +139,23 @@ def throughput_bars(values: dict[str, float | None], title: str, xlabel: str, pe
         ax.set_xticks(range(len(labels)), shown, rotation=20 if len(labels) > 3 else 0, ha="right")
         ax.bar_label(bars, fmt="%.0f", fontsize="small")
     return to_svg(ax)
+
+
+def pareto_plot(points: dict[str, tuple[float, float, bool]], xlabel: str, ylabel: str) -> str:
+    """Each run at (x, y), the Pareto front's runs filled and joined by a step line (e.g. images/s
+    against test accuracy: which settings are worth it)."""
+    with _figure("Pareto front", xlabel, ylabel) as ax:
+        front = sorted((x, y) for x, y, on in points.values() if on)
+        others = [(x, y) for x, y, on in points.values() if not on]
+        if others:
+            xs, ys = [x for x, _ in others], [y for _, y in others]
+            ax.scatter(xs, ys, color="none", edgecolors=COLOURS[0], label="dominated")
+        if front:
+            xs, ys = [x for x, _ in front], [y for _, y in front]
+            ax.scatter(xs, ys, color=COLOURS[1], label="Pareto front", zorder=3)
+            ax.plot(xs, ys, color=COLOURS[1], alpha=0.6, drawstyle="steps-post")
+        for label, (x, y, _) in points.items():
+            ax.annotate(
+                shown_label(label), (x, y), fontsize="x-small", xytext=(3, 3), textcoords="offset points"
+            )
+    return to_svg(ax)

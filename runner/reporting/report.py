@@ -418,6 +418,7 @@ class ComparisonRow(Record):
     failed_checks: list[str] = Field(default_factory=list)
     rank: int | None = Field(default=None, description="by the objective: 1 = best, ties share a rank")
     trial: int | None = Field(default=None, description="a study's trial number")
+    pareto: bool | None = Field(default=None, description="on the Pareto front of the objectives (several)")
 
     def figure(self, metric: str) -> float | None:
         """The row's value of an objective's metric (a figure of the row); None when it has none."""
@@ -462,6 +463,9 @@ class Comparison(Record):
     objective: Objective | None = None
     rows: list[ComparisonRow]
     points: list[PointSummary] = Field(default_factory=list, description="with seeds: each point's mean")
+    front: list[tuple[str, Literal["max", "min"]]] = Field(
+        default_factory=list, description="several objectives: rows with pareto = true are their front"
+    )
     parity: list[ParityVerdict] = Field(default_factory=list, description="max_accuracy_drop_vs verdicts")
 
     def to_json(self) -> JsonObject:
@@ -503,6 +507,9 @@ class SweepPlan(Record):
     schema_version: Literal[1] = 1
     variants: list[PlannedVariant]
     objective: tuple[str, str] | None = Field(default=None, description='(metric, "max" or "min")')
+    front: list[tuple[str, Literal["max", "min"]]] = Field(
+        default_factory=list, description="several objectives: the comparison marks their Pareto front"
+    )
     created_at: str
 
     def to_json(self) -> JsonObject:
@@ -533,6 +540,9 @@ class StudyFile(Record):
     trials: int = Field(ge=1)
     seed: int = Field(ge=0)
     objective: tuple[str, Literal["max", "min"]]
+    front: list[tuple[str, Literal["max", "min"]]] = Field(
+        default_factory=list, description="several objectives (a multi-objective study): all of them"
+    )
     pruning: JsonObject = Field(default_factory=dict)
     storage: str | None = Field(default=None, description='as [sweep] storage gave it; None: "sqlite"')
     created_at: str

@@ -442,14 +442,17 @@ def comparison_table(comparison: Comparison) -> Table:
     table = Table(
         title="Comparison",
         header_style="bold",
-        caption=(comparison.baseline.note or "") + objective_note(objective),
+        caption=(comparison.baseline.note or "") + objective_note(objective) + _front_note(comparison),
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     ranked = ["#"] if objective else []
     trials = ["trial"] if any(r.trial is not None for r in rows) else []  # a study's
+    trials += ["front"] if comparison.front else []  # several objectives: ★ on their Pareto front
     for name in ranked + trials + run_column + fields:
-        table.add_column(name.split(".")[-1], no_wrap=True, min_width=1 if name in ("#", "trial") else 7)
+        table.add_column(
+            name.split(".")[-1], no_wrap=True, min_width=1 if name in ("#", "trial", "front") else 7
+        )
     for name in ("img/s", "×base", "MB", "acc", "Δacc", "scale", "skip"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("result", overflow="fold", min_width=12)
@@ -460,7 +463,8 @@ def comparison_table(comparison: Comparison) -> Table:
         r, values = rows[i], settings[i]
         table.add_row(
             *([_fmt(r.rank, "d")] if ranked else []),
-            *([_fmt(r.trial, "d")] if trials else []),
+            *([_fmt(r.trial, "d")] if "trial" in trials else []),
+            *([("★" if r.pareto else "")] if "front" in trials else []),
             *([r.label] if run_column else []),
             *values,
             _fmt(r.images_per_second, ",.0f"),
@@ -473,6 +477,12 @@ def comparison_table(comparison: Comparison) -> Table:
             _result_text(r),
         )
     return table
+
+
+def _front_note(comparison: Comparison) -> str:
+    if not comparison.front:
+        return ""
+    return " · ★ Pareto front of " + " and ".join(f"{m} ({d})" for m, d in comparison.front)
 
 
 def parity_lines(comparison: Comparison) -> list[Text]:

@@ -89,6 +89,8 @@ class TrialLink:
         if value != value:  # NaN: the run's own divergence check ends it, not the pruner
             return False
         trial = self.trial()
+        if len(trial.study.directions) > 1:  # Optuna keeps no per-epoch values (nor prunes) then
+            return False
         trial.report(value, epoch)
         if self.pruning.get("kind", "none") != "none" and trial.should_prune():
             self.pruned_at_epoch = epoch
