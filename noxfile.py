@@ -112,7 +112,7 @@ def _tests(
         session.install(f"tensorflow=={tensorflow}.*")
         # The release named again: without it pip upgrades TensorFlow to satisfy the newest onnx and
         # onnxruntime (measured: the export extra turned tf2.16's environment into 2.21's).
-        session.install("-e", ".[ray,mlflow,export]", f"tensorflow=={tensorflow}.*", *TEST_GROUP)
+        session.install("-e", ".[ray,mlflow,export,optuna]", f"tensorflow=={tensorflow}.*", *TEST_GROUP)
         versions = _installed_versions(session)
         session.run("python", "-m", "runner", "env", env=env)  # the versions found, and whether supported
         session.run("python", "-m", "pytest", f"--junitxml={junit}", *pytest_args, *session.posargs, env=env)
