@@ -396,7 +396,6 @@ class Claimed:
     number: int
     trial_id: int
     params: dict[str, Any]  # as the spec's values
-    adopted: bool = False  # a trial another driver left running: resumed
 
 
 def claim(study: Study, adopt: bool = False) -> Claimed | None:
@@ -411,7 +410,7 @@ def claim(study: Study, adopt: bool = False) -> Claimed | None:
             for trial in trials:
                 if trial.state == TrialState.RUNNING and not _alive(trial.user_attrs.get("worker")):
                     study.storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
-                    return Claimed(trial.number, trial._trial_id, decoded(trial.params, axes), adopted=True)
+                    return Claimed(trial.number, trial._trial_id, decoded(trial.params, axes))
         if len(trials) >= study.file.trials:
             return None
         trial = optuna_study.ask(fixed_distributions=distributions(axes))
@@ -474,14 +473,11 @@ def run_trial(study: Study, claimed: Claimed, emit: EventSink) -> tuple[int, Pat
                 return exits.COMPLETED, run_dir  # it ended while no driver watched: told as it is
     emit(VariantStarted(variant.spec.name, variant.settings, claimed.number + 1, study.file.trials))
     task = sweeps.Task(claimed.number, variant, run_dir, trial_environment(study, claimed))
-    codes, stop = sweeps.run_tasks([task], study.sweep_dir, study.file.trials, ignore_event, False, 1)
+    # run_tasks' own VariantStarted is dropped: the one above numbers the trial as the study does
+    codes, stop = sweeps.run_tasks([task], study.sweep_dir, study.file.trials, ignore, False, 1)
     return (stop or codes.get(claimed.number, exits.RUN_FAILED)), sweeps.find_run_dir(
         study.sweep_dir, variant.spec
     )
-
-
-def ignore_event(event: Any) -> None:
-    """run_tasks' own VariantStarted: run_trial emits the trial's, numbered as the study counts."""
 
 
 def tell(study: Study, claimed: Claimed, code: int, run_dir: Path | None) -> str:
