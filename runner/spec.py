@@ -1035,16 +1035,23 @@ def load_study(
     return definition
 
 
+def first_point(axes: Mapping[str, Any]) -> dict[str, Any]:
+    """Each axis's first value (a range: its low bound): a study's first probe, and the trial spec
+    that stands for what every trial shares (the extras it needs, its [tracking])."""
+    return {key: _candidates(axis)[0] for key, axis in axes.items()}
+
+
+def _candidates(axis: Any) -> list[Any]:
+    """A list's or choice's values; a range's two bounds."""
+    return list(next(iter(axis.values())) if isinstance(axis, dict) else axis)
+
+
 def _study_probes(axes: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Points that together try every list value and each range's two bounds."""
-    candidates = {}
-    for key, value in axes.items():
-        kind, bounds = next(iter(value.items())) if isinstance(value, dict) else ("choice", value)
-        candidates[key] = list(bounds)
-    first = {key: values[0] for key, values in candidates.items()}
+    first = first_point(axes)
     probes, seen = [first], {json.dumps(first, sort_keys=True)}
-    for key, values in candidates.items():
-        for value in values[1:]:
+    for key, axis in axes.items():
+        for value in _candidates(axis)[1:]:
             point = {**first, key: value}
             if json.dumps(point, sort_keys=True) not in seen:
                 seen.add(json.dumps(point, sort_keys=True))

@@ -55,7 +55,7 @@ from runner.reporting.report import (
     field_error,
     load_report,
 )
-from runner.spec import SpecValueError, StudyDefinition, Variant, spec_hash, trial_spec
+from runner.spec import SpecValueError, StudyDefinition, Variant, first_point, spec_hash, trial_spec
 
 STUDY_FILE = "study.json"
 LOCK_FILE = "study.lock"
@@ -497,16 +497,16 @@ def tell(study: Study, claimed: Claimed, code: int, run_dir: Path | None) -> str
         _attrs(storage, trial_id, "failed", why, learn=False, run_dir=run_dir)
         optuna_study.tell(claimed.number, state=TrialState.FAIL)
         return "failed"
+    metrics = [metric for metric, _ in study.objectives]
+    reason = None if report.status == "pruned" else _failure(report, metrics)
+    if reason is not None:  # a failure the sampler learns from (LearningView)
+        _attrs(storage, trial_id, "failed", reason, learn=True, run_dir=run_dir)
+        optuna_study.tell(claimed.number, state=TrialState.FAIL)
+        return "failed"
     _attrs(storage, trial_id, report.status, report.error, learn=False, run_dir=run_dir)
     if report.status == "pruned":
         optuna_study.tell(claimed.number, state=TrialState.PRUNED)
         return "pruned"
-    metrics = [metric for metric, _ in study.objectives]
-    reason = _failure(report, metrics)
-    if reason is not None:
-        _attrs(storage, trial_id, "failed", reason, learn=True, run_dir=run_dir)
-        optuna_study.tell(claimed.number, state=TrialState.FAIL)
-        return "failed"
     values = [_objective_value(report, metric) for metric in metrics]
     assert all(v is not None for v in values)  # _failure said they were measured
     optuna_study.tell(claimed.number, values if len(values) > 1 else values[0])
@@ -609,14 +609,6 @@ def _trial_note(study: Study, number: int, state: str) -> Note:
         return Note(f"trial {number}: {reason}", "warning" if state == "failed" else "note")
     shown = f"trial {number}: {state}" + (f" ({reason})" if reason else "")
     return Note(shown, "warning" if state == "failed" else "note")
-
-
-def first_point(axes: dict[str, Any]) -> dict[str, Any]:
-    """Each axis's first value (a range: its low bound): a trial's spec, for what every trial shares
-    (the extras it needs, its [tracking])."""
-    return {
-        key: (next(iter(axis.values())) if isinstance(axis, dict) else axis)[0] for key, axis in axes.items()
-    }
 
 
 def trial_reports(study: Study) -> tuple[list[RunReport], list[int], dict[int, str]]:
