@@ -66,3 +66,42 @@ def test_the_keras_that_trains_is_tensorflows_own():
     tf = compat.tensorflow()
     assert compat.keras().Model is tf.keras.Model
     assert compat.keras_version().split(".")[0] in {"2", "3"}
+
+
+DEFERRED = """
+import importlib.util, json, sys
+from runner import compat
+tf = compat.tensorflow()
+before = "sklearn" in sys.modules
+import keras
+wrappers = getattr(keras, "wrappers", None)
+classifier = getattr(wrappers, "SKLearnClassifier", None) if wrappers else None
+print(json.dumps({
+    "keras3": keras.__version__.startswith("3"),
+    "sklearn_installed": importlib.util.find_spec("sklearn") is not None,
+    "sklearn_before": before,
+    "classifier": classifier.__module__ + "." + classifier.__name__ if classifier else None,
+    "sklearn_after": "sklearn" in sys.modules,
+    "same": sys.modules.get("keras.wrappers") is importlib.import_module("keras.wrappers"),
+}))
+"""
+
+
+def test_keras_scikit_learn_wrappers_load_on_first_use_not_with_tensorflow():
+    """MLflow installs scikit-learn, which Keras 3's `keras.wrappers` imports with Keras: 1-2 s of
+    every runner process for an API runner never uses. It is loaded on first use instead, and is the
+    real one then (a fresh process: this one has imported Keras already)."""
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", DEFERRED]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["sklearn_installed"], "the suite's environment has MLflow's scikit-learn, which this defers"
+    if not seen["keras3"]:  # Keras 2 has no scikit-learn wrappers to defer
+        return
+    assert not seen["sklearn_before"], "scikit-learn was imported with TensorFlow"
+    assert seen["classifier"] == "keras.src.wrappers.sklearn_wrapper.SKLearnClassifier"
+    assert seen["sklearn_after"] and seen["same"]
