@@ -87,6 +87,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow  # a fresh process importing TensorFlow: 4-6 s
 def test_keras_scikit_learn_wrappers_load_on_first_use_not_with_tensorflow():
     """MLflow installs scikit-learn, which Keras 3's `keras.wrappers` imports with Keras: 1-2 s of
     every runner process for an API runner never uses. It is loaded on first use instead, and is the

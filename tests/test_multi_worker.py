@@ -43,10 +43,10 @@ batch_norm = true  # per-replica moving statistics, averaged by the engine after
 [data]
 source = "shapes"
 batch_size = 32
-train_size = 1600
+train_size = 1024
 test_size = 128
 [training]
-epochs = 3  # 150 steps: a checkpoint every 20, and room to stop in the middle
+epochs = 3  # 32 steps an epoch, 96 in all: a checkpoint every 20, and room to stop in the middle
 learning_rate = 0.003
 [runtime]
 deterministic = true
@@ -54,6 +54,8 @@ checkpoint_every_steps = 20  # the event the interruption tests wait for
 [distribution]
 strategy = "multi_worker"
 peer_timeout_s = 60
+[export]  # the chief exports in the launched run alone: a fresh-process reload is 5 s a run
+formats = []
 """
 EXIT_BOUND_S = 60  # a worker lost or stopped: every other one ends within this (measured: ~10 s)
 
@@ -65,8 +67,9 @@ def spec_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def launched(spec_file, tmp_path_factory) -> Path:
-    """`runner launch --workers 2`: the uninterrupted reference run."""
-    return ran(tmp_path_factory, "launched", "launch", "--workers", "2", spec_file)
+    """`runner launch --workers 2`: the uninterrupted reference run, the chief exporting the model."""
+    keras = ("--set", 'export.formats=["keras"]')
+    return ran(tmp_path_factory, "launched", "launch", "--workers", "2", spec_file, *keras)
 
 
 def workers(spec_file: Path, out: Path, *args: str) -> list[subprocess.Popen]:
@@ -112,6 +115,7 @@ def test_launch_two_workers_completes_with_one_run_directory_and_equal_weights(l
     assert {c["name"]: c["passed"] for c in data["checks"]}["replicas_in_sync"]
     for name in ("report.json", "report.md", "report.html", "metrics.jsonl", "spec.toml", "checkpoints"):
         assert (launched / name).exists(), name
+    assert (launched / "model.keras").is_file()  # exported by the chief
     assert len(model_metrics(launched)) == 3
     chief, other = worker_files(launched)
     assert chief["is_chief"] and not other["is_chief"]

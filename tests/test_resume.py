@@ -31,7 +31,7 @@ dropout = 0.1
 [data]
 source = "shapes"
 batch_size = 32
-train_size = 3000  # 94 steps an epoch: room for a mid-epoch checkpoint (every 40) and a stop after it
+train_size = 2000  # 63 steps an epoch: room for a mid-epoch checkpoint (every 40) and a stop after it
 test_size = 400
 [data.augmentation]  # stateless draws: a resumed epoch is augmented as the uninterrupted one was
 horizontal_flip = true
@@ -48,6 +48,8 @@ alpha = 0.1
 [runtime]
 deterministic = true
 checkpoint_every_steps = 40  # mid-epoch checkpoints: the event an interruption test waits for
+[export]  # what resumes are about is the training: the export's fresh-process reload is 5 s a run
+formats = []
 """
 TIMING = {"seconds", "images_per_second"}  # the clock's, not the model's
 
@@ -214,6 +216,7 @@ def test_four_concurrent_runs_leave_four_complete_run_directories(tmp_path):
     spec.write_text(
         'name = "same"\n[model]\nkind = "mlp"\nhidden_units = [8]\n[data]\nsource = "shapes"\n'
         "train_size = 256\ntest_size = 64\n[training]\nepochs = 1\n[runtime]\ntensorboard = false\n"
+        "[export]\nformats = []\n"  # the runs' own files race here, not an export's reload (5 s each)
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     children = [runner("run", spec, "--output", tmp_path / "out", wait=False, env=env) for _ in range(4)]
