@@ -66,7 +66,7 @@ def defer_keras_wrappers() -> bool:
     uses: `compat.tensorflow()` took 4.5 s with it and 3.8 s without (medians of 5, a 2-core AMD EPYC),
     in every runner process, every sweep variant and trial.
     Before Keras is imported, put a stand-in in its place that runs it on first use. False where there
-    is nothing to defer (Keras already imported, or no `keras/wrappers` package: Keras 2)."""
+    is nothing to defer (Keras already imported, or a Keras without a `keras/wrappers` package)."""
     if "keras" in sys.modules or "keras.wrappers" in sys.modules:
         return False
     found = importlib.util.find_spec("keras")  # a top-level spec is found without running the package
