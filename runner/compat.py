@@ -85,15 +85,28 @@ def defer_keras_wrappers() -> bool:
     return True
 
 
+_DEVICES_PROBED = [False]  # per process: a process forked after the import probes its own
+
+
 def tensorflow() -> ModuleType:
+    """TensorFlow, imported and its devices probed once in this process (quietly: CUDA's notices)."""
+    tf = import_tensorflow()
+    if not _DEVICES_PROBED[0]:
+        _DEVICES_PROBED[0] = True
+        with native_stderr_to(os.devnull):
+            tf.config.list_physical_devices("GPU")
+    return tf
+
+
+def import_tensorflow() -> ModuleType:
+    """TensorFlow imported, nothing more: no device is probed and its runtime does not start (a
+    warm server imports it so in runner/processes.py, then forks `runner` processes from it)."""
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     defer_keras_wrappers()
     with native_stderr_to(os.devnull):
         import tensorflow as tf
-
-        tf.config.list_physical_devices("GPU")  # probes CUDA once, quietly
     return tf
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from runner import processes
 from runner.spec import BadInput
 
 
@@ -316,4 +317,5 @@ def environment_info() -> dict[str, Any]:
         "packages": packages,
         "git_commit": git_commit(Path.cwd()),
         "argv": sys.argv,
+        "started": processes.how_started(),  # "warm": forked from a server that imported TensorFlow
     }

@@ -19,7 +19,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from runner import exits, runs
+from runner import exits, processes, runs
 from runner.events import EventSink, VariantStarted, ignore
 from runner.export import conversions
 from runner.reporting import compare, documents, tracking
@@ -100,27 +99,26 @@ class Task:
     env: dict[str, str] = field(default_factory=dict)  # for its process (a study's trial: which)
 
 
-def _start(task: Task, output: Path, tmp: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start(task: Task, output: Path, tmp: Path, env: dict[str, str]) -> processes.Child:
     """The variant's process (`runner resume` of its directory, or `runner run` of its spec written
-    to `tmp`), in a session of its own: a terminal's Ctrl-C reaches only the sweep."""
-    runner = [sys.executable, "-m", "runner"]
+    to `tmp`), in a session of its own (a terminal's Ctrl-C reaches only the sweep), started warm
+    (runner/processes.py: forked from a server that imported TensorFlow once for the sweep)."""
     if task.run_dir is not None:
         target = task.run_dir
-        command = [*runner, "resume", str(target)]
+        args = ["resume", str(target)]
     else:
         target = tmp / f"{task.index:03d}-{task.variant.spec.name}.toml"
         target.write_text(spec_to_toml(task.variant.spec), encoding="utf-8")
-        command = [*runner, "run", str(target), "--output", str(output)]
-    return subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,  # the child's report panel goes nowhere: the sweep prints them all
-        env={
+        args = ["run", str(target), "--output", str(output)]
+    return processes.start(
+        args,
+        {
             **os.environ,
-            SPEC_SOURCE_VARIABLE: task.variant.source or command[4],
+            SPEC_SOURCE_VARIABLE: task.variant.source or str(target),
             **task.env,
             **env,
         },  # errors name the real file
-        start_new_session=True,
+        stdout=subprocess.DEVNULL,  # the child's report panel goes nowhere: the sweep prints them all
     )
 
 
@@ -357,7 +355,7 @@ def run_tasks(
     codes: dict[int, int] = {}
     shares = core_shares(parallel)
     pending = list(tasks)
-    running: dict[int, tuple[Task, subprocess.Popen[bytes]]] = {}  # slot → (task, its process)
+    running: dict[int, tuple[Task, processes.Child]] = {}  # slot → (task, its process)
     finished: queue.Queue[tuple[int, int]] = queue.Queue()
     stop = exits.COMPLETED
     with tempfile.TemporaryDirectory(prefix="runner-sweep-") as tmp, sigterm_as_interrupt():
@@ -392,7 +390,7 @@ def run_tasks(
     return codes, stop
 
 
-def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+def _stop_all(children: list[processes.Child]) -> None:
     """Ask each running variant to stop once (it checkpoints and exits 130); one that has not
     within CHILD_STOP_TIMEOUT_S of the request is killed by its watchdog."""
     for child in children:
@@ -403,6 +401,6 @@ def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
             watchdog.start()
 
 
-def _kill_if_running(child: subprocess.Popen[bytes]) -> None:
+def _kill_if_running(child: processes.Child) -> None:
     if child.poll() is None:
         child.kill()

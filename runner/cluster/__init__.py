@@ -3,5 +3,5 @@
 runner.cluster.ray`). Real clusters start their workers themselves (docs/distributed.md); how a
 worker finds its peers is training/distribution.py's.
 
-Imports: spec, runs, exits, training, session, sweeps.
+Imports: spec, runs, processes, exits, training, session, sweeps.
 """

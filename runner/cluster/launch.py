@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner import exits
+from runner import exits, processes
 from runner.spec import BadInput, load_plan, load_spec
 from runner.sweeps import sigterm_as_interrupt
 from runner.training.distribution import local_cluster
@@ -31,9 +31,8 @@ STOP_TIMEOUT_S = 300.0  # workers asked to stop checkpoint first; past this they
 
 
 def worker_command(target: Path, output: Path, overrides: list[str]) -> list[str]:
-    """The command every worker runs: `run` for a spec (as multi_worker, from TF_CONFIG), `resume`
-    for a run directory. Bad input is found here, once, not by N workers at once."""
-    runner = [sys.executable, "-m", "runner"]
+    """The `runner` command every worker runs: `run` for a spec (as multi_worker, from TF_CONFIG),
+    `resume` for a run directory. Bad input is found here, once, not by N workers at once."""
     if target.is_dir():
         if overrides:
             raise BadInput(
@@ -45,12 +44,12 @@ def worker_command(target: Path, output: Path, overrides: list[str]) -> list[str
                 f"{target}: distribution.strategy: expected a multi_worker run to resume on several workers; "
                 f'got "{spec.distribution.strategy}" (resume it with `runner resume`)'
             )
-        return [*runner, "resume", str(target)]
+        return ["resume", str(target)]
     settings = [*overrides, "distribution.strategy=multi_worker", "distribution.cluster=tf_config"]
     plan = load_plan(target, settings)
     if len(plan) > 1:
         raise BadInput(f"{target}: expected one experiment to launch; got a plan of {len(plan)} (a [sweep])")
-    return [*runner, "run", str(target), "--output", str(output), *(f"--set={s}" for s in settings)]
+    return ["run", str(target), "--output", str(output), *(f"--set={s}" for s in settings)]
 
 
 def launch(target: Path, workers: int, output: Path, overrides: list[str]) -> int:
@@ -66,18 +65,17 @@ def launch(target: Path, workers: int, output: Path, overrides: list[str]) -> in
     return code
 
 
-def _start(command: list[str], tf_config: str, logs: Path, rank: int) -> subprocess.Popen[bytes]:
+def _start(command: list[str], tf_config: str, logs: Path, rank: int) -> processes.Child:
+    """Worker `rank`, started warm (runner/processes.py: TensorFlow imported once for all of them)."""
     env = {**os.environ, "TF_CONFIG": tf_config}
     if rank == 0:  # the chief speaks for the run
-        return subprocess.Popen(command, env=env, start_new_session=True)
+        return processes.start(command, env)
     log = (logs / f"worker-{rank}.log").open("wb")
     with log:
-        return subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        return processes.start(command, env, stdout=log.fileno(), stderr=log.fileno())
 
 
-def _wait(children: list[subprocess.Popen[bytes]]) -> int:
+def _wait(children: list[processes.Child]) -> int:
     chief = children[0]
     deadline: float | None = None
     with sigterm_as_interrupt():
@@ -87,7 +85,7 @@ def _wait(children: list[subprocess.Popen[bytes]]) -> int:
                     deadline = deadline or time.monotonic() + PEER_EXIT_GRACE_S
                     if all(c.poll() is not None for c in children) or time.monotonic() > deadline:
                         _kill(children)
-                        return chief.returncode
+                        return chief.wait()  # ended: its code at once
                 if deadline is not None and time.monotonic() > deadline:
                     _kill(children)
                     return chief.wait()
@@ -100,14 +98,14 @@ def _wait(children: list[subprocess.Popen[bytes]]) -> int:
                 deadline = time.monotonic() + STOP_TIMEOUT_S
 
 
-def _kill(children: list[subprocess.Popen[bytes]]) -> None:
+def _kill(children: list[processes.Child]) -> None:
     for child in children:
         if child.poll() is None:
             child.kill()
             child.wait()
 
 
-def _report_failed_peers(children: list[subprocess.Popen[bytes]], logs: Path, chief: int) -> None:
+def _report_failed_peers(children: list[processes.Child], logs: Path, chief: int) -> None:
     """A worker other than the chief that failed: its log's tail on stderr (the chief's is on screen).
     Bad input that the chief refused too is the same message: said once, by the chief."""
     for rank, child in enumerate(children[1:], 1):

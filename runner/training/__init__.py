@@ -9,5 +9,5 @@ stopping; `telemetry.py` records what training observed and carries the stop req
 run (its data, device, strategy and thread share; the run directory every worker must see); `trial.py`
 is a study's trial seen from its process (per-epoch reports to Optuna, pruning, its driver's death).
 
-Imports: spec, compat, runs, events, memory, data, models, precision, search, tuning.
+Imports: spec, compat, runs, processes, events, memory, data, models, precision, search, tuning.
 """

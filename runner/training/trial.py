@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner import search, tuning
+from runner import processes, search, tuning
 from runner.spec import BadInput
 from runner.training.callbacks import Observer
 from runner.training.telemetry import StopRequest
@@ -139,12 +139,14 @@ def stop_with_parent(link: TrialLink | None, stop: StopRequest) -> Iterator[None
     if link is None:
         yield
         return
+    # A warm trial's parent is the fork server, which ends with the driver (runner/processes.py)
     parent, done = os.getppid(), threading.Event()
+    driver = os.environ.get(processes.DRIVER_VARIABLE, str(parent))
 
     def watch() -> None:
         while not done.wait(PARENT_POLL_S):
             if os.getppid() != parent:
-                stop.signal = stop.signal or f"the end of the study's driver (PID {parent})"
+                stop.signal = stop.signal or f"the end of the study's driver (PID {driver})"
                 return
 
     thread = threading.Thread(target=watch, name="runner-trial-parent", daemon=True)
