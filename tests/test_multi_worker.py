@@ -17,6 +17,7 @@ import pytest
 
 from runner.training.distribution import local_cluster
 from tests.conftest import ROOT
+from tests.started import Started
 from tests.test_resume import (
     checkpoint_position,
     model_metrics,
@@ -72,28 +73,21 @@ def launched(spec_file, tmp_path_factory) -> Path:
     return ran(tmp_path_factory, "launched", "launch", "--workers", "2", spec_file, *keras)
 
 
-def workers(spec_file: Path, out: Path, *args: str) -> list[subprocess.Popen]:
+def workers(spec_file: Path, out: Path, *args: str) -> list[Started]:
     """Two `runner run` (or `resume`) processes, each with its TF_CONFIG, as a cluster manager starts them."""
     command = args or ("run", str(spec_file), "--output", str(out))
     return [
-        subprocess.Popen(
-            [sys.executable, "-m", "runner", *command],
-            cwd=ROOT,
-            env={**os.environ, "TF_CONFIG": config.to_tf_config()},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        runner(*command, wait=False, env={**os.environ, "TF_CONFIG": config.to_tf_config()})
         for config in local_cluster(2)
     ]
 
 
-def finish(children: list[subprocess.Popen]) -> list[tuple[int, str]]:
+def finish(children: list[Started] | list[subprocess.Popen]) -> list[tuple[int, str]]:
     """Every worker's exit code and stderr; each must end within EXIT_BOUND_S of the call."""
     ended = []
     for child in children:
         stderr = child.communicate(timeout=EXIT_BOUND_S)[1]
-        ended.append((child.returncode, stderr))
+        ended.append((child.wait(), stderr if isinstance(stderr, str) else stderr.decode(errors="replace")))
     return ended
 
 
@@ -174,14 +168,14 @@ def test_a_killed_worker_ends_the_other_with_a_message_naming_it_and_resume_comp
 
 def test_a_worker_that_never_joins_is_one_message_within_the_peer_timeout(spec_file, tmp_path):
     config = local_cluster(2)[0]
-    result = subprocess.run(
-        [sys.executable, "-m", "runner", "run", str(spec_file), "--output", str(tmp_path)]
-        + ["--set", "distribution.peer_timeout_s=10"],
-        cwd=ROOT,
+    result = runner(
+        "run",
+        spec_file,
+        "--output",
+        tmp_path,
+        "--set",
+        "distribution.peer_timeout_s=10",
         env={**os.environ, "TF_CONFIG": config.to_tf_config()},
-        capture_output=True,
-        text=True,
-        timeout=EXIT_BOUND_S + 60,
     )
     assert result.returncode == 2, result.stderr
     assert "worker(s) 1 (127.0.0.1:" in result.stderr and "did not join" in result.stderr

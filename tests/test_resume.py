@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 
 from runner import compat, runs
 from tests.conftest import ROOT
+from tests.started import runner  # warm: forked from a server that imported TensorFlow once
 
 pytestmark = pytest.mark.slow  # every test here trains in `runner` processes
 
@@ -52,15 +51,6 @@ checkpoint_every_steps = 40  # mid-epoch checkpoints: the event an interruption 
 formats = []
 """
 TIMING = {"seconds", "images_per_second"}  # the clock's, not the model's
-
-
-def runner(*args: str | Path, wait: bool = True, **kwargs):
-    command = [sys.executable, "-m", "runner", *map(str, args)]
-    if not wait:
-        return subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs
-        )
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, **kwargs)
 
 
 def only_run(folder: Path) -> Path:
