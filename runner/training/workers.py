@@ -44,12 +44,14 @@ def release_previous_run() -> None:
     """Free what an earlier run in this process held (its memory is not the next run's).
     Nothing here may start TensorFlow's runtime: a strategy made next may still need to configure it
     (logical CPU devices, a cluster's collectives), and a host such as Ray may have imported Keras."""
-    if "keras" in sys.modules and compat.runtime_started():
-        compat.keras().backend.clear_session()
-        tf = compat.tensorflow()
-        for device in tf.config.list_logical_devices("GPU"):
-            tf.config.experimental.reset_memory_stats(device.name)
-    gc.collect()
+    if "keras" not in sys.modules or not compat.runtime_started():
+        return  # no run here has held TensorFlow's memory
+    compat.keras().backend.clear_session()  # Keras 3's collects garbage too: one collection, not two
+    if compat.keras_version().startswith("2."):
+        gc.collect()  # a collection is 0.3 s in a large process (a test session): once is enough
+    tf = compat.tensorflow()
+    for device in tf.config.list_logical_devices("GPU"):
+        tf.config.experimental.reset_memory_stats(device.name)
 
 
 @dataclass
