@@ -6,8 +6,8 @@ processes.py) against cold (each `python -m runner` imports it), on the same sma
 
 Each round runs the sweep once with RUNNER_START=warm and once with RUNNER_START=cold, alternating
 which goes first (a drift of the machine hits both). Figures per way, medians over the rounds: the
-sweep's wall seconds, and the CPU seconds of the sweep and everything it started (the children's
-rusage), per variant. Prints a table, then one JSON line with the CPU kind they are of.
+sweep's wall seconds, and the machine's busy CPU seconds while it ran (/proc/stat: run it on an
+otherwise idle machine), per variant. Prints a table, then one JSON line with the CPU kind they are of.
 """
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-from benchmarks.performance import describe, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = """
@@ -50,9 +47,30 @@ seed = {seeds}
 """
 
 
+def machine() -> dict:
+    """The CPU kind the figures are of (without importing TensorFlow in this process)."""
+    from runner.runs import INTERESTING_CPU_FLAGS, cpu_model_and_flags
+
+    model, flags = cpu_model_and_flags()
+    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in INTERESTING_CPU_FLAGS if f in flags]}
+
+
+def describe(where: dict) -> str:
+    return f"{where['cpu']}, {where['cores']} cores, flags {', '.join(where['flags']) or 'none of note'}"
+
+
+def busy_cpu_seconds() -> float:
+    """The machine's CPU seconds not idle so far (/proc/stat): a warm variant's CPU is not the
+    sweep's rusage (the fork server, not the sweep, reaps it), so the whole machine's is counted."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def one_sweep(spec: Path, way: str) -> dict:
-    """The sweep in a process of its own: its wall seconds and the CPU seconds of its whole tree."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """The sweep in a process of its own: its wall seconds and the machine's busy CPU seconds (run it
+    on an otherwise idle machine)."""
+    before = busy_cpu_seconds()
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         done = subprocess.run(
@@ -65,9 +83,7 @@ def one_sweep(spec: Path, way: str) -> dict:
         wall = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"the {way} sweep failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu}
+    return {"wall_s": wall, "cpu_s": busy_cpu_seconds() - before}
 
 
 def main() -> int:
