@@ -22,12 +22,14 @@ import io
 import multiprocessing
 import os
 import runpy
+import select
 import signal
 import subprocess
 import sys
 import threading
 import traceback
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any, Protocol
 
 START_VARIABLE = "RUNNER_START"  # "cold": every child process imports TensorFlow itself
@@ -58,24 +60,42 @@ def start(
     """`python -m runner ARGS` in a session of its own with environment `env`, in `cwd` (None: this
     process's); `stdout`/`stderr`: None (this process's), subprocess.DEVNULL or a file descriptor."""
     env = {**env, DRIVER_VARIABLE: str(os.getpid())}
-    if not _warm_possible(env):
-        command = [sys.executable, "-m", "runner", *args]
-        return subprocess.Popen(
-            command, stdout=stdout, stderr=stderr, env=dict(env), cwd=cwd, start_new_session=True
-        )
-    with contextlib.ExitStack() as opened:
-        fds = [_descriptor(given, default, opened) for given, default in ((stdout, 1), (stderr, 2))]
-        return _WarmChild(list(args), env, fds, os.fspath(cwd or os.getcwd()))
+    if _warm_possible(env):
+        with contextlib.ExitStack() as opened:
+            fds = [_descriptor(given, default, opened) for given, default in ((stdout, 1), (stderr, 2))]
+            try:
+                return _WarmChild(list(args), env, fds, os.fspath(cwd or os.getcwd()))
+            except (OSError, EOFError) as exc:  # the server died or cannot be reached: start cold
+                _SERVER_FAILED.append(f"{type(exc).__name__}: {exc}")
+                print(f"runner: the fork server failed ({exc!r}); processes start cold", file=sys.stderr)
+    command = [sys.executable, "-m", "runner", *args]
+    return subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=cwd, start_new_session=True)
 
 
 def _warm_possible(env: Mapping[str, str]) -> bool:
-    if not sys.platform.startswith("linux") or env.get(START_VARIABLE, "warm") == "cold":
+    if not sys.platform.startswith("linux") or env.get(START_VARIABLE, "warm") == "cold" or _SERVER_FAILED:
         return False
-    return all(env.get(name) == _SERVER_ENV.get(name, os.environ.get(name)) for name in IMPORT_TIME)
+    same = all(env.get(name) == _SERVER_ENV.get(name, os.environ.get(name)) for name in IMPORT_TIME)
+    return same and _main_not_run_again()
+
+
+def _main_not_run_again() -> bool:
+    """multiprocessing runs this process's main module again in a forked child (as __mp_main__):
+    harmless for a package's __main__ (skipped: `python -m runner`, pytest), no file (`python -c`, a
+    notebook) or the `runner` script (it imports runner.cli); a script of the user's could do
+    anything at its top level, so its children start cold, as `python -m runner` would."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        return str(name).endswith("__main__")
+    if getattr(main, "__file__", None) is None:
+        return True
+    return getattr(getattr(main, "main", None), "__module__", None) == "runner.cli"
 
 
 _SERVER_ENV: dict[str, str | None] = {}  # the import-time settings the server started with
 STARTED = ["cold"]  # how this process began: "warm" in a child forked by the server
+_SERVER_FAILED: list[str] = []  # why the server could not fork a process: the rest start cold
 
 
 def how_started() -> str:
@@ -111,13 +131,17 @@ class _WarmChild:
         _forget(self._process)
         self.args = args
         self.pid: int = self._process.pid or 0  # set once started
+        self._started_at = _started_at(self.pid)
         self.returncode: int | None = None
         self._done = threading.Event()
         threading.Thread(target=self._collect, daemon=True).start()
 
     def _collect(self) -> None:
         self._process.join()
-        self.returncode = self._process.exitcode
+        code = self._process.exitcode
+        if code == 255:  # also what the server's own end reports (killed): the child may run on
+            _outlive(self.pid, self._started_at)
+        self.returncode = code
         self._done.set()
 
     def poll(self) -> int | None:
@@ -139,6 +163,29 @@ class _WarmChild:
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
+
+
+def _started_at(pid: int) -> str | None:
+    """When process `pid` started (/proc: clock ticks since boot), None if there is none: with its
+    pid, what tells a process from a later one given the same pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _outlive(pid: int, started_at: str | None) -> None:
+    """Wait until process `pid` (no child of this one: its server reaps it) exits, if it is still the
+    one started then: a pidfd becomes readable when it does (Linux 5.3+; elsewhere, no wait)."""
+    try:
+        descriptor = os.pidfd_open(pid)
+    except (OSError, AttributeError):  # already gone (or no pidfd here)
+        return
+    try:
+        if started_at is not None and _started_at(pid) == started_at:
+            select.select([descriptor], [], [])
+    finally:
+        os.close(descriptor)
 
 
 class _Descriptor:

@@ -157,3 +157,54 @@ def test_started_reads_both_streams_of_a_quick_cold_process(tmp_path, monkeypatc
     child = runner("validate", spec, wait=False)
     assert isinstance(child, Started) and child.communicate(timeout=60)[0] == b""
     assert child.wait() == 2
+
+
+SERVER_KILLER = """
+import os, signal, sys
+from runner import processes
+child = processes.start(["run", sys.argv[1], "--output", sys.argv[2]], dict(os.environ))
+server = int(open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[1])
+os.kill(server, signal.SIGKILL)
+try:
+    child.wait(timeout=3)
+    print("ended with its server")
+except Exception:
+    print("still running")
+os.kill(child.pid, signal.SIGKILL)
+print(child.wait(timeout=60))
+"""
+
+
+@pytest.mark.slow
+def test_a_warm_child_outlives_a_killed_server_and_is_waited_for_until_it_ends(tmp_path):
+    """The server reaps its children and tells their exit: killed (the OOM killer's pick), it can
+    tell nothing, and a child it forked runs on. Its Child is not `done` until the child has ended."""
+    spec = tmp_path / "long.toml"
+    spec.write_text(TINY_SPEC.replace("epochs = 2", "epochs = 1000"))
+    result = subprocess.run(
+        [sys.executable, "-c", SERVER_KILLER, str(spec), str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.stdout.split("\n")[:2] == ["still running", "255"], result.stdout + result.stderr[-2000:]
+
+
+def test_a_driver_that_is_a_script_of_its_own_starts_its_processes_cold(tmp_path):
+    """multiprocessing would run a driver's main script again in each forked child (as __mp_main__):
+    a user's script may do anything at its top level, so its processes start cold (a `python -c`
+    driver's start warm: test_the_server_ends_with_its_driver...). The child runs `validate` (no
+    TensorFlow); the driver says which kind of process it got, and its exit code."""
+    spec = tmp_path / "bad.toml"
+    spec.write_text(BAD_SPEC)
+    script = tmp_path / "my_sweep.py"
+    script.write_text(
+        "import os, subprocess, sys\nfrom runner import processes\n"
+        "child = processes.start(['validate', sys.argv[1]], dict(os.environ), stderr=subprocess.DEVNULL)\n"
+        "print(type(child).__name__, child.wait(timeout=60))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), str(spec)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.split() == ["Popen", "2"], done.stderr
