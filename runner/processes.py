@@ -10,8 +10,9 @@ child is then what `python -m runner ARGS` would be: its own session, environmen
 devices and threads, its exit code or signal as Popen gives it; environment.json says how it began.
 
 It starts cold instead (`subprocess.Popen` of `python -m runner`) off Linux, where RUNNER_START=cold
-asks for it, and where a setting read when TensorFlow and Keras are imported differs from the
-server's (those the server imported with are the ones its children have).
+asks for it, where a setting read when TensorFlow and Keras are imported differs from the server's
+(those the server imported with are the ones its children have), where the driver is a script of
+the user's (multiprocessing would run it again in the child), and once the server has failed.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from typing import IO, Any, Protocol
 START_VARIABLE = "RUNNER_START"  # "cold": every child process imports TensorFlow itself
 DRIVER_VARIABLE = "RUNNER_DRIVER_PID"  # the process that started it (a warm child's parent is the server)
 IMPORT_TIME = ("TF_USE_LEGACY_KERAS", "KERAS_BACKEND", "PYTHONPATH", "PYTHONHASHSEED")  # read on import
+_SERVER_ENV: dict[str, str | None] = {}  # the import-time settings the server started with
+STARTED = ["cold"]  # how this process began: "warm" in a child forked by the server
+_SERVER_FAILED: list[str] = []  # why the server could not fork a process: the rest start cold
 
 
 class Child(Protocol):
@@ -91,11 +95,6 @@ def _main_not_run_again() -> bool:
     if getattr(main, "__file__", None) is None:
         return True
     return getattr(getattr(main, "main", None), "__module__", None) == "runner.cli"
-
-
-_SERVER_ENV: dict[str, str | None] = {}  # the import-time settings the server started with
-STARTED = ["cold"]  # how this process began: "warm" in a child forked by the server
-_SERVER_FAILED: list[str] = []  # why the server could not fork a process: the rest start cold
 
 
 def how_started() -> str:
